@@ -1,0 +1,43 @@
+"""The ``edgeexit`` command: a thin layer over the Python API.
+
+Commands import their heavy dependencies only when they run, so ``edgeexit verify`` works on a
+device that has no torch. Every ``EdgeExitError`` is printed as one line and exits with status 1;
+nothing prints a traceback for a mistake the user can fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgeexit.cli import package_commands, workstation_commands
+from edgeexit.console import err_console
+from edgeexit.errors import EdgeExitError
+
+app = typer.Typer(
+    name="edgeexit",
+    help="Early-exit neural networks from the workstation to edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+workstation_commands.register(app)
+package_commands.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeExitError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except ModuleNotFoundError as err:
+        extra = "export" if err.name in ("torch", "onnx", "onnxscript") else "device"
+        err_console.print(
+            f"[bold red]error:[/] this command needs the Python module {err.name!r}, which is not installed; "
+            f"install the extra that provides it: pip install -c constraints.txt 'edgeexit[{extra}]'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,60 @@
+"""Commands that read a package: they run on a device (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeexit.console import console
+
+PackageArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)
+    app.command()(inspect)
+
+
+def verify(package: PackageArg) -> None:
+    """Re-check a package: manifest schema and version, file hashes, graph signatures, and parity
+    of the chained segments against the stored PyTorch reference outputs."""
+    from edgeexit.cli.render import parity_table
+    from edgeexit.errors import PackageError
+    from edgeexit.runtime.verify import verify_package
+
+    report = verify_package(package)
+    console.print(parity_table(f"verify {package}: {report.files_checked} file hashes ok", report.checks))
+    if not report.ok:
+        failed = [f"{c.graph} {c.output} ({c.max_abs_diff:.3g})" for c in report.checks if not c.ok]
+        reference = report.package.manifest.reference
+        raise PackageError(
+            f"{package}: outputs differ from the stored reference beyond atol={reference.atol:g}, "  # type: ignore[union-attr]
+            f"rtol={reference.rtol:g}: {', '.join(failed)}"  # type: ignore[union-attr]
+        )
+    console.print(f"[green]ok[/]: {package} (package_id {report.package.manifest.package_id})")
+
+
+def inspect(package: PackageArg) -> None:
+    """Print a package's segments, exits, FLOPs, hidden-tensor bytes and thresholds."""
+    from edgeexit.cli.render import segments_table
+    from edgeexit.package import open_package
+
+    manifest = open_package(package).manifest
+    console.print(segments_table(manifest))
+    spec = manifest.input
+    console.print(
+        f"input {spec.name} {list(spec.shape)} {spec.dtype} {spec.layout}; {len(manifest.labels)} labels: "
+        f"{', '.join(manifest.labels[:10])}{' ...' if len(manifest.labels) > 10 else ''}"
+    )
+    if manifest.monolithic:
+        console.print(f"monolithic graph: {manifest.monolithic}")
+    if manifest.calibration:
+        c = manifest.calibration
+        console.print(
+            f"calibrated on {c.samples} samples for max drop {c.max_drop:g}: accuracy {c.accuracy:.4f} "
+            f"(final exit {c.final_accuracy:.4f})"
+        )
+    else:
+        console.print("not calibrated: thresholds are export defaults")

@@ -1,0 +1,314 @@
+"""Export a ``MultiExitModel`` into a verified package: one ONNX graph per segment + manifest.
+
+Every graph is checked with ``onnx.checker`` and run with ONNX Runtime against PyTorch on
+sample inputs, per segment and chained end to end; an output beyond tolerance fails the export
+loudly with the max difference of every output. The package is built in a staging directory and
+moved into place only when all of that passed, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import edgeexit
+from edgeexit.compile.graphs import (
+    MonolithicGraph,
+    SegmentGraph,
+    monolithic_output_names,
+    segment_input_name,
+    segment_output_names,
+)
+from edgeexit.compile.model import MultiExitModel
+from edgeexit.errors import ExportError, ModelError
+from edgeexit.fileio import atomic_write_text, sha256_file, staged_directory
+from edgeexit.manifest import (
+    CRITERIA,
+    IN_GRAPH_CRITERIA,
+    MANIFEST_FILE,
+    ExitSpec,
+    InputSpec,
+    Manifest,
+    Preprocessing,
+    Reference,
+    SegmentSpec,
+    TensorSpec,
+    package_id_of,
+)
+from edgeexit.package import Package, open_package
+from edgeexit.parity import ParityCheck, compare
+from edgeexit.runtime.sessions import load_session
+
+INPUT_NAME = "input"
+DEFAULT_THRESHOLD = 0.9
+#: Parity tolerance: |onnx - torch| <= atol + rtol * |torch| for every element of every output.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+def export(
+    model: MultiExitModel,
+    input_shape: Sequence[int],
+    out: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    sample: np.ndarray | None = None,
+    criterion: str = "max_prob",
+    threshold: float = DEFAULT_THRESHOLD,
+    monolithic: bool = False,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    overwrite: bool = True,
+) -> Package:
+    """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, reference.npz).
+
+    ``sample`` (real inputs, N x input_shape[1:]) makes the parity check meaningful; without it,
+    seeded random inputs are used. The exit score graphs compute ``criterion`` (max_prob,
+    margin or entropy); other criteria are evaluated by the runtime from the logits.
+    """
+    if not isinstance(model, MultiExitModel):
+        raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
+    if criterion not in CRITERIA:
+        raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise ExportError(f"input shape {shape} is invalid; expected positive dims like 1,1,28,28")
+    started = time.perf_counter()
+    model.eval()
+    model.materialize(shape)
+    inputs = _parity_inputs(shape, sample)
+    graph_criterion = criterion if criterion in IN_GRAPH_CRITERIA else None
+    labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(model.num_classes))
+    if len(labels) != model.num_classes:
+        raise ExportError(f"got {len(labels)} labels for a model with {model.num_classes} classes")
+
+    if Path(out).exists() and not overwrite:
+        raise ExportError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    with staged_directory(out, overwrite=True) as stage:
+        _write_package(
+            model, shape, stage, inputs, labels, preprocessing, graph_criterion or criterion,
+            graph_criterion, threshold, monolithic, atol, rtol, started,
+        )  # fmt: skip
+    return open_package(out)
+
+
+def _write_package(
+    model: MultiExitModel,
+    shape: tuple[int, ...],
+    stage: Path,
+    inputs: torch.Tensor,
+    labels: tuple[str, ...],
+    preprocessing: Preprocessing | None,
+    criterion: str,
+    graph_criterion: str | None,
+    threshold: float,
+    monolithic: bool,
+    atol: float,
+    rtol: float,
+    started: float,
+) -> Manifest:
+    (stage / "segments").mkdir()
+    segments: list[SegmentSpec] = []
+    exits: list[ExitSpec] = []
+    parity: list[ParityCheck] = []
+    reference: dict[str, np.ndarray] = {"input": inputs[:2].numpy()}
+    opset = 0
+    x_torch = inputs
+    x_onnx = inputs.numpy()
+    for k in range(model.num_exits):
+        graph = SegmentGraph(model, k, graph_criterion).eval()
+        in_name = segment_input_name(k, INPUT_NAME)
+        out_names = segment_output_names(model, k, graph_criterion)
+        relative = f"segments/{k}.onnx"
+        with torch.no_grad():
+            expected = [t.numpy() for t in graph(x_torch)]
+        opset = _export_graph(graph, x_torch, stage / relative, in_name, out_names, f"segment {k}")
+        session = load_session(stage / relative)
+        isolated = session.run(out_names, {in_name: x_torch.numpy()})
+        chained = session.run(out_names, {in_name: x_onnx})
+        for name, ref, got, end_to_end in zip(out_names, expected, isolated, chained, strict=True):
+            parity.append(compare(f"segment {k}", name, ref, got, atol, rtol))
+            parity.append(compare(f"chain to {k}", name, ref, end_to_end, atol, rtol))
+            reference[f"{k}/{name}"] = ref[:2]
+        outputs = tuple(_tensor_spec(name, ref) for name, ref in zip(out_names, expected, strict=True))
+        hidden = None if k == model.num_exits - 1 else out_names[0]
+        spec = SegmentSpec(
+            index=k,
+            file=relative,
+            inputs=(_tensor_spec(in_name, x_torch.numpy()),),
+            outputs=outputs,
+            hidden=hidden,
+            exit=k,
+            flops=_flops(graph, x_torch[:1]),
+            params=sum(p.numel() for p in graph.parameters()),
+            hidden_bytes=outputs[0].sample_bytes() if hidden else None,
+        )
+        segments.append(spec)
+        head = model.head(k)
+        info = model.infos[k]
+        final = k == model.num_exits - 1
+        exits.append(
+            ExitSpec(
+                index=k,
+                segment=k,
+                head=info.head,
+                logits=f"exit_{k}_logits" if head is not None else None,
+                score=f"exit_{k}_score" if head is not None and graph_criterion else None,
+                criterion=criterion if head is not None else "similarity",
+                threshold=0.0 if final else threshold,
+                final=final,
+            )
+        )
+        if hidden is not None:
+            with torch.no_grad():
+                x_torch = graph(x_torch)[0]
+            x_onnx = chained[0]
+
+    monolithic_file = None
+    if monolithic:
+        monolithic_file = "monolithic.onnx"
+        graph = MonolithicGraph(model, graph_criterion).eval()
+        names = monolithic_output_names(model, graph_criterion)
+        with torch.no_grad():
+            expected = [t.numpy() for t in graph(inputs)]
+        _export_graph(graph, inputs, stage / monolithic_file, INPUT_NAME, names, "monolithic graph")
+        got = load_session(stage / monolithic_file).run(names, {INPUT_NAME: inputs.numpy()})
+        parity += [compare("monolithic", n, r, g, atol, rtol) for n, r, g in zip(names, expected, got, strict=True)]
+
+    failures = [row for row in parity if not row.ok]
+    if failures:
+        table = "; ".join(f"{r.graph} {r.output}: max |diff| {r.max_abs_diff:.3g}" for r in parity)
+        raise ExportError(
+            f"ONNX Runtime disagrees with PyTorch beyond atol={atol:g}, rtol={rtol:g} on "
+            f"{len(failures)} output(s). Max differences: {table}"
+        )
+
+    np.savez(stage / "reference.npz", **reference)
+    graphs = [s.file for s in segments]
+    extra = [monolithic_file] if monolithic_file else []
+    files = {name: sha256_file(stage / name) for name in [*graphs, *extra, "reference.npz"]}
+    manifest = Manifest(
+        format_version=1,
+        model_name=model.name,
+        package_id=package_id_of(files, graphs),
+        edgeexit_version=edgeexit.__version__,
+        opset=opset,
+        input=InputSpec(
+            name=INPUT_NAME,
+            shape=(None, *shape[1:]),
+            dtype="float32",
+            layout=model.layout,
+            preprocessing=preprocessing or _default_preprocessing(shape),
+        ),
+        labels=labels,
+        segments=tuple(segments),
+        exits=tuple(exits),
+        files=files,
+        reference=Reference(file="reference.npz", atol=atol, rtol=rtol),
+        monolithic=monolithic_file,
+        metadata={
+            "export": {
+                "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+                "seconds": round(time.perf_counter() - started, 3),
+                "parity_samples": int(inputs.shape[0]),
+                "parity": [
+                    {"graph": r.graph, "output": r.output, "max_abs_diff": r.max_abs_diff, "ok": r.ok} for r in parity
+                ],
+                "boundaries": [info.boundary for info in model.infos],
+            }
+        },
+    )
+    manifest.validate()
+    atomic_write_text(stage / MANIFEST_FILE, manifest.to_json())
+    return manifest
+
+
+def parity_rows(package: Package) -> list[ParityCheck]:
+    """The parity figures export measured, as recorded in the manifest."""
+    record = package.manifest.metadata.get("export", {})
+    return [
+        ParityCheck(r["graph"], r["output"], float(r["max_abs_diff"]), bool(r["ok"])) for r in record.get("parity", [])
+    ]
+
+
+def _parity_inputs(shape: tuple[int, ...], sample: np.ndarray | None) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn((4, *shape[1:]), generator=generator)
+    if sample is None:
+        return random
+    real = np.asarray(sample, dtype=np.float32)
+    if real.shape[1:] != shape[1:]:
+        raise ExportError(
+            f"sample inputs have shape {real.shape[1:]} per item; expected {shape[1:]} (the --input-shape)"
+        )
+    return torch.cat([torch.from_numpy(real[:8].copy()), random[:2]])
+
+
+def _export_graph(
+    graph: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_names: list[str], what: str
+) -> int:
+    """torch.onnx (dynamo) with a dynamic batch axis; returns the graph's default-domain opset."""
+    import onnx
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not the user's concern
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                None,
+                dynamo=True,
+                input_names=[in_name],
+                output_names=out_names,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                external_data=False,
+            )
+            program.save(str(path), external_data=False)
+    except Exception as err:
+        raise ExportError(f"torch.onnx.export failed for {what}: {err}\n{chatter.getvalue()[-2000:]}") from None
+    finally:
+        graph.eval()  # one export path was seen leaving modules in training mode
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:
+        raise ExportError(f"onnx.checker rejected {what} ({path.name}): {err}") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _tensor_spec(name: str, value: np.ndarray) -> TensorSpec:
+    return TensorSpec(name=name, shape=(None, *value.shape[1:]), dtype=str(value.dtype))
+
+
+def _flops(graph: nn.Module, one: torch.Tensor) -> int:
+    """FLOPs of one sample, counted by PyTorch's own FlopCounterMode (matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        graph(one)
+    return int(counter.get_total_flops())
+
+
+def _default_preprocessing(shape: tuple[int, ...]) -> Preprocessing | None:
+    if len(shape) == 4 and shape[1] in (1, 3):
+        channels = shape[1]
+        return Preprocessing(
+            color_mode="L" if channels == 1 else "RGB",
+            size=(shape[2], shape[3]),
+            mean=(0.0,) * channels,
+            std=(1.0,) * channels,
+        )
+    return None

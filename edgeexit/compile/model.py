@@ -1,0 +1,104 @@
+"""``MultiExitModel``: a backbone cut into segments, with an exit head at each cut.
+
+Segment ``k`` runs from boundary ``k-1`` to boundary ``k``; exit ``k`` reads boundary ``k``.
+The last exit is the final classifier. The segments hold the backbone's own modules (no
+copies), so training the exits fine-tunes, or with a frozen backbone leaves alone, the very
+weights the user brought.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeexit.compile.heads import TokenLayout
+from edgeexit.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """What export needs to know about an exit besides its module."""
+
+    head: str | None  # registry name, "backbone" for the backbone's own classifier, None: no classifier
+    boundary: str  # human-readable place in the backbone, e.g. "after layer2"
+
+
+class MultiExitModel(nn.Module):
+    """Ordered segments and one exit per segment boundary (the last one is the final exit).
+
+    ``heads[k]`` is ``None`` for a boundary without a classifier: such an exit can only stop
+    inference through the similarity criterion (MuE), and ``forward`` yields ``None`` for it.
+    """
+
+    def __init__(
+        self,
+        segments: Sequence[nn.Module],
+        heads: Sequence[nn.Module | None],
+        infos: Sequence[ExitInfo],
+        *,
+        name: str,
+        num_classes: int,
+        layout: str = "NCHW",
+        token_layout: TokenLayout | None = None,
+    ) -> None:
+        super().__init__()
+        if not segments:
+            raise ModelError("a multi-exit model needs at least one segment")
+        if not (len(segments) == len(heads) == len(infos)):
+            raise ModelError(f"expected one head per segment; got {len(segments)} segments, {len(heads)} heads")
+        if heads[-1] is None:
+            raise ModelError("the last segment must end in a classifier (the final exit)")
+        self.segments = nn.ModuleList(segments)
+        self.heads = nn.ModuleDict({str(k): head for k, head in enumerate(heads) if head is not None})
+        self.infos = tuple(infos)
+        self.name = name
+        self.num_classes = num_classes
+        self.layout = layout
+        self.token_layout = token_layout or TokenLayout()
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.segments)
+
+    def head(self, k: int) -> nn.Module | None:
+        return self.heads[str(k)] if str(k) in self.heads else None  # noqa: SIM401 (ModuleDict has no get)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The weights the user brought (segments and the backbone's own final classifier)."""
+        params = list(self.segments.parameters())
+        if self.infos[-1].head == "backbone":
+            params += list(self.heads[str(self.num_exits - 1)].parameters())
+        return params
+
+    def forward(
+        self, x: torch.Tensor, return_hidden: bool = False
+    ) -> list[torch.Tensor | None] | tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+        outputs: list[torch.Tensor | None] = []
+        hidden: list[torch.Tensor] = []
+        for k, segment in enumerate(self.segments):
+            x = segment(x)
+            hidden.append(x)
+            head = self.head(k)
+            outputs.append(head(x) if head is not None else None)
+        return (outputs, hidden) if return_hidden else outputs
+
+    @torch.no_grad()
+    def materialize(self, input_shape: Sequence[int]) -> None:
+        """Run one dummy batch so lazy head layers learn their input widths.
+
+        Runs in eval mode so batch-norm statistics are left as they were.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            self(torch.zeros(tuple(input_shape)))
+        except Exception as err:
+            raise ModelError(
+                f"model {self.name!r} rejected an input of shape {tuple(input_shape)}: {err}; "
+                "expected the shape the backbone was built for (batch, channels, height, width)"
+            ) from None
+        finally:
+            self.train(was_training)

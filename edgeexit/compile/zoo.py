@@ -1,0 +1,191 @@
+"""Small built-in multi-exit models, registered by name like timm's ``@register_model``.
+
+They exist so the demo, the tests and users' first tries need no model code of their own:
+``edgeexit export edgeexit.compile.zoo:demo_cnn ...``. The ResNet and ViT here are laid out
+exactly like torchvision's and timm's, so they also exercise the duck-typed adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from edgeexit.compile.adapters import attach_exits
+from edgeexit.compile.model import MultiExitModel
+from edgeexit.registry import Registry
+
+MODELS: Registry[Callable[..., MultiExitModel]] = Registry("model")
+
+
+def register_model(fn: Callable[..., MultiExitModel]) -> Callable[..., MultiExitModel]:
+    return MODELS.register(fn.__name__)(fn)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+def create_model(name: str, **kwargs: object) -> MultiExitModel:
+    return MODELS.get(name)(**kwargs)
+
+
+def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+@register_model
+def demo_cnn(num_classes: int = 10, in_channels: int = 1, size: int = 28) -> MultiExitModel:
+    """A 3-exit CNN for 28x28 images. Every exit, the final one included, gets the same kind of
+    head (LGViT's conv "local perception" head): a weaker final head would flatter the early exits."""
+    backbone = nn.Sequential(
+        _conv_block(in_channels, 32, pool=True),
+        _conv_block(32, 64, pool=True),
+        _conv_block(64, 96, pool=False),
+        _conv_block(96, 128, pool=False),
+    )
+    return attach_exits(
+        backbone,
+        exits=[0, 1],
+        head="conv",
+        final_head="conv",
+        head_options={"width": 64},
+        num_classes=num_classes,
+        name="demo_cnn",
+        input_shape=(1, in_channels, size, size),
+    )
+
+
+@register_model
+def digits_cnn(num_classes: int = 10) -> MultiExitModel:
+    """A tiny 3-exit CNN for scikit-learn's 8x8 digits: trains in seconds, for tests."""
+    backbone = nn.Sequential(
+        _conv_block(1, 16, pool=False), _conv_block(16, 32, pool=True), _conv_block(32, 32, pool=False)
+    )
+    return attach_exits(
+        backbone, exits=[0, 1], head="linear", final_head="linear", num_classes=num_classes,
+        name="digits_cnn", input_shape=(1, 1, 8, 8),
+    )  # fmt: skip
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block (same attribute names)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class TinyResNet(nn.Module):
+    """A ResNet-18-shaped network with the torchvision attribute layout, narrow enough for tests."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16, blocks: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()
+        widths = [width, width * 2, width * 4, width * 8]
+        cin = width
+        for i, cout in enumerate(widths, start=1):
+            layer = [BasicBlock(cin if b == 0 else cout, cout, 2 if (i > 1 and b == 0) else 1) for b in range(blocks)]
+            setattr(self, f"layer{i}", nn.Sequential(*layer))
+            cin = cout
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model
+def tiny_resnet(
+    num_classes: int = 10, in_channels: int = 3, size: int = 32, width: int = 16, blocks: int = 1, head: str = "conv"
+) -> MultiExitModel:
+    backbone = TinyResNet(num_classes, in_channels, width, blocks)
+    return attach_exits(
+        backbone, exits=["layer1", "layer2", "layer3"], head=head, num_classes=num_classes,
+        name="tiny_resnet", input_shape=(1, in_channels, size, size),
+    )  # fmt: skip
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, in_channels: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, patch, patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A ViT with timm's attribute layout (patch_embed, cls_token, pos_embed, blocks, norm, head)."""
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, size: int = 28, patch: int = 7, dim: int = 32, depth: int = 4
+    ) -> None:
+        super().__init__()
+        self.patch_embed = _PatchEmbed(in_channels, dim, patch)
+        tokens = (size // patch) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_Block(dim, heads=4) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+@register_model
+def tiny_vit(
+    num_classes: int = 10, in_channels: int = 1, size: int = 28, patch: int = 7, depth: int = 4, pool: str = "cls"
+) -> MultiExitModel:
+    """A 4-block ViT with heterogeneous LGViT heads: conv (local) early, attention (global) later."""
+    backbone = TinyViT(num_classes, in_channels, size, patch, depth=depth)
+    exits = list(range(depth - 1))
+    heads = ["conv" if i < len(exits) // 2 + 1 else "attention" for i in range(len(exits))]
+    return attach_exits(
+        backbone, exits=exits, head=heads, num_classes=num_classes, pool=pool,
+        name="tiny_vit", input_shape=(1, in_channels, size, size),
+    )  # fmt: skip

@@ -1,0 +1,362 @@
+"""The package manifest: everything a runtime needs to know, as versioned, validated JSON.
+
+The manifest is the contract between the workstation (which writes it) and the device and
+server (which only read it), so it is plain frozen dataclasses parsed field by field: a wrong
+type or a missing field is a ``PackageError`` naming the JSON path, never a ``KeyError`` deep in
+the runtime. numpy-free on purpose: the server and device read it before loading anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from edgeexit.errors import PackageError
+
+FORMAT_NAME = "edgeexit-package"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+#: Exit criteria a manifest may name. The numpy implementations live in ``edgeexit.criteria``.
+CRITERIA = ("max_prob", "margin", "entropy", "patience", "similarity")
+#: Criteria whose score the exported graph computes itself (from the exit's logits).
+IN_GRAPH_CRITERIA = ("max_prob", "margin", "entropy")
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named graph input or output. ``None`` in ``shape`` marks a dynamic axis (the batch)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def sample_bytes(self) -> int | None:
+        """Bytes of one sample (all axes but the batch), or None when another axis is dynamic."""
+        size = DTYPE_BYTES[self.dtype]
+        for dim in self.shape[1:]:
+            if dim is None:
+                return None
+            size *= dim
+        return size
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes the model input: ``(pixel * scale - mean) / std`` per channel."""
+
+    color_mode: Literal["L", "RGB"]
+    size: tuple[int, int]
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: ``layout`` says what the axes mean (``NCHW`` for images)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    layout: str
+    preprocessing: Preprocessing | None = None
+
+    @property
+    def tensor(self) -> TensorSpec:
+        return TensorSpec(self.name, self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One ONNX graph: a run of backbone stages, ending at a boundary that may carry an exit.
+
+    ``hidden`` names the output that feeds the next segment (None for the last one);
+    ``flops`` counts one sample's floating-point operations (a multiply-add is 2).
+    """
+
+    index: int
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    hidden: str | None
+    exit: int | None
+    flops: int
+    params: int
+    hidden_bytes: int | None
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise PackageError(f"segment {self.index} has no output {name!r}")
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    """An exit at the end of segment ``segment``.
+
+    ``logits`` and ``score`` name that segment's outputs; ``score`` is computed in the graph
+    for the exit's default criterion at temperature 1 where the criterion allows (max_prob,
+    margin, entropy). ``head`` is None for an exit without a classifier (similarity only).
+    """
+
+    index: int
+    segment: int
+    head: str | None
+    logits: str | None
+    score: str | None
+    criterion: str
+    threshold: float
+    temperature: float = 1.0
+    patience: int = 1
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class TailSpec:
+    """A Triton-layout model that finishes inference from boundary ``boundary`` (offload issue)."""
+
+    boundary: int
+    model: str
+    file: str
+    codec: str
+    encoded_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ExitCalibration:
+    exit: int
+    threshold: float
+    temperature: float
+    accuracy: float
+    exit_rate: float
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What chose the thresholds: the target, the data it was measured on and the outcome."""
+
+    criterion: str
+    max_drop: float
+    samples: int
+    data_sha256: str
+    final_accuracy: float
+    accuracy: float
+    expected_latency_ms: float
+    exits: tuple[ExitCalibration, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A stored input and PyTorch's outputs for it; ``edgeexit verify`` re-runs and compares."""
+
+    file: str
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    model_name: str
+    package_id: str
+    edgeexit_version: str
+    opset: int
+    input: InputSpec
+    labels: tuple[str, ...]
+    segments: tuple[SegmentSpec, ...]
+    exits: tuple[ExitSpec, ...]
+    files: dict[str, str]
+    reference: Reference | None = None
+    monolithic: str | None = None
+    tails: tuple[TailSpec, ...] = ()
+    calibration: CalibrationRecord | None = None
+    format: str = FORMAT_NAME
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def exit_of_segment(self, segment: int) -> ExitSpec | None:
+        for spec in self.exits:
+            if spec.segment == segment:
+                return spec
+        return None
+
+    def with_exits(self, exits: tuple[ExitSpec, ...], calibration: CalibrationRecord | None) -> Manifest:
+        """Thresholds change, weights do not: the package_id stays the same."""
+        return dataclasses.replace(self, exits=exits, calibration=calibration)
+
+    def validate(self) -> None:
+        """Cross-field rules the field types alone cannot express."""
+        if self.format != FORMAT_NAME:
+            raise PackageError(f"manifest format is {self.format!r}; expected {FORMAT_NAME!r}")
+        if not self.segments:
+            raise PackageError("manifest lists no segments; expected at least one")
+        for position, segment in enumerate(self.segments):
+            if segment.index != position:
+                raise PackageError(f"segments[{position}].index is {segment.index}; expected {position}")
+            if segment.file not in self.files:
+                raise PackageError(f"segment {position} file {segment.file!r} has no sha256 in 'files'")
+            last = position == len(self.segments) - 1
+            if (segment.hidden is None) != last:
+                raise PackageError(
+                    f"segment {position}: only the last segment may lack a hidden output "
+                    f"(found hidden={segment.hidden!r})"
+                )
+            if segment.hidden is not None:
+                segment.output(segment.hidden)
+        for position, spec in enumerate(self.exits):
+            if spec.index != position:
+                raise PackageError(f"exits[{position}].index is {spec.index}; expected {position}")
+            if not 0 <= spec.segment < len(self.segments):
+                raise PackageError(f"exit {position} sits on segment {spec.segment}, which does not exist")
+            if self.segments[spec.segment].exit != position:
+                raise PackageError(f"exit {position} and segment {spec.segment} do not point at each other")
+            if spec.criterion not in CRITERIA:
+                raise PackageError(
+                    f"exit {position} criterion {spec.criterion!r} is unknown; expected one of {CRITERIA}"
+                )
+            if spec.head is None and spec.criterion != "similarity":
+                raise PackageError(f"exit {position} has no head, so only the 'similarity' criterion can stop it")
+            for name in (spec.logits, spec.score):
+                if name is not None:
+                    self.segments[spec.segment].output(name)
+        if not self.exits or not self.exits[-1].final or self.exits[-1].segment != len(self.segments) - 1:
+            raise PackageError("the last exit must be the final exit, at the end of the last segment")
+        if self.package_id != package_id_of(self.files, [s.file for s in self.segments]):
+            raise PackageError(
+                "manifest package_id does not match the hashes of its segment graphs; "
+                "the manifest was edited by hand or the package is corrupt: re-export it"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(_to_plain(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "manifest.json") -> Manifest:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PackageError(f"{source} is not valid JSON ({err}); expected an edgeexit manifest") from None
+        return cls.from_dict(raw, source=source)
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "manifest.json") -> Manifest:
+        if not isinstance(raw, dict):
+            raise PackageError(f"{source}: expected a JSON object, found {type(raw).__name__}")
+        if raw.get("format") != FORMAT_NAME:
+            raise PackageError(f"{source}: 'format' is {raw.get('format')!r}; expected {FORMAT_NAME!r}")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PackageError(
+                f"{source}: format_version {version!r} is not supported by this edgeexit "
+                f"(it reads version {FORMAT_VERSION}); re-export the package with a matching edgeexit"
+            )
+        manifest = _parse(cls, raw, "")
+        try:
+            manifest.validate()
+        except PackageError as err:
+            raise PackageError(f"{source}: {err}") from None
+        return manifest
+
+
+def package_id_of(files: dict[str, str], graphs: list[str]) -> str:
+    """Hash over the segment graphs' hashes: it names the weights, not the thresholds."""
+    digest = hashlib.sha256()
+    for name in graphs:
+        digest.update(f"{name}:{files.get(name, '')}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _parse(kind: Any, value: Any, path: str) -> Any:
+    """Convert JSON into ``kind`` (a type hint), raising PackageError with the JSON path."""
+    where = path or "manifest"
+    origin = typing.get_origin(kind)
+    if kind is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _parse(option, value, path)
+            except PackageError as err:
+                errors.append(str(err))
+        raise PackageError(errors[0] if len(errors) == 1 else f"{where}: unexpected {_describe(value)}")
+    if origin is Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise PackageError(f"{where}: expected one of {allowed}, found {_describe(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise PackageError(f"{where}: expected a list, found {_describe(value)}")
+        args = typing.get_args(kind)
+        item = args[0]
+        return tuple(_parse(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PackageError(f"{where}: expected an object, found {_describe(value)}")
+        _, item = typing.get_args(kind)
+        return {k: _parse(item, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise PackageError(f"{where}: expected an object, found {_describe(value)}")
+        hints = typing.get_type_hints(kind)
+        known = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise PackageError(f"{where}: unknown field(s) {unknown}; expected only {sorted(known)}")
+        kwargs = {}
+        for spec in dataclasses.fields(kind):
+            child = f"{path}.{spec.name}" if path else spec.name
+            if spec.name in value:
+                kwargs[spec.name] = _parse(hints[spec.name], value[spec.name], child)
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise PackageError(f"{where}: missing required field {spec.name!r}")
+        return kind(**kwargs)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PackageError(f"{where}: expected a number, found {_describe(value)}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PackageError(f"{where}: expected an integer, found {_describe(value)}")
+        return value
+    if kind in (str, bool):
+        if not isinstance(value, kind):
+            raise PackageError(f"{where}: expected {kind.__name__}, found {_describe(value)}")
+        return value
+    if kind is type(None):
+        if value is not None:
+            raise PackageError(f"{where}: expected null, found {_describe(value)}")
+        return None
+    raise PackageError(f"{where}: cannot parse type {kind!r}")  # a bug in the schema, not the file
