@@ -71,7 +71,7 @@ def digits_cnn(num_classes: int = 10) -> MultiExitModel:
         _conv_block(1, 16, pool=False), _conv_block(16, 32, pool=True), _conv_block(32, 32, pool=False)
     )
     return attach_exits(
-        backbone, exits=[0, 1], head="linear", final_head="linear", num_classes=num_classes,
+        backbone, exits=[0, 1], head="conv", final_head="conv", head_options={"width": 32}, num_classes=num_classes,
         name="digits_cnn", input_shape=(1, 1, 8, 8),
     )  # fmt: skip
 

@@ -55,9 +55,7 @@ def test_round_trip(
 
 def test_default_labels_are_indices(tmp_path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = arrays
-    data = load_idx(
-        write(tmp_path / "i", idx_bytes(images), False), write(tmp_path / "l", idx_bytes(labels), False)
-    )
+    data = load_idx(write(tmp_path / "i", idx_bytes(images), False), write(tmp_path / "l", idx_bytes(labels), False))
     assert data.labels == ("0", "1", "2", "3")
 
 

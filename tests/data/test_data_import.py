@@ -11,7 +11,5 @@ def test_import_pulls_in_no_heavy_or_optional_package() -> None:
         "import sys, edgeexit.data; "
         "print(sorted(m for m in ('torch', 'PIL', 'sklearn', 'mlxtend') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr

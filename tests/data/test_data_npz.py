@@ -77,9 +77,7 @@ GOOD_Y = np.array([0, 1, 0])
         ({"x": GOOD_X.astype(np.int32) - 1, "y": GOOD_Y}, "8-bit"),
     ],
 )
-def test_malformed_arrays_name_path_and_problem(
-    tmp_path: Path, arrays: dict[str, np.ndarray], fragment: str
-) -> None:
+def test_malformed_arrays_name_path_and_problem(tmp_path: Path, arrays: dict[str, np.ndarray], fragment: str) -> None:
     path = write_npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError) as info:
         load_npz(path)

@@ -33,9 +33,7 @@ def test_properties_and_short_repr() -> None:
 
 
 def test_labels_list_is_stored_as_tuple() -> None:
-    data = LabelledData(
-        x=np.zeros((2, 1, 2, 2), np.float32), y=np.array([0, 1]), labels=["a", "b"], source="s"
-    )
+    data = LabelledData(x=np.zeros((2, 1, 2, 2), np.float32), y=np.array([0, 1]), labels=["a", "b"], source="s")
     assert data.labels == ("a", "b")
 
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: a small multi-exit model trained on scikit-learn's digits, and its package.
+
+Built once per session (a few seconds) so every test that needs a real package uses the same one.
+Tests that alter a package copy it first (``package_copy``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeexit.data import LabelledData, sklearn_digits
+
+
+@pytest.fixture(scope="session")
+def digits() -> LabelledData:
+    return sklearn_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits: LabelledData):  # noqa: ANN201  (torch is imported lazily)
+    from edgeexit.compile.training import train
+    from edgeexit.compile.zoo import digits_cnn
+
+    model = digits_cnn()
+    train(model, digits, epochs=3, batch_size=64, lr=5e-3, progress=False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits_package(tmp_path_factory: pytest.TempPathFactory, digits_model, digits: LabelledData) -> Path:  # noqa: ANN001
+    from edgeexit.compile.export import export
+
+    out = tmp_path_factory.mktemp("packages") / "digits"
+    export(digits_model, (1, 1, 8, 8), out, labels=digits.labels, sample=digits.x[:8], monolithic=True)
+    return out
+
+
+@pytest.fixture
+def package_copy(digits_package: Path, tmp_path: Path) -> Path:
+    """A private copy of the digits package that a test may alter."""
+    target = tmp_path / "pkg"
+    shutil.copytree(digits_package, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def edgeexit_cli() -> list[str]:
+    """The CLI as a real subprocess command (the installed entry point's module)."""
+    return [sys.executable, "-m", "edgeexit"]
