@@ -21,7 +21,7 @@ def digits() -> LabelledData:
 
 
 @pytest.fixture(scope="session")
-def digits_model(digits: LabelledData):  # noqa: ANN201  (torch is imported lazily)
+def digits_model(digits: LabelledData):
     from edgeexit.compile.training import train
     from edgeexit.compile.zoo import digits_cnn
 
@@ -31,7 +31,7 @@ def digits_model(digits: LabelledData):  # noqa: ANN201  (torch is imported lazi
 
 
 @pytest.fixture(scope="session")
-def digits_package(tmp_path_factory: pytest.TempPathFactory, digits_model, digits: LabelledData) -> Path:  # noqa: ANN001
+def digits_package(tmp_path_factory: pytest.TempPathFactory, digits_model, digits: LabelledData) -> Path:
     from edgeexit.compile.export import export
 
     out = tmp_path_factory.mktemp("packages") / "digits"
