@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,5 +48,5 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
     for i, name in enumerate(columns):
         out.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
-        out.add_row(*("-" if v is None else str(v) for v in row))
+        out.add_row(*("-" if v is None else escape(str(v)) for v in row))  # labels may hold "[...]"
     return out

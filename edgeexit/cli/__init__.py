@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from edgeexit.cli import package_commands, workstation_commands
 from edgeexit.console import err_console
@@ -30,13 +31,16 @@ def main() -> None:
     try:
         app()
     except EdgeExitError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except ModuleNotFoundError as err:
         extra = "export" if err.name in ("torch", "onnx", "onnxscript") else "device"
         err_console.print(
-            f"[bold red]error:[/] this command needs the Python module {err.name!r}, which is not installed; "
-            f"install the extra that provides it: pip install -c constraints.txt 'edgeexit[{extra}]'",
+            "[bold red]error:[/] "
+            + escape(
+                f"this command needs the Python module {err.name!r}, which is not installed; "
+                f"install the extra that provides it: pip install -c constraints.txt 'edgeexit[{extra}]'"
+            ),
             highlight=False,
             soft_wrap=True,
         )

@@ -1,0 +1,63 @@
+"""The ``[device]`` extra alone, in its own venv, can verify and inspect a real package.
+
+A stray ``import torch`` in the device path would pass every in-process test on a workstation
+that has torch; only a venv without it catches that. Installs from the package registry with the
+pins (about 25 s), like a user setting up an edge box would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def device_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("EDGEEXIT_SKIP_INSTALL_TESTS"):
+        pytest.skip("EDGEEXIT_SKIP_INSTALL_TESTS is set")
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), f"{ROOT}[device]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    return venv
+
+
+def test_device_extra_has_no_torch_or_onnx(device_venv: Path) -> None:
+    python = str(device_venv / "bin" / "python")
+    for module in ("torch", "onnx"):
+        found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60)
+        assert found.returncode != 0, f"{module} is importable in the [device] venv; it must not be installed there"
+
+
+def test_device_extra_verifies_and_inspects_a_package(device_venv: Path, digits_package: Path) -> None:
+    edgeexit = str(device_venv / "bin" / "edgeexit")
+    for command in ("verify", "inspect"):
+        result = subprocess.run([edgeexit, command, str(digits_package)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    verified = subprocess.run([edgeexit, "verify", str(digits_package)], capture_output=True, text=True, timeout=120)
+    assert "ok" in verified.stdout
+
+
+def test_device_extra_explains_what_is_missing_for_workstation_commands(device_venv: Path, tmp_path: Path) -> None:
+    edgeexit = str(device_venv / "bin" / "edgeexit")
+    result = subprocess.run(
+        [edgeexit, "export", "digits_cnn", "--input-shape", "1,1,8,8", "--out", str(tmp_path / "pkg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "edgeexit[export]" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
