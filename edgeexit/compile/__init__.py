@@ -1,7 +1,28 @@
-"""Workstation side: build, train and export multi-exit models. The only layer importing torch."""
+"""Workstation side: build, train and export multi-exit models. The only layer importing torch.
+
+    from edgeexit.compile import attach_exits, train, export
+"""
 
 from edgeexit.compile.adapters import attach_exits, list_adapters
+from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
+from edgeexit.compile.export import export
 from edgeexit.compile.heads import create_head, list_heads
 from edgeexit.compile.model import MultiExitModel
+from edgeexit.compile.training import evaluate, train
+from edgeexit.compile.zoo import create_model, list_models, register_model
 
-__all__ = ["MultiExitModel", "attach_exits", "create_head", "list_adapters", "list_heads"]
+__all__ = [
+    "MultiExitModel",
+    "attach_exits",
+    "create_head",
+    "create_model",
+    "evaluate",
+    "export",
+    "list_adapters",
+    "list_heads",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+    "save_checkpoint",
+    "train",
+]
