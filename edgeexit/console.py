@@ -44,7 +44,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | _SilentProgress]:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    out = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left", min_width=len(title) + 2)
     for i, name in enumerate(columns):
         out.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:

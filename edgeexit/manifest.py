@@ -224,13 +224,21 @@ class Manifest:
                 raise PackageError(f"exit {position} and segment {spec.segment} do not point at each other")
             if spec.criterion not in CRITERIA:
                 raise PackageError(
-                    f"exit {position} criterion {spec.criterion!r} is unknown; expected one of {CRITERIA}"
+                    f"exits[{position}].criterion {spec.criterion!r} is unknown; expected one of {CRITERIA}"
                 )
             if spec.head is None and spec.criterion != "similarity":
                 raise PackageError(f"exit {position} has no head, so only the 'similarity' criterion can stop it")
             for name in (spec.logits, spec.score):
                 if name is not None:
                     self.segments[spec.segment].output(name)
+        referenced = [
+            ("monolithic", self.monolithic),
+            ("reference.file", self.reference.file if self.reference else None),
+            *((f"tails[{i}].file", tail.file) for i, tail in enumerate(self.tails)),
+        ]
+        for where, name in referenced:
+            if name is not None and name not in self.files:
+                raise PackageError(f"{where} {name!r} has no sha256 in 'files'; every file the package uses is hashed")
         if not self.exits or not self.exits[-1].final or self.exits[-1].segment != len(self.segments) - 1:
             raise PackageError("the last exit must be the final exit, at the end of the last segment")
         if self.package_id != package_id_of(self.files, [s.file for s in self.segments]):
@@ -262,8 +270,8 @@ class Manifest:
                 f"{source}: format_version {version!r} is not supported by this edgeexit "
                 f"(it reads version {FORMAT_VERSION}); re-export the package with a matching edgeexit"
             )
-        manifest = _parse(cls, raw, "")
         try:
+            manifest = _parse(cls, raw, "")
             manifest.validate()
         except PackageError as err:
             raise PackageError(f"{source}: {err}") from None
@@ -320,8 +328,11 @@ def _parse(kind: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise PackageError(f"{where}: expected a list, found {_describe(value)}")
         args = typing.get_args(kind)
-        item = args[0]
-        return tuple(_parse(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise PackageError(f"{where}: expected a list of {len(args)} items, found {len(value)}")
+        return tuple(_parse(item, v, f"{path}[{i}]") for i, (item, v) in enumerate(zip(args, value, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise PackageError(f"{where}: expected an object, found {_describe(value)}")

@@ -41,7 +41,11 @@ def open_package(path: str | os.PathLike[str], *, verify_hashes: bool = True) ->
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path} is missing; expected the manifest written by `edgeexit export`")
-    manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8"), source=str(manifest_path))
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PackageError(f"cannot read {manifest_path} ({err}); expected a UTF-8 JSON manifest") from None
+    manifest = Manifest.from_json(text, source=str(manifest_path))
     if verify_hashes:
         verify_files(root, manifest)
     return Package(root, manifest)

@@ -45,3 +45,6 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    except OSError as err:  # a path the user gave: missing, not a directory, no permission, disk full
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)

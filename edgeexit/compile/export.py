@@ -297,7 +297,9 @@ def _flops(graph: nn.Module, one: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    # With autograd on, attention takes its decomposed path (linear + bmm) that the counter sees;
+    # under no_grad nn.MultiheadAttention's fused fast path would count as zero.
+    with counter, torch.enable_grad():
         graph(one)
     return int(counter.get_total_flops())
 

@@ -79,6 +79,10 @@ class MultiExitModel(nn.Module):
         outputs: list[torch.Tensor | None] = []
         hidden: list[torch.Tensor] = []
         for k, segment in enumerate(self.segments):
+            if k > 0 and (return_hidden or torch.is_grad_enabled()):
+                # The next segment may start in place (ReLU(inplace=True) after the cut), which would
+                # overwrite boundary k-1 under its exit head's autograd graph and the returned hidden.
+                x = x.clone()
             x = segment(x)
             hidden.append(x)
             head = self.head(k)

@@ -39,12 +39,14 @@ def verify_package(path: str | Path) -> VerifyReport:
     reference = _load_reference(package)
     atol, rtol = manifest.reference.atol, manifest.reference.rtol
     checks: list[ParityCheck] = []
+    if "input" not in reference:
+        raise PackageError(f"{manifest.reference.file} lacks the expected array 'input' (the reference sample)")
     x = reference["input"]
     for segment in manifest.segments:
         session = load_session(package.path(segment.file))
         _check_signature(session, segment.inputs, segment.outputs, segment.file)
         names = [o.name for o in segment.outputs]
-        outputs = session.run(names, {segment.inputs[0].name: x})
+        outputs = _run(session, names, {segment.inputs[0].name: x}, segment.file)
         for name, got in zip(names, outputs, strict=True):
             key = f"{segment.index}/{name}"
             if key not in reference:
@@ -54,8 +56,11 @@ def verify_package(path: str | Path) -> VerifyReport:
             x = outputs[names.index(segment.hidden)]
     if manifest.monolithic:
         session = load_session(package.path(manifest.monolithic))
-        names = [o.name for o in session.get_outputs()]
-        outputs = session.run(names, {manifest.input.name: reference["input"]})
+        # the monolithic graph computes every segment's outputs but the hidden tensors, in order
+        declared = [o for s in manifest.segments for o in s.outputs if o.name != s.hidden]
+        _check_signature(session, (manifest.input.tensor,), tuple(declared), manifest.monolithic)
+        names = [o.name for o in declared]
+        outputs = _run(session, names, {manifest.input.name: reference["input"]}, manifest.monolithic)
         by_name = {key.split("/", 1)[1]: value for key, value in reference.items() if "/" in key}
         for name, got in zip(names, outputs, strict=True):
             if name in by_name:
@@ -71,6 +76,13 @@ def _load_reference(package: Package) -> dict[str, np.ndarray]:
             return {key: data[key] for key in data.files}
     except Exception as err:
         raise PackageError(f"cannot read the reference sample {file}: {err}") from None
+
+
+def _run(session, names: list[str], feed: dict[str, np.ndarray], file: str) -> list[np.ndarray]:
+    try:
+        return session.run(names, feed)
+    except Exception as err:  # onnxruntime raises its own untyped errors
+        raise PackageError(f"ONNX Runtime failed to run {file} on the reference sample: {str(err)[:300]}") from None
 
 
 def _check_signature(session, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], file: str) -> None:

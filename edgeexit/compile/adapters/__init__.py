@@ -14,7 +14,7 @@ from torch import nn
 from edgeexit.compile.adapters import resnet, sequential, vit  # noqa: F401  (they register themselves)
 from edgeexit.compile.adapters.base import ADAPTERS, Adapter, ExitRequest
 from edgeexit.compile.model import MultiExitModel
-from edgeexit.errors import ModelError
+from edgeexit.errors import EdgeExitError, ModelError
 
 
 def attach_exits(
@@ -50,11 +50,21 @@ def attach_exits(
         pool=pool,
         name=name or type(backbone).__name__.lower(),
     )
-    chosen = ADAPTERS.get(adapter) if adapter else _detect(backbone)
+    chosen = _forced(adapter, backbone) if adapter else _detect(backbone)
     model = chosen.build(backbone, request)
     if input_shape is not None:
         model.materialize(input_shape)
     return model
+
+
+def _forced(name: str, backbone: nn.Module) -> Adapter:
+    try:
+        chosen = ADAPTERS.get(name)
+    except EdgeExitError as err:
+        raise ModelError(str(err)) from None
+    if not chosen.accepts(backbone):
+        raise ModelError(f"adapter {name!r} cannot split a {type(backbone).__name__}; expected {chosen.expects}")
+    return chosen
 
 
 def _detect(backbone: nn.Module) -> Adapter:

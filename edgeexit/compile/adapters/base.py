@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -50,14 +51,22 @@ def make_head(name: str | None, request: ExitRequest, layout: TokenLayout) -> nn
 
 def resolve_boundaries(requested: Sequence[int | str], names: Sequence[str], what: str) -> list[int]:
     """Map exit positions (indices or names) onto stage indices, strictly increasing."""
+    if not names:
+        raise ModelError(f"{what} has no stages to put exits between; expected at least one layer")
     positions = []
     for item in requested:
         if isinstance(item, str) and not item.lstrip("-").isdigit():
             if item not in names:
                 raise ModelError(f"{what} has no stage {item!r}; expected one of {list(names)}")
             positions.append(names.index(item))
-        else:
+        elif isinstance(item, str):
             positions.append(int(item))
+        elif isinstance(item, bool) or not hasattr(item, "__index__"):
+            raise ModelError(
+                f"{what}: exit position {item!r} is not a stage index; expected an int or one of {list(names)}"
+            )
+        else:
+            positions.append(operator.index(item))
     last = len(names) - 1
     for p in positions:
         if not 0 <= p < last:
