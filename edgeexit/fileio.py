@@ -19,12 +19,23 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600, so a
+    daemon or container running as another user can read the package.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -52,14 +63,18 @@ def staged_directory(target: str | os.PathLike[str], *, overwrite: bool) -> Iter
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        stage.chmod(0o777 & ~_umask())
         yield stage
-    except BaseException:
+        if final.exists():
+            retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, retired)
+            try:
+                os.replace(stage, final)
+            except BaseException:
+                os.replace(retired, final)  # put the old package back rather than strand it
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if final.exists():
-        retired = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, retired)
-        os.replace(stage, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(stage, final)

@@ -169,18 +169,23 @@ def test_atomic_write_that_fails_leaves_no_temporary_file(tmp_path: Path) -> Non
     target = tmp_path / "taken"
     target.mkdir()
     (target / "keep").write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryError):
         atomic_write_text(target, "cannot replace a non-empty directory")
     assert sorted(os.listdir(tmp_path)) == ["taken"]
     assert (target / "keep").read_text() == "x"
 
 
+def fill_then_fail(target: Path, *, overwrite: bool) -> Path:
+    """Write into a staged directory, then fail as a broken export would."""
+    with staged_directory(target, overwrite=overwrite) as stage:
+        (stage / "new.txt").write_text("new")
+        assert stage.parent == target.parent  # staged beside the target, so the final rename is atomic
+        raise RuntimeError(f"export failed after writing {stage}")
+
+
 def test_staged_directory_leaves_nothing_when_the_block_raises(tmp_path: Path) -> None:
-    target = tmp_path / "pkg"
-    with pytest.raises(RuntimeError, match="export failed"), staged_directory(target, overwrite=False) as stage:
-        assert stage.parent == tmp_path  # staged beside the target, so the final rename is atomic
-        (stage / "manifest.json").write_text("{}")
-        raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError, match="export failed"):
+        fill_then_fail(tmp_path / "pkg", overwrite=False)
     assert os.listdir(tmp_path) == []
 
 
@@ -188,9 +193,8 @@ def test_staged_directory_keeps_an_existing_dir_when_the_block_raises(tmp_path: 
     target = tmp_path / "pkg"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError), staged_directory(target, overwrite=True) as stage:
-        (stage / "new.txt").write_text("new")
-        raise RuntimeError("half way")
+    with pytest.raises(RuntimeError, match="export failed"):
+        fill_then_fail(target, overwrite=True)
     assert os.listdir(tmp_path) == ["pkg"]
     assert os.listdir(target) == ["old.txt"]
 
@@ -224,11 +228,6 @@ def test_staged_directory_without_overwrite_refuses_an_existing_dir(tmp_path: Pa
     assert os.listdir(target) == ["old.txt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fileio: staged_directory keeps mkdtemp's 0700 mode and atomic_write_* mkstemp's 0600, so a package "
-    "is unreadable by other users (e.g. the device daemon or a Triton container user)",
-)
 def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     probe_dir, probe_file = tmp_path / "probe", tmp_path / "probe.txt"
     probe_dir.mkdir()

@@ -93,7 +93,7 @@ def export(
         raise ExportError(f"got {len(labels)} labels for a model with {model.num_classes} classes")
 
     if Path(out).exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+        raise ExportError(f"{out} already exists; pass --force (overwrite=True in Python) to replace it")
     with staged_directory(out, overwrite=True) as stage:
         _write_package(
             model, shape, stage, inputs, labels, preprocessing, graph_criterion or criterion,

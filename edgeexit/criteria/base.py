@@ -1,0 +1,51 @@
+"""The one interface every exit criterion implements, and the registry they live in.
+
+A criterion turns what is known at a boundary into a per-sample score; a sample exits when
+``score >= threshold``. The confidence criteria score in [0, 1]; patience scores the run length
+of agreeing predictions (its threshold is the patience P). numpy only: the device runs these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edgeexit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """What the runtime knows about a batch at one boundary.
+
+    ``logits`` is None at an exit without a classifier; ``previous_hidden`` is the previous
+    boundary's hidden state (None at the first boundary); ``history`` holds the predictions of
+    earlier exits with a classifier, oldest first, each ``(N,)``.
+    """
+
+    logits: np.ndarray | None
+    hidden: np.ndarray | None = None
+    previous_hidden: np.ndarray | None = None
+    history: tuple[np.ndarray, ...] = ()
+    temperature: float = 1.0
+
+
+class Criterion(Protocol):
+    name: str
+    #: Whether the score needs the classifier's logits (False: works at an exit with no head).
+    needs_logits: bool
+    #: Whether the runtime must keep boundary hidden states around for it.
+    needs_hidden: bool
+
+    def score(self, boundary: Boundary) -> np.ndarray: ...
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

