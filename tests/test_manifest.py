@@ -57,7 +57,8 @@ def refused(raw_or_text: dict[str, Any] | str) -> str:
 
 def calibrated(manifest: Manifest, thresholds: tuple[float, ...]) -> Manifest:
     exits = tuple(
-        dataclasses.replace(spec, threshold=t, temperature=1.5) for spec, t in zip(manifest.exits, thresholds, strict=True)
+        dataclasses.replace(spec, threshold=t, temperature=1.5)
+        for spec, t in zip(manifest.exits, thresholds, strict=True)
     )
     record = CalibrationRecord(
         criterion="max_prob",

@@ -28,7 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["demo_cnn", "tiny_resnet", "tiny_vit"])
     args = parser.parse_args()
-    print(f"{'model':<12} {'segments':>8} {'export s':>9} {'s/graph':>8} {'max |diff| seg':>15} {'max |diff| chain':>17} {'max |diff| mono':>16}")
+    columns = ("segments", "export s", "s/graph", "max |diff| seg", "max |diff| chain", "max |diff| mono")
+    widths = (8, 9, 8, 15, 17, 16)
+    print(f"{'model':<12} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model = create_model(name)

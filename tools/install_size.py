@@ -56,7 +56,8 @@ def main() -> None:
             largest = ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in row["largest"])  # type: ignore[union-attr]
             print(
                 f"[{row['extra']}] site-packages {row['site_packages_mb']} MB, install {row['install_seconds']} s, "
-                f"torch={'yes' if row['has_torch'] else 'no'} onnx={'yes' if row['has_onnx'] else 'no'}; largest: {largest}"
+                f"torch={'yes' if row['has_torch'] else 'no'} onnx={'yes' if row['has_onnx'] else 'no'}; "
+                f"largest: {largest}"
             )
 
 

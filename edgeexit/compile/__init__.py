@@ -1,6 +1,6 @@
 """Workstation side: build, train and export multi-exit models. The only layer importing torch.
 
-    from edgeexit.compile import attach_exits, train, export
+Usage: ``from edgeexit.compile import attach_exits, train, export``.
 """
 
 from edgeexit.compile.adapters import attach_exits, list_adapters

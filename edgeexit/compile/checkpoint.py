@@ -19,11 +19,15 @@ CHECKPOINT_FORMAT = "edgeexit-checkpoint"
 
 
 def save_checkpoint(model: MultiExitModel, path: str | Path) -> None:
+    state = model.state_dict()
+    lazy = [k for k, v in state.items() if _is_uninitialized(v)]
+    if lazy:  # they would pickle as objects that a weights_only load refuses
+        raise ModelError(
+            f"model {model.name!r} has lazy layers that never saw an input ({_few(lazy)}); "
+            "expected a trained model, or call model.materialize(input_shape) before saving"
+        )
     buffer = io.BytesIO()
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "version": 1, "model_name": model.name, "state_dict": model.state_dict()},
-        buffer,
-    )
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model_name": model.name, "state_dict": state}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -80,6 +80,8 @@ def export(
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
     if criterion not in CRITERIA:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    if not (atol >= 0 and rtol >= 0):  # also refuses NaN
+        raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")
     shape = tuple(int(d) for d in input_shape)
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise ExportError(f"input shape {shape} is invalid; expected positive dims like 1,1,28,28")

@@ -27,7 +27,7 @@ def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
         return top[:, 0] - top[:, -1] if top.shape[-1] > 1 else top[:, 0]
     if criterion == "entropy":
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1)
-        return 1.0 - entropy / math.log(probs.shape[-1])
+        return 1.0 - entropy / math.log(probs.shape[-1]) if probs.shape[-1] > 1 else 1.0 - entropy  # 0/0 at 1 class
     raise ModelError(f"criterion {criterion!r} cannot be computed inside the graph")
 
 

@@ -127,7 +127,9 @@ def test_sequential_exit_before_an_inplace_relu_keeps_the_boundary_and_trains() 
 
 def test_sequential_final_head_replaces_the_output() -> None:
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1))
-    model = attach_exits(backbone, exits=[1], head="linear", final_head="linear", num_classes=7, input_shape=(1, 1, 5, 5))
+    model = attach_exits(
+        backbone, exits=[1], head="linear", final_head="linear", num_classes=7, input_shape=(1, 1, 5, 5)
+    )
     assert model.infos[-1].head == "linear"
     with torch.no_grad():
         logits = model(torch.randn(2, 1, 5, 5))
@@ -198,7 +200,8 @@ def test_unsplittable_backbone_names_what_was_expected(backbone: nn.Module) -> N
     assert f"cannot split a {type(backbone).__name__}" in message
     assert "nn.Sequential" in message
     assert "layer1..layer4" in message  # ResNet layout
-    assert "cls_token" in message and "conv_proj" in message  # both ViT layouts
+    assert "cls_token" in message
+    assert "conv_proj" in message
     assert sorted(list_adapters()) == ["resnet", "sequential", "vit"]
 
 
@@ -209,7 +212,7 @@ def test_forcing_an_adapter_that_does_not_fit_is_a_model_error(adapter: str) -> 
 
 
 def test_unknown_adapter_is_a_model_error_listing_adapters() -> None:
-    with pytest.raises(ModelError, match="unknown adapter 'nope'.*resnet, sequential, vit"):
+    with pytest.raises(ModelError, match=r"unknown adapter 'nope'.*resnet, sequential, vit"):
         attach_exits(small_sequential(), exits=[2], adapter="nope")
 
 
@@ -307,7 +310,8 @@ def test_vit_timm_layout_cls_pool() -> None:
     backbone = TinyViT(num_classes=5, size=8, patch=2, dim=16, depth=3).eval()
     model = attach_exits(backbone, exits=[0, 1], head=["linear", "attention"], num_classes=5, input_shape=(1, 1, 8, 8))
     assert [i.boundary for i in model.infos] == ["after block0", "after block1", "after block2"]
-    assert model.token_layout.prefix == 1 and model.token_layout.pool == "cls"
+    assert model.token_layout.prefix == 1
+    assert model.token_layout.pool == "cls"
     assert_shares_weights(model, backbone)
     assert model.segments[0][0][0].cls_token is backbone.cls_token
     assert model.segments[0][0][0].pos_embed is backbone.pos_embed
@@ -322,6 +326,20 @@ def test_vit_timm_layout_cls_pool() -> None:
     torch.testing.assert_close(logits[-1], reference, rtol=1e-6, atol=1e-6)
     # The early linear head reads the class token.
     torch.testing.assert_close(logits[0], model.head(0).classifier(hidden[0][:, 0]), rtol=0, atol=0)
+
+
+def test_vit_timm_layout_with_a_bare_conv_patch_embedding() -> None:
+    """timm-style models whose patch_embed returns (N, D, h, w) are flattened to tokens."""
+    torch.manual_seed(0)
+    backbone = TinyViT(num_classes=5, size=8, patch=2, dim=16, depth=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        reference = backbone(x)
+    backbone.patch_embed = backbone.patch_embed.proj  # the same conv, without the flatten
+    model = attach_exits(backbone, exits=[0], num_classes=5, input_shape=(1, 1, 8, 8)).eval()
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(logits[-1], reference, rtol=1e-6, atol=1e-6)
 
 
 def test_vit_timm_layout_mean_pool() -> None:
@@ -377,7 +395,7 @@ def test_vit_torchvision_layout_mean_pool_and_no_classifier_exit() -> None:
 
 
 def test_vit_rejects_an_unknown_pool_and_bad_exits() -> None:
-    with pytest.raises(ModelError, match="'cls'.*'mean'.*got 'max'"):
+    with pytest.raises(ModelError, match=r"'cls'.*'mean'.*got 'max'"):
         attach_exits(TorchvisionViT(), exits=[0], pool="max")
     with pytest.raises(ModelError, match="cannot exit after stage 2"):
         attach_exits(TorchvisionViT(depth=3), exits=[2])

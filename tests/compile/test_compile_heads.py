@@ -51,7 +51,8 @@ def test_heads_backpropagate_into_their_input() -> None:
         head = create_head(name, 3, CLS)
         tokens = torch.randn(2, 10, 6, requires_grad=True)
         head(tokens).sum().backward()
-        assert tokens.grad is not None and tokens.grad.abs().sum() > 0, name
+        assert tokens.grad is not None, name
+        assert tokens.grad.abs().sum() > 0, name
 
 
 def test_linear_head_pools_as_the_layout_says() -> None:
@@ -87,7 +88,7 @@ def test_tokens_to_map_restores_the_patch_grid() -> None:
 
 def test_conv_head_on_a_non_square_token_grid_raises() -> None:
     head = create_head("conv", 3, CLS)
-    with pytest.raises(ValueError, match="square grid.*12 tokens after 1 prefix"):
+    with pytest.raises(ValueError, match=r"square grid.*12 tokens after 1 prefix"):
         head(torch.randn(2, 1 + 12, 8))
 
 

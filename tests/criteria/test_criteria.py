@@ -73,7 +73,7 @@ def test_unknown_criterion_lists_the_known_ones() -> None:
         create_criterion("confidence")
 
 
-def test_numpy_max_prob_matches_the_score_computed_inside_the_exported_graph(digits_package, digits) -> None:  # noqa: ANN001
+def test_numpy_max_prob_matches_the_score_computed_inside_the_exported_graph(digits_package, digits) -> None:
     import onnxruntime as ort
 
     from edgeexit.package import open_package

@@ -1,0 +1,194 @@
+"""The layer rule of DESIGN.md: the device path (manifest, package, runtime, data, CLI) never loads
+torch or onnx, which a device does not install.
+
+Two checks: a fresh interpreter that imports the device modules and verifies a real package, then
+inspects ``sys.modules``; and a static pass over the source, so a top-level ``import torch`` is
+caught in a module that the dynamic check happens not to import.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "edgeexit"  # the source tree, as checked in
+HEAVY = ("torch", "onnx", "onnxscript")  # onnxruntime is the device's runtime; "onnx" is the exporter's library
+
+DEVICE_SCRIPT = r"""
+import importlib.abc, json, sys
+
+blocked = sys.argv[2] == "blocked"
+attempts = []
+
+class Block(importlib.abc.MetaPathFinder):
+    # a device without torch/onnx: importing them fails, and the attempt is recorded
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "onnx", "onnxscript"):
+            attempts.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+if blocked:
+    sys.meta_path.insert(0, Block())
+
+import edgeexit, edgeexit.manifest, edgeexit.package, edgeexit.runtime, edgeexit.runtime.verify
+import edgeexit.data, edgeexit.cli
+from edgeexit.runtime.verify import verify_package
+from edgeexit.cli import app
+
+report = verify_package(sys.argv[1])
+assert report.ok, report.checks
+for command in ("verify", "inspect"):  # the CLI commands too, in process, with their table rendering
+    app([command, sys.argv[1]], standalone_mode=False)
+loaded = sorted(
+    m for m in sys.modules
+    if m.split(".")[0] in ("torch", "onnx", "onnxscript") or m.split(".")[:2] == ["edgeexit", "compile"]
+)
+print("LAYERS " + json.dumps({"loaded": loaded, "attempts": attempts}))
+"""
+
+
+def run_device_script(package: Path, mode: str) -> dict[str, list[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT, str(package), mode], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("LAYERS "))
+    return json.loads(line.removeprefix("LAYERS "))
+
+
+def test_device_path_loads_no_torch_or_onnx(digits_package: Path) -> None:
+    found = run_device_script(digits_package, "plain")
+    assert found["loaded"] == [], f"the device path loaded {found['loaded']}"
+
+
+def test_device_path_works_when_torch_and_onnx_cannot_be_imported(digits_package: Path) -> None:
+    found = run_device_script(digits_package, "blocked")
+    assert found == {"loaded": [], "attempts": []}
+
+
+# --- static check ---------------------------------------------------------------------------------------------
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def top_level_imports(source: str, module: str) -> list[tuple[int, str]]:
+    """(line, imported module) for every import that runs when ``module`` is imported.
+
+    That is the module body, including ``if``/``try``/``with`` blocks and class bodies, but not
+    function bodies (lazy imports) nor ``if TYPE_CHECKING:`` blocks. Relative imports are resolved
+    against ``module``; ``from a import b`` yields both ``a`` and ``a.b`` (b may be a submodule).
+    """
+    package_parts = module.split(".")[:-1]  # a module's package; for "a.b.__init__" that is a.b itself
+    found: list[tuple[int, str]] = []
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                found.extend((node.lineno, alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base_parts = package_parts[: len(package_parts) - (node.level - 1)]
+                    base = ".".join([*base_parts, *([node.module] if node.module else [])])
+                else:
+                    base = node.module or ""
+                found.append((node.lineno, base))
+                found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            elif isinstance(node, ast.If):
+                if not _is_type_checking(node.test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, ast.TryStar)):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+            elif isinstance(node, (ast.With, ast.AsyncWith, ast.For, ast.AsyncFor, ast.While)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)
+
+    visit(ast.parse(source).body)
+    return found
+
+
+def is_forbidden(name: str) -> bool:
+    root = name.split(".")[0]
+    return root in HEAVY or name == "edgeexit.compile" or name.startswith("edgeexit.compile.")
+
+
+def module_name(file: Path) -> str:
+    relative = file.relative_to(PACKAGE_DIR.parent).with_suffix("")
+    parts = list(relative.parts)
+    return ".".join(parts)
+
+
+def non_compile_modules() -> list[Path]:
+    files = sorted(PACKAGE_DIR.rglob("*.py"))
+    return [f for f in files if "compile" not in f.relative_to(PACKAGE_DIR).parts[:1]]
+
+
+def test_the_static_check_sees_what_runs_at_import() -> None:
+    source = """
+import os
+import torch.nn as nn
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import onnx
+try:
+    from onnx import helper
+except ImportError:
+    pass
+from edgeexit import compile
+from .compile import zoo
+from ..compile.export import export
+class Thing:
+    import onnxscript
+def lazy():
+    import torch
+    from edgeexit.compile import export
+"""
+    found = [name for _, name in top_level_imports(source, "edgeexit.cli.commands") if is_forbidden(name)]
+    assert found == [
+        "torch.nn",
+        "onnx",  # from onnx import helper: the module ...
+        "onnx.helper",  # ... and what may be a submodule
+        "edgeexit.compile",  # from edgeexit import compile
+        "edgeexit.compile.export",  # a relative import, resolved against the package
+        "edgeexit.compile.export.export",
+        "onnxscript",  # class bodies run at import
+    ]  # not: onnx under TYPE_CHECKING, torch and edgeexit.compile inside a function, edgeexit.cli.compile
+
+
+def test_no_module_outside_compile_imports_torch_onnx_or_compile_at_top_level() -> None:
+    modules = non_compile_modules()
+    assert PACKAGE_DIR / "cli" / "workstation_commands.py" in modules
+    assert PACKAGE_DIR / "runtime" / "verify.py" in modules
+    offences = []
+    for file in modules:
+        name = module_name(file)
+        for line, imported in top_level_imports(file.read_text(encoding="utf-8"), name):
+            if is_forbidden(imported):
+                offences.append(f"{file.relative_to(PACKAGE_DIR.parent)}:{line} imports {imported}")
+    assert offences == [], "top-level imports that break the device layer:\n" + "\n".join(offences)
+
+
+@pytest.mark.parametrize("module", ["manifest.py", "package.py", "fileio.py", "errors.py", "parity.py"])
+def test_manifest_layer_does_not_import_a_runtime(module: str) -> None:
+    """The manifest layer is read before anything is loaded (DESIGN: numpy only)."""
+    file = PACKAGE_DIR / module
+    imported = [name for _, name in top_level_imports(file.read_text(encoding="utf-8"), f"edgeexit.{file.stem}")]
+    assert not [n for n in imported if n.split(".")[0] in ("onnxruntime", "grpc", *HEAVY)], imported
