@@ -1,12 +1,18 @@
 """ONNX Runtime sessions with options chosen on purpose for small CPUs.
 
-One thread by default (an edge box runs other work, and small graphs gain little from more),
-full graph optimization, the CPU provider only so behaviour does not change with what else is
-installed.
+- One intra-op thread by default: an edge box runs other work, and graphs this small gain
+  little from more (``threads`` raises it).
+- Full graph optimization, once: the optimized graph is saved in a cache keyed by the graph's
+  sha256, the ORT version and the CPU architecture, and later loads read it back with
+  optimization off, which cuts cold start (ORT's "offline" mode). The saved graph may hold
+  CPU-specific fused kernels, which is why the cache lives on the device, never in the package.
+- The CPU provider only, so behaviour does not change with whatever else is installed.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 import onnxruntime as ort
@@ -14,18 +20,55 @@ import onnxruntime as ort
 from edgeexit.errors import PackageError
 
 
-def session_options(threads: int = 1) -> ort.SessionOptions:
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeexit" / "ort"
+
+
+def session_options(threads: int = 1, *, optimize: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.log_severity_level = 3
     return options
 
 
-def load_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+def load_session(
+    path: Path, threads: int = 1, *, cache_dir: Path | None = None, sha256: str | None = None
+) -> ort.InferenceSession:
+    """Load a graph; with ``cache_dir`` and ``sha256``, reuse (or write) its optimized form."""
+    cached = _cache_path(cache_dir, sha256, threads) if cache_dir is not None and sha256 else None
+    if cached is not None and cached.is_file():
+        try:
+            return _create(cached, session_options(threads, optimize=False))
+        except PackageError:
+            cached.unlink(missing_ok=True)  # stale or truncated: rebuild it below
+    options = session_options(threads)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            options.optimized_model_filepath = str(partial)
+            session = _create(path, options)
+            if partial.is_file():
+                os.replace(partial, cached)
+            return session
+        except OSError:
+            options = session_options(threads)  # an unwritable cache only costs cold-start time
+    return _create(path, options)
+
+
+def _cache_path(cache_dir: Path, sha256: str, threads: int) -> Path:
+    key = f"{sha256[:32]}-ort{ort.__version__}-{platform.machine()}-t{threads}.onnx"
+    return cache_dir / key
+
+
+def _create(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own untyped errors
         raise PackageError(f"ONNX Runtime cannot load {path}: {str(err)[:300]}") from None

@@ -1,0 +1,78 @@
+"""Segments on ONNX Runtime: any-batch runs, and a batch-1 chain bound once.
+
+A plain chain of ``session.run`` calls allocates every output and copies it into the next
+call (measured 1.20x a monolithic graph on a small CNN). ``BoundChain`` allocates each
+segment's outputs once as numpy arrays, wraps them as OrtValues sharing that memory, and binds
+segment k's hidden buffer as segment k+1's input, so a sample flows through with no copies
+(measured 1.08x).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeexit.errors import PackageError
+from edgeexit.manifest import SegmentSpec, TensorSpec
+from edgeexit.runtime.sessions import load_session
+
+
+class OrtSegment:
+    """One segment graph and the names the manifest gives its tensors."""
+
+    def __init__(self, path: Path, spec: SegmentSpec, *, threads: int, cache_dir: Path | None, sha256: str) -> None:
+        self.spec = spec
+        self.session = load_session(path, threads, cache_dir=cache_dir, sha256=sha256)
+        self.input_name = spec.inputs[0].name
+        self.output_names = [o.name for o in spec.outputs]
+        found = [o.name for o in self.session.get_outputs()]
+        if sorted(found) != sorted(self.output_names):
+            raise PackageError(f"{path} has outputs {found}; the manifest declares {self.output_names}")
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, {self.input_name: x})
+        return dict(zip(self.output_names, values, strict=True))
+
+
+def _static_shape(spec: TensorSpec) -> tuple[int, ...] | None:
+    if any(d is None for d in spec.shape[1:]):
+        return None
+    return (1, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
+
+
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "int8": np.int8}
+
+
+class BoundChain:
+    """Pre-allocated batch-1 buffers, bound once to every segment's IOBinding."""
+
+    def __init__(self, segments: list[OrtSegment], input_spec: TensorSpec) -> None:
+        shape = _static_shape(input_spec)
+        if shape is None:
+            raise ValueError("dynamic non-batch axes: no fixed buffers to bind")
+        self.input = np.zeros(shape, dtype=_NUMPY[input_spec.dtype])
+        self.outputs: list[dict[str, np.ndarray]] = []
+        self._bindings: list[ort.IOBinding] = []
+        self._segments = segments
+        source = self.input
+        for segment in segments:
+            binding = segment.session.io_binding()
+            binding.bind_ortvalue_input(segment.input_name, ort.OrtValue.ortvalue_from_numpy(source))
+            buffers: dict[str, np.ndarray] = {}
+            for spec in segment.spec.outputs:
+                out_shape = _static_shape(spec)
+                if out_shape is None:
+                    raise ValueError(f"output {spec.name} has dynamic non-batch axes")
+                buffers[spec.name] = np.zeros(out_shape, dtype=_NUMPY[spec.dtype])
+                binding.bind_ortvalue_output(spec.name, ort.OrtValue.ortvalue_from_numpy(buffers[spec.name]))
+            self._bindings.append(binding)
+            self.outputs.append(buffers)
+            if segment.spec.hidden is not None:
+                source = buffers[segment.spec.hidden]
+
+    def run_segment(self, k: int) -> dict[str, np.ndarray]:
+        """Run segment k on whatever its input buffer holds; returns views of its output buffers."""
+        self._segments[k].session.run_with_iobinding(self._bindings[k])
+        return self.outputs[k]
