@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from edgeexit.cli import package_commands, workstation_commands
+from edgeexit.cli import device_commands, package_commands, workstation_commands
 from edgeexit.console import err_console
 from edgeexit.errors import EdgeExitError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 workstation_commands.register(app)
 package_commands.register(app)
+device_commands.register(app)
 
 
 def main() -> None:

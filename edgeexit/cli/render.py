@@ -66,3 +66,24 @@ def segments_table(manifest: Manifest) -> Table:
         ],
         rows,
     )
+
+
+def results_table(manifest: Manifest, samples: Sequence[object], results: Sequence[object]) -> Table:
+    """``samples`` are runtime.inputs.Sample, ``results`` runtime.engine.Result (same order)."""
+    labels = manifest.labels
+    rows = []
+    for sample, result in zip(samples, results, strict=True):
+        true = sample.true_class  # type: ignore[attr-defined]
+        rows.append(
+            (
+                sample.name,  # type: ignore[attr-defined]
+                result.label if result.label is not None else "(no classifier)",  # type: ignore[attr-defined]
+                None if true is None else (labels[true] if true < len(labels) else true),
+                result.exit,  # type: ignore[attr-defined]
+                f"{result.score:.3f}",  # type: ignore[attr-defined]
+                f"{result.latency_ms:.3f}",  # type: ignore[attr-defined]
+            )
+        )
+    return table(
+        f"{manifest.model_name}: {len(rows)} input(s)", ["input", "prediction", "true", "exit", "score", "ms"], rows
+    )

@@ -245,11 +245,12 @@ class Engine:
         history: Sequence[np.ndarray],
     ) -> np.ndarray:
         rule = self.rules[k]
-        if rule.final:
-            return np.ones(len(logits) if logits is not None else len(hidden), np.float32)  # type: ignore[arg-type]
         if rule.graph_score is not None:
             return outputs[rule.graph_score]
-        return self._criteria[k].score(Boundary(logits, hidden, previous, tuple(history), rule.temperature))
+        criterion = self._criteria[k]
+        if rule.final and (logits is None or criterion.needs_hidden):  # the final exit exits anyway
+            return np.ones(len(logits) if logits is not None else len(hidden), np.float32)  # type: ignore[arg-type]
+        return criterion.score(Boundary(logits, hidden, previous, tuple(history), rule.temperature))
 
     def _result(
         self,
