@@ -2,6 +2,8 @@
 
 Early layers carry local detail a linear probe on pooled features throws away; a 3x3 conv
 lets the exit use it. On tokens the patch tokens are laid back onto their grid first.
+The conv is depthwise after a 1x1 projection (MobileNet-style): a dense 3x3 conv at an early,
+high-resolution boundary would cost more than the backbone segment it is meant to save.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ class LocalPerceptionHead(nn.Module):
         super().__init__()
         self.layout = layout
         self.features = nn.Sequential(
-            nn.LazyConv2d(width, kernel_size=3, padding=1, bias=False),
+            nn.LazyConv2d(width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, kernel_size=3, padding=1, groups=width, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
