@@ -116,7 +116,6 @@ class ExitSpec:
     criterion: str
     threshold: float
     temperature: float = 1.0
-    patience: int = 1
     final: bool = False
 
 
@@ -239,6 +238,11 @@ class Manifest:
         for where, name in referenced:
             if name is not None and name not in self.files:
                 raise PackageError(f"{where} {name!r} has no sha256 in 'files'; every file the package uses is hashed")
+        if len(self.exits) != len(self.segments):
+            raise PackageError(
+                f"the manifest has {len(self.exits)} exits for {len(self.segments)} segments; expected one exit "
+                "at the end of every segment (an exit without a classifier has head null)"
+            )
         if not self.exits or not self.exits[-1].final or self.exits[-1].segment != len(self.segments) - 1:
             raise PackageError("the last exit must be the final exit, at the end of the last segment")
         if self.package_id != package_id_of(self.files, [s.file for s in self.segments]):

@@ -20,6 +20,7 @@ ThreadsOpt = Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op thre
 
 def register(app: typer.Typer) -> None:
     app.command()(run)
+    app.command()(calibrate)
 
 
 def run(
@@ -55,3 +56,53 @@ def run(
         typer.echo(json.dumps(rows, indent=2))
         return
     console.print(results_table(engine.manifest, samples, results))
+
+
+def calibrate(
+    package: PackageArg,
+    data: Annotated[
+        str, typer.Option(help="Labelled validation data: a .npz (x, y), an image folder, or a built-in set.")
+    ],
+    max_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Accuracy the early exits may cost, as a fraction (0.01 = 1 point).")
+    ] = 0.01,
+    criterion: CriterionOpt = None,
+    split: Annotated[str, typer.Option(help="Split of a built-in data set to use.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the accuracy vs. expected-latency Pareto PNG.")
+    ] = None,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Choose each exit's threshold (and temperature) on labelled data: overall accuracy stays
+    within --max-drop of the final exit while expected latency is lowest. Rewrites the manifest
+    atomically; the package_id (the weights) does not change."""
+    from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto
+    from edgeexit.cli.render import calibration_table
+    from edgeexit.data import load_dataset
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.inputs import prepare_dataset
+
+    engine = Engine(package, threads=threads)
+    dataset = load_dataset(data, split=split)
+    if limit:
+        dataset = dataset.head(limit)
+    x, y = prepare_dataset(dataset, engine.manifest)
+    full = engine.run_full(x)
+    manifest, choice = calibrate_manifest(
+        engine.manifest, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y)
+    )
+    engine.package.save_manifest(manifest)
+    console.print(calibration_table(manifest, choice, full.segment_ms))
+    target = plot or package.with_name(f"{package.name}-pareto.png")
+    curve, chosen = pareto_for(manifest, full, y)
+    full_point = (sum(full.segment_ms), choice.final_accuracy)
+    try:
+        plot_pareto(
+            curve, chosen, full_point, target, criterion=manifest.calibration.criterion,  # type: ignore[union-attr]
+            max_drop=max_drop, target_accuracy=choice.target_accuracy,
+        )  # fmt: skip
+        console.print(f"Pareto plot: {target}")
+    except ImportError as err:
+        console.print(f"no Pareto plot: {err}")
+    console.print(f"[green]calibrated[/] {package} on {len(y)} samples ({dataset.source})", highlight=False)

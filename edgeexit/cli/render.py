@@ -87,3 +87,33 @@ def results_table(manifest: Manifest, samples: Sequence[object], results: Sequen
     return table(
         f"{manifest.model_name}: {len(rows)} input(s)", ["input", "prediction", "true", "exit", "score", "ms"], rows
     )
+
+
+def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[float]) -> Table:
+    """Per exit: criterion, threshold, temperature, exit rate and accuracy of those that exit."""
+    record = manifest.calibration
+    assert record is not None
+    rows = []
+    for spec, exit_record in zip(manifest.exits, record.exits, strict=True):
+        never = spec.threshold >= 1e9
+        rows.append(
+            (
+                spec.index,
+                spec.criterion,
+                "final" if spec.final else ("never" if never else f"{spec.threshold:.4f}"),
+                f"{spec.temperature:.3f}",
+                f"{100 * exit_record.exit_rate:.1f}%",
+                f"{100 * exit_record.accuracy:.2f}%",
+                f"{segment_ms[spec.segment]:.3f}",
+            )
+        )
+    full_ms = sum(segment_ms)
+    title = (
+        f"calibration (max drop {100 * record.max_drop:g} pt on {record.samples} samples): accuracy "
+        f"{100 * record.accuracy:.2f}% vs final exit {100 * record.final_accuracy:.2f}%, expected "
+        f"{record.expected_latency_ms:.3f} ms vs full depth {full_ms:.3f} ms "
+        f"({full_ms / record.expected_latency_ms:.2f}x)"
+    )
+    return table(
+        title, ["exit", "criterion", "threshold", "temperature", "exit rate", "accuracy there", "segment ms"], rows
+    )

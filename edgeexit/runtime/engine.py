@@ -138,7 +138,9 @@ class Engine:
             logits = self._logits(k, outputs)
             score = self._score(k, outputs, logits, hidden, previous, history)
             if self.rules[k].final or score[0] >= self.rules[k].threshold:
-                return self._result(k, logits, score, 0, started, tuple(times), hidden if keep_hidden else None)
+                # a copy: the bound chain's buffers are overwritten by the next run
+                kept = hidden.copy() if (keep_hidden and hidden is not None) else None
+                return self._result(k, logits, score, 0, started, tuple(times), kept)
             if logits is not None:
                 history.append(logits.argmax(axis=-1))
             previous, current = hidden, hidden  # type: ignore[assignment]

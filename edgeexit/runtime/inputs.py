@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.errors import InputError
-from edgeexit.manifest import InputSpec, Preprocessing
+from edgeexit.data.records import LabelledData
+from edgeexit.errors import DataError, InputError
+from edgeexit.manifest import InputSpec, Manifest, Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 
@@ -126,3 +127,29 @@ def _from_array(name: str, x: np.ndarray, y: np.ndarray | None, spec: InputSpec,
 
 def _shape(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def prepare_dataset(data: LabelledData, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """A data set (pixels scaled to [0, 1]) as this package's model input, refusing a mismatch.
+
+    The package may expect other normalization (mean/std), so pixels are rebuilt as ``x * 255``
+    and normalized the way ``edgeexit run`` treats raw images.
+    """
+    spec = manifest.input
+    expected = tuple(spec.shape[1:])
+    found = tuple(data.x.shape[1:])
+    if len(expected) != len(found) or any(w is not None and w != g for w, g in zip(expected, found, strict=True)):
+        raise DataError(
+            f"the data's samples have shape {found} ({data.source}); the package expects {_shape(expected)}"
+        )
+    if data.num_classes != manifest.num_classes:
+        raise DataError(
+            f"the data has {data.num_classes} classes ({data.source}); the package has {manifest.num_classes} outputs"
+        )
+    x = data.x
+    prep = spec.preprocessing
+    if prep is not None and not (
+        abs(prep.scale - 1 / 255) < 1e-12 and all(m == 0 for m in prep.mean) and all(s == 1 for s in prep.std)
+    ):
+        x = normalize(x * 255.0, prep)
+    return np.ascontiguousarray(x, dtype=np.float32), data.y

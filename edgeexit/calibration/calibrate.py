@@ -1,0 +1,164 @@
+"""From a full-depth pass over labelled data to a recalibrated manifest.
+
+Only thresholds, temperatures and criteria change, never a graph, so the package_id (a hash of
+the graphs) stays what it was and a tail server keeps accepting the package's hidden tensors.
+
+Exits without a classifier: the engine scores them by similarity whatever the criterion, and the
+answer they give is no prediction at all, which calibration counts as a wrong answer. They may
+exit only when the requested criterion is ``similarity``; otherwise their threshold is ``NEVER``.
+
+The engine uses the graph's own score output when an exit keeps its exported criterion at
+temperature exactly 1.0; calibration scores in numpy, so its prediction is bit-exact whenever the
+fitted temperature differs from 1.0 (which degenerate data alone leaves at 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeexit.calibration.scores import exit_scores, full_depth_samples
+from edgeexit.calibration.temperature import fit_temperature
+from edgeexit.calibration.thresholds import Choice, Outcome, choose_thresholds, finite_threshold, pareto_curve, simulate
+from edgeexit.errors import DataError, EdgeExitError
+from edgeexit.manifest import CRITERIA, CalibrationRecord, ExitCalibration, ExitSpec, Manifest
+
+if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its numpy record
+    from edgeexit.runtime.engine import FullDepth
+
+
+def digest_data(x: np.ndarray, labels: np.ndarray) -> str:
+    """A digest of a labelled data set (dtype, shape and bytes of both) for the calibration record."""
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(x), np.ascontiguousarray(labels)):
+        digest.update(f"{array.dtype.str}{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def check_labels(labels: object, samples: int, num_classes: int) -> np.ndarray:
+    """Labels as (N,) int64, or a DataError that says what was found and what was expected."""
+    array = np.asarray(labels)
+    expected = f"expected {samples} integer class indices in [0, {num_classes})"
+    if array.ndim != 1:
+        raise DataError(f"labels have shape {array.shape}; {expected} as a 1-D array")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"labels have dtype {array.dtype}; {expected} (convert with labels.astype(np.int64))")
+    if array.shape[0] != samples:
+        raise DataError(f"there are {array.shape[0]} labels for {samples} samples; {expected}")
+    if samples and (array.min() < 0 or array.max() >= num_classes):
+        bad = array[(array < 0) | (array >= num_classes)]
+        raise DataError(
+            f"{bad.size} label(s) out of range, e.g. {bad[0]} (labels span [{array.min()}, {array.max()}]); {expected}"
+        )
+    return array.astype(np.int64)
+
+
+def _exit_costs(manifest: Manifest, segment_ms: tuple[float, ...]) -> np.ndarray:
+    """Per exit, the time of the segments between the previous exit and this one."""
+    if len(segment_ms) != len(manifest.segments):
+        raise EdgeExitError(
+            f"the full-depth record times {len(segment_ms)} segments; the manifest has {len(manifest.segments)}"
+        )
+    cumulative = np.cumsum(np.asarray(segment_ms, dtype=np.float64))
+    at_exit = np.array([cumulative[spec.segment] for spec in manifest.exits])
+    return np.diff(at_exit, prepend=0.0)
+
+
+def calibrate_manifest(
+    manifest: Manifest,
+    full: FullDepth,
+    labels: np.ndarray,
+    *,
+    criterion: str | None,
+    max_drop: float,
+    data_sha256: str,
+    candidates: int = 64,
+) -> tuple[Manifest, Choice]:
+    """Fit temperatures, choose thresholds for ``max_drop``, and record both in a new manifest.
+
+    ``criterion`` None keeps each exit's own criterion. Every exit with logits gets its fitted
+    temperature (the final one too: it shapes the probabilities a Result reports); the final exit
+    keeps its threshold. The record's per-exit accuracy is among the samples that left there, or,
+    where none did, the exit's accuracy over all samples (what it would score if it were used).
+    """
+    if criterion is not None and criterion not in CRITERIA:
+        raise EdgeExitError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    exits = manifest.exits
+    if len(full.logits) != len(exits) or len(full.similarity) != len(exits):
+        raise EdgeExitError(
+            f"the full-depth record has {len(full.logits)} exits; the manifest has {len(exits)}: "
+            "run Engine.run_full on this package"
+        )
+    samples = full_depth_samples(full)
+    final_logits = full.logits[-1]
+    num_classes = manifest.num_classes or (final_logits.shape[-1] if final_logits is not None else 0)
+    y = check_labels(labels, samples, num_classes)
+    if samples == 0:
+        raise DataError("calibration got no samples; expected a labelled validation set")
+
+    wanted = [spec.criterion if (criterion is None or spec.final) else criterion for spec in exits]
+    scored = ["similarity" if full.logits[k] is None else name for k, name in enumerate(wanted)]
+    temperatures = [
+        fit_temperature(logits, y) if logits is not None else spec.temperature
+        for spec, logits in zip(exits, full.logits, strict=True)
+    ]
+    scores = exit_scores(scored, full, temperatures)
+    correct = np.zeros(scores.shape, dtype=bool)
+    for k, logits in enumerate(full.logits):
+        if logits is not None:
+            correct[k] = logits.argmax(axis=-1) == y
+        if logits is None and wanted[k] != "similarity" and not exits[k].final:
+            scores[k] = -np.inf  # no candidate threshold: this exit never fires
+    choice = choose_thresholds(scores, correct, _exit_costs(manifest, full.segment_ms), max_drop, candidates)
+
+    new_exits: list[ExitSpec] = []
+    records: list[ExitCalibration] = []
+    for k, spec in enumerate(exits):
+        if spec.final:
+            updated = dataclasses.replace(spec, temperature=temperatures[k])
+        else:
+            threshold = finite_threshold(choice.thresholds[k])
+            changes: dict[str, object] = {"criterion": scored[k], "threshold": threshold}
+            changes["temperature"] = temperatures[k]
+            updated = dataclasses.replace(spec, **changes)
+        new_exits.append(updated)
+        accuracy = choice.outcome.exit_accuracy[k]
+        records.append(
+            ExitCalibration(
+                exit=k,
+                threshold=updated.threshold,
+                temperature=updated.temperature,
+                accuracy=float(correct[k].mean()) if accuracy is None else accuracy,
+                exit_rate=choice.outcome.exit_rate[k],
+            )
+        )
+    early = [name for name, spec in zip(wanted, exits, strict=True) if not spec.final]
+    record = CalibrationRecord(
+        criterion=criterion or ("+".join(dict.fromkeys(early)) if early else exits[-1].criterion),
+        max_drop=float(max_drop),
+        samples=samples,
+        data_sha256=data_sha256,
+        final_accuracy=choice.final_accuracy,
+        accuracy=choice.outcome.accuracy,
+        expected_latency_ms=choice.outcome.expected_ms,
+        exits=tuple(records),
+    )
+    return manifest.with_exits(tuple(new_exits), record), choice
+
+
+def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:
+    """The accuracy-latency frontier of a (calibrated) manifest's criteria and temperatures on
+    the same full-depth pass, and the outcome of its current thresholds, for the Pareto plot."""
+    y = check_labels(labels, full_depth_samples(full), manifest.num_classes)
+    scores = exit_scores([spec.criterion for spec in manifest.exits], full, [s.temperature for s in manifest.exits])
+    correct = np.zeros(scores.shape, dtype=bool)
+    for k, logits in enumerate(full.logits):
+        if logits is not None:
+            correct[k] = logits.argmax(axis=-1) == y
+    costs = _exit_costs(manifest, full.segment_ms)
+    thresholds = [-np.inf if spec.final else spec.threshold for spec in manifest.exits]
+    return pareto_curve(scores, correct, costs), simulate(scores, correct, costs, thresholds)
