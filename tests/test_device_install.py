@@ -1,4 +1,4 @@
-"""The ``[device]`` extra alone, in its own venv, can verify and inspect a real package.
+"""The ``[device]`` extra alone, in its own venv, can verify, inspect and run a real package.
 
 A stray ``import torch`` in the device path would pass every in-process test on a workstation
 that has torch; only a venv without it catches that. Installs from the package registry with the
@@ -61,3 +61,27 @@ def test_device_extra_explains_what_is_missing_for_workstation_commands(device_v
     assert result.returncode == 1
     assert "edgeexit[export]" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_device_extra_runs_a_package_on_npy_and_image_inputs(
+    device_venv: Path, digits_package: Path, digits, tmp_path: Path
+) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    np.save(tmp_path / "one.npy", digits.x[0])
+    Image.fromarray((digits.x[1, 0] * 255).astype(np.uint8)).save(tmp_path / "one.png")
+    edgeexit = str(device_venv / "bin" / "edgeexit")
+    result = subprocess.run(
+        [edgeexit, "run", str(digits_package), str(tmp_path / "one.npy"), str(tmp_path / "one.png"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["input"] for row in rows] == ["one.npy", "one.png"]
+    assert all({"prediction", "label", "exit", "probabilities", "latency_ms"} <= set(row) for row in rows)
