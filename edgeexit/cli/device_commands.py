@@ -77,6 +77,8 @@ def calibrate(
     """Choose each exit's threshold (and temperature) on labelled data: overall accuracy stays
     within --max-drop of the final exit while expected latency is lowest. Rewrites the manifest
     atomically; the package_id (the weights) does not change."""
+    from rich.markup import escape
+
     from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto
     from edgeexit.cli.render import calibration_table
     from edgeexit.data import load_dataset
@@ -92,17 +94,23 @@ def calibrate(
     manifest, choice = calibrate_manifest(
         engine.manifest, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y)
     )
-    engine.package.save_manifest(manifest)
-    console.print(calibration_table(manifest, choice, full.segment_ms))
-    target = plot or package.with_name(f"{package.name}-pareto.png")
+    # `calibrate .` (or `..`) has no usable name: resolve it so the plot still lands next to the package.
+    named = package if package.name not in ("", "..") else package.resolve()
+    target = plot or named.with_name(f"{named.name}-pareto.png")
     curve, chosen = pareto_for(manifest, full, y)
     full_point = (sum(full.segment_ms), choice.final_accuracy)
+    # The plot before the manifest: a plot path that cannot be written fails the command with the package untouched.
     try:
         plot_pareto(
             curve, chosen, full_point, target, criterion=manifest.calibration.criterion,  # type: ignore[union-attr]
             max_drop=max_drop, target_accuracy=choice.target_accuracy,
         )  # fmt: skip
-        console.print(f"Pareto plot: {target}")
+        plotted = f"Pareto plot: {escape(str(target))}"
     except ImportError as err:
-        console.print(f"no Pareto plot: {err}")
-    console.print(f"[green]calibrated[/] {package} on {len(y)} samples ({dataset.source})", highlight=False)
+        plotted = f"no Pareto plot: {escape(str(err))}"  # keep the [plots] of the pip hint
+    engine.package.save_manifest(manifest)
+    console.print(calibration_table(manifest, choice, full.segment_ms))
+    console.print(plotted)
+    console.print(
+        f"[green]calibrated[/] {escape(str(package))} on {len(y)} samples ({escape(dataset.source)})", highlight=False
+    )

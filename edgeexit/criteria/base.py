@@ -29,6 +29,8 @@ class Boundary:
     previous_hidden: np.ndarray | None = None
     history: tuple[np.ndarray, ...] = ()
     temperature: float = 1.0
+    #: softmax(logits / temperature) when the caller already has it (saves recomputing it)
+    probabilities: np.ndarray | None = None
 
 
 class Criterion(Protocol):
@@ -45,7 +47,10 @@ CRITERIA: Registry[type[Criterion]] = Registry("criterion")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """float32 like the graphs; few numpy calls, because it runs per sample on the device."""
+    z = np.asarray(logits, dtype=np.float32)
+    if temperature != 1.0:
+        z = z * np.float32(1.0 / temperature)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e

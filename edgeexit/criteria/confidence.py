@@ -14,6 +14,8 @@ from edgeexit.criteria.base import CRITERIA, Boundary, softmax
 
 
 def _probs(boundary: Boundary) -> np.ndarray:
+    if boundary.probabilities is not None:
+        return boundary.probabilities
     if boundary.logits is None:
         raise ValueError("this criterion needs the exit's logits; the exit has no classifier")
     return softmax(boundary.logits, boundary.temperature)

@@ -98,6 +98,7 @@ class Engine:
         ]
         self.rules = tuple(self._rule(spec, criterion, threshold) for spec in manifest.exits)
         self._criteria = [create_criterion(rule.criterion) for rule in self.rules]
+        self._keeps_history = any(rule.criterion == "patience" for rule in self.rules)
         self._input = manifest.input
         try:
             self._chain: BoundChain | None = BoundChain(self.segments, manifest.input.tensor)
@@ -136,12 +137,12 @@ class Engine:
             times.append((time.perf_counter() - tick) * 1e3)
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score = self._score(k, outputs, logits, hidden, previous, history)
+            score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
             if self.rules[k].final or score[0] >= self.rules[k].threshold:
                 # a copy: the bound chain's buffers are overwritten by the next run
                 kept = hidden.copy() if (keep_hidden and hidden is not None) else None
-                return self._result(k, logits, score, 0, started, tuple(times), kept)
-            if logits is not None:
+                return self._result(k, logits, probabilities, score, 0, started, tuple(times), kept)
+            if self._keeps_history and logits is not None:
                 history.append(logits.argmax(axis=-1))
             previous, current = hidden, hidden  # type: ignore[assignment]
         raise AssertionError("the final exit always exits")  # pragma: no cover
@@ -170,11 +171,15 @@ class Engine:
             times.append((time.perf_counter() - tick) * 1e3)
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score = self._score(k, outputs, logits, hidden, previous, history)
+            score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
             leaving = np.ones(len(active), bool) if self.rules[k].final else score >= self.rules[k].threshold
+            if probabilities is None and logits is not None and leaving.any():
+                probabilities = softmax(logits, self.rules[k].temperature)
             for i in np.flatnonzero(leaving):
                 kept = hidden[i : i + 1].copy() if (keep_hidden and hidden is not None) else None
-                results_by_index[active[i]] = self._result(k, logits, score, i, started, tuple(times), kept)
+                results_by_index[active[i]] = self._result(
+                    k, logits, probabilities, score, i, started, tuple(times), kept
+                )
             staying = ~leaving
             if not staying.any():
                 break
@@ -245,19 +250,25 @@ class Engine:
         hidden: np.ndarray | None,
         previous: np.ndarray | None,
         history: Sequence[np.ndarray],
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The exit's scores, and its probabilities when computing the score produced them."""
         rule = self.rules[k]
         if rule.graph_score is not None:
-            return outputs[rule.graph_score]
+            return outputs[rule.graph_score], None
         criterion = self._criteria[k]
+        probabilities = None
+        if logits is not None and not criterion.needs_hidden:
+            probabilities = softmax(logits, rule.temperature)  # once: the score and the Result share it
         if rule.final and (logits is None or criterion.needs_hidden):  # the final exit exits anyway
-            return np.ones(len(logits) if logits is not None else len(hidden), np.float32)  # type: ignore[arg-type]
-        return criterion.score(Boundary(logits, hidden, previous, tuple(history), rule.temperature))
+            return np.ones(len(logits) if logits is not None else len(hidden), np.float32), None  # type: ignore[arg-type]
+        boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities)
+        return criterion.score(boundary), probabilities
 
     def _result(
         self,
         k: int,
         logits: np.ndarray | None,
+        probabilities: np.ndarray | None,
         score: np.ndarray,
         i: int,
         started: float,
@@ -267,11 +278,11 @@ class Engine:
         latency = (time.perf_counter() - started) * 1e3
         if logits is None:
             return Result(None, None, None, k, float(score[i]), latency, times, hidden)
-        probabilities = softmax(logits[i : i + 1], self.rules[k].temperature)[0]
-        prediction = int(np.argmax(logits[i]))
+        row = probabilities[i] if probabilities is not None else softmax(logits[i], self.rules[k].temperature)
+        prediction = int(logits[i].argmax())
         labels = self.manifest.labels
         label = labels[prediction] if prediction < len(labels) else str(prediction)
-        return Result(prediction, label, probabilities, k, float(score[i]), latency, times, hidden)
+        return Result(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden)
 
     def _check(self, x: object, *, batched: bool) -> np.ndarray:
         spec = self._input
@@ -285,6 +296,8 @@ class Engine:
         sample_rank = len(spec.shape) - 1
         if not batched and x.ndim == sample_rank:
             x = x[None]
+        if x.ndim == len(spec.shape) and (batched or x.shape[0] == 1) and self._fits(x.shape):
+            return x if x.flags.c_contiguous else np.ascontiguousarray(x)  # the hot path: no messages built
         expected = "x".join("N" if d is None else str(d) for d in spec.shape)
         if x.ndim != len(spec.shape) or (not batched and x.shape[0] != 1):
             what = "one sample" if not batched else "a batch"
@@ -300,6 +313,9 @@ class Engine:
                     f"input {what} is {got}; expected {want} (input shape {expected}, layout {spec.layout}); "
                     f"got shape {tuple(x.shape)}"
                 )
-        if x.shape[0] == 0:
-            raise InputError("input batch is empty; expected at least one sample")
-        return np.ascontiguousarray(x)
+        raise InputError("input batch is empty; expected at least one sample")
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        if shape[0] == 0:
+            return False
+        return all(want is None or want == got for want, got in zip(self._input.shape[1:], shape[1:], strict=True))
