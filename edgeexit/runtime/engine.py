@@ -9,7 +9,7 @@ results come back in input order and match ``run`` sample by sample.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,13 +128,9 @@ class Engine:
         times: list[float] = []
         history: list[np.ndarray] = []
         previous: np.ndarray | None = None
-        current = sample
-        if self._chain is not None:
-            np.copyto(self._chain.input, sample)
-        for k, segment in enumerate(self.segments):
-            tick = time.perf_counter()
-            outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current)
-            times.append((time.perf_counter() - tick) * 1e3)
+        for k, outputs, ms in self._walk(sample):
+            times.append(ms)
+            segment = self.segments[k]
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
             score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
@@ -144,7 +140,7 @@ class Engine:
                 return self._result(k, logits, probabilities, score, 0, started, tuple(times), kept)
             if self._keeps_history and logits is not None:
                 history.append(logits.argmax(axis=-1))
-            previous, current = hidden, hidden  # type: ignore[assignment]
+            previous = hidden
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
     # ---------------------------------------------------------------- batches
@@ -223,20 +219,25 @@ class Engine:
         batch = self._check(xs, batched=True)
         totals = np.zeros(len(self.segments))
         for i in range(-warmup, batch.shape[0]):
-            sample = batch[max(i, 0) : max(i, 0) + 1]
-            current = sample
-            if self._chain is not None:
-                np.copyto(self._chain.input, sample)
-            for k, segment in enumerate(self.segments):
-                tick = time.perf_counter()
-                outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current)
+            for k, _, ms in self._walk(batch[max(i, 0) : max(i, 0) + 1]):
                 if i >= 0:
-                    totals[k] += (time.perf_counter() - tick) * 1e3
-                if segment.spec.hidden:
-                    current = outputs[segment.spec.hidden]
+                    totals[k] += ms
         return tuple(float(t / max(batch.shape[0], 1)) for t in totals)
 
     # ---------------------------------------------------------------- helpers
+
+    def _walk(self, sample: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+        """Segment by segment for one sample: (index, outputs, ms). Through the bound chain when
+        there is one (outputs are views of its buffers), else plain runs passing hidden on."""
+        current = sample
+        if self._chain is not None:
+            np.copyto(self._chain.input, sample)
+        for k, segment in enumerate(self.segments):
+            tick = time.perf_counter()
+            outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current)
+            yield k, outputs, (time.perf_counter() - tick) * 1e3
+            if segment.spec.hidden:
+                current = outputs[segment.spec.hidden]
 
     def _logits(self, k: int, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         name = self.manifest.exits[k].logits
