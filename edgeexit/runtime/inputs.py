@@ -142,7 +142,8 @@ def prepare_dataset(data: LabelledData, manifest: Manifest) -> tuple[np.ndarray,
         raise DataError(
             f"the data's samples have shape {found} ({data.source}); the package expects {_shape(expected)}"
         )
-    if data.num_classes != manifest.num_classes:
+    unnamed = data.labels == tuple(str(i) for i in range(data.num_classes))  # counted from y, not declared
+    if data.num_classes > manifest.num_classes or (data.num_classes != manifest.num_classes and not unnamed):
         raise DataError(
             f"the data has {data.num_classes} classes ({data.source}); the package has {manifest.num_classes} outputs"
         )
