@@ -28,6 +28,17 @@ package_commands.register(app)
 device_commands.register(app)
 
 
+#: Which extra brings a module a command may miss (the rest come with [device]).
+_EXTRA_OF = {
+    "torch": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "matplotlib": "plots",
+    "sklearn": "data",
+    "mlxtend": "data",
+}
+
+
 def main() -> None:
     try:
         app()
@@ -35,7 +46,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except ModuleNotFoundError as err:
-        extra = "export" if err.name in ("torch", "onnx", "onnxscript") else "device"
+        extra = _EXTRA_OF.get((err.name or "").split(".")[0], "device")
         err_console.print(
             "[bold red]error:[/] "
             + escape(
@@ -47,5 +58,5 @@ def main() -> None:
         )
         sys.exit(1)
     except OSError as err:  # a path the user gave: missing, not a directory, no permission, disk full
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(1)
