@@ -1,0 +1,111 @@
+"""Why segment boundaries cost: ONNX Runtime's blocked (NCHWc) layout, A/B by optimization level.
+
+    python tools/bench_layout.py [PACKAGE]     # default: exports an untrained resnet64 package
+
+For ORT_ENABLE_ALL (layout rewrite on) and ORT_ENABLE_EXTENDED (off), batch-1 median latency of
+the monolithic graph and of the segments chained with plain session.run, 3 alternating rounds.
+Then the engine's throughput one sample at a time vs. run_batch at batch 8 and 32 (whatever the
+package's thresholds make of them; an untrained package runs everything to full depth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeexit.package import open_package
+
+
+def _options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    return options
+
+
+def _median_ms(fn: Callable[[np.ndarray], None], xs: np.ndarray) -> float:
+    times = []
+    for sample in xs:
+        tick = time.perf_counter()
+        fn(sample)
+        times.append(time.perf_counter() - tick)
+    return float(np.median(times) * 1e3)
+
+
+def compare(package_dir: Path, samples: int = 200, rounds: int = 3) -> None:
+    package = open_package(package_dir)
+    manifest = package.manifest
+    if manifest.monolithic is None:
+        sys.exit(f"{package_dir} has no monolithic graph: export it with --monolithic")
+    xs = np.random.default_rng(0).random((samples, *manifest.input.shape[1:]), dtype=np.float32)
+    levels = {
+        "ORT_ENABLE_ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "ORT_ENABLE_EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
+    for name, level in levels.items():
+        provider = ["CPUExecutionProvider"]
+        mono = ort.InferenceSession(str(package.path(manifest.monolithic)), _options(level), providers=provider)
+        segments = [
+            ort.InferenceSession(str(package.path(s.file)), _options(level), providers=provider)
+            for s in manifest.segments
+        ]
+
+        def run_mono(sample: np.ndarray, mono: ort.InferenceSession = mono) -> None:
+            mono.run(None, {manifest.input.name: sample[None]})
+
+        def run_segments(sample: np.ndarray, segments: list[ort.InferenceSession] = segments) -> None:
+            x = sample[None]
+            for session, spec in zip(segments, manifest.segments, strict=True):
+                x = session.run(None, {spec.inputs[0].name: x})[0]
+
+        _median_ms(run_mono, xs[:20])
+        _median_ms(run_segments, xs[:20])
+        mono_ms, seg_ms = [], []
+        for _ in range(rounds):
+            mono_ms.append(_median_ms(run_mono, xs))
+            seg_ms.append(_median_ms(run_segments, xs))
+        a, b = float(np.median(mono_ms)), float(np.median(seg_ms))
+        print(f"{name:<20} monolithic {a:.4f} ms  segments {b:.4f} ms  ratio {b / a:.3f}")
+
+    from edgeexit.runtime import Engine
+
+    engine = Engine(package, cache_dir=None)
+    runs: dict[str, Callable[[], object]] = {
+        "one at a time": lambda: [engine.run(sample) for sample in xs],
+        "batch 8": lambda: engine.run_batch(xs, batch_size=8),
+        "batch 32": lambda: engine.run_batch(xs, batch_size=32),
+    }
+    for name, run in runs.items():
+        run()
+        tick = time.perf_counter()
+        run()
+        print(f"engine {name:<14} {len(xs) / (time.perf_counter() - tick):8.0f} samples/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package", nargs="?", type=Path)
+    args = parser.parse_args()
+    if args.package:
+        compare(args.package)
+        return
+    from edgeexit.compile import export
+    from edgeexit.compile.zoo import tiny_resnet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = tiny_resnet(num_classes=10, in_channels=1, size=64, width=16, blocks=1, head="conv")
+        export(model, (1, 1, 64, 64), Path(tmp) / "resnet64", monolithic=True)
+        compare(Path(tmp) / "resnet64")
+
+
+if __name__ == "__main__":
+    main()
