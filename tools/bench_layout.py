@@ -5,7 +5,8 @@
 For ORT_ENABLE_ALL (layout rewrite on) and ORT_ENABLE_EXTENDED (off), batch-1 median latency of
 the monolithic graph and of the segments chained with plain session.run, 3 alternating rounds.
 Then the engine's throughput one sample at a time vs. run_batch at batch 8 and 32 (whatever the
-package's thresholds make of them; an untrained package runs everything to full depth).
+package's thresholds make of them; an untrained package runs everything to full depth), and its
+cold start (Engine construction) without the optimized-graph cache, filling it, and reading it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def compare(package_dir: Path, samples: int = 200, rounds: int = 3) -> None:
         tick = time.perf_counter()
         run()
         print(f"engine {name:<14} {len(xs) / (time.perf_counter() - tick):8.0f} samples/s")
+
+    with tempfile.TemporaryDirectory() as cache:
+        starts: dict[str, list[float]] = {"no cache": [], "filling the cache": [], "from the cache": []}
+        for round_ in range(rounds):
+            for name, cache_dir in (("no cache", None), ("filling the cache", Path(cache) / str(round_))):
+                tick = time.perf_counter()
+                Engine(package, cache_dir=cache_dir)
+                starts[name].append((time.perf_counter() - tick) * 1e3)
+            tick = time.perf_counter()
+            Engine(package, cache_dir=Path(cache) / str(round_))
+            starts["from the cache"].append((time.perf_counter() - tick) * 1e3)
+        for name, values in starts.items():
+            print(f"engine cold start, {name:<18} {np.median(values):8.1f} ms")
 
 
 def main() -> None:
