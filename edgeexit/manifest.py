@@ -151,6 +151,8 @@ class CalibrationRecord:
     accuracy: float
     expected_latency_ms: float
     exits: tuple[ExitCalibration, ...]
+    #: standard errors of the accuracy drop kept in reserve for unseen data (0: none)
+    margin: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,12 @@ def calibrate_manifest(
     max_drop: float,
     data_sha256: str,
     candidates: int = 64,
+    margin: float = 1.0,
 ) -> tuple[Manifest, Choice]:
     """Fit temperatures, choose thresholds for ``max_drop``, and record both in a new manifest.
+
+    ``margin`` (standard errors, see ``choose_thresholds``) keeps part of the budget in reserve so
+    the drop also holds on data the thresholds were not chosen on; 0 spends it all on this data.
 
     ``criterion`` None keeps each exit's own criterion. Every exit with logits gets its fitted
     temperature (the final one too: it shapes the probabilities a Result reports); the final exit
@@ -113,7 +117,8 @@ def calibrate_manifest(
             correct[k] = logits.argmax(axis=-1) == y
         if logits is None and wanted[k] != "similarity" and not exits[k].final:
             scores[k] = -np.inf  # no candidate threshold: this exit never fires
-    choice = choose_thresholds(scores, correct, _exit_costs(manifest, full.segment_ms), max_drop, candidates)
+    costs = _exit_costs(manifest, full.segment_ms)
+    choice = choose_thresholds(scores, correct, costs, max_drop, candidates, margin=margin)
 
     new_exits: list[ExitSpec] = []
     records: list[ExitCalibration] = []
@@ -140,6 +145,7 @@ def calibrate_manifest(
     record = CalibrationRecord(
         criterion=criterion or ("+".join(dict.fromkeys(early)) if early else exits[-1].criterion),
         max_drop=float(max_drop),
+        margin=float(margin),
         samples=samples,
         data_sha256=data_sha256,
         final_accuracy=choice.final_accuracy,

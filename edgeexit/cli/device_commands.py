@@ -67,6 +67,14 @@ def calibrate(
         float, typer.Option(min=0.0, max=1.0, help="Accuracy the early exits may cost, as a fraction (0.01 = 1 point).")
     ] = 0.01,
     criterion: CriterionOpt = None,
+    margin: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Standard errors of the accuracy drop kept in reserve, so --max-drop also holds on new data "
+            "(0: spend the whole budget on this data set).",
+        ),
+    ] = 1.0,
     split: Annotated[str, typer.Option(help="Split of a built-in data set to use.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     plot: Annotated[
@@ -92,7 +100,7 @@ def calibrate(
     x, y = prepare_dataset(dataset, engine.manifest)
     full = engine.run_full(x)
     manifest, choice = calibrate_manifest(
-        engine.manifest, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y)
+        engine.manifest, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin
     )
     # `calibrate .` (or `..`) has no usable name: resolve it so the plot still lands next to the package.
     named = package if package.name not in ("", "..") else package.resolve()

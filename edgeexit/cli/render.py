@@ -109,7 +109,8 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
         )
     full_ms = sum(segment_ms)
     title = (
-        f"calibration (max drop {100 * record.max_drop:g} pt on {record.samples} samples): accuracy "
+        f"calibration (max drop {100 * record.max_drop:g} pt, {record.margin:g} s.e. in reserve, "
+        f"{record.samples} samples): accuracy "
         f"{100 * record.accuracy:.2f}% vs final exit {100 * record.final_accuracy:.2f}%, expected "
         f"{record.expected_latency_ms:.3f} ms vs full depth {full_ms:.3f} ms "
         f"({full_ms / record.expected_latency_ms:.2f}x)"

@@ -71,7 +71,8 @@ def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
     console.print(segments_table(package.manifest))
     console.print(
         f"calibrated on {len(validation)} validation images for at most {100 * MAX_DROP:g} point below the final "
-        f"exit: expected accuracy {choice.outcome.accuracy:.4f} (final exit {choice.final_accuracy:.4f})"
+        f"exit, one standard error in reserve: accuracy there {choice.outcome.accuracy:.4f} "
+        f"(final exit {choice.final_accuracy:.4f})"
     )
 
     # The held-out test split through the runtime: full depth vs. early exit.

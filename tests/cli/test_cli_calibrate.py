@@ -123,7 +123,7 @@ def calibrated(
 
 def test_calibrate_prints_the_calibration_table(calibrated: Calibrated, digits: LabelledData) -> None:
     out = calibrated.done.stdout
-    assert f"calibration (max drop 2 pt on {len(digits)} samples): accuracy" in out
+    assert f"calibration (max drop 2 pt, 1 s.e. in reserve, {len(digits)} samples): accuracy" in out
     for column in ("exit", "criterion", "threshold", "temperature", "exit rate", "accuracy there", "segment ms"):
         assert column in out
     rows = [line for line in out.splitlines() if line.startswith("│")]
