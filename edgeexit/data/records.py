@@ -7,17 +7,17 @@ pixels, NHWC layout, labels out of range) can reach a model and fail deep inside
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from edgeexit.errors import DataError
+from edgeexit.fileio import atomic_write_bytes
 
 __all__ = ["LabelledData"]
 
@@ -131,12 +131,12 @@ class LabelledData:
         disk never leaves a half-written data set that a later run would trust.
         """
         target = Path(path)
-
-        def write(f: IO[bytes]) -> None:
-            np.savez(f, x=self.x, y=self.y, labels=np.array(self.labels, dtype=np.str_))
-
+        if not target.parent.is_dir():
+            raise DataError(f"cannot write data set to {target}: directory {target.parent} does not exist")
+        buffer = io.BytesIO()
+        np.savez(buffer, x=self.x, y=self.y, labels=np.array(self.labels, dtype=np.str_))
         try:
-            _write_atomic(target, write)
+            atomic_write_bytes(target, buffer.getvalue())
         except OSError as exc:
             raise DataError(f"cannot write data set to {target}: {exc}") from None
 
@@ -176,40 +176,3 @@ def _describe(a: object) -> str:
     if isinstance(a, np.ndarray):
         return f"{a.dtype} array of shape {a.shape}"
     return type(a).__name__
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Stream into a temporary file in ``path``'s directory, then ``os.replace`` it over ``path``.
-
-    The temporary file must live in the same directory: ``os.replace`` is only atomic within one
-    file system.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; a data set is not a secret, so use the usual mode for data files.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """All-or-nothing write of a small file (see ``_write_atomic``)."""
-    _write_atomic(Path(path), lambda f: f.write(data))
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edgeexit.data import LabelledData, load_npz
-from edgeexit.data.records import _write_bytes_atomic
 from edgeexit.errors import DataError
 
 
@@ -122,8 +121,10 @@ def test_save_npz_into_missing_directory_raises(tmp_path: Path) -> None:
 
 
 def test_write_bytes_atomic_replaces_whole_file(tmp_path: Path) -> None:
+    from edgeexit.fileio import atomic_write_bytes
+
     target = tmp_path / "f.bin"
-    _write_bytes_atomic(target, b"first version, longer")
-    _write_bytes_atomic(os.fspath(target), b"second")
+    atomic_write_bytes(target, b"first version, longer")
+    atomic_write_bytes(os.fspath(target), b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
