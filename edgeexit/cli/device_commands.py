@@ -82,9 +82,12 @@ def calibrate(
     ] = None,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """Choose each exit's threshold (and temperature) on labelled data: overall accuracy stays
-    within --max-drop of the final exit while expected latency is lowest. Rewrites the manifest
-    atomically; the package_id (the weights) does not change."""
+    """Choose each exit's threshold and temperature on labelled data.
+
+    Overall accuracy stays within --max-drop of the final exit (with --margin standard errors in
+    reserve) while expected latency is lowest. Rewrites the manifest atomically; the package_id
+    (the weights) does not change.
+    """
     from rich.markup import escape
 
     from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto

@@ -18,8 +18,11 @@ def register(app: typer.Typer) -> None:
 
 
 def verify(package: PackageArg) -> None:
-    """Re-check a package: manifest schema and version, file hashes, graph signatures, and parity
-    of the chained segments against the stored PyTorch reference outputs."""
+    """Re-check a package: schema, version, file hashes, graph signatures and parity.
+
+    Parity: the chained segments (and the monolithic graph) run on the stored reference input
+    must reproduce the PyTorch outputs recorded at export.
+    """
     from edgeexit.cli.render import parity_table
     from edgeexit.errors import PackageError
     from edgeexit.runtime.verify import verify_package
