@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def bench(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float
     validation, evaluation = test.subset(np.arange(0, args.samples)), test.subset(np.arange(5000, 5000 + args.samples))
 
     # (a) segmented vs monolithic, batch 1, full depth
-    full = Engine(package, threads=args.threads, threshold=1.01, cache_dir=None)
+    full = Engine(package, threads=args.threads, threshold=math.inf, cache_dir=None)
     mono = ort.InferenceSession(
         str(package.path(package.manifest.monolithic)),
         session_options(args.threads),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.calibration.scores import exit_scores, full_depth_samples
+from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
 from edgeexit.calibration.thresholds import Choice, Outcome, choose_thresholds, finite_threshold, pareto_curve, simulate
 from edgeexit.errors import DataError, EdgeExitError
@@ -97,7 +97,7 @@ def calibrate_manifest(
             f"the full-depth record has {len(full.logits)} exits; the manifest has {len(exits)}: "
             "run Engine.run_full on this package"
         )
-    samples = full_depth_samples(full)
+    samples = full.samples
     final_logits = full.logits[-1]
     num_classes = manifest.num_classes or (final_logits.shape[-1] if final_logits is not None else 0)
     y = check_labels(labels, samples, num_classes)
@@ -159,7 +159,7 @@ def calibrate_manifest(
 def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:
     """The accuracy-latency frontier of a (calibrated) manifest's criteria and temperatures on
     the same full-depth pass, and the outcome of its current thresholds, for the Pareto plot."""
-    y = check_labels(labels, full_depth_samples(full), manifest.num_classes)
+    y = check_labels(labels, full.samples, manifest.num_classes)
     scores = exit_scores([spec.criterion for spec in manifest.exits], full, [s.temperature for s in manifest.exits])
     correct = np.zeros(scores.shape, dtype=bool)
     for k, logits in enumerate(full.logits):

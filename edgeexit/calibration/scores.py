@@ -18,15 +18,6 @@ if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its
     from edgeexit.runtime.engine import FullDepth
 
 
-def full_depth_samples(full: FullDepth) -> int:
-    """N, from whichever per-exit array is there (``FullDepth.samples`` defaults to 0)."""
-    if full.samples:
-        return int(full.samples)
-    for array in (*full.similarity, *(x for x in full.logits if x is not None)):
-        return int(np.asarray(array).shape[0])
-    return 0
-
-
 def exit_scores(criterion: str | Sequence[str], full: FullDepth, temperatures: Sequence[float]) -> np.ndarray:
     """(E, N) float64 scores, exactly as the engine computes them; the final row is +inf.
 
@@ -44,7 +35,7 @@ def exit_scores(criterion: str | Sequence[str], full: FullDepth, temperatures: S
             f"need one criterion, temperature and similarity per exit ({count}); got {len(names)}, "
             f"{len(temperatures)} and {len(full.similarity)}"
         )
-    samples = full_depth_samples(full)
+    samples = full.samples
     scores = np.empty((count, samples), dtype=np.float64)
     history: list[np.ndarray] = []
     for k, logits in enumerate(full.logits):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,11 @@ class FullDepth:
     logits: tuple[np.ndarray | None, ...]  # per exit, (N, C) or None without a classifier
     similarity: tuple[np.ndarray, ...]  # per exit, (N,) cosine to the previous boundary
     segment_ms: tuple[float, ...]  # per segment, mean batch-1 latency per sample
-    samples: int = field(default=0)
+
+    @property
+    def samples(self) -> int:
+        """N: every exit has a similarity row, with or without a classifier."""
+        return int(self.similarity[0].shape[0]) if self.similarity else 0
 
 
 class Engine:
@@ -211,7 +215,6 @@ class Engine:
             logits=tuple(np.concatenate(parts) if parts else None for parts in logits),
             similarity=tuple(np.concatenate(parts) for parts in similarity),
             segment_ms=self.segment_latency(batch[:timing_samples]),
-            samples=int(batch.shape[0]),
         )
 
     def segment_latency(self, xs: np.ndarray, warmup: int = 3) -> tuple[float, ...]:

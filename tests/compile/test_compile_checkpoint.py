@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from edgeexit.compile.model import MultiExitModel
 from edgeexit.compile.zoo import demo_cnn, digits_cnn
 from edgeexit.data import LabelledData
 from edgeexit.errors import ModelError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors: a second intra-op thread only adds synchronisation, which a busy machine turns
-    into tens of seconds (the session's digits model may be trained here). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def outputs(model: MultiExitModel, x: torch.Tensor) -> list[torch.Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,16 +86,6 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def close(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors: a second intra-op thread only adds synchronisation, which a busy machine turns
-    into tens of seconds (the session's digits model may be trained here). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
