@@ -22,9 +22,12 @@ def digits() -> LabelledData:
 
 @pytest.fixture(scope="session")
 def digits_model(digits: LabelledData):
+    import torch
+
     from edgeexit.compile.training import train
     from edgeexit.compile.zoo import digits_cnn
 
+    torch.manual_seed(0)  # the initial weights too, so every run tests the same model
     model = digits_cnn()
     train(model, digits, epochs=3, batch_size=64, lr=5e-3, progress=False)
     return model

@@ -389,10 +389,16 @@ def test_unknown_criterion_lists_the_known_ones(digits_package: Path) -> None:
 def test_manifest_temperature_is_applied_in_numpy(
     package_copy: Path, digits, full: FullDepth, temperature: float
 ) -> None:
+    tempered = _scores("max_prob", list(full.logits), list(full.similarity), temperature)
+    plain = _scores("max_prob", list(full.logits), list(full.similarity))
+    # A threshold halfway between the two scores of the sample the temperature moves most, so
+    # that sample's first decision flips whatever the trained weights are.
+    moved = int(np.argmax(np.abs(tempered[0] - plain[0])))
+    threshold = float(tempered[0][moved] + plain[0][moved]) / 2
     package = open_package(package_copy)
     manifest = package.manifest
     exits = tuple(
-        spec if spec.final else dataclasses.replace(spec, temperature=temperature, threshold=0.9)
+        spec if spec.final else dataclasses.replace(spec, temperature=temperature, threshold=threshold)
         for spec in manifest.exits
     )
     package.save_manifest(manifest.with_exits(exits, manifest.calibration))
@@ -401,9 +407,7 @@ def test_manifest_temperature_is_applied_in_numpy(
     assert [r.temperature for r in engine.rules[:-1]] == [temperature] * (engine.num_exits - 1)
     assert all(r.graph_score is None for r in engine.rules[:-1])  # the in-graph score is for T=1
 
-    tempered = _scores("max_prob", list(full.logits), list(full.similarity), temperature)
-    plain = _scores("max_prob", list(full.logits), list(full.similarity))
-    thresholds = [0.9] * (engine.num_exits - 1) + [0.0]
+    thresholds = [threshold] * (engine.num_exits - 1) + [0.0]
     expected, clear = _first_exits(tempered, thresholds)
     at_t1, _ = _first_exits(plain, thresholds)
     assert (expected != at_t1).any(), "the temperature must change some decisions for this test to mean anything"
