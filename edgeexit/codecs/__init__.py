@@ -1,0 +1,42 @@
+"""Codecs for the boundary tensor a device offloads (numpy only), picked by name:
+``fp32``, ``fp16``, ``int8``. See ``edgeexit.codecs.base`` for the contract."""
+
+from __future__ import annotations
+
+from edgeexit.codecs import affine, floats  # noqa: F401  (they register themselves)
+from edgeexit.codecs.base import (
+    CODECS,
+    DATATYPES,
+    HIDDEN,
+    LOGITS,
+    SCALE,
+    ZERO_POINT,
+    Codec,
+    Encoded,
+    WireTensor,
+    datatype_of,
+)
+
+
+def create_codec(name: str) -> Codec:
+    return CODECS.get(name)()
+
+
+def list_codecs(pattern: str = "*") -> list[str]:
+    return CODECS.names(pattern)
+
+
+__all__ = [
+    "CODECS",
+    "DATATYPES",
+    "HIDDEN",
+    "LOGITS",
+    "SCALE",
+    "ZERO_POINT",
+    "Codec",
+    "Encoded",
+    "WireTensor",
+    "create_codec",
+    "datatype_of",
+    "list_codecs",
+]
