@@ -7,8 +7,10 @@
 
 The export writes ``config.pbtxt`` with ``tail_config``; the server reads it with ``read_config``.
 Both go through the checked-in ``model_config.proto`` subset (Triton's field names and numbers),
-so Triton reads what we write and we read what Triton users write; fields outside the subset
-are skipped, not fatal.
+so Triton reads what we write and we read what Triton users write. Fields outside the subset are
+skipped when written as ``field { ... }`` or ``field: value``; protobuf's text parser cannot skip an
+unknown field in list form (``model_warmup [ ... ]``), and that file is refused with a message
+saying so.
 """
 
 from __future__ import annotations
@@ -87,7 +89,13 @@ def read_config(path: Path) -> pb.ModelConfig:
     try:
         text_format.Parse(text, config, allow_unknown_field=True)
     except text_format.ParseError as exc:
-        raise PackageError(f"{path} is not a valid Triton model configuration: {exc}") from exc
+        hint = ""
+        if "[" in str(exc):
+            hint = (
+                "; edgeexit reads the fields in protos/model_config.proto and skips others only when they are "
+                "written as 'field { ... }': rewrite the list form or remove that field"
+            )
+        raise PackageError(f"{path} is not a valid Triton model configuration: {exc}{hint}") from exc
     return config
 
 
@@ -119,6 +127,8 @@ def scan_repository(root: Path) -> list[RepositoryModel]:
             int(v.name): v / filename for v in directory.iterdir() if v.name.isdigit() and (v / filename).is_file()
         }
         if not versions:
-            raise PackageError(f"{directory} has no version directory with {filename} (expected {directory}/1/{filename})")
+            raise PackageError(
+                f"{directory} has no version directory with {filename} (expected {directory}/1/{filename})"
+            )
         models.append(RepositoryModel(directory.name, directory, config, versions))
     return models
