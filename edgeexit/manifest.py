@@ -14,6 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Literal, Union
 
 from edgeexit.errors import PackageError
@@ -121,13 +122,23 @@ class ExitSpec:
 
 @dataclass(frozen=True)
 class TailSpec:
-    """A Triton-layout model that finishes inference from boundary ``boundary`` (offload issue)."""
+    """A Triton-layout model that finishes inference from boundary ``boundary`` (docs/offload.md).
+
+    ``file`` is ``tails/<model>/1/model.onnx``: it takes boundary k's hidden tensor encoded with
+    ``codec`` and returns the final logits. ``encoded_bytes`` is what one sample costs on the wire,
+    measured by encoding a real sample.
+    """
 
     boundary: int
     model: str
     file: str
     codec: str
     encoded_bytes: int | None
+
+    @property
+    def config(self) -> str:
+        """The model's Triton ``config.pbtxt``, beside its version directory (hashed like the graph)."""
+        return str(PurePosixPath(self.file).parent.parent / "config.pbtxt")
 
 
 @dataclass(frozen=True)
@@ -232,10 +243,12 @@ class Manifest:
             for name in (spec.logits, spec.score):
                 if name is not None:
                     self.segments[spec.segment].output(name)
+        self._validate_tails()
         referenced = [
             ("monolithic", self.monolithic),
             ("reference.file", self.reference.file if self.reference else None),
             *((f"tails[{i}].file", tail.file) for i, tail in enumerate(self.tails)),
+            *((f"tails[{i}] config", tail.config) for i, tail in enumerate(self.tails)),
         ]
         for where, name in referenced:
             if name is not None and name not in self.files:
@@ -252,6 +265,25 @@ class Manifest:
                 "manifest package_id does not match the hashes of its segment graphs; "
                 "the manifest was edited by hand or the package is corrupt: re-export it"
             )
+
+    def _validate_tails(self) -> None:
+        """Each tail sits in its own Triton model directory and starts at a boundary with a later segment."""
+        seen: set[str] = set()
+        for position, tail in enumerate(self.tails):
+            if not 0 <= tail.boundary < len(self.segments) - 1:
+                raise PackageError(
+                    f"tails[{position}] starts at boundary {tail.boundary}; expected one of "
+                    f"0..{len(self.segments) - 2} (a boundary with a later segment)"
+                )
+            path = PurePosixPath(tail.file)
+            if len(path.parts) < 3 or path.parent.parent.name != tail.model or not path.parent.name.isdigit():
+                raise PackageError(
+                    f"tails[{position}].file {tail.file!r} is not in the Triton layout; expected "
+                    f"'tails/{tail.model}/1/model.onnx' (model directory, version directory, graph)"
+                )
+            if tail.model in seen:
+                raise PackageError(f"tails[{position}] repeats the model name {tail.model!r}; every tail needs its own")
+            seen.add(tail.model)
 
     def to_json(self) -> str:
         return json.dumps(_to_plain(self), indent=2, sort_keys=False) + "\n"

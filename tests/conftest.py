@@ -35,10 +35,15 @@ def digits_model(digits: LabelledData):
 
 @pytest.fixture(scope="session")
 def digits_package(tmp_path_factory: pytest.TempPathFactory, digits_model, digits: LabelledData) -> Path:
+    """The digits model exported with the monolithic graph and tails for every codec (fp32, fp16,
+    int8) from both boundaries: ``tails/digits_cnn__from_{0,1}[__fp16|__int8]``."""
     from edgeexit.compile.export import export
 
     out = tmp_path_factory.mktemp("packages") / "digits"
-    export(digits_model, (1, 1, 8, 8), out, labels=digits.labels, sample=digits.x[:8], monolithic=True)
+    export(
+        digits_model, (1, 1, 8, 8), out, labels=digits.labels, sample=digits.x[:8], monolithic=True,
+        codecs=("fp32", "fp16", "int8"),
+    )  # fmt: skip
     return out
 
 

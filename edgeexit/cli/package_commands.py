@@ -21,7 +21,8 @@ def verify(package: PackageArg) -> None:
     """Re-check a package: schema, version, file hashes, graph signatures and parity.
 
     Parity: the chained segments (and the monolithic graph) run on the stored reference input
-    must reproduce the PyTorch outputs recorded at export.
+    must reproduce the PyTorch outputs recorded at export. Each tail must load, match its
+    config.pbtxt and reproduce PyTorch's logits for the encoded reference boundary tensor.
     """
     from edgeexit.cli.render import parity_table
     from edgeexit.errors import PackageError
@@ -29,6 +30,10 @@ def verify(package: PackageArg) -> None:
 
     report = verify_package(package)
     console.print(parity_table(f"verify {package}: {report.files_checked} file hashes ok", report.checks))
+    if report.tails_checked:
+        console.print(
+            f"{report.tails_checked} tail(s): config.pbtxt matches the manifest and the graph's inputs/outputs"
+        )
     if not report.ok:
         failed = [f"{c.graph} {c.output} ({c.max_abs_diff:.3g})" for c in report.checks if not c.ok]
         reference = report.package.manifest.reference
@@ -40,8 +45,8 @@ def verify(package: PackageArg) -> None:
 
 
 def inspect(package: PackageArg) -> None:
-    """Print a package's segments, exits, FLOPs, hidden-tensor bytes and thresholds."""
-    from edgeexit.cli.render import segments_table
+    """Print a package's segments, exits, FLOPs, hidden-tensor bytes, thresholds and offload tails."""
+    from edgeexit.cli.render import segments_table, tails_table
     from edgeexit.package import open_package
 
     manifest = open_package(package).manifest
@@ -53,6 +58,10 @@ def inspect(package: PackageArg) -> None:
     )
     if manifest.monolithic:
         console.print(f"monolithic graph: {manifest.monolithic}")
+    if manifest.tails:
+        console.print(tails_table(manifest))
+    else:
+        console.print("no tails: export with --codecs to offload")
     if manifest.calibration:
         c = manifest.calibration
         console.print(

@@ -68,6 +68,38 @@ def segments_table(manifest: Manifest) -> Table:
     )
 
 
+def tails_table(manifest: Manifest) -> Table:
+    """The offload tails: what each takes, its bytes per sample on the wire, and its parity at export."""
+    measured = {r.get("model"): r for r in manifest.metadata.get("export", {}).get("tails", []) if isinstance(r, dict)}
+    rows = []
+    for tail in manifest.tails:
+        segment = manifest.segments[tail.boundary]
+        hidden = segment.output(segment.hidden) if segment.hidden else None
+        record = measured.get(tail.model, {})
+        agreement = record.get("agreement")
+        rows.append(
+            (
+                tail.model,
+                tail.boundary,
+                tail.codec,
+                "x".join("N" if d is None else str(d) for d in hidden.shape) if hidden else "-",
+                tail.encoded_bytes,
+                f"{tail.encoded_bytes / segment.hidden_bytes:.2f}"
+                if tail.encoded_bytes and segment.hidden_bytes
+                else None,
+                f"{record['max_abs_diff']:.2e}" if "max_abs_diff" in record else None,
+                f"{100 * agreement:.1f}%" if agreement is not None else None,
+                record.get("tolerance"),
+            )
+        )
+    return table(
+        f"tails/: {len(rows)} Triton model(s), input = boundary tensor encoded, output = final logits",
+        ["tail", "boundary", "codec", "hidden", "bytes/sample", "of fp32", "max |diff| vs local", "top-1 agree",
+         "held to"],
+        rows,
+    )  # fmt: skip
+
+
 def results_table(manifest: Manifest, samples: Sequence[object], results: Sequence[object]) -> Table:
     """``samples`` are runtime.inputs.Sample, ``results`` runtime.engine.Result (same order)."""
     labels = manifest.labels
@@ -117,4 +149,33 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
     )
     return table(
         title, ["exit", "criterion", "threshold", "temperature", "exit rate", "accuracy there", "segment ms"], rows
+    )
+
+
+def offload_results_table(manifest: Manifest, samples: Sequence[object], results: Sequence[object]) -> Table:
+    """``results_table`` plus how each input reaching the split was answered: offloaded (by which
+    server, bytes sent, transfer ms) or fallback (finished on the device); "-" for a local exit."""
+    labels = manifest.labels
+    rows = []
+    for sample, result in zip(samples, results, strict=True):
+        true = sample.true_class  # type: ignore[attr-defined]
+        info = result.offload  # type: ignore[attr-defined]
+        rows.append(
+            (
+                sample.name,  # type: ignore[attr-defined]
+                result.label if result.label is not None else "(no classifier)",  # type: ignore[attr-defined]
+                None if true is None else (labels[true] if true < len(labels) else true),
+                result.exit,  # type: ignore[attr-defined]
+                f"{result.score:.3f}",  # type: ignore[attr-defined]
+                f"{result.latency_ms:.3f}",  # type: ignore[attr-defined]
+                None if info is None else ("fallback" if info.fallback else "offloaded"),
+                None if info is None or info.fallback else info.server,
+                None if info is None else f"{info.bytes_sent:,}",
+                None if info is None else f"{info.transfer_ms:.3f}",
+            )
+        )
+    return table(
+        f"{manifest.model_name}: {len(rows)} input(s)",
+        ["input", "prediction", "true", "exit", "score", "ms", "offload", "server", "bytes sent", "transfer ms"],
+        rows,
     )

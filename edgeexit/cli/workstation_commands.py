@@ -108,10 +108,17 @@ def export(
     threshold: Annotated[float, typer.Option(help="Default threshold until `edgeexit calibrate`.")] = 0.9,
     monolithic: Annotated[bool, typer.Option(help="Also write the whole model as one graph, for comparison.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing package directory.")] = False,
+    codecs: Annotated[
+        str,
+        typer.Option(
+            help="Offload tails to write under tails/ (a Triton model repository), comma-separated: fp32, fp16, "
+            "int8; one model per boundary and codec. An empty string writes none."
+        ),
+    ] = "fp32",
     arg: FactoryArgs = None,
 ) -> None:
-    """Export a multi-exit model into a package: one ONNX graph per segment, manifest, reference."""
-    from edgeexit.cli.render import parity_table, segments_table
+    """Export a multi-exit model into a package: one ONNX graph per segment, offload tails, manifest, reference."""
+    from edgeexit.cli.render import parity_table, segments_table, tails_table
     from edgeexit.compile.checkpoint import load_checkpoint
     from edgeexit.compile.export import export as export_model
     from edgeexit.compile.export import parity_rows
@@ -141,9 +148,12 @@ def export(
         threshold=threshold,
         monolithic=monolithic,
         overwrite=force,
+        codecs=codecs.split(","),
     )
     console.print(parity_table("parity: ONNX Runtime vs PyTorch", parity_rows(package)))
     console.print(segments_table(package.manifest))
+    if package.manifest.tails:
+        console.print(tails_table(package.manifest))
     seconds = package.manifest.metadata["export"]["seconds"]
     console.print(f"[green]exported[/] {out} in {seconds:.1f} s")
 

@@ -1,18 +1,16 @@
-"""Export a ``MultiExitModel`` into a verified package: one ONNX graph per segment + manifest.
+"""Export a ``MultiExitModel`` into a verified package: one ONNX graph per segment, the offload
+tails (``edgeexit.compile.tails``) + manifest.
 
 Every graph is checked with ``onnx.checker`` and run with ONNX Runtime against PyTorch on
 sample inputs, per segment and chained end to end; an output beyond tolerance fails the export
 loudly with the max difference of every output. The package is built in a staging directory and
-moved into place only when all of that passed, so a failed export leaves nothing behind.
+moved into place only when all of that passed, so a failed export leaves nothing behind. The
+tails come last: their config.pbtxt names the package_id, which hashes the finished segments.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 import edgeexit
+from edgeexit.compile.exporter import export_graph
 from edgeexit.compile.graphs import (
     MonolithicGraph,
     SegmentGraph,
@@ -29,6 +28,7 @@ from edgeexit.compile.graphs import (
     segment_output_names,
 )
 from edgeexit.compile.model import MultiExitModel
+from edgeexit.compile.tails import BoundaryTensors, Tail, check_codecs, tail_failure, write_tails
 from edgeexit.errors import ExportError, ModelError
 from edgeexit.fileio import atomic_write_text, sha256_file, staged_directory
 from edgeexit.manifest import (
@@ -69,17 +69,21 @@ def export(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     overwrite: bool = True,
+    codecs: Sequence[str] = ("fp32",),
 ) -> Package:
-    """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, reference.npz).
+    """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, tails/, reference.npz).
 
     ``sample`` (real inputs, N x input_shape[1:]) makes the parity check meaningful; without it,
     seeded random inputs are used. The exit score graphs compute ``criterion`` (max_prob,
     margin or entropy); other criteria are evaluated by the runtime from the logits.
+    ``codecs`` (fp32, fp16, int8; empty: none) chooses the offload tails written under ``tails/``,
+    one per boundary with a later segment and codec (docs/offload.md).
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
     if criterion not in CRITERIA:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    chosen_codecs = check_codecs(codecs)
     if not (atol >= 0 and rtol >= 0):  # also refuses NaN
         raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")
     shape = tuple(int(d) for d in input_shape)
@@ -99,7 +103,7 @@ def export(
     with staged_directory(out, overwrite=True) as stage:
         _write_package(
             model, shape, stage, inputs, labels, preprocessing, graph_criterion or criterion,
-            graph_criterion, threshold, monolithic, atol, rtol, started,
+            graph_criterion, threshold, monolithic, atol, rtol, started, chosen_codecs,
         )  # fmt: skip
     return open_package(out)
 
@@ -118,12 +122,15 @@ def _write_package(
     atol: float,
     rtol: float,
     started: float,
+    codecs: tuple[str, ...],
 ) -> Manifest:
     (stage / "segments").mkdir()
     segments: list[SegmentSpec] = []
     exits: list[ExitSpec] = []
     parity: list[ParityCheck] = []
     reference: dict[str, np.ndarray] = {"input": inputs[:2].numpy()}
+    boundaries: list[BoundaryTensors] = []
+    final_logits = np.empty(0, np.float32)
     opset = 0
     x_torch = inputs
     x_onnx = inputs.numpy()
@@ -134,7 +141,7 @@ def _write_package(
         relative = f"segments/{k}.onnx"
         with torch.no_grad():
             expected = [t.numpy() for t in graph(x_torch)]
-        opset = _export_graph(graph, x_torch, stage / relative, in_name, out_names, f"segment {k}")
+        opset = export_graph(graph, [x_torch], stage / relative, [in_name], out_names, f"segment {k}")
         session = load_session(stage / relative)
         isolated = session.run(out_names, {in_name: x_torch.numpy()})
         chained = session.run(out_names, {in_name: x_onnx})
@@ -172,9 +179,12 @@ def _write_package(
             )
         )
         if hidden is not None:
+            boundaries.append(BoundaryTensors(boundary=k, onnx=chained[0], reference=expected[0][:2]))
             with torch.no_grad():
                 x_torch = graph(x_torch)[0]
             x_onnx = chained[0]
+        else:
+            final_logits = expected[out_names.index(f"exit_{k}_logits")]
 
     monolithic_file = None
     if monolithic:
@@ -183,7 +193,7 @@ def _write_package(
         names = monolithic_output_names(model, graph_criterion)
         with torch.no_grad():
             expected = [t.numpy() for t in graph(inputs)]
-        _export_graph(graph, inputs, stage / monolithic_file, INPUT_NAME, names, "monolithic graph")
+        export_graph(graph, [inputs], stage / monolithic_file, [INPUT_NAME], names, "monolithic graph")
         got = load_session(stage / monolithic_file).run(names, {INPUT_NAME: inputs.numpy()})
         parity += [compare("monolithic", n, r, g, atol, rtol) for n, r, g in zip(names, expected, got, strict=True)]
 
@@ -195,14 +205,22 @@ def _write_package(
             f"{len(failures)} output(s). Max differences: {table}"
         )
 
-    np.savez(stage / "reference.npz", **reference)
     graphs = [s.file for s in segments]
+    package_id = package_id_of({name: sha256_file(stage / name) for name in graphs}, graphs)
+    tails = write_tails(model, stage, boundaries, final_logits, codecs, package_id, atol, rtol)
+    _check_tails(tails, int(inputs.shape[0]))
+    for tail in tails:
+        parity += [tail.parity.graph, tail.parity.chain]
+        reference.update(tail.reference)
+
+    np.savez(stage / "reference.npz", **reference)
     extra = [monolithic_file] if monolithic_file else []
-    files = {name: sha256_file(stage / name) for name in [*graphs, *extra, "reference.npz"]}
+    tail_files = [name for tail in tails for name in (tail.spec.file, tail.spec.config)]
+    files = {name: sha256_file(stage / name) for name in [*graphs, *extra, *tail_files, "reference.npz"]}
     manifest = Manifest(
         format_version=1,
         model_name=model.name,
-        package_id=package_id_of(files, graphs),
+        package_id=package_id,
         edgeexit_version=edgeexit.__version__,
         opset=opset,
         input=InputSpec(
@@ -218,6 +236,7 @@ def _write_package(
         files=files,
         reference=Reference(file="reference.npz", atol=atol, rtol=rtol),
         monolithic=monolithic_file,
+        tails=tuple(tail.spec for tail in tails),
         metadata={
             "export": {
                 "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
@@ -227,6 +246,7 @@ def _write_package(
                     {"graph": r.graph, "output": r.output, "max_abs_diff": r.max_abs_diff, "ok": r.ok} for r in parity
                 ],
                 "boundaries": [info.boundary for info in model.infos],
+                "tails": [tail.parity.record() for tail in tails],
             }
         },
     )
@@ -243,6 +263,12 @@ def parity_rows(package: Package) -> list[ParityCheck]:
     ]
 
 
+def _check_tails(tails: list[Tail], parity_samples: int) -> None:
+    failures = [tail.parity for tail in tails if not tail.parity.ok]
+    if failures:
+        raise tail_failure(failures, parity_samples)
+
+
 def _parity_inputs(shape: tuple[int, ...], sample: np.ndarray | None) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     random = torch.randn((4, *shape[1:]), generator=generator)
@@ -254,40 +280,6 @@ def _parity_inputs(shape: tuple[int, ...], sample: np.ndarray | None) -> torch.T
             f"sample inputs have shape {real.shape[1:]} per item; expected {shape[1:]} (the --input-shape)"
         )
     return torch.cat([torch.from_numpy(real[:8].copy()), random[:2]])
-
-
-def _export_graph(
-    graph: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_names: list[str], what: str
-) -> int:
-    """torch.onnx (dynamo) with a dynamic batch axis; returns the graph's default-domain opset."""
-    import onnx
-
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    chatter = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not the user's concern
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                None,
-                dynamo=True,
-                input_names=[in_name],
-                output_names=out_names,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                external_data=False,
-            )
-            program.save(str(path), external_data=False)
-    except Exception as err:
-        raise ExportError(f"torch.onnx.export failed for {what}: {err}\n{chatter.getvalue()[-2000:]}") from None
-    finally:
-        graph.eval()  # one export path was seen leaving modules in training mode
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as err:
-        raise ExportError(f"onnx.checker rejected {what} ({path.name}): {err}") from None
-    proto = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _tensor_spec(name: str, value: np.ndarray) -> TensorSpec:

@@ -3,7 +3,11 @@
 Checks, in order: the manifest's schema and version, every file's sha256, that each ONNX graph's
 inputs and outputs are the ones the manifest declares, and that running the stored reference
 input through the chained segments (and the monolithic graph) reproduces PyTorch's outputs.
-Runs on the device: ONNX Runtime and numpy only.
+Each tail's ``config.pbtxt`` must describe what the manifest says (codec, boundary, package_id,
+the codec's inputs) and what its graph really takes and returns (names, datatypes, dims), since
+Triton trusts the config; the tail fed the reference sample's encoded boundary tensor must
+reproduce PyTorch's logits for that same encoded input.
+Runs on the device: ONNX Runtime, numpy and protobuf (to read config.pbtxt) only.
 """
 
 from __future__ import annotations
@@ -13,11 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.errors import PackageError
-from edgeexit.manifest import TensorSpec
+from edgeexit.codecs import LOGITS, WireTensor, create_codec
+from edgeexit.errors import EdgeExitError, PackageError
+from edgeexit.manifest import Manifest, TailSpec, TensorSpec
 from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
+from edgeexit.repository import PARAM_BOUNDARY, PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, read_config
 from edgeexit.runtime.sessions import load_session
+from edgeexit.transport.generated import model_config_pb2 as pb
+
+#: ONNX Runtime's tensor types as v2 / Triton datatypes (``TYPE_`` + this in config.pbtxt).
+ORT_DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(bool)": "BOOL",
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +44,7 @@ class VerifyReport:
     package: Package
     files_checked: int
     checks: tuple[ParityCheck, ...]
+    tails_checked: int = 0  # tails whose config.pbtxt matches the manifest and the graph
 
     @property
     def ok(self) -> bool:
@@ -65,7 +85,93 @@ def verify_package(path: str | Path) -> VerifyReport:
         for name, got in zip(names, outputs, strict=True):
             if name in by_name:
                 checks.append(compare("monolithic", name, by_name[name], got, atol, rtol))
-    return VerifyReport(package, len(manifest.files), tuple(checks))
+    checks += [_check_tail(package, tail, reference) for tail in manifest.tails]
+    return VerifyReport(package, len(manifest.files), tuple(checks), len(manifest.tails))
+
+
+def tail_reference_key(model: str) -> str:
+    """The reference.npz array holding PyTorch's logits for tail ``model`` fed the encoded reference sample."""
+    return f"tails/{model}/{LOGITS}"
+
+
+def _check_tail(package: Package, tail: TailSpec, reference: dict[str, np.ndarray]) -> ParityCheck:
+    """Config vs manifest, graph vs config, then the graph on the reference sample's boundary tensor."""
+    manifest = package.manifest
+    segment = manifest.segments[tail.boundary]
+    hidden = segment.output(segment.hidden) if segment.hidden else None
+    if hidden is None:
+        raise PackageError(f"tail {tail.model} starts at boundary {tail.boundary}, which has no hidden tensor")
+    dims = tuple(-1 if d is None else d for d in hidden.shape[1:])
+    try:
+        codec = create_codec(tail.codec)
+    except EdgeExitError as err:
+        raise PackageError(f"tail {tail.model}: {err}; this edgeexit cannot encode its input") from None
+    config = read_config(package.path(tail.config))
+    _check_config(config, tail, manifest, codec.wire_inputs(dims))
+    session = load_session(package.path(tail.file))
+    _check_tail_signature(session, config, tail.file)
+    key, hidden_key = tail_reference_key(tail.model), f"{tail.boundary}/{hidden.name}"
+    for needed in (key, hidden_key):
+        if needed not in reference:
+            raise PackageError(f"{manifest.reference.file} lacks the expected array {needed!r}")  # type: ignore[union-attr]
+    feed = codec.encode(reference[hidden_key]).tensors()
+    (got,) = _run(session, [LOGITS], feed, tail.file)
+    atol, rtol = manifest.reference.atol, manifest.reference.rtol  # type: ignore[union-attr]
+    return compare(f"tail {tail.model}", LOGITS, reference[key], got, atol, rtol)
+
+
+def _check_config(config: pb.ModelConfig, tail: TailSpec, manifest: Manifest, wire: tuple[WireTensor, ...]) -> None:
+    """The config.pbtxt says what the manifest says: Triton and ``edgeexit serve`` act on the config."""
+    declared = {
+        "name": config.name or tail.model,
+        "platform": config.platform,
+        PARAM_CODEC: config.parameters[PARAM_CODEC].string_value,
+        PARAM_BOUNDARY: config.parameters[PARAM_BOUNDARY].string_value,
+        PARAM_PACKAGE_ID: config.parameters[PARAM_PACKAGE_ID].string_value,
+        "inputs": _config_tensors(config.input),
+        "outputs": _config_tensors(config.output),
+    }
+    expected = {
+        "name": tail.model,
+        "platform": PLATFORM,
+        PARAM_CODEC: tail.codec,
+        PARAM_BOUNDARY: str(tail.boundary),
+        PARAM_PACKAGE_ID: manifest.package_id,
+        "inputs": [(w.name, w.datatype, list(w.dims)) for w in wire],
+        "outputs": [(LOGITS, "FP32", [manifest.num_classes])],
+    }
+    wrong = [
+        f"{key} is {declared[key]!r}, expected {value!r}" for key, value in expected.items() if declared[key] != value
+    ]
+    if config.max_batch_size <= 0:
+        wrong.append(f"max_batch_size is {config.max_batch_size}, expected > 0 (the batch axis comes first)")
+    if wrong:
+        raise PackageError(f"{tail.config} does not describe tail {tail.model} of this package: {'; '.join(wrong)}")
+
+
+def _check_tail_signature(session, config: pb.ModelConfig, file: str) -> None:
+    """The graph takes and returns what its config.pbtxt declares, with a dynamic batch axis first."""
+    found = (_session_tensors(session.get_inputs()), _session_tensors(session.get_outputs()))
+    declared = (_config_tensors(config.input), _config_tensors(config.output))
+    if found != declared:
+        raise PackageError(
+            f"{file} has inputs {found[0]} and outputs {found[1]} (name, datatype, dims after the batch axis); "
+            f"its config.pbtxt declares {declared[0]} and {declared[1]}"
+        )
+    for arg in [*session.get_inputs(), *session.get_outputs()]:
+        if not arg.shape or isinstance(arg.shape[0], int):
+            raise PackageError(f"{file} {arg.name} has shape {arg.shape}; expected a dynamic batch axis first")
+
+
+def _config_tensors(tensors) -> list[tuple[str, str, list[int]]]:
+    return [(t.name, pb.DataType.Name(t.data_type).removeprefix("TYPE_"), list(t.dims)) for t in tensors]
+
+
+def _session_tensors(args) -> list[tuple[str, str, list[int]]]:
+    return [
+        (a.name, ORT_DATATYPES.get(a.type, a.type), [d if isinstance(d, int) else -1 for d in a.shape[1:]])
+        for a in args
+    ]
 
 
 def _load_reference(package: Package) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from edgeexit.runtime import Engine
 from edgeexit.runtime.inputs import prepare_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PACKAGE_ENTRIES = {"manifest.json", "segments", "reference.npz", "monolithic.onnx"}
+PACKAGE_ENTRIES = {"manifest.json", "segments", "tails", "reference.npz", "monolithic.onnx"}
 EXPORT_THRESHOLD = 0.9  # what `export` writes for every early exit before calibration
 MAX_DROP = 0.02
 
@@ -166,7 +166,8 @@ def test_calibrate_records_what_it_chose_and_keeps_the_weights(
 
 def test_the_calibrated_package_still_verifies(calibrated: Calibrated, edgeexit_cli, xdg_cache) -> None:
     out = _ok(_run(edgeexit_cli, xdg_cache, calibrated.workdir, "verify", "pkg"))
-    assert "verify pkg: 5 file hashes ok" in out
+    assert "verify pkg: 17 file hashes ok" in out  # 3 segments, monolithic, reference, 6 tails x 2 files
+    assert "6 tail(s): config.pbtxt matches" in out  # the tails' configs still name the package_id
     assert f"ok: pkg (package_id {calibrated.before.package_id})" in out
 
 

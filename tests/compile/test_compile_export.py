@@ -184,7 +184,9 @@ def test_manifest_records_costs_labels_identity_and_parity(
     assert manifest.labels == digits.labels
     assert manifest.opset >= 18
     graphs = [s.file for s in manifest.segments]
-    assert set(manifest.files) == {*graphs, "monolithic.onnx", "reference.npz"}
+    tails = {name for t in manifest.tails for name in (t.file, t.config)}
+    assert len(tails) == 12  # fp32, fp16 and int8 tails from boundaries 0 and 1 (tests/compile/test_tails.py)
+    assert set(manifest.files) == {*graphs, "monolithic.onnx", "reference.npz", *tails}
     assert manifest.package_id == package_id_of(manifest.files, graphs)
     assert len(manifest.package_id) == 32
     assert int(manifest.package_id, 16) >= 0
@@ -215,7 +217,10 @@ def test_manifest_records_costs_labels_identity_and_parity(
     assert {r.output for r in rows if r.graph == "monolithic"} == {
         f"exit_{k}_{c}" for k in range(3) for c in ("logits", "score")
     }
-    assert all(r.ok and 0 <= r.max_abs_diff < 1e-3 for r in rows)
+    assert all(r.ok for r in rows)
+    # int8 tails move the logits by design (held to top-1 agreement): every other row is float rounding
+    assert all(0 <= r.max_abs_diff < 1e-3 for r in rows if not r.graph.startswith("chain via digits_cnn__from_"))
+    assert all(0 <= r.max_abs_diff < 1e-2 for r in rows if not r.graph.endswith("__int8"))
     assert manifest.reference is not None
     assert (manifest.reference.atol, manifest.reference.rtol) == (DEFAULT_ATOL, DEFAULT_RTOL)
 

@@ -69,12 +69,14 @@ def test_the_exported_package_verifies(digits_package: Path) -> None:
     assert isinstance(report, VerifyReport)
     assert report.ok
     manifest = report.package.manifest
-    assert report.files_checked == len(manifest.files) == 5
+    assert report.files_checked == len(manifest.files) == 17  # 3 segments, monolithic, reference, 6 tails x 2
+    assert report.tails_checked == len(manifest.tails) == 6
     assert all(check.ok for check in report.checks)
     assert all(np.isfinite(check.max_abs_diff) for check in report.checks)
-    # every output of every segment, and every exit output of the monolithic graph, is compared once
+    # every output of every segment, every exit output of the monolithic graph and every tail is compared once
     expected = [(f"segment {s.index}", o.name) for s in manifest.segments for o in s.outputs]
     expected += [("monolithic", o.name) for s in manifest.segments for o in s.outputs if o.name != s.hidden]
+    expected += [(f"tail {t.model}", "logits") for t in manifest.tails]
     assert [(c.graph, c.output) for c in report.checks] == expected
 
 
@@ -191,4 +193,88 @@ def test_verify_checks_hashes_first(package_copy: Path) -> None:
     data[-1] ^= 0xFF
     (package_copy / "segments/0.onnx").write_bytes(bytes(data))
     with pytest.raises(PackageError, match=r"segments/0\.onnx was altered"):
+        verify_package(package_copy)
+
+
+# --- tails ----------------------------------------------------------------------------------------------------
+
+INT8_TAIL = "tails/digits_cnn__from_1__int8"
+
+
+def edit_config(root: Path, model: str, old: str, new: str) -> None:
+    path = root / "tails" / model / "config.pbtxt"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    rehash(root, f"tails/{model}/config.pbtxt")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('string_value: "int8"', 'string_value: "fp16"', "codec is 'fp16', expected 'int8'"),
+        ("dims: 32", "dims: 31", "inputs is [('hidden', 'UINT8', [31, 4, 4])"),
+        ("data_type: TYPE_UINT8", "data_type: TYPE_INT8", "inputs is [('hidden', 'INT8', [32, 4, 4])"),
+        ('name: "zero_point"', 'name: "zp"', "('zp', 'UINT8', [1])"),
+        ('name: "logits"', 'name: "probabilities"', "outputs is [('probabilities', 'FP32', [10])]"),
+        ("max_batch_size: 64", "max_batch_size: 0", "max_batch_size is 0, expected > 0"),
+        ('string_value: "1"', 'string_value: "0"', "boundary is '0', expected '1'"),
+        ('platform: "onnxruntime_onnx"', 'platform: "tensorrt_plan"', "platform is 'tensorrt_plan'"),
+    ],
+)
+def test_a_tail_config_that_does_not_describe_the_tail_is_refused(
+    package_copy: Path, old: str, new: str, fragment: str
+) -> None:
+    edit_config(package_copy, "digits_cnn__from_1__int8", old, new)
+    with pytest.raises(PackageError) as info:
+        verify_package(package_copy)
+    message = str(info.value)
+    assert message.startswith(f"{INT8_TAIL}/config.pbtxt does not describe tail digits_cnn__from_1__int8")
+    assert fragment in message
+
+
+def test_a_tail_config_naming_another_package_is_refused(package_copy: Path) -> None:
+    package_id = open_package(package_copy).manifest.package_id
+    edit_config(package_copy, "digits_cnn__from_0", package_id, "0" * 32)
+    with pytest.raises(PackageError, match=rf"package_id is '0{{32}}', expected '{package_id}'"):
+        verify_package(package_copy)
+
+
+def test_a_tail_graph_that_its_config_does_not_describe_is_refused(package_copy: Path) -> None:
+    """The fp16 tail's graph under the fp32 tail's name: hashes and config are consistent, the graph is not."""
+    (package_copy / "tails/digits_cnn__from_0/1/model.onnx").write_bytes(
+        (package_copy / "tails/digits_cnn__from_0__fp16/1/model.onnx").read_bytes()
+    )
+    rehash(package_copy, "tails/digits_cnn__from_0/1/model.onnx")
+    with pytest.raises(PackageError) as info:
+        verify_package(package_copy)
+    message = str(info.value)
+    assert message.startswith("tails/digits_cnn__from_0/1/model.onnx has inputs [('hidden', 'FP16', [16, 8, 8])]")
+    assert "its config.pbtxt declares [('hidden', 'FP32', [16, 8, 8])]" in message
+
+
+def test_a_tail_that_is_not_onnx_is_refused(package_copy: Path) -> None:
+    (package_copy / INT8_TAIL / "1/model.onnx").write_bytes(b"\x08\x07garbage")
+    rehash(package_copy, f"{INT8_TAIL}/1/model.onnx")
+    with pytest.raises(PackageError, match=r"ONNX Runtime cannot load .*digits_cnn__from_1__int8/1/model\.onnx"):
+        verify_package(package_copy)
+
+
+def test_a_tail_config_that_is_not_pbtxt_is_refused(package_copy: Path) -> None:
+    (package_copy / INT8_TAIL / "config.pbtxt").write_text("platform: {{{", encoding="utf-8")
+    rehash(package_copy, f"{INT8_TAIL}/config.pbtxt")
+    with pytest.raises(PackageError, match=r"config\.pbtxt is not a valid Triton model configuration"):
+        verify_package(package_copy)
+
+
+def test_a_tail_that_computes_something_else_fails_parity(package_copy: Path) -> None:
+    key = "tails/digits_cnn__from_1__int8/logits"
+    rewrite_reference(package_copy, **{key: stored(package_copy, key) + 0.05})
+    report = verify_package(package_copy)
+    assert [(c.graph, c.ok) for c in report.checks if not c.ok] == [("tail digits_cnn__from_1__int8", False)]
+
+
+def test_reference_lacking_a_tail_output_is_refused(package_copy: Path) -> None:
+    rewrite_reference(package_copy, **{"tails/digits_cnn__from_0__fp16/logits": None})
+    with pytest.raises(PackageError, match=r"lacks the expected array 'tails/digits_cnn__from_0__fp16/logits'"):
         verify_package(package_copy)

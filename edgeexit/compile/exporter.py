@@ -1,0 +1,67 @@
+"""The one ONNX exporter every graph of a package goes through: segments, the monolithic graph, tails.
+
+One function so that every graph gets the same exporter (torch.onnx, dynamo), the same opset, the
+same dynamic batch axis on every input and the same ``onnx.checker`` full check: a tail that took
+a different path than the segments it continues would be a second thing to trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeexit.errors import ExportError
+
+
+def export_graph(
+    graph: nn.Module,
+    examples: Sequence[torch.Tensor],
+    path: Path,
+    in_names: Sequence[str],
+    out_names: Sequence[str],
+    what: str,
+) -> int:
+    """torch.onnx (dynamo) with a dynamic batch axis on every input; returns the default-domain opset.
+
+    ``examples`` are the forward's positional inputs, in the order of ``in_names``; they all share
+    one batch dimension, so a graph with several inputs (an int8 tail's hidden, scale, zero point)
+    cannot be fed inputs of different batch sizes.
+    """
+    import onnx
+
+    if len(examples) != len(in_names):
+        raise ExportError(f"{what}: {len(examples)} example inputs for {len(in_names)} input names {list(in_names)}")
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    batch = torch.export.Dim("batch")
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not the user's concern
+            program = torch.onnx.export(
+                graph,
+                tuple(examples),
+                None,
+                dynamo=True,
+                input_names=list(in_names),
+                output_names=list(out_names),
+                dynamic_shapes=tuple({0: batch} for _ in examples),
+                external_data=False,
+            )
+            program.save(str(path), external_data=False)
+    except Exception as err:
+        raise ExportError(f"torch.onnx.export failed for {what}: {err}\n{chatter.getvalue()[-2000:]}") from None
+    finally:
+        graph.eval()  # one export path was seen leaving modules in training mode
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:
+        raise ExportError(f"onnx.checker rejected {what} ({path.name}): {err}") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
