@@ -38,6 +38,7 @@ if blocked:
 
 import edgeexit, edgeexit.manifest, edgeexit.package, edgeexit.runtime, edgeexit.runtime.verify
 import edgeexit.data, edgeexit.cli
+import edgeexit.server, edgeexit.server.app  # the tail server: grpc, ORT, no torch
 from edgeexit.runtime.verify import verify_package
 from edgeexit.cli import app
 

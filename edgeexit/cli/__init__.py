@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from edgeexit.cli import device_commands, package_commands, workstation_commands
+from edgeexit.cli import device_commands, package_commands, server_commands, workstation_commands
 from edgeexit.console import err_console
 from edgeexit.errors import EdgeExitError
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 workstation_commands.register(app)
 package_commands.register(app)
 device_commands.register(app)
+server_commands.register(app)
 
 
 #: Which extra brings a module a command may miss (the rest come with [device]).
@@ -36,6 +37,11 @@ _EXTRA_OF = {
     "matplotlib": "plots",
     "sklearn": "data",
     "mlxtend": "data",
+    "grpc": "device",  # the offload client; [server] brings it too, with the next two
+    "google": "device",  # protobuf
+    "grpc_health": "server",
+    "grpc_reflection": "server",
+    "prometheus_client": "server",
 }
 
 

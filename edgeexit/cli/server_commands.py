@@ -1,0 +1,135 @@
+"""``edgeexit serve``: the tail server (KServe v2 gRPC over ONNX Runtime). No torch.
+
+When it listens it prints exactly one line ``edgeexit serve: listening on HOST:PORT`` to stderr
+(with the real port when ``--listen`` asked for port 0); scripts and tests wait for that line.
+SIGTERM or SIGINT drains the server (see ``edgeexit.server.app``) and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeexit.console import err_console
+
+READY_PREFIX = "edgeexit serve: listening on "
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def serve(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="REPO_OR_PACKAGE",
+            help="Package directories (their tails/ are served, hashes verified) or Triton model repositories.",
+        ),
+    ],
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on; port 0 picks a free one.")] = "127.0.0.1:8001",
+    max_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Samples per session run, for every model (default: config.pbtxt).")
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int | None,
+        typer.Option(min=0, help="How long a request may wait for others to batch with (default: config.pbtxt)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Requests waiting per model before new ones get RESOURCE_EXHAUSTED.")
+    ] = 256,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads per model.")] = 1,
+    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate chain (PEM): enables TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="CA (PEM) that signs client certificates: enables mutual TLS.")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File of bearer tokens, one per line: calls need 'authorization: Bearer <token>'."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on this port (0: a free one).")
+    ] = None,
+    max_message_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest ModelInfer request accepted, in MiB (larger: INVALID_ARGUMENT).")
+    ] = 64.0,
+    grace_s: Annotated[
+        float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
+    ] = 10.0,
+) -> None:
+    """Serve tail models over KServe v2 gRPC with dynamic batching, health, TLS, tokens and metrics."""
+    from edgeexit.server.app import MIB, ServerOptions, TailServer
+    from edgeexit.server.auth import read_tokens
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    # before loading anything, so a SIGTERM during start-up still drains instead of killing
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        options = ServerOptions(
+            listen=listen,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+            max_queue=max_queue,
+            threads=threads,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+            tokens=read_tokens(token_file) if token_file is not None else (),
+            metrics_port=metrics_port,
+            max_message_bytes=int(max_message_mb * MIB),
+            grace_s=grace_s,
+        )
+        server = TailServer(sources, options).start()
+        try:
+            _announce(server)
+            stop.wait()
+            name = signal.Signals(received[0]).name if received else "a signal"
+            err_console.print(f"edgeexit serve: {name}: draining (at most {grace_s:g} s)", highlight=False)
+        finally:
+            server.stop(grace_s)
+        err_console.print("edgeexit serve: stopped", highlight=False)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _announce(server: object) -> None:
+    from edgeexit.console import table
+    from edgeexit.server.app import TailServer
+
+    assert isinstance(server, TailServer)
+    rows = [
+        (
+            model.name,
+            model.version,
+            model.codec or "-",
+            "; ".join(spec.describe() for spec in model.inputs),
+            model.max_batch_size,
+            model.max_queue_delay_us,
+            (model.package_id or "-")[:12],
+        )
+        for model in server.models
+    ]
+    columns = ("model", "version", "codec", "inputs", "max batch", "delay µs", "package_id")
+    err_console.print(table(f"edgeexit serve: {len(rows)} models", columns, rows))
+    security = ["mutual TLS" if server.options.tls_ca else "TLS" if server.tls else "plaintext"]
+    if server.options.tokens:
+        security.append(f"bearer token ({len(server.options.tokens)} accepted)")
+    err_console.print(f"edgeexit serve: {', '.join(security)}", highlight=False)
+    if server.metrics_port is not None:
+        err_console.print(
+            f"edgeexit serve: metrics on http://{server.host}:{server.metrics_port}/metrics", highlight=False
+        )
+    print(f"{READY_PREFIX}{server.address}", file=sys.stderr, flush=True)

@@ -1,0 +1,224 @@
+"""Dynamic batching for one model: concurrent requests become one session run.
+
+Triton's rule: a batch starts when it is full (``max_batch_size`` samples) or when its oldest
+request has waited ``max_queue_delay``; whatever queued while the previous batch ran joins the
+next one. Each of the model's ``instances`` (config.pbtxt ``instance_group`` count) is one worker
+coroutine that forms a batch and runs it in a thread of its own, so the event loop keeps
+accepting requests while ONNX Runtime computes (it releases the GIL).
+
+The queue is bounded in requests: at ``max_queue`` waiting requests the next one is answered
+RESOURCE_EXHAUSTED at once, so an overloaded server sheds load instead of growing its memory
+and every client's latency. A request whose caller gave up (deadline, cancel) leaves the
+queue and is never computed. ``close`` stops taking requests and runs what is queued without
+waiting for the delay: graceful shutdown finishes in-flight requests promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from edgeexit.server.errors import RequestError
+
+#: One session run: a batch of inputs → outputs by name, every array batch-first.
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    """One request's share of a batch, and the times the response reports."""
+
+    outputs: dict[str, np.ndarray]
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch did, for metrics: its samples, each request's wait, the run's time."""
+
+    model: str
+    version: str
+    samples: int
+    queue_s: tuple[float, ...]
+    compute_s: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    samples: int
+    future: asyncio.Future[BatchResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Queue and batch the requests of one (model, version); see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        run: RunFn,
+        *,
+        version: str = "",
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue: int,
+        instances: int = 1,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_depth: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or instances < 1:
+            raise ValueError("max_batch_size, max_queue and instances must be >= 1")
+        self.name = name
+        self.version = version
+        self.run = run  # an attribute, so a test can wrap the session run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_us / 1e6
+        self.max_queue = max_queue
+        self.instances = instances
+        self._on_batch = on_batch or (lambda stats: None)
+        self._on_depth = on_depth or (lambda name, version, depth: None)
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch (not those computing)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the workers (call from the event loop that will submit)."""
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}") for i in range(self.instances)
+        ]
+
+    async def submit(self, feeds: dict[str, np.ndarray], samples: int) -> BatchResult:
+        """Queue one validated request and wait for its share of a batch."""
+        if self._closing:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another server")
+        if len(self._queue) >= self.max_queue:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {self.name!r} has {len(self._queue)} requests queued, its limit (edgeexit serve "
+                "--max-queue); retry later or on another server",
+            )
+        pending = _Pending(feeds, samples, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._depth_changed()
+        self._wake.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the caller gave up: do not compute for it
+            if pending in self._queue:
+                self._queue.remove(pending)
+                self._depth_changed()
+            raise
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests and run every queued one now; after ``timeout`` seconds, give up on
+        what is left (its callers get UNAVAILABLE) instead of waiting on a stuck session run."""
+        self._closing = True
+        self._wake.set()
+        late: set[asyncio.Task[None]] = set()
+        if self._workers:
+            _, late = await asyncio.wait(self._workers, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        stopped = RequestError(grpc.StatusCode.UNAVAILABLE, "the server stopped before this request ran")
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(stopped)
+        self._depth_changed()
+        self._executor.shutdown(wait=not late, cancel_futures=True)
+
+    def _depth_changed(self) -> None:
+        self._on_depth(self.name, self.version, len(self._queue))
+
+    def _queued_samples(self) -> int:
+        return sum(p.samples for p in self._queue)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = self._queue[0].enqueued + self.max_queue_delay_s
+            while not self._closing and self._queue and self._queued_samples() < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                await self._run(loop, batch)
+
+    def _take(self) -> list[_Pending]:
+        """Oldest first, as many whole requests as fit in ``max_batch_size`` samples."""
+        batch: list[_Pending] = []
+        samples = 0
+        while self._queue and samples + self._queue[0].samples <= self.max_batch_size:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                batch.append(pending)
+                samples += pending.samples
+        self._depth_changed()
+        return batch
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        feeds = _concatenate([p.feeds for p in batch])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.run, feeds)
+        except asyncio.CancelledError:  # close() gave up on this batch
+            stopped = RequestError(grpc.StatusCode.UNAVAILABLE, "the server stopped while this request ran")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(stopped)
+            raise
+        except Exception as err:  # ONNX Runtime raises untyped errors; the server must go on
+            failure = RequestError(grpc.StatusCode.INTERNAL, f"model {self.name!r} failed on a batch: {str(err)[:300]}")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        compute_s = time.perf_counter() - started
+        samples = sum(p.samples for p in batch)
+        offset = 0
+        for pending in batch:
+            share = {name: array[offset : offset + pending.samples] for name, array in outputs.items()}
+            offset += pending.samples
+            if not pending.future.done():
+                pending.future.set_result(
+                    BatchResult(share, (started - pending.enqueued) * 1e3, compute_s * 1e3, samples)
+                )
+        self._on_batch(
+            BatchStats(self.name, self.version, samples, tuple(started - p.enqueued for p in batch), compute_s)
+        )
+
+
+def _concatenate(requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(requests) == 1:
+        return requests[0]
+    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
