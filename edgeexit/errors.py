@@ -29,3 +29,16 @@ class PackageError(EdgeExitError):
 
 class InputError(EdgeExitError):
     """An input tensor, image or file given to the runtime does not match the package."""
+
+
+class OffloadError(EdgeExitError):
+    """Offloading to a tail server failed: unreachable, too slow, refused, or a reply that does not
+    decode. The device runtime catches it and finishes the request locally, so it reaches a caller
+    only from the transport API itself. ``attempts``, ``bytes_sent`` and ``transfer_ms`` say what the
+    failed offload cost, so a fallback's record can still show it."""
+
+    def __init__(self, message: str, *, attempts: int = 0, bytes_sent: int = 0, transfer_ms: float = 0.0) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.bytes_sent = bytes_sent
+        self.transfer_ms = transfer_ms

@@ -1,14 +1,22 @@
-"""Commands that run a package on the device: run, calibrate. ONNX Runtime and numpy only."""
+"""Commands that run a package on the device: run (optionally offloading), calibrate. ONNX Runtime and
+numpy; grpc only when ``run`` offloads."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from edgeexit.console import console
+
+if TYPE_CHECKING:
+    from edgeexit.runtime.engine import Engine, Result
+    from edgeexit.runtime.inputs import Sample
+    from edgeexit.transport.client import TlsConfig
 
 PackageArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
 CriterionOpt = Annotated[
@@ -31,15 +39,47 @@ def run(
     threshold: Annotated[float | None, typer.Option(help="Threshold for every early exit.")] = None,
     threads: ThreadsOpt = 1,
     batch: Annotated[bool, typer.Option(help="Run all inputs as one batch (batched early exit).")] = False,
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            metavar="HOST:PORT",
+            help="Tail server to offload to (edgeexit serve, Triton, KServe); repeat it for several: "
+            "requests are balanced and fail over.",
+        ),
+    ] = None,
+    split: Annotated[
+        int | None,
+        typer.Option(metavar="K", help="Offload at boundary K (0 .. segments-2) the inputs not exited by then."),
+    ] = None,
+    codec: Annotated[
+        str | None, typer.Option(help="How the boundary tensor travels: fp32, fp16, int8 (default: fp16 if present).")
+    ] = None,
+    timeout_ms: Annotated[
+        float, typer.Option(min=1.0, help="Deadline of one offload, failover included; then the device finishes it.")
+    ] = 1000.0,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the bearer token the server asks for (one line).")
+    ] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) of the server's: enables TLS.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="This device's certificate (PEM) for mutual TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="This device's private key (PEM) for mutual TLS.")] = None,
 ) -> None:
-    """Run inputs through a package, stopping each at its first confident exit."""
-    from edgeexit.cli.render import results_table
+    """Run inputs through a package, stopping each at its first confident exit.
+
+    With --server and --split, inputs not exited by boundary K are sent to a tail server; any
+    failure (unreachable, past --timeout-ms, refused, a bad reply) finishes them on this device.
+    """
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import load_samples
 
+    offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key)
     engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold)
     samples = load_samples(inputs, engine.manifest.input)
-    if batch:
+    if offload is not None and server and split is not None:
+        token, tls = offload
+        results = _run_offloaded(engine, samples, batch, server, split, codec, timeout_ms, token=token, tls=tls)
+    elif batch:
         import numpy as np
 
         results = engine.run_batch(np.stack([s.x for s in samples]))
@@ -55,7 +95,101 @@ def run(
             rows.append(row)
         typer.echo(json.dumps(rows, indent=2))
         return
+    if offload is not None:
+        from edgeexit.cli.render import offload_results_table
+
+        console.print(offload_results_table(engine.manifest, samples, results))
+        console.print(_offload_summary(results), highlight=False)
+        return
+    from edgeexit.cli.render import results_table
+
     console.print(results_table(engine.manifest, samples, results))
+
+
+def _offload_settings(
+    server: list[str] | None,
+    split: int | None,
+    codec: str | None,
+    token_file: Path | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> tuple[str | None, TlsConfig | None] | None:
+    """Check the offload options together, before loading anything: (token, TLS), or None when
+    not offloading."""
+    from edgeexit.errors import EdgeExitError
+
+    given = {"--codec": codec, "--token-file": token_file, "--tls-ca": tls_ca, "--tls-cert": tls_cert,
+             "--tls-key": tls_key}  # fmt: skip
+    if not server:
+        if split is not None:
+            raise EdgeExitError(
+                f"--split {split} offloads to a tail server, but no --server HOST:PORT was given: add --server "
+                "(e.g. --server 127.0.0.1:8001, where `edgeexit serve PACKAGE` listens) or drop --split"
+            )
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise EdgeExitError(f"{', '.join(extra)} only {verb} when offloading: add --server HOST:PORT and --split K")
+        return None
+    if split is None:
+        raise EdgeExitError(
+            "--server needs --split K: the boundary after which inputs not yet exited are offloaded "
+            "(0 .. segments-2; `edgeexit inspect PACKAGE` lists the segments and tails)"
+        )
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or err
+            raise EdgeExitError(f"cannot read the token file {token_file}: {reason}; expected the token") from None
+    tls = None
+    if any(p is not None for p in (tls_ca, tls_cert, tls_key)):
+        from edgeexit.transport.client import TlsConfig
+
+        tls = TlsConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
+    return token, tls
+
+
+def _run_offloaded(
+    engine: Engine,
+    samples: list[Sample],
+    batch: bool,
+    server: list[str],
+    split: int,
+    codec: str | None,
+    timeout_ms: float,
+    *,
+    token: str | None,
+    tls: TlsConfig | None,
+) -> list[Result]:
+    import numpy as np
+
+    from edgeexit.console import err_console
+    from edgeexit.device import OffloadRunner, TailClient
+
+    with TailClient(server, timeout_s=timeout_ms / 1e3, token=token, tls=tls) as client:
+        runner = OffloadRunner(engine, client, split=split, codec=codec)
+        results = runner.run_batch(np.stack([s.x for s in samples])) if batch else [runner.run(s.x) for s in samples]
+    reasons = Counter(r.offload.reason or "unknown" for r in results if r.offload is not None and r.offload.fallback)
+    for reason, count in reasons.items():  # on stderr: --json keeps stdout pure JSON
+        err_console.print(f"[yellow]fallback:[/] {count} input(s) finished on this device: {escape(reason)}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+    return results
+
+
+def _offload_summary(results: list[Result]) -> str:
+    infos = [r.offload for r in results]
+    offloaded = sum(1 for i in infos if i is not None and not i.fallback)
+    fallback = sum(1 for i in infos if i is not None and i.fallback)
+    first = next((i for i in infos if i is not None), None)
+    where = f" at boundary {first.boundary} ({first.codec})" if first is not None else ""
+    sent = sum(i.bytes_sent for i in infos if i is not None)
+    return (
+        f"offloaded {offloaded}, fallback {fallback}, exited before the split {infos.count(None)}{where}; "
+        f"{sent:,} bytes sent"
+    )
 
 
 def calibrate(

@@ -4,6 +4,12 @@
 ``run_batch`` runs a batch through segment 0, retires the samples whose exit is confident,
 compacts the survivors and carries only them on, so a batch costs what its hard samples cost;
 results come back in input order and match ``run`` sample by sample.
+
+Offloading splits a request at a boundary k: ``run_until`` / ``run_batch_until`` stop there
+(earlier exits still apply) and hand back a ``Pending`` that owns boundary k's hidden tensor;
+``resume`` / ``resume_batch`` finish it here with the answer ``run`` would have given, and
+``tail_results`` turns a tail server's final logits into Results. The engine knows nothing
+about the network: ``edgeexit.device`` does the sending.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from edgeexit.runtime.sessions import default_cache_dir
 class Result:
     """One sample's answer. ``prediction`` is None only when the exit that stopped it has no
     classifier (an encoder stopped by similarity); ``hidden`` is that boundary's tensor when
-    the caller asked for it (``keep_hidden=True``)."""
+    the caller asked for it (``keep_hidden=True``). ``offload`` is set when the sample reached an
+    offload boundary: answered by a tail server, or finished here after the offload failed
+    (``offload.fallback``); ``segment_ms`` then lists only the segments that ran on this device."""
 
     prediction: int | None
     label: str | None
@@ -37,9 +45,10 @@ class Result:
     latency_ms: float
     segment_ms: tuple[float, ...]
     hidden: np.ndarray | None = None
+    offload: OffloadInfo | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "prediction": self.prediction,
             "label": self.label,
             "exit": self.exit,
@@ -48,6 +57,118 @@ class Result:
             "latency_ms": round(self.latency_ms, 4),
             "segment_ms": [round(t, 4) for t in self.segment_ms],
         }
+        if self.offload is not None:  # absent, not null, for local runs: their JSON stays as it was
+            found["offload"] = self.offload.to_json()
+        return found
+
+
+@dataclass(frozen=True)
+class OffloadInfo:
+    """How a sample that reached the offload boundary was answered.
+
+    Offloaded (``fallback`` False): ``server`` answered with the tail's final logits. Fallback:
+    the offload failed for ``reason`` and the engine finished the sample here from the same
+    boundary. ``bytes_sent`` is this sample's share of the request bytes handed to gRPC (summed
+    over attempts; ``batch`` samples shared the request), ``transfer_ms`` the wall time from the
+    first attempt to the reply or the last failure, ``queue_ms`` / ``compute_ms`` what the server
+    reported (None when it did not say, e.g. Triton).
+    """
+
+    boundary: int
+    codec: str
+    model: str
+    server: str | None = None
+    bytes_sent: int = 0
+    transfer_ms: float = 0.0
+    queue_ms: float | None = None
+    compute_ms: float | None = None
+    batch: int = 1
+    attempts: int = 0
+    fallback: bool = False
+    reason: str | None = None
+
+    @property
+    def offloaded(self) -> bool:
+        return not self.fallback
+
+    def to_json(self) -> dict[str, object]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(float(value), 4)
+
+        return {
+            "offloaded": self.offloaded,
+            "fallback": self.fallback,
+            "reason": self.reason,
+            "server": self.server,
+            "boundary": self.boundary,
+            "codec": self.codec,
+            "model": self.model,
+            "bytes_sent": self.bytes_sent,
+            "transfer_ms": ms(self.transfer_ms),
+            "queue_ms": ms(self.queue_ms),
+            "compute_ms": ms(self.compute_ms),
+            "batch": self.batch,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Pending:
+    """Samples that reached boundary ``boundary`` without exiting: everything needed to finish
+    them, here (``Engine.resume``) or on a tail server (``hidden`` is what it needs).
+
+    ``hidden`` is the boundary's tensor ``(M, *dims)``, owned (a copy, safe across later runs);
+    it is also the previous hidden state the next exit's similarity compares against. ``rows``
+    are the samples' positions in the input (``(0,)`` for one sample), ``history`` the earlier
+    exits' predictions for patience, ``segment_ms`` the device segments' times so far and
+    ``started`` the request's ``time.perf_counter()`` start, so a finished Result's latency
+    counts everything, a failed offload included.
+    """
+
+    boundary: int
+    hidden: np.ndarray
+    rows: tuple[int, ...]
+    history: tuple[np.ndarray, ...]
+    segment_ms: tuple[float, ...]
+    started: float
+    early_exit: bool = True
+    keep_hidden: bool = False
+
+    @property
+    def samples(self) -> int:
+        return len(self.rows)
+
+    def select(self, start: int, stop: int) -> Pending:
+        """Samples ``start:stop`` of this state (a batch offloaded in several requests)."""
+        return Pending(
+            self.boundary,
+            self.hidden[start:stop],
+            self.rows[start:stop],
+            tuple(h[start:stop] for h in self.history),
+            self.segment_ms,
+            self.started,
+            self.early_exit,
+            self.keep_hidden,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class BatchProgress:
+    """A batch run up to a boundary: ``results`` in input order, None where a sample is
+    ``pending`` (its ``rows`` say which)."""
+
+    results: tuple[Result | None, ...]
+    pending: Pending | None = None
+
+    def complete(self, finished: Sequence[Result]) -> list[Result]:
+        """Every Result in input order, ``finished`` answering ``pending.rows`` in order."""
+        rows = self.pending.rows if self.pending is not None else ()
+        if len(finished) != len(rows):
+            raise EdgeExitError(f"got {len(finished)} results for {len(rows)} pending samples; expected one each")
+        merged = list(self.results)
+        for row, result in zip(rows, finished, strict=True):
+            merged[row] = result
+        return merged  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -104,6 +225,7 @@ class Engine:
         self._criteria = [create_criterion(rule.criterion) for rule in self.rules]
         self._keeps_history = any(rule.criterion == "patience" for rule in self.rules)
         self._input = manifest.input
+        self._hidden_names = [s.spec.hidden for s in self.segments]
         try:
             self._chain: BoundChain | None = BoundChain(self.segments, manifest.input.tensor)
         except ValueError:
@@ -128,22 +250,68 @@ class Engine:
     def run(self, x: np.ndarray, *, keep_hidden: bool = False) -> Result:
         """One sample, shaped like the model input with or without the batch axis of 1."""
         sample = self._check(x, batched=False)
-        started = time.perf_counter()
-        times: list[float] = []
-        history: list[np.ndarray] = []
-        previous: np.ndarray | None = None
-        for k, outputs, ms in self._walk(sample):
+        return self._forward_one(sample, 0, None, time.perf_counter(), [], [], None, True, keep_hidden)  # type: ignore[return-value]
+
+    def run_until(
+        self, x: np.ndarray, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
+    ) -> Result | Pending:
+        """One sample up to ``boundary``: a Result when an exit at or before it is confident,
+        else a Pending holding the boundary's tensor. ``early_exit=False`` consults no exit (the
+        split-at-k baseline: every sample reaches the boundary, and ``resume`` runs to full depth)."""
+        self._check_boundary(boundary)
+        sample = self._check(x, batched=False)
+        return self._forward_one(sample, 0, boundary, time.perf_counter(), [], [], None, early_exit, keep_hidden)
+
+    def resume(self, pending: Pending) -> Result:
+        """Finish one pending sample here, from its boundary: later exits still apply, and the
+        Result equals what ``run`` gives (its latency counts from the original start)."""
+        if pending.samples != 1:
+            raise EdgeExitError(
+                f"resume() finishes one sample; this pending state holds {pending.samples} "
+                "(from run_batch_until): use resume_batch()"
+            )
+        self._check_pending(pending)
+        return self._forward_one(  # type: ignore[return-value]
+            pending.hidden,
+            pending.boundary + 1,
+            None,
+            pending.started,
+            list(pending.segment_ms),
+            list(pending.history),
+            pending.hidden,
+            pending.early_exit,
+            pending.keep_hidden,
+        )
+
+    def _forward_one(
+        self,
+        source: np.ndarray,
+        start: int,
+        stop: int | None,
+        started: float,
+        times: list[float],
+        history: list[np.ndarray],
+        previous: np.ndarray | None,
+        early_exit: bool,
+        keep_hidden: bool,
+    ) -> Result | Pending:
+        """Segments ``start``.. for one sample (``source`` is their input), stopping at the first
+        confident exit, or with a Pending after segment ``stop``."""
+        for k, outputs, ms in self._walk(source, start):
             times.append(ms)
             segment = self.segments[k]
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
             score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
-            if self.rules[k].final or score[0] >= self.rules[k].threshold:
+            if self.rules[k].final or (early_exit and score[0] >= self.rules[k].threshold):
                 # a copy: the bound chain's buffers are overwritten by the next run
                 kept = hidden.copy() if (keep_hidden and hidden is not None) else None
                 return self._result(k, logits, probabilities, score, 0, started, tuple(times), kept)
             if self._keeps_history and logits is not None:
                 history.append(logits.argmax(axis=-1))
+            if k == stop:
+                owned = hidden.copy()  # type: ignore[union-attr]  # every non-final segment has a hidden output
+                return Pending(k, owned, (0,), tuple(history), tuple(times), started, early_exit, keep_hidden)
             previous = hidden
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
@@ -157,39 +325,106 @@ class Engine:
             for start in range(0, batch.shape[0], batch_size):
                 results += self.run_batch(batch[start : start + batch_size], keep_hidden=keep_hidden)
             return results
-        count = batch.shape[0]
-        results_by_index: list[Result | None] = [None] * count
-        active = np.arange(count)
-        current = batch
-        previous: np.ndarray | None = None
-        history: list[np.ndarray] = []
-        times: list[float] = []
-        started = time.perf_counter()
-        for k, segment in enumerate(self.segments):
+        found: list[Result | None] = [None] * batch.shape[0]
+        self._forward_batch(batch, np.arange(batch.shape[0]), 0, None, time.perf_counter(), [], [], None, found,
+                            True, keep_hidden)  # fmt: skip
+        return found  # type: ignore[return-value]  # the final exit answers every sample left
+
+    def run_batch_until(
+        self, xs: np.ndarray, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
+    ) -> BatchProgress:
+        """``run_until`` for a batch: the samples that exit at or before ``boundary`` are answered,
+        the survivors come back as one Pending (their rows in input order)."""
+        self._check_boundary(boundary)
+        batch = self._check(xs, batched=True)
+        found: list[Result | None] = [None] * batch.shape[0]
+        pending = self._forward_batch(batch, np.arange(batch.shape[0]), 0, boundary, time.perf_counter(), [], [],
+                                      None, found, early_exit, keep_hidden)  # fmt: skip
+        return BatchProgress(tuple(found), pending)
+
+    def resume_batch(self, pending: Pending) -> list[Result]:
+        """Finish pending samples here, batched; one Result per ``pending.rows`` entry, in order,
+        each equal to what ``run`` gives."""
+        self._check_pending(pending)
+        found: list[Result | None] = [None] * pending.samples
+        self._forward_batch(pending.hidden, np.arange(pending.samples), pending.boundary + 1, None, pending.started,
+                            list(pending.segment_ms), list(pending.history), pending.hidden, found,
+                            pending.early_exit, pending.keep_hidden)  # fmt: skip
+        return found  # type: ignore[return-value]
+
+    def _forward_batch(
+        self,
+        current: np.ndarray,
+        active: np.ndarray,
+        start: int,
+        stop: int | None,
+        started: float,
+        times: list[float],
+        history: list[np.ndarray],
+        previous: np.ndarray | None,
+        found: list[Result | None],
+        early_exit: bool,
+        keep_hidden: bool,
+    ) -> Pending | None:
+        """Segments ``start``.. on a batch: exiting samples fill ``found[active[i]]``, survivors
+        are compacted; after segment ``stop`` the survivors come back as a Pending."""
+        for k in range(start, len(self.segments)):
+            segment = self.segments[k]
             tick = time.perf_counter()
             outputs = segment.run(current)
             times.append((time.perf_counter() - tick) * 1e3)
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
             score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
-            leaving = np.ones(len(active), bool) if self.rules[k].final else score >= self.rules[k].threshold
+            if self.rules[k].final:
+                leaving = np.ones(len(active), bool)
+            else:
+                leaving = score >= self.rules[k].threshold if early_exit else np.zeros(len(active), bool)
             if probabilities is None and logits is not None and leaving.any():
                 probabilities = softmax(logits, self.rules[k].temperature)
             for i in np.flatnonzero(leaving):
                 kept = hidden[i : i + 1].copy() if (keep_hidden and hidden is not None) else None
-                results_by_index[active[i]] = self._result(
-                    k, logits, probabilities, score, i, started, tuple(times), kept
-                )
+                found[active[i]] = self._result(k, logits, probabilities, score, i, started, tuple(times), kept)
             staying = ~leaving
             if not staying.any():
-                break
+                return None
             if logits is not None:
                 history.append(logits.argmax(axis=-1))
             history = [h[staying] for h in history]
             active = active[staying]
-            current = np.ascontiguousarray(hidden[staying])  # type: ignore[index]
+            current = np.ascontiguousarray(hidden[staying])  # type: ignore[index]  # a copy: owned
+            if k == stop:
+                rows = tuple(int(i) for i in active)
+                return Pending(k, current, rows, tuple(history), tuple(times), started, early_exit, keep_hidden)
             previous = current
-        return [r for r in results_by_index if r is not None]
+        return None  # pragma: no cover  # the final exit retires every sample
+
+    # ---------------------------------------------------------------- a tail's answer
+
+    def tail_results(self, pending: Pending, logits: np.ndarray, *, offload: OffloadInfo | None = None) -> list[Result]:
+        """Results from a tail's final logits ``(M, classes)`` for ``pending``'s samples, in order:
+        the final exit's rule (temperature, criterion score) applied as a local run would."""
+        final = self.num_exits - 1
+        rule = self.rules[final]
+        logits = np.asarray(logits, dtype=np.float32)
+        classes = self.manifest.num_classes
+        if logits.ndim != 2 or logits.shape[0] != pending.samples or (classes and logits.shape[1] != classes):
+            raise EdgeExitError(
+                f"tail logits have shape {tuple(logits.shape)}; expected ({pending.samples}, {classes or 'classes'}) "
+                "for the pending samples: the tail does not belong to this package"
+            )
+        probabilities = softmax(logits, rule.temperature)
+        criterion = self._criteria[final]
+        if criterion.needs_hidden:
+            score = np.ones(len(logits), np.float32)  # as the engine scores a final exit it cannot judge
+        else:  # patience counts the agreeing exits that ran here (the tail's own are not reported)
+            boundary = Boundary(logits, None, None, pending.history, rule.temperature, probabilities)
+            score = criterion.score(boundary)
+        times = pending.segment_ms
+        return [
+            self._result(final, logits, probabilities, score, i, pending.started, times, None, offload)
+            for i in range(pending.samples)
+        ]
 
     def run_full(self, xs: np.ndarray, *, batch_size: int = 256, timing_samples: int = 64) -> FullDepth:
         """Every exit's outputs for every sample, plus batch-1 segment latencies on a few of them."""
@@ -229,13 +464,16 @@ class Engine:
 
     # ---------------------------------------------------------------- helpers
 
-    def _walk(self, sample: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
-        """Segment by segment for one sample: (index, outputs, ms). Through the bound chain when
-        there is one (outputs are views of its buffers), else plain runs passing hidden on."""
-        current = sample
+    def _walk(self, source: np.ndarray, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+        """Segment by segment for one sample from segment ``start`` (``source`` is its input):
+        (index, outputs, ms). Through the bound chain when there is one (outputs are views of its
+        buffers), else plain runs passing hidden on."""
+        current = source
         if self._chain is not None:
-            np.copyto(self._chain.input, sample)
-        for k, segment in enumerate(self.segments):
+            target = self._chain.input if start == 0 else self._chain.outputs[start - 1][self._hidden_names[start - 1]]
+            np.copyto(target, source)
+        for k in range(start, len(self.segments)):
+            segment = self.segments[k]
             tick = time.perf_counter()
             outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current)
             yield k, outputs, (time.perf_counter() - tick) * 1e3
@@ -278,15 +516,36 @@ class Engine:
         started: float,
         times: tuple[float, ...],
         hidden: np.ndarray | None,
+        offload: OffloadInfo | None = None,
     ) -> Result:
         latency = (time.perf_counter() - started) * 1e3
         if logits is None:
-            return Result(None, None, None, k, float(score[i]), latency, times, hidden)
+            return Result(None, None, None, k, float(score[i]), latency, times, hidden, offload)
         row = probabilities[i] if probabilities is not None else softmax(logits[i], self.rules[k].temperature)
         prediction = int(logits[i].argmax())
         labels = self.manifest.labels
         label = labels[prediction] if prediction < len(labels) else str(prediction)
-        return Result(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden)
+        return Result(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden, offload)
+
+    def _check_boundary(self, boundary: int) -> None:
+        last = len(self.segments) - 2
+        if isinstance(boundary, bool) or not isinstance(boundary, (int, np.integer)) or not 0 <= boundary <= last:
+            where = f"0..{last}" if last >= 0 else "none: the package has a single segment"
+            raise EdgeExitError(
+                f"boundary {boundary!r} cannot be split at; expected a boundary with a later segment ({where}), "
+                f"the package has {len(self.segments)} segments"
+            )
+
+    def _check_pending(self, pending: Pending) -> None:
+        self._check_boundary(pending.boundary)
+        spec = self.segments[pending.boundary].spec
+        want = spec.output(spec.hidden).shape[1:]  # type: ignore[arg-type]
+        got = pending.hidden.shape
+        if len(got) != len(want) + 1 or any(w is not None and w != g for w, g in zip(want, got[1:], strict=True)):
+            raise EdgeExitError(
+                f"pending hidden tensor has shape {tuple(got)}; boundary {pending.boundary} of this package has "
+                f"(N, {', '.join('?' if d is None else str(d) for d in want)}): it came from another package"
+            )
 
     def _check(self, x: object, *, batched: bool) -> np.ndarray:
         spec = self._input

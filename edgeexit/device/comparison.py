@@ -1,0 +1,137 @@
+"""All-local vs. split vs. early exit + offload, side by side on labelled data.
+
+What ``edgeexit demo`` prints once it has a tail server: the same samples through the device
+alone (full depth and early exit), through a split at each boundary with each codec (every
+sample offloaded: the Neurosurgeon baseline), and through early exit with offload at each
+boundary (only the samples no exit up to the boundary was sure of travel). Latency is wall time
+per sample as the caller sees it, offload included.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.device.offload import OffloadRunner
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.engine import Engine, Result
+from edgeexit.transport.client import TailClient
+
+READY_PREFIX = "edgeexit serve: listening on "
+
+
+@dataclass(frozen=True)
+class OffloadSummary:
+    """One way of answering the same samples."""
+
+    name: str
+    samples: int
+    accuracy: float
+    mean_ms: float
+    p90_ms: float
+    bytes_per_sample: float  # over every sample, the ones that never travelled count as 0
+    offload_rate: float  # answered by the server
+    fallbacks: int  # reached the boundary, the offload failed, answered here
+
+
+def summarize_runs(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray) -> OffloadSummary:
+    latencies, predictions, sent, offloaded, fallbacks = [], [], 0, 0, 0
+    for sample in x:
+        tick = time.perf_counter()
+        result = run(sample)
+        latencies.append((time.perf_counter() - tick) * 1e3)
+        predictions.append(-1 if result.prediction is None else result.prediction)
+        if result.offload is not None:
+            sent += result.offload.bytes_sent
+            offloaded += int(not result.offload.fallback)
+            fallbacks += int(result.offload.fallback)
+    return OffloadSummary(
+        name=name,
+        samples=len(x),
+        accuracy=float(np.mean(np.array(predictions) == y)),
+        mean_ms=float(np.mean(latencies)),
+        p90_ms=float(np.percentile(latencies, 90)),
+        bytes_per_sample=sent / max(len(x), 1),
+        offload_rate=offloaded / max(len(x), 1),
+        fallbacks=fallbacks,
+    )
+
+
+def compare_offload(
+    package: str | Path,
+    client: TailClient,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    codecs: Sequence[str] | None = None,
+) -> list[OffloadSummary]:
+    """Every row of the comparison; ``codecs`` None: every codec the package has tails for."""
+    early = Engine(package, cache_dir=None)
+    full = Engine(package, threshold=float("inf"), cache_dir=None)  # no early exit can pass
+    tails = early.manifest.tails
+    chosen = sorted({t.codec for t in tails}) if codecs is None else list(codecs)
+    boundaries = sorted({t.boundary for t in tails})
+    rows = [
+        summarize_runs("local, full depth", full.run, x, y),
+        summarize_runs("local, early exit", early.run, x, y),
+    ]
+    for k in boundaries:
+        for codec in chosen:
+            runner = OffloadRunner(full, client, split=k, codec=codec, early_exit=False)
+            rows.append(summarize_runs(f"split at {k}, {codec}", runner.run, x, y))
+    for k in boundaries:
+        for codec in chosen:
+            runner = OffloadRunner(early, client, split=k, codec=codec, early_exit=True)
+            rows.append(summarize_runs(f"early exit + offload at {k}, {codec}", runner.run, x, y))
+    return rows
+
+
+@contextmanager
+def local_tail_server(package: str | Path, *, timeout_s: float = 120.0) -> Iterator[str]:
+    """``edgeexit serve PACKAGE`` on 127.0.0.1 with an ephemeral port, as a child process; yields
+    its address and stops it (SIGTERM, then SIGKILL) on the way out."""
+    command = [sys.executable, "-m", "edgeexit", "serve", str(package), "--listen", "127.0.0.1:0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "160"}
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    log: list[str] = []
+
+    def drain() -> None:  # read stderr to the end: a full pipe would block the server
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise EdgeExitError(f"the tail server did not start ({' '.join(command)}):\n{''.join(log)[-2000:]}")
+            if line.startswith(READY_PREFIX):
+                yield line.removeprefix(READY_PREFIX).strip()
+                return
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)

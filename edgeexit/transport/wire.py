@@ -1,0 +1,143 @@
+"""The tail request and reply on the wire, exactly as docs/offload.md says; protobuf and numpy only.
+
+Kept apart from the channel code so the contract can be tested byte for byte without a server,
+and so a reply that does not decode is one clear ``OffloadError`` (a failure like any other: the
+device falls back) rather than a numpy error deep inside the runtime.
+
+Request: ``model_name`` the tail, ``inputs[0]`` = ``hidden`` (codec datatype, shape ``[N, *dims]``)
+with its bytes in ``raw_input_contents[0]`` (little-endian, row-major); parameters ``package_id``,
+``codec`` and, for int8, ``scale`` (double) and ``zero_point`` (int64). Reply: ``logits`` FP32
+``[N, classes]`` in ``raw_output_contents``; parameters ``queue_ms`` and ``compute_ms`` (double).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeexit.codecs import DATATYPES, HIDDEN, LOGITS, Encoded, create_codec, datatype_of
+from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.transport.generated import grpc_service_pb2 as pb
+
+PARAM_PACKAGE_ID = "package_id"
+PARAM_CODEC = "codec"
+PARAM_SCALE = "scale"
+PARAM_ZERO_POINT = "zero_point"
+PARAM_QUEUE_MS = "queue_ms"
+PARAM_COMPUTE_MS = "compute_ms"
+
+
+@dataclass(frozen=True, eq=False)
+class TailAnswer:
+    """A decoded tail reply: the final logits ``(N, classes)`` float32 and the server's own timings."""
+
+    logits: np.ndarray
+    queue_ms: float | None
+    compute_ms: float | None
+
+
+SIDE_INPUTS = ("parameters", "tensors")
+
+
+def build_request(
+    model: str, encoded: Encoded, *, package_id: str, version: str = "", side_inputs: str = "parameters"
+) -> pb.ModelInferRequest:
+    """One ModelInfer request carrying a whole encoded batch.
+
+    ``side_inputs``: how an affine codec's scale and zero point travel. ``"parameters"`` (edgeexit's
+    server) puts them in request parameters; ``"tensors"`` sends them as the ``[N, 1]`` input
+    tensors the tail's config.pbtxt lists, which is what Triton and KServe need (they do not map
+    parameters to inputs). edgeexit's server takes either."""
+    if side_inputs not in SIDE_INPUTS:
+        raise EdgeExitError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
+    codec = create_codec(encoded.codec)
+    data = np.asarray(encoded.data)
+    wire_dtype = DATATYPES[codec.datatype]
+    if data.dtype != wire_dtype:
+        if data.dtype.kind != wire_dtype.kind or data.dtype.itemsize != wire_dtype.itemsize:
+            raise OffloadError(
+                f"the {encoded.codec} payload holds {data.dtype} values; expected {codec.datatype} ({wire_dtype}): "
+                "encode the hidden tensor with the codec's encode()"
+            )
+        data = data.astype(wire_dtype)  # the same type in the other byte order: little-endian on the wire
+    if data.ndim < 1 or data.shape[0] < 1:
+        raise OffloadError(f"the payload has shape {tuple(data.shape)}; expected [N, *dims] with N >= 1")
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    tensor = request.inputs.add(name=HIDDEN, datatype=codec.datatype)
+    tensor.shape.extend(int(d) for d in data.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(data).tobytes())
+    request.parameters[PARAM_PACKAGE_ID].string_param = package_id
+    request.parameters[PARAM_CODEC].string_param = encoded.codec
+    if encoded.scale is not None or encoded.zero_point is not None:
+        if encoded.scale is None or encoded.zero_point is None:
+            raise OffloadError(f"the {encoded.codec} payload has a scale or a zero point but not both; expected both")
+        if side_inputs == "tensors":
+            for name, array in list(encoded.tensors().items())[1:]:  # after hidden: scale, zero_point
+                side = request.inputs.add(name=name, datatype=datatype_of(array))
+                side.shape.extend(int(d) for d in array.shape)
+                request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        else:
+            request.parameters[PARAM_SCALE].double_param = float(encoded.scale)
+            request.parameters[PARAM_ZERO_POINT].int64_param = int(encoded.zero_point)
+    return request
+
+
+def read_request(request: pb.ModelInferRequest) -> tuple[str, Encoded]:
+    """The inverse of ``build_request`` for edgeexit's own requests: (package_id, payload).
+
+    For tests and stand-in servers; a real server validates far more (docs/offload.md)."""
+    if len(request.inputs) != 1 or len(request.raw_input_contents) != 1:
+        raise EdgeExitError("expected one input tensor 'hidden' with its bytes in raw_input_contents")
+    tensor = request.inputs[0]
+    params = request.parameters
+    codec = params[PARAM_CODEC].string_param if PARAM_CODEC in params else ""
+    data = np.frombuffer(request.raw_input_contents[0], dtype=DATATYPES[tensor.datatype]).reshape(tuple(tensor.shape))
+    scale = params[PARAM_SCALE].double_param if PARAM_SCALE in params else None
+    zero_point = params[PARAM_ZERO_POINT].int64_param if PARAM_ZERO_POINT in params else None
+    package_id = params[PARAM_PACKAGE_ID].string_param if PARAM_PACKAGE_ID in params else ""
+    return package_id, Encoded(codec, data, scale=scale, zero_point=zero_point)
+
+
+def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | None = None) -> TailAnswer:
+    """The logits of a tail reply, checked against what was asked: a reply that does not match
+    (no logits, another datatype or shape, a byte count that disagrees, non-finite values) is an
+    OffloadError saying what was expected."""
+    want = f"FP32 [{samples}, {classes if classes else 'classes'}]"
+    position = next((i for i, out in enumerate(reply.outputs) if out.name == LOGITS), None)
+    if position is None and len(reply.outputs) == 1:
+        position = 0  # a single unnamed-as-expected output: Triton echoes the config's name, others may not
+    if position is None:
+        names = [out.name for out in reply.outputs] or "none"
+        raise OffloadError(f"the reply has outputs {names}; expected {LOGITS!r} {want}")
+    tensor = reply.outputs[position]
+    shape = tuple(int(d) for d in tensor.shape)
+    if tensor.datatype != "FP32":
+        raise OffloadError(f"the reply's {tensor.name!r} is {tensor.datatype or '(no datatype)'}; expected {want}")
+    if len(shape) != 2 or shape[0] != samples or (classes and shape[1] != classes):
+        raise OffloadError(f"the reply's {tensor.name!r} has shape {list(shape)}; expected {want}")
+    expected_bytes = shape[0] * shape[1] * 4
+    if position < len(reply.raw_output_contents):
+        raw = reply.raw_output_contents[position]
+        if len(raw) != expected_bytes:
+            raise OffloadError(
+                f"the reply's {tensor.name!r} carries {len(raw)} bytes; expected {expected_bytes} for {want}"
+            )
+        logits = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+    elif len(tensor.contents.fp32_contents) == shape[0] * shape[1]:  # typed contents: accepted, never sent
+        logits = np.asarray(tensor.contents.fp32_contents, dtype=np.float32).reshape(shape)
+    else:
+        raise OffloadError(f"the reply's {tensor.name!r} has no data; expected {want} in raw_output_contents")
+    if not np.isfinite(logits).all():
+        raise OffloadError(f"the reply's {tensor.name!r} holds NaN or infinite values; expected finite logits")
+    return TailAnswer(logits, _double(reply, PARAM_QUEUE_MS), _double(reply, PARAM_COMPUTE_MS))
+
+
+def _double(reply: pb.ModelInferResponse, name: str) -> float | None:
+    if name not in reply.parameters:
+        return None
+    value = reply.parameters[name]
+    kind = value.WhichOneof("parameter_choice")
+    if kind in ("double_param", "int64_param", "uint64_param"):
+        return float(getattr(value, kind))
+    return None

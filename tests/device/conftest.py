@@ -1,0 +1,115 @@
+"""The real tail server as a subprocess (``python -m edgeexit serve``) on 127.0.0.1, for end-to-end
+and fault tests: SIGKILL it, SIGSTOP it (it still accepts TCP but never answers), restart it on
+the same port. Every process started here is killed on teardown, continued first if stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from edgeexit.runtime import Engine, Result
+
+READY = re.compile(r"edgeexit serve: listening on (\S+)")
+START_TIMEOUT_S = 60
+
+
+@dataclass
+class ServeProcess:
+    """One ``edgeexit serve`` process; ``address`` is HOST:PORT with the real port."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye; connections die with the process."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)  # a stopped process dies only once continued
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections and buffers requests; nothing answers."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+
+def _drain(stream, lines: queue.Queue[str | None], log: list[str]) -> None:
+    """Read the server's stderr to the end: a full pipe would block the server."""
+    for line in stream:
+        log.append(line)
+        lines.put(line)
+    lines.put(None)
+
+
+def start_server(package: Path, cache: Path, started: list[ServeProcess], *args: str, port: int = 0) -> ServeProcess:
+    """Start ``edgeexit serve`` for ``package`` and wait for its ready line (registered in ``started``
+    first, so teardown kills it even when it never gets ready)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "edgeexit", "serve", str(package), "--listen", f"127.0.0.1:{port}", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    server = ServeProcess(process, "")
+    started.append(server)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_drain, args=(process.stderr, lines, server.log), daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            pytest.fail(f"edgeexit serve printed no ready line within {START_TIMEOUT_S} s: {''.join(server.log)}")
+        if line is None:
+            pytest.fail(f"edgeexit serve exited with {process.wait()}: {''.join(server.log)}")
+        found = READY.search(line)
+        if found:
+            server.address = found.group(1)
+            return server
+
+
+@pytest.fixture
+def serve(digits_package: Path, tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """``serve(*args, port=0)``: a tail server of its own for one test (to kill, stop or restart)."""
+    started: list[ServeProcess] = []
+
+    def start(*args: str, port: int = 0) -> ServeProcess:
+        return start_server(digits_package, tmp_path / "serve-cache", started, *args, port=port)
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def healthy(digits_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One tail server shared by a module's tests that leave it running and untouched."""
+    started: list[ServeProcess] = []
+    try:
+        yield start_server(digits_package, tmp_path_factory.mktemp("serve-cache"), started)
+    finally:
+        for server in started:
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def local_answers(digits_package: Path, digits) -> dict[str, list[Result]]:
+    """What the device alone answers for the first 200 digits: with its early exits, and at full depth."""
+    xs = digits.x[:200]
+    early = Engine(digits_package, cache_dir=None)
+    full = Engine(digits_package, cache_dir=None, threshold=1.01)
+    return {"early": [early.run(x) for x in xs], "full": [full.run(x) for x in xs]}
