@@ -85,3 +85,30 @@ def test_device_extra_runs_a_package_on_npy_and_image_inputs(
     rows = json.loads(result.stdout)
     assert [row["input"] for row in rows] == ["one.npy", "one.png"]
     assert all({"prediction", "label", "exit", "probabilities", "latency_ms"} <= set(row) for row in rows)
+
+
+def test_device_extra_offloads_to_a_tail_server(
+    device_venv: Path, digits_package: Path, digits, tmp_path: Path
+) -> None:
+    """[device] alone carries the offload client: `edgeexit run --server` against a real server."""
+    import json
+
+    import numpy as np
+
+    from edgeexit.server import ServerOptions, TailServer
+
+    np.save(tmp_path / "batch.npy", digits.x[:4])
+    edgeexit = str(device_venv / "bin" / "edgeexit")
+    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as server:
+        offload = ["--server", f"127.0.0.1:{server.port}", "--split", "0", "--codec", "int8", "--threshold", "2"]
+        result = subprocess.run(
+            [edgeexit, "run", str(digits_package), str(tmp_path / "batch.npy"), "--json", *offload],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4
+    assert all(row["offload"]["offloaded"] and row["offload"]["codec"] == "int8" for row in rows), rows
