@@ -28,7 +28,7 @@ from edgeexit.transport.generated import model_config_pb2 as pb
 CONFIG_FILE = "config.pbtxt"
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_MAX_BATCH = 64
-DEFAULT_QUEUE_DELAY_US = 1000
+DEFAULT_QUEUE_DELAY_US = 0  # Triton's default: batch what queued while the last batch ran, never wait
 
 # config.pbtxt parameters edgeexit writes and reads (Triton passes them through untouched).
 PARAM_PACKAGE_ID = "package_id"
@@ -64,6 +64,7 @@ def tail_config(
     for wire in create_codec(codec).wire_inputs(hidden_dims):
         config.input.add(name=wire.name, data_type=pb.DataType.Value(f"TYPE_{wire.datatype}"), dims=list(wire.dims))
     config.output.add(name=LOGITS, data_type=pb.TYPE_FP32, dims=[num_classes])
+    config.dynamic_batching.SetInParent()  # present even when every field is 0: batching is on
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
     config.parameters[PARAM_PACKAGE_ID].string_value = package_id

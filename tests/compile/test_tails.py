@@ -104,7 +104,7 @@ def test_config_pbtxt_parses_back_with_what_docs_offload_says(package: Package, 
     assert config.platform == "onnxruntime_onnx"
     assert config.max_batch_size > 0
     assert config.HasField("dynamic_batching")
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # Triton's default: never wait for a fuller batch
     dims = list(manifest.segments[boundary].output(f"hidden_{boundary}").shape[1:])
     inputs = [(i.name, i.data_type, list(i.dims)) for i in config.input]
     expected = [("hidden", CONFIG_TYPE[codec], dims)]
