@@ -100,25 +100,26 @@ def tails_table(manifest: Manifest) -> Table:
     )  # fmt: skip
 
 
+def _result_row(labels: Sequence[str], sample: object, result: object) -> tuple[object, ...]:
+    """input, prediction, true class, exit, score, ms: the columns every run table starts with."""
+    true = sample.true_class  # type: ignore[attr-defined]
+    return (
+        sample.name,  # type: ignore[attr-defined]
+        result.label if result.label is not None else "(no classifier)",  # type: ignore[attr-defined]
+        None if true is None else (labels[true] if true < len(labels) else true),
+        result.exit,  # type: ignore[attr-defined]
+        f"{result.score:.3f}",  # type: ignore[attr-defined]
+        f"{result.latency_ms:.3f}",  # type: ignore[attr-defined]
+    )
+
+
+_RESULT_COLUMNS = ["input", "prediction", "true", "exit", "score", "ms"]
+
+
 def results_table(manifest: Manifest, samples: Sequence[object], results: Sequence[object]) -> Table:
     """``samples`` are runtime.inputs.Sample, ``results`` runtime.engine.Result (same order)."""
-    labels = manifest.labels
-    rows = []
-    for sample, result in zip(samples, results, strict=True):
-        true = sample.true_class  # type: ignore[attr-defined]
-        rows.append(
-            (
-                sample.name,  # type: ignore[attr-defined]
-                result.label if result.label is not None else "(no classifier)",  # type: ignore[attr-defined]
-                None if true is None else (labels[true] if true < len(labels) else true),
-                result.exit,  # type: ignore[attr-defined]
-                f"{result.score:.3f}",  # type: ignore[attr-defined]
-                f"{result.latency_ms:.3f}",  # type: ignore[attr-defined]
-            )
-        )
-    return table(
-        f"{manifest.model_name}: {len(rows)} input(s)", ["input", "prediction", "true", "exit", "score", "ms"], rows
-    )
+    rows = [_result_row(manifest.labels, s, r) for s, r in zip(samples, results, strict=True)]
+    return table(f"{manifest.model_name}: {len(rows)} input(s)", _RESULT_COLUMNS, rows)
 
 
 def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[float]) -> Table:
@@ -155,19 +156,12 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
 def offload_results_table(manifest: Manifest, samples: Sequence[object], results: Sequence[object]) -> Table:
     """``results_table`` plus how each input reaching the split was answered: offloaded (by which
     server, bytes sent, transfer ms) or fallback (finished on the device); "-" for a local exit."""
-    labels = manifest.labels
     rows = []
     for sample, result in zip(samples, results, strict=True):
-        true = sample.true_class  # type: ignore[attr-defined]
         info = result.offload  # type: ignore[attr-defined]
         rows.append(
             (
-                sample.name,  # type: ignore[attr-defined]
-                result.label if result.label is not None else "(no classifier)",  # type: ignore[attr-defined]
-                None if true is None else (labels[true] if true < len(labels) else true),
-                result.exit,  # type: ignore[attr-defined]
-                f"{result.score:.3f}",  # type: ignore[attr-defined]
-                f"{result.latency_ms:.3f}",  # type: ignore[attr-defined]
+                *_result_row(manifest.labels, sample, result),
                 None if info is None else ("fallback" if info.fallback else "offloaded"),
                 None if info is None or info.fallback else info.server,
                 None if info is None else f"{info.bytes_sent:,}",
@@ -176,6 +170,6 @@ def offload_results_table(manifest: Manifest, samples: Sequence[object], results
         )
     return table(
         f"{manifest.model_name}: {len(rows)} input(s)",
-        ["input", "prediction", "true", "exit", "score", "ms", "offload", "server", "bytes sent", "transfer ms"],
+        [*_RESULT_COLUMNS, "offload", "server", "bytes sent", "transfer ms"],
         rows,
     )

@@ -32,6 +32,20 @@ DATATYPES: dict[str, np.dtype] = {
 }
 
 
+# ONNX Runtime's type strings for the same datatypes (``NodeArg.type``), for checking a graph
+# against its config.pbtxt.
+ORT_TYPES: dict[str, str] = {
+    "FP32": "tensor(float)",
+    "FP16": "tensor(float16)",
+    "FP64": "tensor(double)",
+    "UINT8": "tensor(uint8)",
+    "INT8": "tensor(int8)",
+    "INT32": "tensor(int32)",
+    "INT64": "tensor(int64)",
+    "BOOL": "tensor(bool)",
+}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The v2 datatype string of a numpy array's dtype."""
     for name, dtype in DATATYPES.items():

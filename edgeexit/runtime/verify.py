@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.codecs import LOGITS, WireTensor, create_codec
+from edgeexit.codecs import LOGITS, ORT_TYPES, WireTensor, create_codec
 from edgeexit.errors import EdgeExitError, PackageError
 from edgeexit.manifest import Manifest, TailSpec, TensorSpec
 from edgeexit.package import Package, open_package
@@ -27,16 +27,7 @@ from edgeexit.runtime.sessions import load_session
 from edgeexit.transport.generated import model_config_pb2 as pb
 
 #: ONNX Runtime's tensor types as v2 / Triton datatypes (``TYPE_`` + this in config.pbtxt).
-ORT_DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(uint8)": "UINT8",
-    "tensor(int8)": "INT8",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-}
+ORT_DATATYPES = {ort: v2 for v2, ort in ORT_TYPES.items()}
 
 
 @dataclass(frozen=True)

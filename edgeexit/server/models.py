@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgeexit.codecs import DATATYPES
+from edgeexit.codecs import DATATYPES, ORT_TYPES
 from edgeexit.errors import PackageError
 from edgeexit.manifest import MANIFEST_FILE
 from edgeexit.package import open_package
@@ -29,18 +29,6 @@ from edgeexit.server.errors import not_found
 from edgeexit.transport.generated import model_config_pb2 as pb
 
 TAILS_DIR = "tails"
-
-# ONNX Runtime's type strings for the v2 datatypes a tail may take or return.
-_ORT_TYPES = {
-    "FP32": "tensor(float)",
-    "FP16": "tensor(float16)",
-    "FP64": "tensor(double)",
-    "UINT8": "tensor(uint8)",
-    "INT8": "tensor(int8)",
-    "INT32": "tensor(int32)",
-    "INT64": "tensor(int64)",
-    "BOOL": "tensor(bool)",
-}
 
 
 @dataclass(frozen=True)
@@ -273,10 +261,10 @@ def _specs(tensors: Iterable[pb.ModelInput | pb.ModelOutput], where: Path) -> tu
     specs = []
     for tensor in tensors:
         datatype = pb.DataType.Name(tensor.data_type).removeprefix("TYPE_")
-        if datatype not in _ORT_TYPES:
+        if datatype not in ORT_TYPES:
             raise PackageError(
                 f"{where}: tensor {tensor.name!r} has data_type {pb.DataType.Name(tensor.data_type)}; "
-                f"edgeexit serve handles {', '.join('TYPE_' + d for d in _ORT_TYPES)}"
+                f"edgeexit serve handles {', '.join('TYPE_' + d for d in ORT_TYPES)}"
             )
         dims = tuple(int(d) for d in tensor.dims)
         if any(d < 1 for d in dims):
@@ -320,7 +308,7 @@ def _check_graph(path: Path, graph: Sequence[ort.NodeArg], specs: tuple[TensorSp
         arg = by_name.get(spec.name)
         if arg is None:
             raise PackageError(f"{path}: config.pbtxt declares {kind} {spec.name!r}, which the graph does not have")
-        if arg.type != _ORT_TYPES[spec.datatype]:
+        if arg.type != ORT_TYPES[spec.datatype]:
             raise PackageError(
                 f"{path}: {kind} {spec.name!r} is {arg.type} in the graph but {spec.datatype} in config.pbtxt"
             )
