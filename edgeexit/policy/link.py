@@ -1,0 +1,179 @@
+"""What the device knows about its uplink: bandwidth, RTT and the server's queue, as EWMAs.
+
+Why an estimator and not a measurement: a policy decides *before* a transfer, so it needs a
+belief about the link built from past transfers and light probes. Every transfer (bytes sent,
+wall time) and every probe (an RTT) updates an exponentially weighted moving average whose
+half-life is counted in samples, so a step change in the link is followed within a few
+transfers while one slow outlier moves the estimate by a bounded fraction.
+
+Separating the terms: a transfer's wall time is ``RTT + upload + server queue + server compute``.
+The server reports its queue and compute time (the ``queue_ms`` / ``compute_ms`` response
+parameters, docs/offload.md), which are subtracted first, and the RTT estimate (from probes) is
+subtracted next; what is left is upload time, so ``bytes * 8 / upload_s`` is a bandwidth sample.
+A transfer whose remainder is not positive says nothing about bandwidth and is skipped. The
+download of the logits is small and is folded into the RTT.
+
+Staleness (decided: decay toward a prior, never "unknown"): a policy always needs a number, and
+an old estimate is worse than a conservative prior because links change while the device is
+idle. An estimate older than ``stale_after_s`` is blended toward the prior with a weight that
+halves every ``decay_half_life_s``; once it is fully decayed it equals the prior. The next
+sample after a stale period is blended with a weight of at least ``1 - freshness``, so an
+entirely stale estimate is replaced by the new sample instead of being dragged by the prior.
+``LinkEstimate.fresh`` tells a caller whether the numbers came from recent measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgeexit.errors import EdgeExitError
+
+#: a conservative default when nothing has been measured: a weak Wi-Fi / LTE uplink
+DEFAULT_PRIOR_BANDWIDTH_BPS = 5e6
+DEFAULT_PRIOR_RTT_S = 0.05
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """The link as the policy sees it at one moment.
+
+    ``age_s`` is the time since the most recent observation (``inf`` before the first one);
+    ``samples`` counts the bandwidth samples and probes that built it; ``fresh`` is False when
+    any part of the estimate has started decaying toward the prior (or was never measured).
+    """
+
+    bandwidth_bps: float
+    rtt_s: float
+    age_s: float = math.inf
+    samples: int = 0
+    server_queue_ms: float = 0.0
+    fresh: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["age_s"] = None if math.isinf(self.age_s) else self.age_s  # JSON has no infinity
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LinkEstimate:
+        values = dict(raw)
+        values["age_s"] = math.inf if values.get("age_s") is None else float(values["age_s"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def fixed(cls, bandwidth_bps: float, rtt_s: float, *, server_queue_ms: float = 0.0) -> LinkEstimate:
+        """A link known exactly (benchmarks with an emulated link, tests, ``best-static`` planning)."""
+        return cls(bandwidth_bps, rtt_s, age_s=0.0, samples=1, server_queue_ms=server_queue_ms, fresh=True)
+
+
+class _Ewma:
+    """One EWMA with a sample half-life, a timestamp and decay toward a prior when stale."""
+
+    def __init__(self, prior: float, alpha: float, stale_after_s: float, decay_half_life_s: float) -> None:
+        self.prior = prior
+        self.alpha = alpha
+        self.stale_after_s = stale_after_s
+        self.decay_half_life_s = decay_half_life_s
+        self.value: float | None = None
+        self.at: float | None = None
+        self.samples = 0
+
+    def freshness(self, now: float) -> float:
+        """1 for an estimate younger than ``stale_after_s``, halving every ``decay_half_life_s`` after."""
+        if self.value is None or self.at is None:
+            return 0.0
+        overdue = now - self.at - self.stale_after_s
+        return 1.0 if overdue <= 0 else 0.5 ** (overdue / self.decay_half_life_s)
+
+    def current(self, now: float) -> float:
+        if self.value is None:
+            return self.prior
+        weight = self.freshness(now)
+        return weight * self.value + (1.0 - weight) * self.prior
+
+    def update(self, sample: float, now: float) -> None:
+        if self.value is None:
+            self.value = sample
+        else:
+            weight = max(self.alpha, 1.0 - self.freshness(now))  # a stale estimate yields to new data
+            self.value = (1.0 - weight) * self.current(now) + weight * sample
+        self.at = now
+        self.samples += 1
+
+
+class LinkEstimator:
+    """EWMA estimates of uplink bandwidth (bit/s), RTT (s) and the server's queue (ms).
+
+    ``half_life_samples``: after that many new samples an old value weighs half. ``clock`` returns
+    seconds (monotonic by default) and is injectable so tests control time.
+    """
+
+    def __init__(
+        self,
+        *,
+        half_life_samples: float = 3.0,
+        stale_after_s: float = 30.0,
+        decay_half_life_s: float = 30.0,
+        prior_bandwidth_bps: float = DEFAULT_PRIOR_BANDWIDTH_BPS,
+        prior_rtt_s: float = DEFAULT_PRIOR_RTT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if half_life_samples <= 0 or stale_after_s < 0 or decay_half_life_s <= 0:
+            raise EdgeExitError(
+                "LinkEstimator needs half_life_samples > 0, stale_after_s >= 0 and decay_half_life_s > 0"
+            )
+        if prior_bandwidth_bps <= 0 or prior_rtt_s < 0:
+            raise EdgeExitError("LinkEstimator needs a positive prior bandwidth and a non-negative prior RTT")
+        alpha = 1.0 - 0.5 ** (1.0 / half_life_samples)
+        self._clock = clock
+        self._bandwidth = _Ewma(prior_bandwidth_bps, alpha, stale_after_s, decay_half_life_s)
+        self._rtt = _Ewma(prior_rtt_s, alpha, stale_after_s, decay_half_life_s)
+        self._queue = _Ewma(0.0, alpha, stale_after_s, decay_half_life_s)
+        self._last: float | None = None
+
+    def observe_probe(self, rtt_s: float) -> None:
+        """A light probe (an empty request, a health check): its round trip is the RTT."""
+        if rtt_s < 0 or not math.isfinite(rtt_s):
+            raise EdgeExitError(f"a probe's RTT must be a finite number >= 0, got {rtt_s!r}")
+        now = self._clock()
+        self._rtt.update(rtt_s, now)
+        self._last = now
+
+    def observe_transfer(
+        self, nbytes: int, seconds: float, *, server_ms: float = 0.0, queue_ms: float | None = None
+    ) -> bool:
+        """One offload: ``nbytes`` sent, ``seconds`` from send to reply, ``server_ms`` the server's
+        reported queue + compute time. ``queue_ms`` (part of ``server_ms``), when given, feeds the
+        queue estimate. Returns whether the transfer yielded a bandwidth sample."""
+        if nbytes < 0 or seconds < 0 or server_ms < 0:
+            raise EdgeExitError("a transfer needs nbytes, seconds and server_ms >= 0")
+        now = self._clock()
+        self._last = now
+        if queue_ms is not None:
+            self._queue.update(max(queue_ms, 0.0), now)
+        upload_s = seconds - server_ms / 1000.0 - self._rtt.current(now)
+        if nbytes == 0 or upload_s <= 0:
+            return False
+        self._bandwidth.update(nbytes * 8.0 / upload_s, now)
+        return True
+
+    def estimate(self) -> LinkEstimate:
+        now = self._clock()
+        age = math.inf if self._last is None else now - self._last
+        fresh = self._bandwidth.freshness(now) == 1.0 and self._rtt.freshness(now) == 1.0
+        return LinkEstimate(
+            bandwidth_bps=self._bandwidth.current(now),
+            rtt_s=self._rtt.current(now),
+            age_s=age,
+            samples=self._bandwidth.samples + self._rtt.samples,
+            server_queue_ms=self._queue.current(now),
+            fresh=fresh,
+        )

@@ -1,0 +1,167 @@
+"""The policies on the toy profile (tests/policy/conftest.py): which option wins, and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgeexit.errors import EdgeExitError
+from edgeexit.policy import (
+    POLICIES,
+    BatteryState,
+    BestStaticPolicy,
+    Decision,
+    DeviceCosts,
+    LinkEstimate,
+    Objective,
+    create_policy,
+    list_policies,
+)
+
+SLOW = LinkEstimate.fixed(0.5e6, 0.01)
+FAST = LinkEstimate.fixed(200e6, 0.01)
+
+
+def test_registry_lists_the_policies() -> None:
+    assert list_policies() == ["adaptive", "best-static", "local", "split@K"]
+    assert "adaptive" in POLICIES
+
+
+def test_unknown_policy_lists_the_known_ones(toy: DeviceCosts) -> None:
+    with pytest.raises(
+        EdgeExitError, match=r"unknown policy 'greedy'; expected one of: adaptive, best-static, local, split@K"
+    ):
+        create_policy("greedy", toy)
+    with pytest.raises(EdgeExitError, match="non-negative integer"):
+        create_policy("split@one", toy)
+    with pytest.raises(EdgeExitError, match="no tail at boundary 2"):
+        create_policy("split@2", toy)
+    with pytest.raises(EdgeExitError, match="needs the device's costs"):
+        create_policy("adaptive").decide(0, FAST)
+
+
+@pytest.mark.parametrize("link", [SLOW, FAST, None])
+def test_local_never_offloads(toy: DeviceCosts, link: LinkEstimate | None) -> None:
+    policy = create_policy("local", toy)
+    assert [policy.decide(k, link).action for k in range(3)] == ["continue"] * 3
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_split_offloads_exactly_at_k(toy: DeviceCosts, k: int) -> None:
+    policy = create_policy(f"split@{k}", toy)
+    assert policy.name == f"split@{k}"
+    for link in (SLOW, FAST):
+        actions = [policy.decide(b, link).action for b in range(3)]
+        assert actions == ["offload" if b == k else "continue" for b in range(3)]
+
+
+def test_best_static_follows_the_bandwidth_estimate(toy: DeviceCosts) -> None:
+    policy = create_policy("best-static", toy)
+    assert isinstance(policy, BestStaticPolicy)
+    chosen = {}
+    for mbps in (0.5, 2, 8, 20, 50, 200):
+        best, options, _ = policy.plan(LinkEstimate.fixed(mbps * 1e6, 0.01))
+        assert best.latency_ms == min(o.latency_ms for o in options)  # the lowest expected cost
+        chosen[mbps] = best.name
+    assert chosen[0.5] == "local"  # local 29.25 ms; offloading 25 kB at 0.5 Mbit/s takes 400 ms
+    assert chosen[200] == "offload@0"  # 11 + 0.5 * (10 + 4 + 5) = 20.5 ms < split@1's 24.75 < local's 29.25
+    assert [policy.decide(b, FAST).action for b in range(3)] == ["offload", "continue", "continue"]
+    assert [policy.decide(b, SLOW).action for b in range(3)] == ["continue"] * 3
+
+
+def test_best_static_does_not_offload_late_when_its_split_is_passed(toy: DeviceCosts) -> None:
+    decision = create_policy("best-static", toy).decide(1, FAST)  # best is boundary 0
+    assert decision.action == "continue"
+    assert "already passed" in decision.reason
+
+
+def test_adaptive_compares_finishing_locally_with_offloading_now(toy: DeviceCosts) -> None:
+    policy = create_policy("adaptive", toy)
+    slow = policy.decide(0, SLOW)
+    names = {o.name: o for o in slow.options}
+    assert {"local", "offload@0"} <= names.keys()
+    # totals given the sample survived exit 0: sunk 11 ms + remaining 36.5 ms locally
+    assert names["local"].latency_ms == pytest.approx(47.5)
+    assert names["local"].energy_j == pytest.approx(0.475)
+    assert slow.action == "continue"
+    assert slow.chosen == "local"
+    fast = policy.decide(0, FAST)
+    assert fast.action == "offload"
+    assert {o.name: o.latency_ms for o in fast.options}["offload@0"] == pytest.approx(11 + 10 + 4 + 5)
+    assert fast.reason.startswith("offload now")
+    # at boundary 1 only finishing locally and offloading now remain
+    assert [o.name for o in policy.decide(1, FAST).options] == ["local", "offload@1"]
+    assert policy.decide(2, FAST).action == "continue"  # the final boundary has no tail
+
+
+def test_adaptive_changes_its_choice_with_rtt(toy: DeviceCosts) -> None:
+    policy = create_policy("adaptive", toy)
+    assert policy.decide(0, LinkEstimate.fixed(200e6, 0.01)).action == "offload"
+    assert policy.decide(0, LinkEstimate.fixed(200e6, 0.1)).action == "continue"  # 120 ms > 47.5 ms locally
+
+
+def test_energy_objective_under_an_slo_picks_differently(toy: DeviceCosts) -> None:
+    latency = create_policy("adaptive", toy, Objective("latency")).decide(0, FAST)
+    energy = create_policy("adaptive", toy, Objective("energy", latency_slo_ms=100.0)).decide(0, FAST)
+    # offload@0: 30 ms, 0.11 + (1 + 0.1 * 200) * 0.004 + 0.5 + 2 * 0.019 = 0.732 J; local: 47.5 ms, 0.475 J
+    assert (latency.action, latency.chosen) == ("offload", "offload@0")
+    assert (energy.action, energy.chosen) == ("continue", "local")
+    # an SLO only offloading meets: offload@0 (30 ms) and offload@1 (38.5 ms, 0.5935 J) qualify
+    tight = create_policy("adaptive", toy, Objective("energy", latency_slo_ms=40.0)).decide(0, FAST)
+    assert tight.chosen == "offload@1"
+    assert {o.name: o.feasible for o in tight.options} == {"local": False, "offload@0": True, "offload@1": True}
+
+
+def test_an_unmeetable_constraint_falls_back_and_says_so(toy: DeviceCosts) -> None:
+    budget = create_policy("adaptive", toy, Objective("latency", energy_budget_j=0.01)).decide(0, FAST)
+    assert budget.chosen == "local"  # least energy
+    assert "no option meets the energy budget" in budget.reason
+    slo = create_policy("adaptive", toy, Objective("energy", latency_slo_ms=1.0)).decide(0, FAST)
+    assert slo.chosen == "offload@0"  # least latency
+    assert "no option meets the latency SLO" in slo.reason
+
+
+def test_a_budget_excludes_the_fastest_option(toy: DeviceCosts) -> None:
+    decision = create_policy("adaptive", toy, Objective("latency", energy_budget_j=0.6)).decide(0, FAST)
+    assert decision.chosen == "offload@1"  # 38.5 ms at 0.5935 J: offload@0's 0.732 J is over budget
+
+
+def test_a_low_battery_trades_latency_for_energy(toy: DeviceCosts) -> None:
+    policy = create_policy("adaptive", toy)
+    assert policy.decide(0, FAST, battery=80.0).chosen == "offload@0"
+    low = policy.decide(0, FAST, battery=10.0)
+    # within 1.5 x 30 ms = 45 ms: offload@0 (0.732 J) and offload@1 (38.5 ms, 0.5935 J); local's 47.5 ms is not
+    assert low.chosen == "offload@1"
+    assert low.action == "continue"
+    assert "battery 10%" in low.reason
+    assert policy.decide(0, FAST, battery=BatteryState(10.0, plugged=True)).chosen == "offload@0"
+
+
+def test_objective_rejects_a_mismatched_constraint() -> None:
+    with pytest.raises(EdgeExitError, match="unknown objective"):
+        Objective("cost")  # type: ignore[arg-type]
+    with pytest.raises(EdgeExitError, match="latency SLO goes with kind='energy'"):
+        Objective("latency", latency_slo_ms=10.0)
+
+
+def test_decision_round_trips_through_json(toy: DeviceCosts) -> None:
+    decisions = [
+        create_policy("adaptive", toy, Objective("energy", latency_slo_ms=40.0)).decide(0, FAST, battery=15.0),
+        create_policy("split@1").decide(1),
+        create_policy("best-static", toy).decide(0, LinkEstimate(1e6, 0.05)),  # a never-measured link: age inf
+    ]
+    for decision in decisions:
+        text = decision.to_json()
+        assert Decision.from_json(text) == decision
+        assert '"reason"' in text
+
+
+def test_the_policy_layer_imports_no_torch_onnxruntime_or_grpc() -> None:
+    script = (
+        "import sys, edgeexit.policy\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime', 'grpc')))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
