@@ -1,0 +1,263 @@
+"""Measure a package on this machine: what ``edgeexit profile`` runs and ``profile.json`` records.
+
+- Latency: the chain batch-1, segment by segment, on real inputs (the package's reference sample,
+  or random normal inputs of the input shape when the package has none; ``Profile.inputs`` says
+  which), after ``warmup`` untimed passes; p50/p90/p99 and the mean over ``runs`` passes.
+- Exit check: the exit's numpy decision on the segment's real outputs, as the engine makes it
+  (the in-graph score when the engine uses it, else the criterion's ``score``; then the threshold
+  comparison). The exit's head runs inside the segment graph, so its cost is in the segment's.
+- Energy: ``best_meter`` (RAPL > Jetson INA3221 > the device preset's power model) over many runs of
+  one segment alone (at least ``runs`` and at least ``energy_seconds``), divided by the run count.
+- Peak RSS of this process (psutil's peak where the platform reports it, else getrusage's
+  ``ru_maxrss``, else the current RSS): the runtime with the package loaded and exercised.
+- Encoded bytes per sample, per boundary and codec: the manifest's tails where they say it, else
+  measured by encoding the real boundary tensor with ``edgeexit.codecs``.
+
+No torch, no onnx: ONNX Runtime through ``edgeexit.runtime`` (imported when a profile runs).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeexit import __version__
+from edgeexit.codecs import create_codec, list_codecs
+from edgeexit.console import progress_bar
+from edgeexit.criteria import Boundary, create_criterion, softmax
+from edgeexit.errors import EdgeExitError
+from edgeexit.profile.meters import best_meter
+from edgeexit.profile.power import get_preset
+from edgeexit.profile.record import EncodedSize, Machine, Profile, SegmentProfile, SkippedSource, now_iso
+
+if TYPE_CHECKING:
+    from edgeexit.runtime.engine import Engine
+
+RANDOM_SAMPLES = 16  # random normal inputs when the package has no reference sample
+
+
+def percentiles(values: list[float] | np.ndarray) -> tuple[float, float, float, float]:
+    """(p50, p90, p99, mean) of ``values``."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    p50, p90, p99 = np.percentile(array, [50, 90, 99])
+    return float(p50), float(p90), float(p99), float(array.mean())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    peak = int(getattr(info, "peak_wset", 0) or 0)  # Windows reports its peak directly
+    try:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = max(peak, maxrss if sys.platform == "darwin" else maxrss * 1024)  # bytes on macOS, KiB on Linux
+    except (OSError, ValueError):
+        pass
+    return max(peak, int(info.rss))
+
+
+def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Batch-1 samples to time with (N, ...) and a note on where they came from."""
+    manifest = engine.manifest
+    spec = manifest.input
+    dtype = np.dtype(spec.dtype)
+    if manifest.reference is not None:
+        file = engine.package.path(manifest.reference.file)
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                x = np.asarray(data["input"]) if "input" in data.files else None
+        except Exception as err:
+            raise EdgeExitError(f"cannot read the reference sample {file}: {err}") from None
+        if x is not None and x.shape[0] >= 1:
+            return np.ascontiguousarray(
+                x.astype(dtype, copy=False)
+            ), f"{manifest.reference.file} ({x.shape[0]} samples)"
+    shape = tuple(1 if dim is None else dim for dim in spec.shape[1:])
+    if not np.issubdtype(dtype, np.floating):
+        raise EdgeExitError(
+            f"the package has no reference sample and its input is {spec.dtype}: random inputs cannot "
+            "stand in for it; re-export it with a sample"
+        )
+    x = np.random.default_rng(seed).standard_normal((RANDOM_SAMPLES, *shape)).astype(dtype)
+    return x, f"random normal {list(x.shape[1:])} ({RANDOM_SAMPLES} samples; the package has no reference sample)"
+
+
+def _walk(engine: Engine, x: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+    """(segment, outputs, ms) for one sample: through the engine's bound chain when it has one
+    (what ``Engine.run`` uses), else segment by segment."""
+    walk = getattr(engine, "_walk", None)
+    if walk is not None:
+        yield from walk(x)
+        return
+    current = x
+    for k, segment in enumerate(engine.segments):
+        tick = time.perf_counter()
+        outputs = segment.run(current)
+        yield k, outputs, (time.perf_counter() - tick) * 1e3
+        if segment.spec.hidden:
+            current = outputs[segment.spec.hidden]
+
+
+class _ExitCheck:
+    """The engine's decision at exit k on one segment's outputs, for timing."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.criteria = [create_criterion(rule.criterion) for rule in engine.rules]
+
+    def __call__(
+        self, k: int, outputs: dict[str, np.ndarray], previous: np.ndarray | None, history: list[np.ndarray]
+    ) -> np.ndarray | None:
+        """Returns the exit's predictions (for patience's history), or None without a classifier."""
+        engine = self.engine
+        rule = engine.rules[k]
+        spec = engine.manifest.exits[k]
+        logits = outputs[spec.logits] if spec.logits else None
+        hidden_name = engine.segments[k].spec.hidden
+        hidden = outputs[hidden_name] if hidden_name else None
+        if rule.graph_score is not None:
+            score = outputs[rule.graph_score]
+        else:
+            criterion = self.criteria[k]
+            probabilities = None
+            if logits is not None and not criterion.needs_hidden:
+                probabilities = softmax(logits, rule.temperature)
+            if rule.final and (logits is None or criterion.needs_hidden):
+                score = np.ones(1, np.float32)
+            else:
+                boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities)
+                score = criterion.score(boundary)
+        bool(score[0] >= rule.threshold)
+        return logits.argmax(axis=-1) if logits is not None else None
+
+
+def profile_package(
+    engine_or_path: Engine | str | os.PathLike[str],
+    *,
+    runs: int = 200,
+    threads: int = 1,
+    preset: str = "rpi4",
+    warmup: int = 20,
+    progress: bool = True,
+    energy_seconds: float = 0.2,
+    root: str | Path = "/",
+    cache_dir: str | Path | None = "default",
+) -> Profile:
+    """Profile a package (a directory, or an ``Engine`` already loaded) on this machine.
+
+    ``preset`` names the device power preset the model meter uses when the machine has no energy
+    counters (``rpi4``, ``rpi5``, ``jetson-nano``, ``orin-nano``, ``x86-laptop``); ``root`` is where
+    ``/sys`` is looked up (tests point it at a fake tree). ``threads`` is ignored for an ``Engine``
+    (it has its sessions already); pass the engine's thread count to record it correctly.
+    """
+    from edgeexit.runtime.engine import Engine
+
+    if runs < 1:
+        raise EdgeExitError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise EdgeExitError(f"warmup must be >= 0, got {warmup}")
+    get_preset(preset)  # an unknown preset fails now, not after the latency runs
+    engine = (
+        engine_or_path
+        if isinstance(engine_or_path, Engine)
+        else Engine(engine_or_path, threads=threads, cache_dir=cache_dir)
+    )
+    manifest = engine.manifest
+    n = len(engine.segments)
+    samples, inputs_note = _inputs(engine)
+    check = _ExitCheck(engine)
+    choice = best_meter(root, preset=preset)
+
+    latency: list[list[float]] = [[] for _ in range(n)]
+    checks: list[list[float]] = [[] for _ in range(n)]
+    seg_inputs: list[np.ndarray] = [samples[:1]]  # what each segment takes, for the energy runs
+    with progress_bar(progress) as bar:
+        task = bar.add_task("latency", total=warmup + runs)
+        for i in range(-warmup, runs):
+            x = samples[i % len(samples) : i % len(samples) + 1]
+            previous: np.ndarray | None = None
+            history: list[np.ndarray] = []
+            for k, outputs, ms in _walk(engine, x):
+                tick = time.perf_counter()
+                predicted = check(k, outputs, previous, history)
+                check_ms = (time.perf_counter() - tick) * 1e3
+                if predicted is not None:
+                    history.append(predicted)
+                hidden_name = engine.segments[k].spec.hidden
+                hidden = outputs[hidden_name] if hidden_name else None
+                if hidden is not None:
+                    previous = hidden.copy()  # the chain's buffers are reused by the next segment
+                    if len(seg_inputs) <= k + 1:
+                        seg_inputs.append(previous)
+                if i >= 0:
+                    latency[k].append(ms)
+                    checks[k].append(check_ms)
+            bar.update(task, advance=1)
+
+        energy: list[float] = []
+        task = bar.add_task(f"energy ({choice.source})", total=n)
+        for k, segment in enumerate(engine.segments):
+            feed = seg_inputs[k]
+            segment.run(feed)  # warm
+            count = 0
+            choice.meter.start()
+            started = time.perf_counter()
+            while count < runs or time.perf_counter() - started < energy_seconds:
+                segment.run(feed)
+                count += 1
+            reading = choice.meter.stop()
+            energy.append(reading.joules / count)
+            bar.update(task, advance=1)
+
+    segments = []
+    for k in range(n):
+        p50, p90, p99, mean = percentiles(latency[k])
+        c50, c90, c99, cmean = percentiles(checks[k])
+        segments.append(SegmentProfile(k, p50, p90, p99, mean, c50, c90, c99, cmean, energy[k], choice.source))
+    return Profile(
+        package_id=manifest.package_id,
+        model_name=manifest.model_name,
+        machine=Machine.current(),
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        device_preset=get_preset(preset).name,
+        energy_source=choice.source,
+        energy_skipped=tuple(SkippedSource(s.source, s.reason) for s in choice.skipped),
+        inputs=inputs_note,
+        peak_rss_bytes=peak_rss_bytes(),
+        segments=tuple(segments),
+        encoded=encoded_sizes(engine, seg_inputs[1:]),
+        created=now_iso(),
+        edgeexit_version=__version__,
+    )
+
+
+def encoded_sizes(engine: Engine, hidden: list[np.ndarray]) -> tuple[EncodedSize, ...]:
+    """Bytes per sample for every boundary with a hidden tensor and every codec: the manifest's
+    tail figure where there is one, else measured by encoding ``hidden[k]`` (one sample)."""
+    from_tails = {
+        (tail.boundary, tail.codec): tail.encoded_bytes
+        for tail in engine.manifest.tails
+        if tail.encoded_bytes is not None
+    }
+    found = []
+    for k, tensor in enumerate(hidden[: len(engine.segments) - 1]):
+        for name in list_codecs():
+            size = from_tails.get((k, name))
+            if size is not None:
+                found.append(EncodedSize(k, name, int(size), "manifest"))
+            else:
+                encoded = create_codec(name).encode(np.ascontiguousarray(tensor, dtype=np.float32))
+                found.append(EncodedSize(k, name, encoded.nbytes // max(tensor.shape[0], 1), "measured"))
+    return tuple(found)
