@@ -14,6 +14,7 @@ from rich.markup import escape
 from edgeexit.console import console
 
 if TYPE_CHECKING:
+    from edgeexit.policy import DeviceCosts, Policy
     from edgeexit.runtime.engine import Engine, Result
     from edgeexit.runtime.inputs import Sample
     from edgeexit.transport.client import TlsConfig
@@ -24,6 +25,10 @@ CriterionOpt = Annotated[
     typer.Option(help="Exit criterion for every early exit: max_prob, margin, entropy, patience, similarity."),
 ]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads per segment.")]
+#: Without --profile, segment energy is this preset's active power times the measured latency.
+DEFAULT_POWER_PRESET = "rpi4"
+#: Without --profile, the radio preset the costs assume (when edgeexit.profile.record has it).
+DEFAULT_RADIO = "wifi"
 
 
 def register(app: typer.Typer) -> None:
@@ -64,19 +69,55 @@ def run(
     tls_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) of the server's: enables TLS.")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="This device's certificate (PEM) for mutual TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="This device's private key (PEM) for mutual TLS.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Offload policy deciding at each boundary: local, split@K, best-static, adaptive (the last two "
+            "weigh the device's costs against the link estimate; --split K is split@K).",
+        ),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Device profile (from `edgeexit profile`) the policy's costs come from. Without it: segment "
+            f"latency measured here on the inputs, energy = the {DEFAULT_POWER_PRESET} preset's active power x that "
+            f"latency, its idle power while waiting, a {DEFAULT_RADIO} radio, exit rates from the manifest.",
+        ),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="What the policy minimizes: latency (within --energy-budget-j) or energy.")
+    ] = "latency",
+    energy_budget_j: Annotated[
+        float | None, typer.Option(min=0.0, help="Expected device energy per inference, with --objective latency.")
+    ] = None,
+    latency_slo_ms: Annotated[
+        float | None, typer.Option(min=0.0, help="Expected latency per inference, with --objective energy.")
+    ] = None,
+    decision_log: Annotated[
+        Path | None,
+        typer.Option(help="Append every policy decision to this JSON-lines file, with its inputs and reason."),
+    ] = None,
 ) -> None:
     """Run inputs through a package, stopping each at its first confident exit.
 
     With --server and --split, inputs not exited by boundary K are sent to a tail server; any
     failure (unreachable, past --timeout-ms, refused, a bad reply) finishes them on this device.
+    With --policy, a policy decides at each boundary whether to offload (see --profile).
     """
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import load_samples
 
-    offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key)
+    _check_policy_options(policy, split, server, profile, objective, energy_budget_j, latency_slo_ms, decision_log)
+    offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key, policy=policy)
     engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold)
     samples = load_samples(inputs, engine.manifest.input)
-    if offload is not None and server and split is not None:
+    if policy is not None:
+        token, tls = offload if offload is not None else (None, None)
+        chosen = _policy(engine, samples, policy, profile, codec, objective, energy_budget_j, latency_slo_ms)
+        results = _run_policy(engine, samples, server, chosen, codec, timeout_ms, decision_log,
+                              token=token, tls=tls)  # fmt: skip
+    elif offload is not None and server and split is not None:
         token, tls = offload
         results = _run_offloaded(engine, samples, batch, server, split, codec, timeout_ms, token=token, tls=tls)
     elif batch:
@@ -106,6 +147,135 @@ def run(
     console.print(results_table(engine.manifest, samples, results))
 
 
+def _check_policy_options(
+    policy: str | None,
+    split: int | None,
+    server: list[str] | None,
+    profile: Path | None,
+    objective: str,
+    energy_budget_j: float | None,
+    latency_slo_ms: float | None,
+    decision_log: Path | None,
+) -> None:
+    from edgeexit.errors import EdgeExitError
+
+    if policy is None:
+        given = {
+            "--profile": profile,
+            "--energy-budget-j": energy_budget_j,
+            "--latency-slo-ms": latency_slo_ms,
+            "--decision-log": decision_log,
+            "--objective": None if objective == "latency" else objective,
+        }
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise EdgeExitError(f"{', '.join(extra)} only {verb} with --policy (local, split@K, best-static, adaptive)")
+        return
+    if split is not None:
+        raise EdgeExitError(f"--split {split} and --policy {policy} both choose where to offload: give one "
+                            f"(--split {split} is --policy split@{split})")  # fmt: skip
+    if not server and policy.strip() != "local":
+        raise EdgeExitError(
+            f"--policy {policy} offloads to a tail server, but no --server HOST:PORT was given: add --server "
+            "(e.g. --server 127.0.0.1:8001, where `edgeexit serve PACKAGE` listens) or use --policy local"
+        )
+
+
+def _policy(
+    engine: Engine,
+    samples: list[Sample],
+    name: str,
+    profile: Path | None,
+    codec: str | None,
+    objective: str,
+    energy_budget_j: float | None,
+    latency_slo_ms: float | None,
+) -> Policy:
+    """The policy by name, with the device's costs when it weighs them (or a profile was given)."""
+    from edgeexit.policy import Objective, create_policy
+
+    goal = Objective(kind=objective, energy_budget_j=energy_budget_j, latency_slo_ms=latency_slo_ms)  # type: ignore[arg-type]
+    needs_costs = name.strip() in ("best-static", "adaptive") or profile is not None
+    costs = _device_costs(engine, samples, profile, _policy_codec(engine, codec)) if needs_costs else None
+    return create_policy(name, costs, goal)
+
+
+def _policy_codec(engine: Engine, codec: str | None) -> str:
+    from edgeexit.device.tails import PREFERRED_CODECS
+
+    if codec is not None:
+        return codec
+    have = {t.codec for t in engine.manifest.tails}
+    return next((c for c in PREFERRED_CODECS if c in have), "fp16")
+
+
+def _device_costs(engine: Engine, samples: list[Sample], profile: Path | None, codec: str) -> DeviceCosts:
+    """From ``--profile`` (edgeexit.profile.record), else measured here with a power preset."""
+    from edgeexit.errors import EdgeExitError
+
+    if profile is not None:
+        try:
+            from edgeexit.profile.record import device_costs, load_profile
+        except ImportError as err:
+            raise EdgeExitError(
+                f"--profile needs edgeexit.profile.record, which this installation lacks ({err}); "
+                "drop --profile to measure the segments here"
+            ) from None
+        return device_costs(load_profile(profile), engine.manifest, codec=codec)
+    import numpy as np
+
+    from edgeexit.policy import DeviceCosts
+    from edgeexit.profile.power import get_preset
+
+    preset = get_preset(DEFAULT_POWER_PRESET)
+    segment_ms = engine.segment_latency(np.stack([s.x for s in samples[:16]]))
+    radio = None
+    try:
+        from edgeexit.profile.record import cost_radio
+
+        radio = cost_radio(DEFAULT_RADIO)
+    except (ImportError, EdgeExitError):
+        pass  # no radio model: the upload's energy counts only the idle power while waiting
+    return DeviceCosts.from_manifest(engine.manifest, segment_ms, codec=codec, active_w=preset.active_w,
+                                     idle_w=preset.idle_w, radio=radio)  # fmt: skip
+
+
+def _run_policy(
+    engine: Engine,
+    samples: list[Sample],
+    server: list[str] | None,
+    policy: Policy,
+    codec: str | None,
+    timeout_ms: float,
+    decision_log: Path | None,
+    *,
+    token: str | None,
+    tls: TlsConfig | None,
+) -> list[Result]:
+    """Every input through a PolicyRunner (``--batch``: still decided per input)."""
+    from contextlib import ExitStack
+
+    from edgeexit.console import err_console
+    from edgeexit.device import PolicyRunner, TailClient
+
+    with ExitStack() as stack:
+        client = None
+        if server:
+            client = stack.enter_context(TailClient(server, timeout_s=timeout_ms / 1e3, token=token, tls=tls))
+        runner = stack.enter_context(
+            PolicyRunner(engine, client, policy, codec=_policy_codec(engine, codec), decision_log=decision_log)
+        )
+        if client is not None and policy.name in ("best-static", "adaptive"):
+            runner.probe()  # one light round trip first: the RTT estimate starts from this link
+        results = [runner.run(s.x, sample_id=s.name) for s in samples]  # --batch too: decisions are per input
+    reasons = Counter(r.offload.reason or "unknown" for r in results if r.offload is not None and r.offload.fallback)
+    for reason, count in reasons.items():  # on stderr: --json keeps stdout pure JSON
+        err_console.print(f"[yellow]fallback:[/] {count} input(s) finished on this device: {escape(reason)}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+    return results
+
+
 def _offload_settings(
     server: list[str] | None,
     split: int | None,
@@ -114,6 +284,8 @@ def _offload_settings(
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    *,
+    policy: str | None = None,
 ) -> tuple[str | None, TlsConfig | None] | None:
     """Check the offload options together, before loading anything: (token, TLS), or None when
     not offloading."""
@@ -132,7 +304,7 @@ def _offload_settings(
             verb = "applies" if len(extra) == 1 else "apply"
             raise EdgeExitError(f"{', '.join(extra)} only {verb} when offloading: add --server HOST:PORT and --split K")
         return None
-    if split is None:
+    if split is None and policy is None:
         raise EdgeExitError(
             "--server needs --split K: the boundary after which inputs not yet exited are offloaded "
             "(0 .. segments-2; `edgeexit inspect PACKAGE` lists the segments and tails)"

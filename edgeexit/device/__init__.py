@@ -9,13 +9,29 @@ with TailClient(["10.0.0.5:8001", "10.0.0.6:8001"], timeout_s=0.2) as client:
     result = runner.run(x)            # result.offload: server, bytes_sent, transfer_ms, fallback, reason
     results = runner.run_batch(xs)    # the survivors at the split travel in one request
 
+Policies decide per sample at each boundary (edgeexit.policy: local, split@K, best-static, adaptive):
+
+    runner = PolicyRunner(engine, client, create_policy("adaptive", costs), decision_log="decisions.jsonl")
+    result = runner.run(x)            # result.decisions: every Decision taken, with its inputs
+
 Never imports torch, onnx or edgeexit.compile.
 """
 
-from edgeexit.device.offload import OffloadRunner
+from edgeexit.device.offload import OffloadRunner, offload_or_resume
+from edgeexit.device.policy_runner import PolicyRunner
 from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError
 from edgeexit.runtime.engine import OffloadInfo
 from edgeexit.transport.client import TailClient, TailReply, TlsConfig
 
-__all__ = ["OffloadError", "OffloadInfo", "OffloadRunner", "TailClient", "TailReply", "TlsConfig", "select_tail"]
+__all__ = [
+    "OffloadError",
+    "OffloadInfo",
+    "OffloadRunner",
+    "PolicyRunner",
+    "TailClient",
+    "TailReply",
+    "TlsConfig",
+    "offload_or_resume",
+    "select_tail",
+]

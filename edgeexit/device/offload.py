@@ -13,9 +13,10 @@ import logging
 
 import numpy as np
 
-from edgeexit.codecs import create_codec
+from edgeexit.codecs import Codec, create_codec
 from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError, PackageError
+from edgeexit.manifest import TailSpec
 from edgeexit.repository import CONFIG_FILE, DEFAULT_MAX_BATCH, read_config
 from edgeexit.runtime.engine import Engine, OffloadInfo, Pending, Result
 from edgeexit.transport.client import TailClient
@@ -78,49 +79,49 @@ class OffloadRunner:
 
     def _finish(self, pending: Pending) -> list[Result]:
         """Offload ``pending`` in one request; on any failure, finish it here."""
-        samples = pending.samples
-        try:
-            encoded = self.codec.encode(pending.hidden)
-            reply = self.client.infer(
-                self.tail.model, encoded, package_id=self.engine.manifest.package_id, classes=self._classes
-            )
-            infos = [
-                self._info(share, reply.transfer_ms, samples, reply.attempts, server=reply.server,
-                           queue_ms=reply.queue_ms, compute_ms=reply.compute_ms)
-                for share in _shares(reply.bytes_sent, samples)
-            ]  # fmt: skip
-            results = self.engine.tail_results(pending, reply.logits)
-            return [dataclasses.replace(r, offload=info) for r, info in zip(results, infos, strict=True)]
-        except Exception as err:  # no request is lost: every failure ends in a local answer
-            if isinstance(err, OffloadError):
-                log.debug("offload fell back: %s", err)
-            else:
-                log.warning("offload fell back on an unexpected %s: %s", type(err).__name__, err)
-            reason = str(err) if isinstance(err, OffloadError) else f"{type(err).__name__}: {err}"
-            sent = getattr(err, "bytes_sent", 0)
-            spent = getattr(err, "transfer_ms", 0.0)
-            attempts = getattr(err, "attempts", 0)
-            infos = [
-                self._info(share, spent, samples, attempts, fallback=True, reason=reason)
-                for share in _shares(sent, samples)
-            ]
-        local = [self.engine.resume(pending)] if samples == 1 else self.engine.resume_batch(pending)
-        return [dataclasses.replace(r, offload=info) for r, info in zip(local, infos, strict=True)]
-
-    def _info(self, bytes_sent: int, transfer_ms: float, batch: int, attempts: int, **fields: object) -> OffloadInfo:
-        return OffloadInfo(
-            boundary=self.split,
-            codec=self.tail.codec,
-            model=self.tail.model,
-            bytes_sent=bytes_sent,
-            transfer_ms=transfer_ms,
-            batch=batch,
-            attempts=attempts,
-            **fields,  # type: ignore[arg-type]
-        )
+        return offload_or_resume(self.engine, self.client, self.tail, self.codec, pending, classes=self._classes)
 
     def __repr__(self) -> str:
         return f"OffloadRunner(split={self.split}, tail={self.tail.model!r}, client={self.client!r})"
+
+
+def offload_or_resume(
+    engine: Engine, client: TailClient | None, tail: TailSpec, codec: Codec, pending: Pending, *,
+    classes: int | None = None,
+) -> list[Result]:  # fmt: skip
+    """Offload ``pending`` (from its boundary, to ``tail``) in one request; on any failure (or with
+    no ``client``), finish it here. One Result per pending sample, each with its OffloadInfo: the
+    one promise of the device layer, shared by OffloadRunner and PolicyRunner."""
+    samples = pending.samples
+
+    def info(bytes_sent: int, transfer_ms: float, attempts: int, **fields: object) -> OffloadInfo:
+        return OffloadInfo(boundary=pending.boundary, codec=tail.codec, model=tail.model, bytes_sent=bytes_sent,
+                           transfer_ms=transfer_ms, batch=samples, attempts=attempts, **fields)  # type: ignore[arg-type]  # fmt: skip
+
+    try:
+        if client is None:
+            raise OffloadError("no tail server was given (no --server): finished on this device")
+        encoded = codec.encode(pending.hidden)
+        reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id, classes=classes)
+        infos = [
+            info(share, reply.transfer_ms, reply.attempts, server=reply.server, queue_ms=reply.queue_ms,
+                 compute_ms=reply.compute_ms)
+            for share in _shares(reply.bytes_sent, samples)
+        ]  # fmt: skip
+        results = engine.tail_results(pending, reply.logits)
+        return [dataclasses.replace(r, offload=i) for r, i in zip(results, infos, strict=True)]
+    except Exception as err:  # no request is lost: every failure ends in a local answer
+        if isinstance(err, OffloadError):
+            log.debug("offload fell back: %s", err)
+        else:
+            log.warning("offload fell back on an unexpected %s: %s", type(err).__name__, err)
+        reason = str(err) if isinstance(err, OffloadError) else f"{type(err).__name__}: {err}"
+        sent = getattr(err, "bytes_sent", 0)
+        spent = getattr(err, "transfer_ms", 0.0)
+        attempts = getattr(err, "attempts", 0)
+        infos = [info(share, spent, attempts, fallback=True, reason=reason) for share in _shares(sent, samples)]
+    local = [engine.resume(pending)] if samples == 1 else engine.resume_batch(pending)
+    return [dataclasses.replace(r, offload=i) for r, i in zip(local, infos, strict=True)]
 
 
 def _shares(total: int, samples: int) -> list[int]:

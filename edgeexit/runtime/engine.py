@@ -7,9 +7,10 @@ results come back in input order and match ``run`` sample by sample.
 
 Offloading splits a request at a boundary k: ``run_until`` / ``run_batch_until`` stop there
 (earlier exits still apply) and hand back a ``Pending`` that owns boundary k's hidden tensor;
-``resume`` / ``resume_batch`` finish it here with the answer ``run`` would have given, and
-``tail_results`` turns a tail server's final logits into Results. The engine knows nothing
-about the network: ``edgeexit.device`` does the sending.
+``advance`` carries one sample's Pending on to a later boundary without recomputing (so a
+policy can decide boundary by boundary), ``resume`` / ``resume_batch`` finish it here with the
+answer ``run`` would have given, and ``tail_results`` turns a tail server's final logits into
+Results. The engine knows nothing about the network: ``edgeexit.device`` does the sending.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +37,10 @@ class Result:
     classifier (an encoder stopped by similarity); ``hidden`` is that boundary's tensor when
     the caller asked for it (``keep_hidden=True``). ``offload`` is set when the sample reached an
     offload boundary: answered by a tail server, or finished here after the offload failed
-    (``offload.fallback``); ``segment_ms`` then lists only the segments that ran on this device."""
+    (``offload.fallback``); ``segment_ms`` then lists only the segments that ran on this device.
+    ``decisions`` are the offload policy's decisions for this sample, in boundary order (set by
+    ``edgeexit.device.PolicyRunner``; empty otherwise): objects with ``to_dict()``, e.g.
+    ``edgeexit.policy.Decision``."""
 
     prediction: int | None
     label: str | None
@@ -46,6 +51,7 @@ class Result:
     segment_ms: tuple[float, ...]
     hidden: np.ndarray | None = None
     offload: OffloadInfo | None = None
+    decisions: tuple[Any, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         found: dict[str, object] = {
@@ -59,6 +65,8 @@ class Result:
         }
         if self.offload is not None:  # absent, not null, for local runs: their JSON stays as it was
             found["offload"] = self.offload.to_json()
+        if self.decisions:  # absent when no policy decided
+            found["decisions"] = [d.to_dict() for d in self.decisions]
         return found
 
 
@@ -261,6 +269,35 @@ class Engine:
         self._check_boundary(boundary)
         sample = self._check(x, batched=False)
         return self._forward_one(sample, 0, boundary, time.perf_counter(), [], [], None, early_exit, keep_hidden)
+
+    def advance(self, pending: Pending, boundary: int, *, early_exit: bool | None = None) -> Result | Pending:
+        """Carry one pending sample on from its boundary to the later ``boundary``, nothing
+        recomputed: a Result when an exit in between (``boundary``'s included) is confident, else
+        a Pending at ``boundary``. ``early_exit`` None keeps the pending state's setting. Stepping
+        ``run_until(x, 0)``, ``advance(p, 1)``, ... ``resume(p)`` gives exactly ``run(x)``'s Result,
+        and ``advance(run_until(x, k), k2)`` the Pending ``run_until(x, k2)`` gives."""
+        if pending.samples != 1:
+            raise EdgeExitError(
+                f"advance() carries one sample on; this pending state holds {pending.samples} "
+                "(from run_batch_until): run_batch_until to the later boundary instead"
+            )
+        self._check_pending(pending)
+        self._check_boundary(boundary)
+        if boundary <= pending.boundary:
+            raise EdgeExitError(
+                f"cannot advance from boundary {pending.boundary} to boundary {boundary}: expected a later one"
+            )
+        return self._forward_one(
+            pending.hidden,
+            pending.boundary + 1,
+            boundary,
+            pending.started,
+            list(pending.segment_ms),
+            list(pending.history),
+            pending.hidden,
+            pending.early_exit if early_exit is None else early_exit,
+            pending.keep_hidden,
+        )
 
     def resume(self, pending: Pending) -> Result:
         """Finish one pending sample here, from its boundary: later exits still apply, and the

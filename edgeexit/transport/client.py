@@ -26,6 +26,7 @@ from edgeexit.errors import EdgeExitError, OffloadError
 from edgeexit.transport.breaker import CircuitBreaker, State
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
+from edgeexit.transport.link_emulation import EmulatedLink
 from edgeexit.transport.wire import SIDE_INPUTS, build_request, parse_reply
 
 #: Default size limit of one message each way: gRPC's own receive default (4 MiB) is smaller than a
@@ -88,8 +89,10 @@ class TailClient:
     address's breaker for ``cooldown_s``. ``keepalive_s``: ping interval on idle connections (None:
     no pings, for servers that refuse them, e.g. Triton with its defaults). ``side_inputs``:
     ``"parameters"`` (edgeexit's server) or ``"tensors"`` (Triton, KServe): how an int8 payload's
-    scale and zero point travel (see ``wire.build_request``). Thread-safe: one client may serve
-    many threads.
+    scale and zero point travel (see ``wire.build_request``). ``link``: an ``EmulatedLink`` whose
+    delay is slept around each attempt's real call, within the deadline; a lost request waits out
+    the attempt's budget and fails like a timeout (``edgeexit.transport.link_emulation``).
+    Thread-safe: one client may serve many threads.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class TailClient:
         keepalive_s: float | None = KEEPALIVE_S,
         side_inputs: str = "parameters",
         clock: Callable[[], float] = time.monotonic,
+        link: EmulatedLink | None = None,
     ) -> None:
         listed = [addresses] if isinstance(addresses, str) else list(addresses)
         self.addresses: tuple[str, ...] = tuple(dict.fromkeys(a.strip() for a in listed))
@@ -130,6 +134,7 @@ class TailClient:
         self._server_name = tls.server_name if tls is not None else None
         self._keepalive_s = keepalive_s
         self._clock = clock
+        self.link = link
         self._lock = threading.Lock()
         self._turn = 0
         self.breakers = {a: CircuitBreaker(failures_to_open=failures_to_open, cooldown_s=cooldown_s, clock=clock)
@@ -166,7 +171,10 @@ class TailClient:
                 continue
             attempts += 1
             try:
-                reply = self._call(address, request, remaining)
+                if self.link is None:
+                    reply = self._call(address, request, remaining)
+                else:
+                    reply = self._linked(address, request, size, remaining)
                 answer = parse_reply(reply, samples=samples, classes=classes)
             except OffloadError as err:
                 breaker.record_failure()
@@ -193,6 +201,31 @@ class TailClient:
             transfer_ms=(self._clock() - started) * 1e3,
         )
 
+    def live(self, timeout_s: float) -> tuple[str, float] | None:
+        """One ServerLive round trip to the next address the breakers allow: (address, RTT in
+        seconds), or None when none answered. A light probe for link estimates: it goes through the
+        emulated link when there is one, and a failure counts on that address's breaker as a failed
+        offload would."""
+        for address in self._order():
+            breaker = self.breakers[address]
+            if not breaker.allow():
+                continue
+            started = self._clock()
+            try:
+                if self.link is not None:
+                    transfer = self.link.transmit(pb.ServerLiveRequest().ByteSize())
+                    if transfer.lost or transfer.delay_s >= timeout_s:
+                        self.link.sleep(timeout_s)
+                        raise OffloadError("the probe was lost or slower than its deadline on the emulated link")
+                    self.link.sleep(transfer.delay_s)
+                self._stub(address).ServerLive(pb.ServerLiveRequest(), timeout=timeout_s, metadata=self._metadata)
+            except (grpc.RpcError, OffloadError):
+                breaker.record_failure()
+                continue
+            breaker.record_success()
+            return address, self._clock() - started
+        return None
+
     def _call(self, address: str, request: pb.ModelInferRequest, timeout: float) -> pb.ModelInferResponse:
         stub = self._stub(address)
         try:
@@ -205,6 +238,26 @@ class TailClient:
             if name == "DEADLINE_EXCEEDED":
                 details = f"no reply within {timeout * 1e3:.0f} ms"
             raise OffloadError(f"{name}: {details}{hint}") from None
+
+    def _linked(self, address: str, request: pb.ModelInferRequest, size: int, timeout: float) -> pb.ModelInferResponse:
+        """One attempt over the emulated link: its delay slept before the real call (the reply's
+        download after it), all within ``timeout``; a lost request waits out ``timeout`` and fails."""
+        link = self.link
+        assert link is not None
+        transfer = link.transmit(size)
+        if transfer.lost or transfer.delay_s >= timeout:
+            link.sleep(timeout)
+            why = "the request was lost" if transfer.lost else f"its delay is {transfer.delay_s * 1e3:.0f} ms"
+            raise OffloadError(f"DEADLINE_EXCEEDED: no reply within {timeout * 1e3:.0f} ms (emulated link: {why})")
+        link.sleep(transfer.delay_s)
+        reply = self._call(address, request, max(timeout - transfer.delay_s, 1e-3))
+        download = link.download_s(reply.ByteSize())
+        if download:
+            if transfer.delay_s + download >= timeout:
+                link.sleep(max(timeout - transfer.delay_s, 0.0))
+                raise OffloadError(f"DEADLINE_EXCEEDED: no reply within {timeout * 1e3:.0f} ms (emulated downlink)")
+            link.sleep(download)
+        return reply
 
     def _order(self) -> list[str]:
         """Every address once, starting one further along on each request (round-robin)."""

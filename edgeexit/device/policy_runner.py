@@ -1,0 +1,206 @@
+"""Policy-driven offload on the device: decide at every boundary whether to keep going or offload now.
+
+``PolicyRunner`` steps one sample boundary by boundary (``Engine.run_until`` to boundary 0, then
+``Engine.advance``): after each boundary's exit check, if the sample is still going, it asks the
+policy (``edgeexit.policy``) with the link estimate and the battery level. ``offload`` sends the
+boundary's tensor to its tail exactly as ``OffloadRunner`` does (the same code: any failure
+finishes the sample here from that boundary, so no request is lost); ``continue`` advances to the
+next boundary, and after the last one the sample finishes locally. Every transfer feeds the
+``LinkEstimator``; so do light probes (``probe()``, a ServerLive round trip). Every decision is
+kept on the Result (``Result.decisions``) and can be logged, one JSON line each, with its inputs.
+
+Offloading at the input (before segment 0) would need a tail that takes the raw input; packages
+have tails from boundaries 0..n-2 only, so the first decision is at boundary 0.
+
+One runner per thread, like its Engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edgeexit.codecs import Codec, create_codec
+from edgeexit.device.offload import offload_or_resume
+from edgeexit.device.tails import select_tail
+from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.manifest import TailSpec
+from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
+from edgeexit.runtime.engine import Engine, Pending, Result
+from edgeexit.transport.client import TailClient
+
+log = logging.getLogger("edgeexit.device")
+
+#: A decision log: a callable ``(sample_id, decision)``, or a path to a JSON-lines file (appended to).
+DecisionLog = Callable[[Any, Decision], None] | str | Path
+#: Deadline of one probe when the client's own is longer: a probe must stay light.
+PROBE_TIMEOUT_S = 0.5
+
+
+class PolicyRunner:
+    """An Engine whose samples are offloaded where ``policy`` decides, through ``client``.
+
+    ``codec``: how a boundary tensor travels (the package needs that codec's tail at a boundary
+    to offload there). ``estimator``: the LinkEstimator fed by every transfer and probe (None: a
+    fresh one with its conservative prior). ``decision_log``: a callable ``(sample_id, decision)``
+    or a path to a JSON-lines file opened for append (one line per decision: ``sample`` plus
+    ``Decision.to_dict()``). ``battery``: None (no battery), ``"auto"`` (psutil, read once per
+    sample), a level in percent on battery power, or a ``BatteryState``. ``probe_interval_s``:
+    before a decision, probe the server when the last probe is older than that (None: never on
+    its own; ``probe()`` is always available). ``client`` None: an ``offload`` decision falls back.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: TailClient | None,
+        policy: Policy,
+        *,
+        codec: str = "fp16",
+        estimator: LinkEstimator | None = None,
+        decision_log: DecisionLog | None = None,
+        battery: BatteryState | float | str | None = None,
+        probe_interval_s: float | None = None,
+        early_exit: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.policy = policy
+        self.codec_name = codec
+        self.codec: Codec = create_codec(codec)
+        self.estimator = estimator if estimator is not None else LinkEstimator()
+        self.early_exit = early_exit
+        self.last_boundary = len(engine.segments) - 2
+        self.tails: dict[int, TailSpec] = {}
+        for k in range(self.last_boundary + 1):
+            try:
+                self.tails[k] = select_tail(engine.manifest, k, codec)
+            except OffloadError:
+                continue  # no tail here: the policy's offload there falls back (costs list no such option)
+        if isinstance(policy, SplitPolicy) and policy.k not in self.tails:
+            select_tail(engine.manifest, policy.k, codec)  # raises the error that lists what the package has
+        if isinstance(battery, str) and battery != "auto":
+            raise EdgeExitError(f"battery is {battery!r}; expected None, 'auto', a percentage or a BatteryState")
+        self.battery = battery
+        if probe_interval_s is not None and not probe_interval_s > 0:
+            raise EdgeExitError(f"probe_interval_s is {probe_interval_s}; expected seconds above 0, or None")
+        self.probe_interval_s = probe_interval_s
+        self._clock = clock
+        self._last_probe: float | None = None
+        self._classes = engine.manifest.num_classes or None
+        self._counter = itertools.count()
+        self._log_file: IO[str] | None = None
+        self._log_call: Callable[[Any, Decision], None] | None = None
+        if isinstance(decision_log, (str, Path)):
+            self._log_file = Path(decision_log).open("a", encoding="utf-8")  # noqa: SIM115  # closed by close()
+        elif decision_log is not None:
+            self._log_call = decision_log
+
+    # ---------------------------------------------------------------- running
+
+    def run(self, x: np.ndarray, *, keep_hidden: bool = False, sample_id: Any = None) -> Result:
+        """One sample, deciding at each boundary it reaches; the Result carries the decisions
+        (``Result.decisions``) and, when it was offloaded or fell back, ``Result.offload``."""
+        sample = next(self._counter) if sample_id is None else sample_id
+        if self.last_boundary < 0:  # a single segment: nothing to decide
+            return self.engine.run(x, keep_hidden=keep_hidden)
+        battery = self._battery()
+        decisions: list[Decision] = []
+        state = self.engine.run_until(x, 0, early_exit=self.early_exit, keep_hidden=keep_hidden)
+        while isinstance(state, Pending):
+            decision = self.decide(state.boundary, battery)
+            decisions.append(decision)
+            self._record(sample, decision)
+            if decision.action == "offload":
+                state = self._offload(state)
+            elif state.boundary >= self.last_boundary:
+                state = self.engine.resume(state)
+            else:
+                state = self.engine.advance(state, state.boundary + 1)
+        return dataclasses.replace(state, decisions=tuple(decisions)) if decisions else state
+
+    def run_batch(self, xs: np.ndarray, *, keep_hidden: bool = False) -> list[Result]:
+        """Every sample of ``xs`` on its own (each decides for itself); Results in input order."""
+        return [self.run(x, keep_hidden=keep_hidden) for x in xs]
+
+    def decide(self, boundary: int, battery: BatteryState | float | None = None) -> Decision:
+        """The policy's decision at ``boundary`` with the current link estimate (probing first
+        when ``probe_interval_s`` says the last probe is too old)."""
+        if self.probe_interval_s is not None and (
+            self._last_probe is None or self._clock() - self._last_probe >= self.probe_interval_s
+        ):
+            self.probe()
+        return self.policy.decide(boundary, self.estimator.estimate(), battery)
+
+    def _offload(self, pending: Pending) -> Result:
+        tail = self.tails.get(pending.boundary)
+        if tail is None:  # a policy without costs may ask for a boundary the package has no tail at
+            log.warning("policy %s offloads at boundary %d: no %s tail there, continuing locally",
+                        self.policy.name, pending.boundary, self.codec_name)  # fmt: skip
+            return self.engine.resume(pending)
+        result = offload_or_resume(self.engine, self.client, tail, self.codec, pending, classes=self._classes)[0]
+        info = result.offload
+        if info is not None and info.offloaded:
+            server_ms = (info.queue_ms or 0.0) + (info.compute_ms or 0.0)
+            self.estimator.observe_transfer(
+                info.bytes_sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=info.queue_ms
+            )
+        return result
+
+    # ---------------------------------------------------------------- probes
+
+    def probe(self, timeout_s: float | None = None) -> float | None:
+        """One light ServerLive round trip to the next server the breakers allow: its RTT (s) feeds
+        the estimator and is returned; None when no server answered (a failure counts on that
+        server's breaker, as a failed offload would)."""
+        self._last_probe = self._clock()
+        client = self.client
+        if client is None:
+            return None
+        budget = min(client.timeout_s, PROBE_TIMEOUT_S) if timeout_s is None else timeout_s
+        answered = client.live(budget)
+        if answered is None:
+            log.debug("probe: no server answered within %.0f ms", budget * 1e3)
+            return None
+        rtt = answered[1]
+        self.estimator.observe_probe(rtt)
+        return rtt
+
+    # ---------------------------------------------------------------- decisions
+
+    def _battery(self) -> BatteryState | float | None:
+        if self.battery == "auto":
+            return read_battery()
+        return self.battery  # type: ignore[return-value]
+
+    def _record(self, sample: Any, decision: Decision) -> None:
+        if self._log_call is not None:
+            self._log_call(sample, decision)
+        if self._log_file is not None:
+            line = json.dumps({"sample": sample, **decision.to_dict()}, sort_keys=True, default=str)
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
+
+    def close(self) -> None:
+        """Close the decision log file (the client is the caller's)."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> PolicyRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PolicyRunner(policy={self.policy.name!r}, codec={self.codec_name!r}, client={self.client!r})"

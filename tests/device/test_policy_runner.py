@@ -1,0 +1,234 @@
+"""PolicyRunner against the real tail server (in-process ``TailServer``): each policy sends where it
+should, every answer is correct (offloaded = the device's full-depth answer within the codec's
+tolerance; local or fallback = ``Engine.run``), a dead server only costs fallbacks, transfers and
+probes feed the link estimator, and every decision is logged with its inputs. Deterministic: the
+link estimates are primed far apart and the profile's costs are fixed numbers; no wall-clock
+assertions."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeexit.device import PolicyRunner, TailClient
+from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.policy import Decision, DeviceCosts, LinkEstimator, create_policy
+from edgeexit.runtime import Engine, Result
+
+from .test_offload import is_correct
+
+N = 40
+CODEC = "fp16"
+
+
+@pytest.fixture(scope="module")
+def engine(digits_package: Path) -> Engine:
+    return Engine(digits_package, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def server(digits_package: Path) -> Iterator[str]:
+    from edgeexit.server import ServerOptions, TailServer
+
+    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as running:
+        yield f"127.0.0.1:{running.port}"
+
+
+@pytest.fixture
+def dead() -> str:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def costs(engine: Engine) -> DeviceCosts:
+    """A slow device (1 s per segment): offloading wins on any real link, loses on a 1 bit/s one."""
+    return DeviceCosts.from_manifest(engine.manifest, (1000.0,) * len(engine.segments), codec=CODEC, active_w=5.0,
+                                     idle_w=1.0)  # fmt: skip
+
+
+def fast_link() -> LinkEstimator:
+    link = LinkEstimator()
+    link.observe_probe(1e-5)
+    assert link.observe_transfer(10**9, 0.01)  # ~800 Gbit/s
+    return link
+
+
+def slow_link() -> LinkEstimator:
+    link = LinkEstimator()
+    link.observe_probe(1.0)
+    assert link.observe_transfer(10, 100.0)  # under 1 bit/s
+    return link
+
+
+def _client(*addresses: str, **kwargs: object) -> TailClient:
+    settings = {"timeout_s": 2.0, "failures_to_open": 2, "cooldown_s": 600.0, **kwargs}
+    return TailClient(list(addresses), **settings)  # type: ignore[arg-type]
+
+
+def _run(runner: PolicyRunner, digits) -> list[Result]:
+    return [runner.run(x) for x in digits.x[:N]]
+
+
+def _correct(results: list[Result], local) -> None:
+    for i, result in enumerate(results):
+        assert is_correct(result, i, local, CODEC), (i, result.offload)
+
+
+def test_local_never_sends(engine: Engine, server: str, digits, local_answers) -> None:
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("local"), codec=CODEC)
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    assert all(r.offload is None for r in results)
+    decided = [d for r in results for d in r.decisions]
+    assert decided, "some samples reach a boundary without exiting"
+    assert {d.action for d in decided} == {"continue"}
+    for r in results:  # one decision per boundary the sample reached
+        assert [d.boundary for d in r.decisions] == list(range(min(r.exit, len(engine.segments) - 1)))
+
+
+def test_split_at_1_sends_at_1(engine: Engine, server: str, digits, local_answers) -> None:
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("split@1"), codec=CODEC)
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    sent = [r for r in results if r.offload is not None]
+    assert sent
+    for r in sent:
+        assert r.offload.offloaded  # type: ignore[union-attr]
+        assert r.offload.boundary == 1  # type: ignore[union-attr]
+        assert r.offload.codec == CODEC  # type: ignore[union-attr]
+        assert [(d.boundary, d.action) for d in r.decisions] == [(0, "continue"), (1, "offload")]
+    assert all(r.exit <= 1 for r in results if r.offload is None)  # the others exited before the split
+
+
+def test_adaptive_on_a_fast_link_offloads_at_0(engine: Engine, server: str, digits, local_answers,
+                                               costs: DeviceCosts) -> None:  # fmt: skip
+    link = fast_link()
+    before = link.estimate().samples
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=link)
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    reached = [r for r in results if r.decisions]
+    assert reached
+    for r in reached:
+        assert [(d.boundary, d.action) for d in r.decisions] == [(0, "offload")]
+        assert r.decisions[0].chosen == "offload@0"
+        assert r.offload is not None
+        assert r.offload.offloaded
+        assert r.offload.boundary == 0
+    assert link.estimate().samples == before + len(reached)  # every transfer fed the estimator
+
+
+def test_adaptive_on_a_slow_link_stays_local(engine: Engine, server: str, digits, local_answers,
+                                             costs: DeviceCosts) -> None:  # fmt: skip
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=slow_link())
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    assert all(r.offload is None for r in results)
+    decided = [d for r in results for d in r.decisions]
+    assert decided
+    assert all(d.action == "continue" and d.chosen == "local" for d in decided)
+
+
+def test_a_dead_server_costs_only_fallbacks(engine: Engine, dead: str, digits, local_answers,
+                                            costs: DeviceCosts) -> None:  # fmt: skip
+    link = fast_link()
+    before = link.estimate()
+    with _client(dead, timeout_s=0.5) as client:
+        runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=link)
+        results = _run(runner, digits)
+        assert client.states() == {dead: "open"}  # the breaker opened: later requests skip the dead server
+    _correct(results, local_answers)
+    fell = [r for r in results if r.offload is not None]
+    assert fell
+    assert all(r.offload.fallback for r in fell)  # type: ignore[union-attr]
+    assert any("circuit open" in (r.offload.reason or "") for r in fell)  # type: ignore[union-attr]
+    after = link.estimate()
+    assert after.samples == before.samples  # a failure is no bandwidth sample
+    assert after.bandwidth_bps == pytest.approx(before.bandwidth_bps)
+
+
+def test_offload_without_a_client_falls_back(engine: Engine, digits, local_answers) -> None:
+    runner = PolicyRunner(engine, None, create_policy("split@0"), codec=CODEC)
+    results = _run(runner, digits)
+    _correct(results, local_answers)
+    assert all(r.offload.fallback for r in results if r.offload is not None)  # type: ignore[union-attr]
+
+
+def test_the_decision_log_has_one_line_per_decision(engine: Engine, server: str, digits, costs: DeviceCosts,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    path = tmp_path / "decisions.jsonl"
+    path.write_text('{"earlier": "line"}\n')  # appended to, not truncated
+    seen: list[tuple[object, Decision]] = []
+    with _client(server) as client:
+        with PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=fast_link(),
+                          decision_log=path, battery=80.0) as runner:  # fmt: skip
+            results = _run(runner, digits)
+        callback = PolicyRunner(engine, client, create_policy("local"), codec=CODEC,
+                                decision_log=lambda sample, d: seen.append((sample, d)))  # fmt: skip
+        callback.run(digits.x[0], sample_id="first")
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"earlier": "line"}'
+    logged = [json.loads(line) for line in lines[1:]]
+    decided = [(i, d) for i, r in enumerate(results) for d in r.decisions]
+    assert len(logged) == len(decided)
+    for row, (i, decision) in zip(logged, decided, strict=True):
+        assert row["sample"] == i
+        assert row["action"] == decision.action == "offload"
+        assert row["link"]["bandwidth_bps"] > 0
+        assert row["link"]["rtt_s"] >= 0
+        assert {o["name"] for o in row["options"]} == {"local", "offload@0", "offload@1"}
+        assert row["reason"].startswith("offload now")
+        assert row["battery"] == {"percent": 80.0, "plugged": False}
+        assert Decision.from_dict({k: v for k, v in row.items() if k != "sample"}) == decision
+    assert all(sample == "first" for sample, _ in seen)
+    first = results[next(i for i, _ in decided)].to_json()
+    assert first["decisions"][0]["action"] == "offload"  # type: ignore[index]
+    assert "decisions" not in engine.run(digits.x[0]).to_json()  # a plain run's JSON is as it was
+
+
+def test_probes_feed_the_estimator_and_the_breaker(engine: Engine, server: str, dead: str, digits) -> None:
+    link = LinkEstimator()
+    now = [0.0]
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("local"), estimator=link, probe_interval_s=10.0,
+                              clock=lambda: now[0])  # fmt: skip
+        rtt = runner.probe()
+        assert rtt is not None
+        assert rtt > 0
+        assert link.estimate().samples == 1
+        for x in digits.x[:N]:  # the clock stands still: no probe is due
+            runner.run(x)
+        assert link.estimate().samples == 1
+        now[0] = 11.0
+        runner.decide(0)
+        assert link.estimate().samples == 2  # one probe before the first decision after the interval
+    with _client(dead, timeout_s=0.3) as client:
+        runner = PolicyRunner(engine, client, create_policy("local"), estimator=link)
+        assert runner.probe() is None
+        assert runner.probe() is None
+        assert client.states() == {dead: "open"}
+        assert runner.probe() is None  # an open breaker: not even tried
+    assert link.estimate().samples == 2
+
+
+def test_bad_settings_are_refused_up_front(engine: Engine) -> None:
+    import dataclasses
+
+    bare = dataclasses.replace(engine.manifest, tails=tuple(t for t in engine.manifest.tails if t.boundary != 1))
+    stub = type("E", (), {"manifest": bare, "segments": engine.segments})()
+    with pytest.raises(OffloadError, match="boundary 1 with codec"):
+        PolicyRunner(stub, None, create_policy("split@1"), codec=CODEC)  # type: ignore[arg-type]
+    with pytest.raises(EdgeExitError, match="battery"):
+        PolicyRunner(engine, None, create_policy("local"), battery="plugged")
+    with pytest.raises(EdgeExitError, match="probe_interval_s"):
+        PolicyRunner(engine, None, create_policy("local"), probe_interval_s=0)
