@@ -1,0 +1,257 @@
+"""``edgeexit bench``: labelled data through device + tail server over emulated links, per policy.
+
+For each link (``LinkSpec``) and each policy, the same samples run one at a time, as a device
+answers requests:
+
+- ``local``: the engine alone, with early exit;
+- ``split@K``: every sample offloaded at boundary K, no early exit (Neurosurgeon's baseline);
+- ``early exit + split@K``: the samples no exit up to K was sure of travel;
+- ``best-static`` and ``adaptive``: ``PolicyRunner`` deciding at each boundary with a
+  ``LinkEstimator`` fed by its own transfers over the emulated link (and one modelled probe that
+  gives it the link's RTT: ServerLive probes would measure loopback, not the emulated link).
+  Their ``DeviceCosts`` come from this run: segment latencies measured on the first samples at
+  full depth, exit rates from the package's calibration, energy from the power model.
+
+Offloading at the input is not a row: packages have tails from boundaries 0..n-2 only (no tail
+takes the raw input).
+
+Every offload goes through a ``TailClient`` with an ``EmulatedLink`` (a fresh client and a reset
+link per row, so each row sees the same seeded delays and losses). Latency is wall time per sample,
+emulated delay included. Energy is modelled, never measured here: device compute time (the
+Result's segment times) x the preset's active watts, the wait for the server x its idle watts, and
+the radio's transmit energy for the bytes sent at the link's rate (``edgeexit.profile.radio``),
+plus one radio tail per row (back-to-back requests keep the radio up, so its tail is paid once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.device.offload import OffloadRunner
+from edgeexit.device.tails import select_tail
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.engine import Engine, Result
+from edgeexit.transport.client import TailClient
+from edgeexit.transport.link_emulation import EmulatedLink, LinkSpec
+
+DEFAULT_POLICIES = ("local", "split", "early+split", "best-static", "adaptive")
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One policy over one link: per-sample means unless the name says total."""
+
+    link: str
+    policy: str
+    samples: int
+    accuracy: float
+    mean_ms: float
+    p99_ms: float
+    energy_mj: float  # modelled, per sample
+    exit_rates: dict[str, float]  # per head ("exit 0", ...), plus "server" for offloaded answers
+    offload_rate: float  # answered by the server
+    bytes_sent: int  # total over the row
+    fallbacks: int
+    #: upload + RTT of the offloaded samples' requests, per sample: what the emulated link added at the
+    #: least (without jitter, a lower bound of ``mean_ms``)
+    emulated_ms: float
+    energy_source: str = "modelled"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Device watts (a power preset) and a radio model (``edgeexit.profile``)."""
+
+    device: str = "rpi4"
+    radio: str = "wifi"
+
+    def presets(self):  # (PowerPreset, RadioModel), imported lazily
+        from edgeexit.profile.power import get_preset
+        from edgeexit.profile.radio import get_radio
+
+        return get_preset(self.device), get_radio(self.radio)
+
+    @property
+    def label(self) -> str:
+        return f"modelled: {self.device} + {self.radio}"
+
+
+def resolve_policies(names: Sequence[str] | None, boundaries: Sequence[int], *, have_policy_runner: bool) -> list[str]:
+    """Row names in order: ``local``, ``split@K``, ``early+split@K``, ``best-static``, ``adaptive``.
+    ``names``: ``local``, ``split`` (every K), ``split@K``, ``early+split`` / ``early+split@K``,
+    ``best-static``, ``adaptive`` (None: all)."""
+    wanted = list(names) if names else list(DEFAULT_POLICIES)
+    rows: list[str] = []
+    known = "local, split, split@K, early+split, early+split@K, best-static, adaptive"
+    for raw in wanted:
+        name = raw.strip().lower()
+        if name == "local":
+            rows.append("local")
+        elif name in ("split", "early+split"):
+            rows += [f"{name}@{k}" for k in boundaries]
+        elif name.startswith(("split@", "early+split@")):
+            k = name.rpartition("@")[2]
+            if not k.isdigit() or int(k) not in boundaries:
+                raise EdgeExitError(f"policy {raw!r}: the package has tails at boundaries {list(boundaries)}")
+            rows.append(name)
+        elif name in ("best-static", "adaptive"):
+            if have_policy_runner:
+                rows.append(name)
+            elif names:
+                raise EdgeExitError(f"policy {raw!r} needs edgeexit.device.policy_runner, which is not installed")
+        else:
+            raise EdgeExitError(f"unknown bench policy {raw!r}; expected one of: {known}")
+    return list(dict.fromkeys(rows))
+
+
+def _has_policy_runner() -> bool:
+    try:
+        import edgeexit.device.policy_runner  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_bench(
+    package: str | Path,
+    server: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    links: Sequence[LinkSpec],
+    *,
+    policies: Sequence[str] | None = None,
+    codec: str | None = None,
+    seed: int = 0,
+    timeout_s: float = 2.0,
+    energy: EnergyModel | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Every (link, policy) row; ``server`` a tail server's ``HOST:PORT``."""
+    if len(x) == 0:
+        raise EdgeExitError("the bench data has no samples")
+    energy = energy or EnergyModel()
+    preset, radio = energy.presets()
+    early = Engine(package, cache_dir=None)
+    full = Engine(package, threshold=float("inf"), cache_dir=None)
+    boundaries = sorted({t.boundary for t in early.manifest.tails})
+    if not boundaries:
+        raise EdgeExitError(f"{package} has no tails to offload to: export it with tails (edgeexit export --codecs)")
+    codec = codec or select_tail(early.manifest, boundaries[0]).codec
+    names = resolve_policies(policies, boundaries, have_policy_runner=_has_policy_runner())
+    segment_ms = _segment_ms(full, x[: min(len(x), 32)])
+    rows: list[BenchRow] = []
+    for spec in links:
+        for name in names:
+            if progress:
+                progress(f"{spec} / {name}")
+            link = EmulatedLink(spec, seed)
+            with TailClient(server, timeout_s=timeout_s, link=link) as client:
+                run = _runner(name, early, full, client, codec, spec, segment_ms, preset, radio)
+                rows.append(_measure(str(spec), name, run, x, y, spec, preset, radio, energy.label))
+    return rows
+
+
+def _segment_ms(engine: Engine, xs: np.ndarray) -> list[float]:
+    """Mean per-segment latency at full depth (warm-up first)."""
+    engine.run(xs[0])
+    times = np.array([engine.run(sample).segment_ms for sample in xs], dtype=np.float64)
+    return [float(v) for v in times.mean(axis=0)]
+
+
+def _runner(name, early, full, client, codec, spec, segment_ms, preset, radio) -> Callable[[np.ndarray], Result]:
+    if name == "local":
+        return early.run
+    if name.startswith("split@"):
+        return OffloadRunner(full, client, split=int(name[6:]), codec=codec, early_exit=False).run
+    if name.startswith("early+split@"):
+        return OffloadRunner(early, client, split=int(name[12:]), codec=codec, early_exit=True).run
+    from edgeexit.device.policy_runner import PolicyRunner
+    from edgeexit.policy import DeviceCosts, LinkEstimator, create_policy
+    from edgeexit.policy import RadioModel as PolicyRadio
+
+    costs = DeviceCosts.from_manifest(
+        early.manifest, segment_ms, codec=codec, active_w=preset.active_w, idle_w=preset.idle_w,
+        radio=PolicyRadio(tx_w_per_mbps=radio.alpha_up_mw_per_mbps / 1e3, tx_base_w=radio.beta_mw / 1e3,
+                          tail_j=radio.tail_j(), name=radio.name),
+    )  # fmt: skip
+    estimator = LinkEstimator()
+    estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
+    return PolicyRunner(early, client, create_policy(name, costs), codec=codec, estimator=estimator).run
+
+
+def _measure(link, name, run, x, y, spec: LinkSpec, preset, radio, energy_label: str) -> BenchRow:
+    latencies, predictions, exits = [], [], []
+    sent = offloaded = fallbacks = 0
+    compute_s = wait_s = emulated_s = 0.0
+    for sample in x:
+        tick = time.perf_counter()
+        result = run(sample)
+        latencies.append((time.perf_counter() - tick) * 1e3)
+        predictions.append(-1 if result.prediction is None else result.prediction)
+        compute_s += sum(result.segment_ms) / 1e3
+        info = result.offload
+        if info is not None:
+            sent += info.bytes_sent
+            wait_s += info.transfer_ms / 1e3
+            if info.offloaded:
+                offloaded += 1
+                emulated_s += spec.transfer_s(info.bytes_sent)  # samples run one at a time: one request each
+            else:
+                fallbacks += 1
+        exits.append("server" if info is not None and info.offloaded else f"exit {result.exit}")
+    n = len(x)
+    radio_j = 0.0
+    if sent:
+        radio_j = radio.energy(sent, spec.bandwidth_bps / 1e6, tail=False).joules + radio.tail_j()
+    energy_j = compute_s * preset.active_w + wait_s * preset.idle_w + radio_j
+    names, counts = np.unique(np.array(exits), return_counts=True)
+    return BenchRow(
+        link=link,
+        policy=name,
+        samples=n,
+        accuracy=float(np.mean(np.array(predictions) == np.asarray(y))),
+        mean_ms=float(np.mean(latencies)),
+        p99_ms=float(np.percentile(latencies, 99)),
+        energy_mj=energy_j / n * 1e3,
+        exit_rates={str(k): float(c) / n for k, c in sorted(zip(names, counts, strict=True))},
+        offload_rate=offloaded / n,
+        bytes_sent=int(sent),
+        fallbacks=fallbacks,
+        emulated_ms=emulated_s / n * 1e3,
+        energy_source=energy_label,
+    )
+
+
+def plot_latency(rows: Sequence[BenchRow], path: str | Path) -> Path:
+    """A grouped bar chart: mean latency per policy, one group per link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links = list(dict.fromkeys(r.link for r in rows))
+    policies = list(dict.fromkeys(r.policy for r in rows))
+    by = {(r.link, r.policy): r.mean_ms for r in rows}
+    width = 0.8 / max(len(policies), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(links) * len(policies) * 0.5 + 3), 4.5))
+    for i, policy in enumerate(policies):
+        xs = [j + i * width for j in range(len(links))]
+        ax.bar(xs, [by.get((link, policy), 0.0) for link in links], width, label=policy)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(links))], links)
+    ax.set_ylabel("mean latency per sample (ms)")
+    ax.set_title("edgeexit bench: mean latency per policy and link")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
