@@ -1,0 +1,294 @@
+"""``DeviceDaemon``: the process behind ``edgeexit device --config device.toml``.
+
+It runs ``grpc.aio`` on an asyncio loop in the main thread and serves the local API
+(``edgeexit.daemon.service``) on a unix socket or a TCP address. Inference runs on the live
+``Runtime``'s worker thread (one: an Engine is not thread-safe).
+
+Signals:
+
+- SIGHUP: read the config file again and load its package (hashes verified) into a new
+  Runtime, off the event loop; then swap it in at once. Requests already submitted finish on
+  the old Runtime, which is closed afterwards; new ones go to the new one; none is dropped. A
+  config or package that does not load is logged (``reload_failed``, with the reason naming
+  the key) and the old Runtime keeps serving. ``listen`` and ``metrics_port`` are bound once:
+  a change to them is logged and needs a restart.
+- SIGTERM / SIGINT: drain. Readiness turns false, new calls are refused with UNAVAILABLE,
+  calls in flight finish (at most ``grace_s``), the process exits 0.
+
+Logs are JSON lines on stderr (``log_format = "text"``: plain lines); one event per line with
+``event`` naming it. Before serving, the daemon prints ``edgeexit device: listening on ADDRESS``
+on stderr (the bound address: the real port when 0 was asked for; ``unix:PATH`` for a socket).
+
+Metrics (``metrics_port``): Prometheus ``/metrics`` on 127.0.0.1 (prometheus-client, which
+``[server]`` brings; a config that asks for metrics without it is refused with the install line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgeexit.daemon.config import DaemonConfig, load_config
+from edgeexit.daemon.runner import Runtime
+from edgeexit.daemon.service import DeviceService, register
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.engine import Result
+
+log = logging.getLogger("edgeexit.daemon")
+READY_PREFIX = "edgeexit device: listening on "
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event/message and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        text = f"{record.levelname.lower()} {record.getMessage()}" + (f" {fields}" if fields else "")
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("edgeexit")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def event(name: str, level: int = logging.INFO, **fields: object) -> None:
+    log.log(level, name, extra={"fields": {"event": name, **fields}})
+
+
+class Metrics:
+    """Prometheus series of the daemon, in a registry of its own."""
+
+    def __init__(self) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ModuleNotFoundError:
+            raise EdgeExitError(
+                "metrics_port is set but prometheus-client is not installed; install it "
+                "(pip install prometheus-client) or remove metrics_port from device.toml"
+            ) from None
+        self.registry = CollectorRegistry()
+        self.requests = Counter("edgeexit_device_requests", "ModelInfer calls by status code.", ("code",),
+                                registry=self.registry)  # fmt: skip
+        self.samples = Counter("edgeexit_device_samples", "Samples answered, by exit and route.", ("exit", "route"),
+                               registry=self.registry)  # fmt: skip
+        self.latency = Histogram("edgeexit_device_request_seconds", "Whole ModelInfer time.", registry=self.registry)
+        self.reloads = Counter("edgeexit_device_reloads", "SIGHUP reloads by outcome.", ("outcome",),
+                               registry=self.registry)  # fmt: skip
+        self.generation = Gauge("edgeexit_device_generation", "Generation of the live config.", registry=self.registry)
+        self._http: Any = None
+        self._thread: Any = None
+
+    def request(self, code: str, samples: int, seconds: float, results: list[Result]) -> None:
+        self.requests.labels(code).inc()
+        if code == "OK":
+            self.latency.observe(seconds)
+        for r in results:
+            route = "local" if r.offload is None else "fallback" if r.offload.fallback else "offloaded"
+            self.samples.labels(str(r.exit), route).inc()
+
+    def start_http(self, port: int) -> int:
+        from prometheus_client import start_http_server
+
+        self._http, self._thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        return int(self._http.server_port)
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._thread.join(timeout=5)
+            self._http = None
+
+
+class DeviceDaemon:
+    def __init__(self, config_path: str | Path) -> None:
+        self.config_path = Path(config_path)
+        self.config: DaemonConfig = load_config(self.config_path)
+        self.metrics = Metrics() if self.config.metrics_port is not None else None
+        self.runtime: Runtime | None = None
+        self.answered = 0
+        self.refused = 0
+        self._server: grpc.aio.Server | None = None
+        self._service: DeviceService | None = None
+        self._stop: asyncio.Event | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self.address: str | None = None
+        self._metrics_port: int | None = None
+
+    def _current(self) -> Runtime:
+        assert self.runtime is not None
+        return self.runtime
+
+    def _on_request(self, code: str, samples: int, seconds: float, results: list[Result]) -> None:
+        if code == "OK":
+            self.answered += 1
+        else:
+            self.refused += 1
+            event("request_failed", logging.DEBUG, code=code, samples=samples)
+        if self.metrics is not None:
+            self.metrics.request(code, samples, seconds, results)
+
+    def run(self) -> int:
+        return asyncio.run(self._main())
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        stop_signal: list[str] = []
+
+        def on_stop(signum: int) -> None:
+            stop_signal.append(signal.Signals(signum).name)
+            self._stop.set()  # type: ignore[union-attr]
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+        self.runtime = await asyncio.to_thread(Runtime, self.config)
+        event("loaded", **self.runtime.describe())
+        try:
+            await self._start()
+            if self.metrics is not None:
+                self.metrics.generation.set(self.runtime.generation)
+            print(f"{READY_PREFIX}{self.address}", file=sys.stderr, flush=True)
+            event("listening", address=self.address, metrics_port=self._metrics_port)
+            await self._stop.wait()
+            event("draining", signal=stop_signal[0] if stop_signal else None, grace_s=self.config.grace_s)
+            await self._drain()
+        finally:
+            if self._reloading is not None:
+                await asyncio.gather(self._reloading, return_exceptions=True)
+            runtime, self.runtime = self.runtime, None
+            if runtime is not None:
+                await asyncio.to_thread(runtime.close)
+            if self.metrics is not None:
+                self.metrics.stop_http()
+            socket = self.config.unix_path
+            if socket is not None and self.address is not None:
+                socket.unlink(missing_ok=True)
+        event("stopped", answered=self.answered, refused=self.refused)
+        return 0
+
+    async def _start(self) -> None:
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES + (4 << 20)),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES + (4 << 20)),
+        ]
+        server = grpc.aio.server(options=options)
+        self._service = DeviceService(self._current, max_message_bytes=MAX_MESSAGE_BYTES, on_request=self._on_request)
+        register(self._service, server)
+        listen = self.config.listen
+        socket = self.config.unix_path
+        if socket is not None:
+            socket.parent.mkdir(parents=True, exist_ok=True)
+            if socket.exists() and socket.is_socket():
+                socket.unlink()  # a stale socket from a previous run that did not clean up
+            listen = f"unix:{socket}"
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise EdgeExitError(
+                f"listen {self.config.listen!r}: cannot bind it (in use, not this machine's, or no permission); "
+                "pick another listen address in device.toml"
+            )
+        await server.start()
+        self._server = server
+        if socket is not None:
+            os.chmod(socket, 0o660)  # the service user and its group (the apps) only
+            self.address = f"unix:{socket}"
+        else:
+            self.address = f"{listen.rpartition(':')[0]}:{port}"
+        if self.metrics is not None:
+            self._metrics_port = self.metrics.start_http(self.config.metrics_port or 0)
+        self._service.ready = True
+
+    async def _drain(self) -> None:
+        """Refuse new calls with UNAVAILABLE (a reason, not grpc's bare CANCELLED for calls that
+        arrive while it shuts down), let the running ones finish, then close the server."""
+        started = time.perf_counter()
+        if self._service is not None:
+            self._service.ready = False
+            self._service.draining = True
+            try:
+                await asyncio.wait_for(self._service.wait_idle(), timeout=self.config.grace_s)
+            except asyncio.TimeoutError:
+                event("drain_timeout", logging.WARNING, in_flight=self._service.in_flight)
+        if self._server is not None:
+            await self._server.stop(max(self.config.grace_s - (time.perf_counter() - started), 0.0))
+
+    # -- SIGHUP --------------------------------------------------------------------------------------------------
+
+    def _on_hup(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return
+        if self._reloading is not None and not self._reloading.done():
+            event("reload_queued")
+            self._reloading.add_done_callback(lambda _: self._on_hup())
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        started = time.perf_counter()
+        event("reloading", config=str(self.config_path))
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+            fresh = await asyncio.to_thread(Runtime, config)
+        except Exception as err:  # a bad config or package: say why, keep serving the old one
+            reason = str(err) if isinstance(err, EdgeExitError) else f"{type(err).__name__}: {err}"
+            event("reload_failed", logging.ERROR, reason=reason, generation=self._current().generation)
+            if self.metrics is not None:
+                self.metrics.reloads.labels("failed").inc()
+            return
+        for key in ("listen", "metrics_port"):
+            if getattr(config, key) != getattr(self.config, key):
+                event("restart_needed", logging.WARNING, key=key, running=getattr(self.config, key),
+                      configured=getattr(config, key))  # fmt: skip
+        old, self.runtime = self.runtime, fresh  # the swap: calls from now on use the new Runtime
+        self.config = _keep_bound(config, self.config)
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.generation.set(fresh.generation)
+        event("reloaded", took_ms=round((time.perf_counter() - started) * 1e3, 1), **fresh.describe())
+        if old is not None:
+            await asyncio.to_thread(old.close)  # its submitted requests finish first
+            event("retired", generation=old.generation)
+
+
+def _keep_bound(config: DaemonConfig, running: DaemonConfig) -> DaemonConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, listen=running.listen, metrics_port=running.metrics_port)

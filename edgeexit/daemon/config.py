@@ -1,0 +1,268 @@
+"""``device.toml``: what ``edgeexit device`` serves and how; frozen dataclasses, one error per mistake.
+
+Every error names the TOML key and what was expected, so the operator fixes the file from the
+message alone. Relative paths (``package``, ``offload.token_file``, ``offload.tls.*``) are taken
+relative to the config file's directory, so a config and its package can move together.
+
+TOML is read with ``tomllib`` (Python 3.11+); on 3.10 the daemon uses ``tomli`` when it is
+installed and otherwise says to install it (or to use Python 3.11+).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeexit.errors import EdgeExitError
+
+DEFAULT_LISTEN = "127.0.0.1:8101"
+LOG_FORMATS = ("json", "text")
+CODECS = ("fp32", "fp16", "int8")
+
+
+class ConfigError(EdgeExitError):
+    """device.toml cannot be used as written; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    servers: tuple[str, ...]
+    split: int | None = None
+    policy: str | None = None
+    codec: str | None = None
+    timeout_ms: float = 200.0
+    token_file: Path | None = None
+    tls: TlsSettings | None = None
+    profile: Path | None = None  # profile.json (edgeexit profile): the costs best-static / adaptive weigh
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    package: Path
+    listen: str = DEFAULT_LISTEN
+    threads: int = 1
+    max_batch: int = 64
+    grace_s: float = 10.0
+    metrics_port: int | None = None
+    log_format: str = "json"
+    log_level: str = "info"
+    offload: OffloadSettings | None = None
+    source: Path | None = None  # the file it was read from
+
+    @property
+    def unix_path(self) -> Path | None:
+        """The socket file when ``listen`` is ``unix:PATH`` / ``unix:///PATH``, else None."""
+        if not self.listen.startswith("unix:"):
+            return None
+        rest = self.listen.removeprefix("unix:")
+        return Path("/" + rest.lstrip("/")) if rest.startswith("//") else Path(rest)
+
+
+def _toml() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "reading device.toml needs Python 3.11+ (tomllib) or the tomli package on Python 3.10: pip install tomli"
+        ) from None
+    return tomli
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and check ``path``; raise ``ConfigError`` naming the offending key."""
+    path = Path(path)
+    toml = _toml()
+    try:
+        data = toml.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the config file {path} is not UTF-8 text; expected a TOML file") from None
+    except toml.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return parse_config(data, base=path.resolve().parent, source=path)
+
+
+def parse_config(data: dict[str, Any], *, base: Path, source: Path | None = None) -> DaemonConfig:
+    table = _Table(data, "", base)
+    config = DaemonConfig(
+        package=table.path("package", required=True),  # type: ignore[arg-type]
+        listen=table.listen("listen"),
+        threads=table.integer("threads", 1, minimum=1),
+        max_batch=table.integer("max_batch", 64, minimum=1),
+        grace_s=table.number("grace_s", 10.0, minimum=0.0),
+        metrics_port=table.optional_integer("metrics_port", minimum=0, maximum=65535),
+        log_format=table.choice("log_format", "json", LOG_FORMATS),
+        log_level=table.choice("log_level", "info", ("debug", "info", "warning", "error")),
+        offload=_offload(table.sub("offload")),
+        source=source,
+    )
+    table.no_extras()
+    return config
+
+
+def _offload(table: _Table | None) -> OffloadSettings | None:
+    if table is None:
+        return None
+    servers = table.strings("servers")
+    if not servers:
+        raise ConfigError("offload.servers is empty; expected at least one tail server address, e.g. ['10.0.0.5:8001']")
+    split = table.optional_integer("split", minimum=0)
+    policy = table.optional_string("policy")
+    if (split is None) == (policy is None):
+        raise ConfigError(
+            "[offload] needs exactly one of offload.split (the boundary K after which inputs are offloaded) "
+            "or offload.policy (a policy name, e.g. 'adaptive')"
+        )
+    codec = table.optional_string("codec")
+    if codec is not None and codec not in CODECS:
+        raise ConfigError(f"offload.codec is {codec!r}; expected one of {', '.join(CODECS)}")
+    tls_table = table.sub("tls")
+    tls = None
+    if tls_table is not None:
+        tls = TlsSettings(
+            ca=tls_table.path("ca"),
+            cert=tls_table.path("cert"),
+            key=tls_table.path("key"),
+            server_name=tls_table.optional_string("server_name"),
+        )
+        if (tls.cert is None) != (tls.key is None):
+            raise ConfigError("offload.tls.cert and offload.tls.key go together; expected both or neither")
+        tls_table.no_extras()
+    settings = OffloadSettings(
+        servers=servers,
+        split=split,
+        policy=policy,
+        codec=codec,
+        timeout_ms=table.number("timeout_ms", 200.0, minimum=1.0),
+        token_file=table.path("token_file"),
+        tls=tls,
+        profile=table.path("profile"),
+    )
+    if settings.policy is not None and settings.policy.strip() in ("best-static", "adaptive") and not settings.profile:
+        raise ConfigError(
+            f"offload.policy {settings.policy!r} weighs this device's costs: set offload.profile to the "
+            "profile.json written by `edgeexit profile` on this device (or use 'local' / 'split@K')"
+        )
+    table.no_extras()
+    return settings
+
+
+class _Table:
+    """One TOML table with typed getters that name ``prefix.key`` in their errors."""
+
+    def __init__(self, data: dict[str, Any], prefix: str, base: Path) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.base = base
+        self.seen: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def _wrong(self, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.name(key)} is {value!r} ({type(value).__name__}); expected {expected}")
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self.optional_integer(key, minimum=minimum, maximum=maximum)
+        return default if value is None else value
+
+    def optional_integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        bounds = f"an integer >= {minimum}" if minimum is not None else "an integer"
+        if maximum is not None:
+            bounds += f" and <= {maximum}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._wrong(key, value, bounds)
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise self._wrong(key, value, bounds)
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self._wrong(key, value, f"a number >= {minimum:g}")
+        return float(value)
+
+    def optional_string(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self._wrong(key, value, "a non-empty string")
+        return value.strip()
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.optional_string(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise ConfigError(f"{self.name(key)} is {value!r}; expected one of {', '.join(map(repr, choices))}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self._wrong(key, value, "a list of HOST:PORT strings")
+        return tuple(v.strip() for v in value)
+
+    def path(self, key: str, *, required: bool = False) -> Path | None:
+        value = self.optional_string(key)
+        if value is None:
+            if required:
+                raise ConfigError(f"{self.name(key)} is missing; expected the path of a package directory")
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def listen(self, key: str) -> str:
+        value = self.optional_string(key) or DEFAULT_LISTEN
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").strip("/"):
+                raise ConfigError(f"{self.name(key)} is {value!r}; expected unix:///path/to/socket")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"{self.name(key)} is {value!r}; expected 'unix:///run/edgeexit/device.sock' or HOST:PORT "
+                "such as '127.0.0.1:8101'"
+            )
+        return value
+
+    def sub(self, key: str) -> _Table | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._wrong(key, value, "a table")
+        return _Table(value, f"{self.name(key)}.", self.base)
+
+    def no_extras(self) -> None:
+        extra = sorted(set(self.data) - self.seen)
+        if extra:
+            known = ", ".join(sorted(self.prefix + k for k in self.seen))
+            raise ConfigError(f"unknown key {', '.join(self.prefix + k for k in extra)}; known keys here: {known}")
