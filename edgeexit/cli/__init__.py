@@ -12,7 +12,15 @@ import sys
 import typer
 from rich.markup import escape
 
-from edgeexit.cli import device_commands, package_commands, server_commands, workstation_commands
+from edgeexit.cli import (
+    bench_commands,
+    daemon_commands,
+    device_commands,
+    package_commands,
+    profile_commands,
+    server_commands,
+    workstation_commands,
+)
 from edgeexit.console import err_console
 from edgeexit.errors import EdgeExitError
 
@@ -27,6 +35,9 @@ workstation_commands.register(app)
 package_commands.register(app)
 device_commands.register(app)
 server_commands.register(app)
+profile_commands.register(app)
+daemon_commands.register(app)
+bench_commands.register(app)
 
 
 #: Which extra brings a module a command may miss (the rest come with [device]).
