@@ -125,8 +125,8 @@ class TailSpec:
     """A Triton-layout model that finishes inference from boundary ``boundary`` (docs/offload.md).
 
     ``file`` is ``tails/<model>/1/model.onnx``: it takes boundary k's hidden tensor encoded with
-    ``codec`` and returns the final logits. ``encoded_bytes`` is what one sample costs on the wire,
-    measured by encoding a real sample.
+    ``codec`` and returns the final logits; boundary -1 is the model input (the whole model).
+    ``encoded_bytes`` is what one sample costs on the wire, measured by encoding a real sample.
     """
 
     boundary: int
@@ -270,10 +270,10 @@ class Manifest:
         """Each tail sits in its own Triton model directory and starts at a boundary with a later segment."""
         seen: set[str] = set()
         for position, tail in enumerate(self.tails):
-            if not 0 <= tail.boundary < len(self.segments) - 1:
+            if not -1 <= tail.boundary < len(self.segments) - 1:
                 raise PackageError(
                     f"tails[{position}] starts at boundary {tail.boundary}; expected one of "
-                    f"0..{len(self.segments) - 2} (a boundary with a later segment)"
+                    f"0..{len(self.segments) - 2} (a boundary with a later segment) or -1 (the model input)"
                 )
             path = PurePosixPath(tail.file)
             if len(path.parts) < 3 or path.parent.parent.name != tail.model or not path.parent.name.isdigit():

@@ -4,6 +4,7 @@
     tails/
       <model>__from_<k>/config.pbtxt        Triton's model configuration, protobuf text format
       <model>__from_<k>/1/model.onnx        version 1 of the tail graph
+      <model>__from_input/...               the whole model, from the (encoded) model input
 
 The export writes ``config.pbtxt`` with ``tail_config``; the server reads it with ``read_config``.
 Both go through the checked-in ``model_config.proto`` subset (Triton's field names and numbers),
@@ -34,11 +35,14 @@ DEFAULT_QUEUE_DELAY_US = 0  # Triton's default: batch what queued while the last
 PARAM_PACKAGE_ID = "package_id"
 PARAM_CODEC = "codec"
 PARAM_BOUNDARY = "boundary"
+#: The boundary of the tail that takes the model input itself ("offload at the input").
+INPUT_BOUNDARY = -1
 
 
 def tail_model_name(model: str, boundary: int, codec: str) -> str:
-    """``<model>__from_<k>`` for fp32, ``<model>__from_<k>__<codec>`` for the other codecs."""
-    base = f"{model}__from_{boundary}"
+    """``<model>__from_<k>`` for fp32, ``<model>__from_<k>__<codec>`` for the other codecs; boundary
+    ``INPUT_BOUNDARY`` (-1, the model input: the whole model runs on the server) is spelled ``input``."""
+    base = f"{model}__from_{'input' if boundary == INPUT_BOUNDARY else boundary}"
     return base if codec == "fp32" else f"{base}__{codec}"
 
 

@@ -51,7 +51,7 @@ def test_open_package_accepts_the_exported_package(digits_package: Path) -> None
         "reference.npz",
         *(name for tail in package.manifest.tails for name in (tail.file, tail.config)),
     }
-    assert len(package.manifest.tails) == 6  # boundaries 0 and 1, codecs fp32, fp16, int8
+    assert len(package.manifest.tails) == 9  # boundaries 0, 1 and -1 (the input), codecs fp32, fp16, int8
     for relative, expected in package.manifest.files.items():
         assert sha256_file(package.path(relative)) == expected
 

@@ -54,8 +54,12 @@ def run(
         ),
     ] = None,
     split: Annotated[
-        int | None,
-        typer.Option(metavar="K", help="Offload at boundary K (0 .. segments-2) the inputs not exited by then."),
+        str | None,
+        typer.Option(
+            metavar="K|input",
+            help="Offload at boundary K (0 .. segments-2) the inputs not exited by then; 'input': send every "
+            "input as it is (the server runs the whole model; needs the package's input tail).",
+        ),
     ] = None,
     codec: Annotated[
         str | None, typer.Option(help="How the boundary tensor travels: fp32, fp16, int8 (default: fp16 if present).")
@@ -108,6 +112,7 @@ def run(
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import load_samples
 
+    split_at = _parse_split(split)
     _check_policy_options(policy, split, server, profile, objective, energy_budget_j, latency_slo_ms, decision_log)
     offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key, policy=policy)
     engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold)
@@ -119,7 +124,7 @@ def run(
                               token=token, tls=tls)  # fmt: skip
     elif offload is not None and server and split is not None:
         token, tls = offload
-        results = _run_offloaded(engine, samples, batch, server, split, codec, timeout_ms, token=token, tls=tls)
+        results = _run_offloaded(engine, samples, batch, server, split_at, codec, timeout_ms, token=token, tls=tls)
     elif batch:
         import numpy as np
 
@@ -147,9 +152,23 @@ def run(
     console.print(results_table(engine.manifest, samples, results))
 
 
+def _parse_split(split: str | None) -> int | None:
+    """``--split``: a boundary K, or ``input`` (boundary -1: the input tail runs the whole model)."""
+    from edgeexit.errors import EdgeExitError
+
+    if split is None:
+        return None
+    text = split.strip().lower()
+    if text == "input":
+        return -1
+    if not text.isdigit():
+        raise EdgeExitError(f"--split {split!r}: expected a boundary K (0, 1, ...) or 'input'")
+    return int(text)
+
+
 def _check_policy_options(
     policy: str | None,
-    split: int | None,
+    split: str | None,
     server: list[str] | None,
     profile: Path | None,
     objective: str,
@@ -278,7 +297,7 @@ def _run_policy(
 
 def _offload_settings(
     server: list[str] | None,
-    split: int | None,
+    split: str | None,
     codec: str | None,
     token_file: Path | None,
     tls_ca: Path | None,

@@ -46,6 +46,7 @@ from edgeexit.manifest import (
 )
 from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
+from edgeexit.repository import INPUT_BOUNDARY
 from edgeexit.runtime.sessions import load_session
 
 INPUT_NAME = "input"
@@ -207,6 +208,8 @@ def _write_package(
 
     graphs = [s.file for s in segments]
     package_id = package_id_of({name: sha256_file(stage / name) for name in graphs}, graphs)
+    if boundaries:  # the input tail (the whole model on the server), after the boundaries' tails
+        boundaries.append(BoundaryTensors(boundary=INPUT_BOUNDARY, onnx=inputs.numpy(), reference=reference["input"]))
     tails = write_tails(model, stage, boundaries, final_logits, codecs, package_id, atol, rtol)
     _check_tails(tails, int(inputs.shape[0]))
     for tail in tails:

@@ -1,9 +1,11 @@
 """Tails: the rest of the network from a boundary, as a Triton-layout model repository (``tails/``).
 
 A device that has not exited by boundary ``k`` may send boundary k's hidden tensor to a tail
-server. The tail model takes that tensor *encoded* (fp32, fp16, or 8-bit affine with its scale and
-zero point) and returns the final exit's logits. It decodes inside its own graph, so Triton or
-KServe can serve ``tails/`` with no custom code, and ``edgeexit serve`` runs the very same file.
+server; the tail ``__from_input`` (boundary -1) takes the model input itself and runs the whole
+model (the "offload at the input" baseline). The tail model takes that tensor *encoded* (fp32,
+fp16, or 8-bit affine with its scale and zero point) and returns the final exit's logits. It
+decodes inside its own graph, so Triton or KServe can serve ``tails/`` with no custom code, and
+``edgeexit serve`` runs the very same file.
 docs/offload.md is the contract: names, datatypes and shapes of every input and output.
 
 Export measures every tail twice, because two different things can go wrong:
@@ -98,14 +100,15 @@ def check_codecs(codecs: Sequence[str] | str) -> tuple[str, ...]:
 
 
 class TailGraph(nn.Module):
-    """Boundary ``k``'s encoded tensor -> decode -> segments k+1 .. last -> the final exit's logits."""
+    """Boundary ``k``'s encoded tensor -> decode -> segments k+1 .. last -> the final exit's logits
+    (k = -1: the model input, through every segment)."""
 
     def __init__(self, model: MultiExitModel, boundary: int, codec: str) -> None:
         super().__init__()
-        if not 0 <= boundary < model.num_exits - 1:
+        if not -1 <= boundary < model.num_exits - 1:
             raise ExportError(
                 f"no tail from boundary {boundary}: model {model.name!r} has boundaries 0..{model.num_exits - 2} "
-                "with a later segment"
+                "with a later segment, and -1 (the model input)"
             )
         self.decode: Decoder = DECODERS[codec]
         self.body = nn.Sequential(*model.segments[boundary + 1 :])  # the model's own modules, not copies
@@ -119,7 +122,8 @@ class TailGraph(nn.Module):
 
 @dataclass(frozen=True)
 class BoundaryTensors:
-    """What the segment chain produced at boundary ``k``: what its tails are built and measured on."""
+    """What the segment chain produced at boundary ``k``: what its tails are built and measured on
+    (k = -1: the model input itself)."""
 
     boundary: int
     onnx: np.ndarray  # the ONNX Runtime chain's hidden tensor on the parity inputs: what a device sends

@@ -4,6 +4,8 @@ For each link (``LinkSpec``) and each policy, the same samples run one at a time
 answers requests:
 
 - ``local``: the engine alone, with early exit;
+- ``split@input``: every input sent as it is to the input tail (``__from_input``), which runs the
+  whole model: "offload at the input", the all-offload baseline (when the package has that tail);
 - ``split@K``: every sample offloaded at boundary K, no early exit (Neurosurgeon's baseline);
 - ``early exit + split@K``: the samples no exit up to K was sure of travel;
 - ``best-static`` and ``adaptive``: ``PolicyRunner`` deciding at each boundary with a
@@ -11,9 +13,6 @@ answers requests:
   gives it the link's RTT: ServerLive probes would measure loopback, not the emulated link).
   Their ``DeviceCosts`` come from this run: segment latencies measured on the first samples at
   full depth, exit rates from the package's calibration, energy from the power model.
-
-Offloading at the input is not a row: packages have tails from boundaries 0..n-2 only (no tail
-takes the raw input).
 
 Every offload goes through a ``TailClient`` with an ``EmulatedLink`` (a fresh client and a reset
 link per row, so each row sees the same seeded delays and losses). Latency is wall time per sample,
@@ -87,6 +86,8 @@ class EnergyModel:
 
 def resolve_policies(names: Sequence[str] | None, boundaries: Sequence[int], *, have_policy_runner: bool) -> list[str]:
     """Row names in order: ``local``, ``split@K``, ``early+split@K``, ``best-static``, ``adaptive``.
+    ``boundaries`` may hold -1 (the input tail: row ``split@input``, which ``split`` includes; early
+    exit means nothing before segment 0, so there is no ``early+split@input``).
     ``names``: ``local``, ``split`` (every K), ``split@K``, ``early+split`` / ``early+split@K``,
     ``best-static``, ``adaptive`` (None: all)."""
     wanted = list(names) if names else list(DEFAULT_POLICIES)
@@ -97,11 +98,14 @@ def resolve_policies(names: Sequence[str] | None, boundaries: Sequence[int], *, 
         if name == "local":
             rows.append("local")
         elif name in ("split", "early+split"):
-            rows += [f"{name}@{k}" for k in boundaries]
+            rows += [f"{name}@{'input' if k == -1 else k}" for k in boundaries if k >= 0 or name == "split"]
         elif name.startswith(("split@", "early+split@")):
             k = name.rpartition("@")[2]
-            if not k.isdigit() or int(k) not in boundaries:
-                raise EdgeExitError(f"policy {raw!r}: the package has tails at boundaries {list(boundaries)}")
+            at = -1 if k == "input" and name == "split@input" else (int(k) if k.isdigit() else None)
+            if at is None or at not in boundaries:
+                raise EdgeExitError(
+                    f"policy {raw!r}: the package has tails at boundaries {list(boundaries)} (-1: split@input)"
+                )
             rows.append(name)
         elif name in ("best-static", "adaptive"):
             if have_policy_runner:
@@ -170,6 +174,8 @@ def _segment_ms(engine: Engine, xs: np.ndarray) -> list[float]:
 def _runner(name, early, full, client, codec, spec, segment_ms, preset, radio) -> Callable[[np.ndarray], Result]:
     if name == "local":
         return early.run
+    if name == "split@input":  # the whole model on the server: nothing runs here first
+        return OffloadRunner(full, client, split=-1, codec=codec, early_exit=False).run
     if name.startswith("split@"):
         return OffloadRunner(full, client, split=int(name[6:]), codec=codec, early_exit=False).run
     if name.startswith("early+split@"):

@@ -88,8 +88,9 @@ def compare_offload(
     for k in boundaries:
         for codec in chosen:
             runner = OffloadRunner(full, client, split=k, codec=codec, early_exit=False)
-            rows.append(summarize_runs(f"split at {k}, {codec}", runner.run, x, y))
-    for k in boundaries:
+            where = "the input (all offloaded)" if k == -1 else str(k)
+            rows.append(summarize_runs(f"split at {where}, {codec}", runner.run, x, y))
+    for k in (b for b in boundaries if b >= 0):  # at the input no exit has run: the same as the split
         for codec in chosen:
             runner = OffloadRunner(early, client, split=k, codec=codec, early_exit=True)
             rows.append(summarize_runs(f"early exit + offload at {k}, {codec}", runner.run, x, y))

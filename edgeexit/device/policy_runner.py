@@ -9,8 +9,9 @@ next boundary, and after the last one the sample finishes locally. Every transfe
 ``LinkEstimator``; so do light probes (``probe()``, a ServerLive round trip). Every decision is
 kept on the Result (``Result.decisions``) and can be logged, one JSON line each, with its inputs.
 
-Offloading at the input (before segment 0) would need a tail that takes the raw input; packages
-have tails from boundaries 0..n-2 only, so the first decision is at boundary 0.
+When the package has an input tail (``__from_input``, boundary -1: the whole model on the server)
+for the codec, the first decision is at boundary -1, before segment 0 runs ("offload at the
+input"); otherwise it is at boundary 0.
 
 One runner per thread, like its Engine.
 """
@@ -81,7 +82,7 @@ class PolicyRunner:
         self.early_exit = early_exit
         self.last_boundary = len(engine.segments) - 2
         self.tails: dict[int, TailSpec] = {}
-        for k in range(self.last_boundary + 1):
+        for k in range(-1, self.last_boundary + 1):
             try:
                 self.tails[k] = select_tail(engine.manifest, k, codec)
             except OffloadError:
@@ -115,7 +116,8 @@ class PolicyRunner:
             return self.engine.run(x, keep_hidden=keep_hidden)
         battery = self._battery()
         decisions: list[Decision] = []
-        state = self.engine.run_until(x, 0, early_exit=self.early_exit, keep_hidden=keep_hidden)
+        first = -1 if -1 in self.tails else 0  # decide before segment 0 when the input can be offloaded
+        state = self.engine.run_until(x, first, early_exit=self.early_exit, keep_hidden=keep_hidden)
         while isinstance(state, Pending):
             decision = self.decide(state.boundary, battery)
             decisions.append(decision)

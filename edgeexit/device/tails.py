@@ -17,10 +17,10 @@ PREFERRED_CODECS = ("fp16", "fp32", "int8")
 
 def select_tail(manifest: Manifest, boundary: int, codec: str | None = None) -> TailSpec:
     """The manifest's tail from ``boundary`` with ``codec`` (None: the first of PREFERRED_CODECS
-    the package has there)."""
+    the package has there). Boundary -1 is the model input: its tail runs the whole model."""
     last = len(manifest.segments) - 2
-    if isinstance(boundary, bool) or not isinstance(boundary, int) or not 0 <= boundary <= last:
-        where = f"0..{last}" if last >= 0 else "none: the package has a single segment"
+    if isinstance(boundary, bool) or not isinstance(boundary, int) or not -1 <= boundary <= last:
+        where = f"0..{last}, or -1: the model input" if last >= 0 else "-1 (the model input) only"
         raise OffloadError(
             f"cannot offload at boundary {boundary!r}; expected a boundary with a later segment ({where}); "
             f"{manifest.model_name} has {len(manifest.segments)} segments"
@@ -36,7 +36,7 @@ def select_tail(manifest: Manifest, boundary: int, codec: str | None = None) -> 
         for tail in here:
             if tail.codec == codec:
                 return tail
-    wanted = f"boundary {boundary}" + (f" with codec {codec}" if codec else "")
+    wanted = describe_boundary(boundary) + (f" with codec {codec}" if codec else "")
     raise OffloadError(
         f"{manifest.model_name} has no tail for {wanted}; it has {describe_tails(manifest)}: pick one of those, "
         "or re-export the package with that codec (edgeexit export --codecs fp32,fp16,int8)"
@@ -44,10 +44,16 @@ def select_tail(manifest: Manifest, boundary: int, codec: str | None = None) -> 
 
 
 def describe_tails(manifest: Manifest) -> str:
-    """'boundary 0 (fp32, fp16), boundary 1 (fp32)' or 'no tails'."""
+    """'boundary 0 (fp32, fp16), boundary 1 (fp32), the input (fp32)' or 'no tails'."""
     by_boundary: dict[int, list[str]] = {}
     for tail in manifest.tails:
         by_boundary.setdefault(tail.boundary, []).append(tail.codec)
     if not by_boundary:
         return "no tails"
-    return ", ".join(f"boundary {b} ({', '.join(codecs)})" for b, codecs in sorted(by_boundary.items()))
+    ordered = sorted(by_boundary.items(), key=lambda item: (item[0] == -1, item[0]))
+    return ", ".join(f"{describe_boundary(b)} ({', '.join(codecs)})" for b, codecs in ordered)
+
+
+def describe_boundary(boundary: int) -> str:
+    """'boundary 1', or 'the input' for boundary -1."""
+    return "the input" if boundary == -1 else f"boundary {boundary}"

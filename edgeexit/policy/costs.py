@@ -77,7 +77,9 @@ class DeviceCosts:
     ``exit_prob`` (``P(exit at j)`` over all samples; the last segment's final exit takes the rest,
     so they sum to 1). Per offload boundary k = 0..n-2: ``encoded_bytes`` (one sample with the
     chosen codec; None where no tail exists, so offloading there is impossible) and, optionally,
-    ``server_ms`` (the tail's compute time). ``idle_w`` is the device's power while it waits.
+    ``server_ms`` (the tail's compute time). ``input_bytes`` / ``input_server_ms``: the same for
+    the input tail (boundary -1: the raw input sent, the whole model on the server; None: no such
+    tail). ``idle_w`` is the device's power while it waits.
     """
 
     segment_ms: tuple[float, ...]
@@ -89,6 +91,8 @@ class DeviceCosts:
     exit_check_ms: tuple[float, ...] | None = None
     exit_check_j: tuple[float, ...] | None = None
     server_ms: tuple[float, ...] | None = None
+    input_bytes: int | None = None
+    input_server_ms: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.segment_ms)
@@ -116,8 +120,9 @@ class DeviceCosts:
 
     @property
     def offload_boundaries(self) -> tuple[int, ...]:
-        """The boundaries with a tail to offload to."""
-        return tuple(k for k, size in enumerate(self.encoded_bytes) if size is not None)
+        """The boundaries with a tail to offload to (-1 first when the input has one)."""
+        start = (-1,) if self.input_bytes is not None else ()
+        return start + tuple(k for k, size in enumerate(self.encoded_bytes) if size is not None)
 
     def survival(self, k: int) -> float:
         """``S(k)``: the chance a sample has not exited at 0..k (1 at k = -1)."""
@@ -168,9 +173,12 @@ class DeviceCosts:
                 raise EdgeExitError("the manifest's calibration record has no exit rates")
             probs = [p / total for p in probs]
         sizes: list[int | None] = [None] * (n - 1)
+        input_bytes: int | None = None
         for tail in manifest.tails:
             if tail.codec == codec and 0 <= tail.boundary < n - 1:
                 sizes[tail.boundary] = tail.encoded_bytes
+            elif tail.codec == codec and tail.boundary == -1:
+                input_bytes = tail.encoded_bytes
         return cls(
             segment_ms=tuple(float(v) for v in segment_ms),
             segment_j=tuple(float(v) for v in segment_j),
@@ -180,6 +188,7 @@ class DeviceCosts:
             idle_w=idle_w,
             exit_check_ms=None if exit_check_ms is None else tuple(float(v) for v in exit_check_ms),
             server_ms=None if server_ms is None else tuple(float(v) for v in server_ms),
+            input_bytes=input_bytes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,13 +215,16 @@ def sunk(costs: DeviceCosts, k: int) -> Cost:
 def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     """Offloading boundary k's tensor now: RTT + upload + server queue + tail compute; device
     energy = radio (upload and tail) + idle power over the whole wait."""
-    if not 0 <= k < costs.segments - 1 or costs.encoded_bytes[k] is None:
+    if k not in costs.offload_boundaries:
         raise EdgeExitError(f"no tail to offload to at boundary {k}; boundaries with one: {costs.offload_boundaries}")
-    size = costs.encoded_bytes[k]
+    if k == -1:  # the input tail: the raw input travels, the whole model runs on the server
+        size, compute_ms = costs.input_bytes, costs.input_server_ms or 0.0
+    else:
+        size, compute_ms = costs.encoded_bytes[k], (costs.server_ms[k] if costs.server_ms else 0.0)
     assert size is not None
     bandwidth = max(link.bandwidth_bps, _EPS)
     upload_s = size * 8.0 / bandwidth
-    server_s = (link.server_queue_ms + (costs.server_ms[k] if costs.server_ms else 0.0)) / 1000.0
+    server_s = (link.server_queue_ms + compute_ms) / 1000.0
     wait_s = link.rtt_s + upload_s + server_s
     energy = costs.radio.transmit_j(upload_s, bandwidth) + costs.idle_w * wait_s
     return Cost(wait_s * 1000.0, energy)

@@ -44,7 +44,7 @@ class Policy(ABC):
     ) -> Decision:
         """Continue or offload at ``boundary``, for a sample that reached it without exiting.
         ``battery`` is a ``BatteryState``, a level in percent on battery power, or None."""
-        if boundary < 0 or (self.costs is not None and boundary >= self.costs.segments):
+        if boundary < -1 or (self.costs is not None and boundary >= self.costs.segments):
             raise EdgeExitError(f"boundary {boundary} is outside the package's segments")
         return self._decide(boundary, link, BatteryState.of(battery))
 
@@ -83,7 +83,7 @@ class Policy(ABC):
 
 def _option(costs: DeviceCosts, cost_from: int, split: int | None, link: LinkEstimate) -> Option:
     total = sunk(costs, cost_from) + remaining(costs, cost_from, split, link)
-    return Option("local" if split is None else f"offload@{split}", split, total.latency_ms, total.energy_j)
+    return Option("local" if split is None else f"offload@{split_name(split)}", split, total.latency_ms, total.energy_j)
 
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
@@ -106,9 +106,11 @@ class SplitPolicy(Policy):
     def __init__(self, k: int, costs: DeviceCosts | None = None, objective: Objective | None = None) -> None:
         super().__init__(costs, objective)
         if costs is not None and k not in costs.offload_boundaries:
-            raise EdgeExitError(f"split@{k}: no tail at boundary {k}; boundaries with one: {costs.offload_boundaries}")
+            raise EdgeExitError(
+                f"split@{split_name(k)}: no tail at boundary {k}; boundaries with one: {costs.offload_boundaries}"
+            )
         self.k = k
-        self.name = f"split@{k}"
+        self.name = f"split@{split_name(k)}"
 
     def _decide(self, boundary: int, link: LinkEstimate | None, battery: BatteryState | None) -> Decision:
         here = boundary == self.k
@@ -128,7 +130,7 @@ class BestStaticPolicy(Policy):
         """The best split for ``link``: (chosen option, every option, reason)."""
         costs, link = self._need(link)
         options = [Option("local", None, *_totals(costs, None, link))]
-        options += [Option(f"offload@{k}", k, *_totals(costs, k, link)) for k in costs.offload_boundaries]
+        options += [Option(f"offload@{split_name(k)}", k, *_totals(costs, k, link)) for k in costs.offload_boundaries]
         return choose(options, self.objective, BatteryState.of(battery))
 
     def _decide(self, boundary: int, link: LinkEstimate | None, battery: BatteryState | None) -> Decision:
@@ -170,16 +172,24 @@ class AdaptivePolicy(Policy):
         return self._record(boundary, here, link, battery, reason, marked, best.name)
 
 
-_SPLIT = re.compile(r"split@(\d+)")
+_SPLIT = re.compile(r"split@(\d+|input)")
+
+
+def split_name(k: int) -> str:
+    """How boundary ``k`` is spelled in a policy or option name: its number, ``input`` for -1."""
+    return "input" if k == -1 else str(k)
 
 
 def create_policy(name: str, costs: DeviceCosts | None = None, objective: Objective | None = None) -> Policy:
-    """A policy by name: ``local``, ``split@K`` (K a boundary), ``best-static``, ``adaptive``."""
+    """A policy by name: ``local``, ``split@K`` (K a boundary, or ``input``), ``best-static``, ``adaptive``."""
     match = _SPLIT.fullmatch(name.strip())
     if match:
-        return SplitPolicy(int(match.group(1)), costs, objective)
+        found = match.group(1)
+        return SplitPolicy(-1 if found == "input" else int(found), costs, objective)
     if name.startswith("split@"):
-        raise EdgeExitError(f"policy {name!r}: the split boundary must be a non-negative integer, as in split@1")
+        raise EdgeExitError(
+            f"policy {name!r}: the split boundary must be a non-negative integer, as in split@1, or input"
+        )
     return POLICIES.get(name)(costs, objective)  # type: ignore[call-arg]
 
 

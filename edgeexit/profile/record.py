@@ -263,5 +263,8 @@ def device_costs(
     sizes = tuple(
         size if size is not None or k not in with_tail else profile.encoded_bytes(k, codec)
         for k, size in enumerate(costs.encoded_bytes)
-    )
-    return replace(costs, encoded_bytes=sizes, exit_check_j=tuple(check_j))
+    )  # the input tail (boundary -1) keeps its own: input_bytes
+    input_bytes = costs.input_bytes
+    if input_bytes is None and -1 in with_tail:
+        input_bytes = profile.encoded_bytes(-1, codec)
+    return replace(costs, encoded_bytes=sizes, input_bytes=input_bytes, exit_check_j=tuple(check_j))

@@ -265,9 +265,12 @@ class Engine:
     ) -> Result | Pending:
         """One sample up to ``boundary``: a Result when an exit at or before it is confident,
         else a Pending holding the boundary's tensor. ``early_exit=False`` consults no exit (the
-        split-at-k baseline: every sample reaches the boundary, and ``resume`` runs to full depth)."""
+        split-at-k baseline: every sample reaches the boundary, and ``resume`` runs to full depth).
+        Boundary -1 is the model input: a Pending holding a copy of ``x``, nothing run yet."""
         self._check_boundary(boundary)
         sample = self._check(x, batched=False)
+        if boundary == -1:
+            return Pending(-1, sample.copy(), (0,), (), (), time.perf_counter(), early_exit, keep_hidden)
         return self._forward_one(sample, 0, boundary, time.perf_counter(), [], [], None, early_exit, keep_hidden)
 
     def advance(self, pending: Pending, boundary: int, *, early_exit: bool | None = None) -> Result | Pending:
@@ -294,7 +297,7 @@ class Engine:
             pending.started,
             list(pending.segment_ms),
             list(pending.history),
-            pending.hidden,
+            _previous(pending),
             pending.early_exit if early_exit is None else early_exit,
             pending.keep_hidden,
         )
@@ -315,7 +318,7 @@ class Engine:
             pending.started,
             list(pending.segment_ms),
             list(pending.history),
-            pending.hidden,
+            _previous(pending),
             pending.early_exit,
             pending.keep_hidden,
         )
@@ -375,6 +378,10 @@ class Engine:
         self._check_boundary(boundary)
         batch = self._check(xs, batched=True)
         found: list[Result | None] = [None] * batch.shape[0]
+        if boundary == -1:
+            rows = tuple(range(batch.shape[0]))
+            held = Pending(-1, batch.copy(), rows, (), (), time.perf_counter(), early_exit, keep_hidden)
+            return BatchProgress(tuple(found), held)
         pending = self._forward_batch(batch, np.arange(batch.shape[0]), 0, boundary, time.perf_counter(), [], [],
                                       None, found, early_exit, keep_hidden)  # fmt: skip
         return BatchProgress(tuple(found), pending)
@@ -385,7 +392,7 @@ class Engine:
         self._check_pending(pending)
         found: list[Result | None] = [None] * pending.samples
         self._forward_batch(pending.hidden, np.arange(pending.samples), pending.boundary + 1, None, pending.started,
-                            list(pending.segment_ms), list(pending.history), pending.hidden, found,
+                            list(pending.segment_ms), list(pending.history), _previous(pending), found,
                             pending.early_exit, pending.keep_hidden)  # fmt: skip
         return found  # type: ignore[return-value]
 
@@ -566,8 +573,8 @@ class Engine:
 
     def _check_boundary(self, boundary: int) -> None:
         last = len(self.segments) - 2
-        if isinstance(boundary, bool) or not isinstance(boundary, (int, np.integer)) or not 0 <= boundary <= last:
-            where = f"0..{last}" if last >= 0 else "none: the package has a single segment"
+        if isinstance(boundary, bool) or not isinstance(boundary, (int, np.integer)) or not -1 <= boundary <= last:
+            where = f"0..{last}, or -1: the model input" if last >= 0 else "-1 (the model input) only"
             raise EdgeExitError(
                 f"boundary {boundary!r} cannot be split at; expected a boundary with a later segment ({where}), "
                 f"the package has {len(self.segments)} segments"
@@ -575,8 +582,11 @@ class Engine:
 
     def _check_pending(self, pending: Pending) -> None:
         self._check_boundary(pending.boundary)
-        spec = self.segments[pending.boundary].spec
-        want = spec.output(spec.hidden).shape[1:]  # type: ignore[arg-type]
+        if pending.boundary == -1:
+            want = self._input.shape[1:]
+        else:
+            spec = self.segments[pending.boundary].spec
+            want = spec.output(spec.hidden).shape[1:]  # type: ignore[arg-type]
         got = pending.hidden.shape
         if len(got) != len(want) + 1 or any(w is not None and w != g for w, g in zip(want, got[1:], strict=True)):
             raise EdgeExitError(
@@ -619,3 +629,8 @@ class Engine:
         if shape[0] == 0:
             return False
         return all(want is None or want == got for want, got in zip(self._input.shape[1:], shape[1:], strict=True))
+
+
+def _previous(pending: Pending) -> np.ndarray | None:
+    """The tensor before the next segment's output, for the similarity criteria: none at the input."""
+    return None if pending.boundary == -1 else pending.hidden

@@ -88,10 +88,14 @@ def tail_reference_key(model: str) -> str:
 def _check_tail(package: Package, tail: TailSpec, reference: dict[str, np.ndarray]) -> ParityCheck:
     """Config vs manifest, graph vs config, then the graph on the reference sample's boundary tensor."""
     manifest = package.manifest
-    segment = manifest.segments[tail.boundary]
-    hidden = segment.output(segment.hidden) if segment.hidden else None
-    if hidden is None:
-        raise PackageError(f"tail {tail.model} starts at boundary {tail.boundary}, which has no hidden tensor")
+    if tail.boundary == -1:  # the input tail: its reference input is the model input
+        hidden, hidden_key = manifest.input.tensor, "input"
+    else:
+        segment = manifest.segments[tail.boundary]
+        hidden = segment.output(segment.hidden) if segment.hidden else None
+        if hidden is None:
+            raise PackageError(f"tail {tail.model} starts at boundary {tail.boundary}, which has no hidden tensor")
+        hidden_key = f"{tail.boundary}/{hidden.name}"
     dims = tuple(-1 if d is None else d for d in hidden.shape[1:])
     try:
         codec = create_codec(tail.codec)
@@ -101,7 +105,7 @@ def _check_tail(package: Package, tail: TailSpec, reference: dict[str, np.ndarra
     _check_config(config, tail, manifest, codec.wire_inputs(dims))
     session = load_session(package.path(tail.file))
     _check_tail_signature(session, config, tail.file)
-    key, hidden_key = tail_reference_key(tail.model), f"{tail.boundary}/{hidden.name}"
+    key = tail_reference_key(tail.model)
     for needed in (key, hidden_key):
         if needed not in reference:
             raise PackageError(f"{manifest.reference.file} lacks the expected array {needed!r}")  # type: ignore[union-attr]

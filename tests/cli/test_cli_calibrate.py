@@ -166,8 +166,8 @@ def test_calibrate_records_what_it_chose_and_keeps_the_weights(
 
 def test_the_calibrated_package_still_verifies(calibrated: Calibrated, edgeexit_cli, xdg_cache) -> None:
     out = _ok(_run(edgeexit_cli, xdg_cache, calibrated.workdir, "verify", "pkg"))
-    assert "verify pkg: 17 file hashes ok" in out  # 3 segments, monolithic, reference, 6 tails x 2 files
-    assert "6 tail(s): config.pbtxt matches" in out  # the tails' configs still name the package_id
+    assert "verify pkg: 23 file hashes ok" in out  # 3 segments, monolithic, reference, 9 tails x 2 files
+    assert "9 tail(s): config.pbtxt matches" in out  # the tails' configs still name the package_id
     assert f"ok: pkg (package_id {calibrated.before.package_id})" in out
 
 

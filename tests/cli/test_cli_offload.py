@@ -146,6 +146,17 @@ def test_another_codec_and_boundary(cli, digits_package: Path, server: str, labe
         assert agree >= (0.9 if codec == "int8" else 1.0)
 
 
+def test_split_input_sends_every_input_as_it_is(cli, digits_package: Path, server: str, labelled: Path,
+                                                reference) -> None:  # fmt: skip
+    rows = _rows(cli("run", digits_package, labelled, "--server", server, "--split", "input", "--json"))
+    assert len(rows) == 12
+    for row in rows:
+        assert row["offload"]["offloaded"] is True
+        assert (row["offload"]["boundary"], row["offload"]["model"]) == (-1, "digits_cnn__from_input__fp16")
+        assert row["segment_ms"] == []
+    _check_answers(rows, reference)
+
+
 def test_a_dead_server_still_answers_everything(cli, digits_package: Path, dead: str, labelled: Path,
                                                 reference) -> None:  # fmt: skip
     done = cli("run", digits_package, labelled, "--server", dead, "--split", "1", "--threshold", "0.3", "--json")
@@ -206,8 +217,8 @@ def test_without_server_nothing_changes(cli, digits_package: Path, labelled: Pat
 
 def test_a_mistake_is_one_clean_line(cli, digits_package: Path, labelled: Path, dead: str) -> None:
     """As a real process: status 1, one ``error:`` line, no traceback (the rest run in-process)."""
-    _clean_error(cli("run", digits_package, labelled, "--server", dead, "--split", "2"), "boundary 2", "(0..1)",
-                 "3 segments")  # fmt: skip
+    refused = cli("run", digits_package, labelled, "--server", dead, "--split", "2")
+    _clean_error(refused, "boundary 2", "(0..1, or -1: the model input)", "3 segments")
 
 
 def _refused(*args: str | Path) -> str:
@@ -225,7 +236,7 @@ def _refused(*args: str | Path) -> str:
     [
         (("--split", "1"), ("--split 1", "--server HOST:PORT")),
         (("--server", "{dead}"), ("--server needs --split K",)),
-        (("--server", "{dead}", "--split", "-1"), ("boundary -1", "(0..1)")),
+        (("--server", "{dead}", "--split", "-1"), ("--split '-1'", "or 'input'")),
         (("--server", "{dead}", "--split", "0", "--codec", "zstd"), ("unknown codec 'zstd'", "fp16, fp32, int8")),
         (("--codec", "fp16"), ("--codec only applies when offloading",)),
         (("--codec", "fp16", "--tls-ca", "ca.pem"), ("--codec, --tls-ca only apply when offloading",)),

@@ -74,7 +74,8 @@ def test_split_policy_sends_at_its_boundary_and_logs(cli, digits_package: Path, 
     for row in reached:
         assert row["offload"]["offloaded"] is True
         assert row["offload"]["boundary"] == 1
-        assert [(d["boundary"], d["action"]) for d in row["decisions"]] == [(0, "continue"), (1, "offload")]
+        decided = [(d["boundary"], d["action"]) for d in row["decisions"]]
+        assert decided == [(-1, "continue"), (0, "continue"), (1, "offload")]  # -1: the input tail
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(logged) == sum(len(row.get("decisions", [])) for row in rows)
     assert {entry["sample"] for entry in logged} <= {row["input"] for row in rows}

@@ -34,11 +34,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory, edgeexit_cli: list[str]) 
 def test_export_writes_the_tails_of_the_codecs_asked_for(exported: tuple[Path, str]) -> None:
     package, _ = exported
     manifest = open_package(package).manifest
-    assert [(t.model, t.codec) for t in manifest.tails] == [
+    assert sorted((t.model, t.codec) for t in manifest.tails) == [
         ("digits_cnn__from_0__fp16", "fp16"),
         ("digits_cnn__from_0__int8", "int8"),
         ("digits_cnn__from_1__fp16", "fp16"),
         ("digits_cnn__from_1__int8", "int8"),
+        ("digits_cnn__from_input__fp16", "fp16"),  # offload at the input: the whole model
+        ("digits_cnn__from_input__int8", "int8"),
     ]
     assert sorted(p.name for p in (package / "tails").iterdir()) == [t.model for t in manifest.tails]
 
@@ -48,7 +50,7 @@ def test_export_prints_every_tails_parity(exported: tuple[Path, str]) -> None:
     for name in ("digits_cnn__from_0__fp16", "digits_cnn__from_1__int8"):
         assert f"tail {name}" in out  # ONNX Runtime vs PyTorch, same encoded input
         assert f"chain via {name}" in out  # vs the full local run
-    assert "tails/: 4 Triton model(s)" in out
+    assert "tails/: 6 Triton model(s)" in out
     assert "top-1 agreement >= 90%" in out
     assert " NO " not in out
 
@@ -71,7 +73,7 @@ def test_an_unknown_codec_is_one_error_line(edgeexit_cli: list[str], tmp_path: P
 
 def test_inspect_lists_the_tails(edgeexit_cli: list[str], digits_package: Path) -> None:
     out = succeeded(run(edgeexit_cli, "inspect", str(digits_package), cwd=digits_package.parent))
-    assert "tails/: 6 Triton model(s)" in out
+    assert "tails/: 9 Triton model(s)" in out
     manifest = open_package(digits_package).manifest
     for tail in manifest.tails:
         row = next(line for line in out.splitlines() if f" {tail.model} " in line)
@@ -84,7 +86,7 @@ def test_inspect_lists_the_tails(edgeexit_cli: list[str], digits_package: Path) 
 
 def test_verify_checks_the_tails(edgeexit_cli: list[str], digits_package: Path) -> None:
     out = succeeded(run(edgeexit_cli, "verify", str(digits_package), cwd=digits_package.parent))
-    assert "6 tail(s): config.pbtxt matches the manifest and the graph's inputs/outputs" in out
+    assert "9 tail(s): config.pbtxt matches the manifest and the graph's inputs/outputs" in out
     for tail in open_package(digits_package).manifest.tails:
         assert f"tail {tail.model}" in out
     assert " NO " not in out

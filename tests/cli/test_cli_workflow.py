@@ -91,6 +91,7 @@ def test_export_writes_a_package_from_the_checkpoint(workdir: Path) -> None:
     assert [(t.model, t.codec) for t in manifest.tails] == [
         ("digits_cnn__from_0", "fp32"),
         ("digits_cnn__from_1", "fp32"),
+        ("digits_cnn__from_input", "fp32"),
     ]
     assert not any(p.name.endswith(".partial") for p in workdir.iterdir())
 
@@ -112,8 +113,8 @@ def test_export_used_the_trained_weights(workdir: Path) -> None:
 
 def test_verify_prints_the_parity_table_and_ok(workdir: Path, edgeexit_cli: list[str]) -> None:
     out = succeeded(run(edgeexit_cli, "verify", "pkg", cwd=workdir))
-    assert "verify pkg: 9 file hashes ok" in out  # 3 segments, monolithic, reference, 2 fp32 tails x 2 files
-    assert "2 tail(s): config.pbtxt matches the manifest" in out
+    assert "verify pkg: 11 file hashes ok" in out  # 3 segments, monolithic, reference, 3 fp32 tails x 2 files
+    assert "3 tail(s): config.pbtxt matches the manifest" in out
     for graph in ("segment 0", "segment 1", "segment 2", "monolithic"):
         assert graph in out
     assert " NO " not in out

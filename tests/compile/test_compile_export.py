@@ -185,7 +185,7 @@ def test_manifest_records_costs_labels_identity_and_parity(
     assert manifest.opset >= 18
     graphs = [s.file for s in manifest.segments]
     tails = {name for t in manifest.tails for name in (t.file, t.config)}
-    assert len(tails) == 12  # fp32, fp16 and int8 tails from boundaries 0 and 1 (tests/compile/test_tails.py)
+    assert len(tails) == 18  # fp32, fp16 and int8 tails from the input and boundaries 0 and 1 (test_tails.py)
     assert set(manifest.files) == {*graphs, "monolithic.onnx", "reference.npz", *tails}
     assert manifest.package_id == package_id_of(manifest.files, graphs)
     assert len(manifest.package_id) == 32

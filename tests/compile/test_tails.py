@@ -36,6 +36,8 @@ SUFFIX = {"fp32": "", "fp16": "__fp16", "int8": "__int8"}
 HIDDEN_TYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)", "int8": "tensor(uint8)"}
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 CONFIG_TYPE = {"fp32": pb.TYPE_FP32, "fp16": pb.TYPE_FP16, "int8": pb.TYPE_UINT8}
+#: Every tail's boundary, in manifest order: 0 and 1, then -1 (the model input: the whole model).
+BOUNDARIES = (0, 1, -1)
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -53,7 +55,13 @@ def tails(package: Package) -> dict[str, ort.InferenceSession]:
 
 
 def name_of(boundary: int, codec: str) -> str:
-    return f"digits_cnn__from_{boundary}{SUFFIX[codec]}"
+    return f"digits_cnn__from_{'input' if boundary == -1 else boundary}{SUFFIX[codec]}"
+
+
+def dims_of(manifest: Manifest, boundary: int) -> list[int]:
+    """What the tail from ``boundary`` takes, per sample: boundary k's hidden tensor, or the model input."""
+    spec = manifest.input.tensor if boundary == -1 else manifest.segments[boundary].output(f"hidden_{boundary}")
+    return list(spec.shape[1:])  # type: ignore[arg-type]
 
 
 def chain(package: Package, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -80,7 +88,7 @@ def run_tail(tails: dict[str, ort.InferenceSession], boundary: int, codec: str, 
 
 
 def test_one_tail_per_boundary_and_codec_in_the_triton_layout(package: Package) -> None:
-    expected = sorted(name_of(k, codec) for k in (0, 1) for codec in CODECS)
+    expected = sorted(name_of(k, codec) for k in BOUNDARIES for codec in CODECS)
     root = package.path("tails")
     assert sorted(p.name for p in root.iterdir()) == expected
     for name in expected:
@@ -95,7 +103,7 @@ def test_one_tail_per_boundary_and_codec_in_the_triton_layout(package: Package) 
 
 
 @pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("boundary", [0, 1])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_config_pbtxt_parses_back_with_what_docs_offload_says(package: Package, boundary: int, codec: str) -> None:
     manifest = package.manifest
     name = name_of(boundary, codec)
@@ -105,7 +113,7 @@ def test_config_pbtxt_parses_back_with_what_docs_offload_says(package: Package, 
     assert config.max_batch_size > 0
     assert config.HasField("dynamic_batching")
     assert config.dynamic_batching.max_queue_delay_microseconds == 0  # Triton's default: never wait for a fuller batch
-    dims = list(manifest.segments[boundary].output(f"hidden_{boundary}").shape[1:])
+    dims = dims_of(manifest, boundary)
     inputs = [(i.name, i.data_type, list(i.dims)) for i in config.input]
     expected = [("hidden", CONFIG_TYPE[codec], dims)]
     if codec == "int8":
@@ -118,7 +126,7 @@ def test_config_pbtxt_parses_back_with_what_docs_offload_says(package: Package, 
 
 def test_manifest_lists_and_hashes_every_tail(package: Package) -> None:
     manifest = package.manifest
-    hidden_elements = {k: math.prod(manifest.segments[k].output(f"hidden_{k}").shape[1:]) for k in (0, 1)}
+    hidden_elements = {k: math.prod(dims_of(manifest, k)) for k in BOUNDARIES}
     assert manifest.tails == tuple(
         TailSpec(
             boundary=k,
@@ -127,7 +135,7 @@ def test_manifest_lists_and_hashes_every_tail(package: Package) -> None:
             codec=codec,
             encoded_bytes=BYTES_PER_ELEMENT[codec] * hidden_elements[k],
         )
-        for k in (0, 1)
+        for k in BOUNDARIES
         for codec in CODECS
     )
     assert manifest.tails[0].encoded_bytes == manifest.segments[0].hidden_bytes  # fp32: the tensor as it is
@@ -144,13 +152,13 @@ def test_manifest_lists_and_hashes_every_tail(package: Package) -> None:
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_tail_graphs_take_and_return_what_the_contract_says(package: Package, codec: str) -> None:
-    for k in (0, 1):
+    for k in BOUNDARIES:
         path = package.path(f"tails/{name_of(k, codec)}/1/model.onnx")
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))
         assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [package.manifest.opset]
         sess = session(path)
-        dims = list(package.manifest.segments[k].output(f"hidden_{k}").shape[1:])
+        dims = dims_of(package.manifest, k)
         inputs = [(i.name, i.type, i.shape[1:]) for i in sess.get_inputs()]
         expected = [("hidden", HIDDEN_TYPE[codec], dims)]
         if codec == "int8":
@@ -168,13 +176,15 @@ def test_tails_fed_the_encoded_chain_reproduce_the_full_local_run(
 ) -> None:
     x = digits.x[200 : 200 + batch]
     hidden, final = chain(package, x)
-    for k in (0, 1):
+    hidden.append(x)  # hidden[-1]: the model input, the input tail's
+    for k in BOUNDARIES:
         exact = run_tail(tails, k, "fp32", hidden[k])
         assert exact.shape == (batch, 10)
         np.testing.assert_allclose(exact, final, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
         half = run_tail(tails, k, "fp16", hidden[k])
         np.testing.assert_allclose(half, final, atol=FP16_ATOL, rtol=FP16_RTOL)
-        assert np.abs(half - final).max() > 0  # it really went through half precision
+        if k >= 0:  # the digits' pixels (multiples of 1/16) are exact in half precision
+            assert np.abs(half - final).max() > 0  # it really went through half precision
         quantized = run_tail(tails, k, "int8", hidden[k])
         assert quantized.shape == (batch, 10)
         assert np.array_equal(quantized.argmax(axis=1), final.argmax(axis=1))
@@ -185,7 +195,8 @@ def test_int8_tails_keep_the_predictions_on_the_whole_data_set(
 ) -> None:
     x = digits.x[:600]
     hidden, final = chain(package, x)
-    for k in (0, 1):
+    hidden.append(x)
+    for k in BOUNDARIES:
         got = np.concatenate([run_tail(tails, k, "int8", hidden[k][i : i + 50]) for i in range(0, len(x), 50)])
         agreement = float(np.mean(got.argmax(axis=1) == final.argmax(axis=1)))
         assert agreement >= 0.98, (k, agreement)  # measured 99.9 to 100%; export refuses below 90%
@@ -198,8 +209,9 @@ def test_the_graph_decodes_exactly_as_the_codec_does(
 ) -> None:
     """The in-graph decode equals the numpy codec's decode fed to the fp32 tail."""
     hidden, _ = chain(package, digits.x[:7])
+    hidden.append(digits.x[:7])
     coder = create_codec(codec)
-    for k in (0, 1):
+    for k in BOUNDARIES:
         encoded = coder.encode(hidden[k])
         via_graph = tails[name_of(k, codec)].run(["logits"], encoded.tensors())[0]
         via_numpy = tails[name_of(k, "fp32")].run(["logits"], {"hidden": coder.decode(encoded)})[0]
@@ -278,6 +290,7 @@ def test_a_manifest_that_does_not_hash_a_tail_config_is_refused(package_copy: Pa
     ("field", "value", "fragment"),
     [
         ("boundary", 2, "starts at boundary 2; expected one of 0..1"),
+        ("boundary", -2, r"starts at boundary -2; expected one of 0..1 .* or -1 \(the model input\)"),
         ("file", "tails/other/1/model.onnx", "is not in the Triton layout"),
         ("model", "digits_cnn__from_0__fp16", "repeats the model name"),
     ],
@@ -342,5 +355,18 @@ def test_no_codecs_no_tails_and_a_single_segment_has_none(tmp_path: Path) -> Non
     package = export(single, (1, 6), tmp_path / "single", codecs=("fp32", "int8"))
     assert package.manifest.tails == ()
     hot = export(hot_boundary_model(), (1, 6), tmp_path / "hot", codecs=("int8",))  # int8 keeps the range
-    assert [t.model for t in hot.manifest.tails] == ["hot__from_0__int8"]
+    assert [t.model for t in hot.manifest.tails] == ["hot__from_0__int8", "hot__from_input__int8"]
     assert all(r.ok for r in parity_rows(hot))
+
+
+def test_the_input_tail_is_the_whole_model(package: Package, digits: LabelledData) -> None:
+    """``__from_input``: the model input, encoded, through every segment; the manifest accepts boundary -1."""
+    manifest = package.manifest
+    inputs = [t for t in manifest.tails if t.boundary == -1]
+    assert [t.model for t in inputs] == [name_of(-1, codec) for codec in CODECS]
+    assert inputs[0].encoded_bytes == 4 * math.prod(dims_of(manifest, -1))  # fp32: the input as it is
+    manifest.validate()
+    x = digits.x[:9]
+    _, final = chain(package, x)
+    got = session(package.path(inputs[0].file)).run(["logits"], {"hidden": x})[0]
+    np.testing.assert_allclose(got, final, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)

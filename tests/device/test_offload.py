@@ -49,13 +49,15 @@ def _client(*addresses: str, **kwargs: object) -> TailClient:
 
 def test_the_package_has_every_tail(engine: Engine) -> None:
     found = {(t.boundary, t.codec) for t in engine.manifest.tails}
-    assert found == {(b, c) for b in (0, 1) for c in ("fp32", "fp16", "int8")}
+    assert found == {(b, c) for b in (-1, 0, 1) for c in ("fp32", "fp16", "int8")}  # -1: the input tail
 
 
 def test_select_tail_by_boundary_and_codec(engine: Engine) -> None:
     assert select_tail(engine.manifest, 1, "int8").model == "digits_cnn__from_1__int8"
     assert select_tail(engine.manifest, 0, "fp32").model == "digits_cnn__from_0"
     assert select_tail(engine.manifest, 1).codec == "fp16"  # the default: half the bytes, near-exact
+    assert select_tail(engine.manifest, -1, "int8").model == "digits_cnn__from_input__int8"
+    assert select_tail(engine.manifest, -1).model == "digits_cnn__from_input__fp16"
 
 
 def test_a_missing_tail_lists_what_the_package_has(engine: Engine) -> None:
@@ -72,7 +74,7 @@ def test_a_missing_tail_lists_what_the_package_has(engine: Engine) -> None:
 
 @pytest.mark.parametrize(
     ("boundary", "codec", "fragment"),
-    [(2, "fp32", r"boundary 2.*\(0\.\.1\)"), (-1, None, r"\(0\.\.1\)"), (0, "zstd", "unknown codec 'zstd'")],
+    [(2, "fp32", r"boundary 2.*\(0\.\.1, or -1"), (-2, None, r"\(0\.\.1, or -1"), (0, "zstd", "unknown codec 'zstd'")],
 )
 def test_a_bad_boundary_or_codec_is_refused_up_front(engine: Engine, boundary: int, codec: str | None,
                                                      fragment: str) -> None:  # fmt: skip
@@ -110,7 +112,7 @@ def test_an_unreachable_server_falls_back_with_correct_answers(engine: Engine, d
 
 
 @pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
-@pytest.mark.parametrize("split", [0, 1])
+@pytest.mark.parametrize("split", [-1, 0, 1])
 def test_offloaded_answers_match_the_local_full_depth_answers(
     healthy: ServeProcess, engine: Engine, digits, local_answers, codec: str, split: int
 ) -> None:
@@ -125,12 +127,26 @@ def test_offloaded_answers_match_the_local_full_depth_answers(
     info = results[0].offload
     assert (info.server, info.boundary, info.codec, info.batch, info.attempts) == (server.address, split, codec, 1, 1)
     assert info.model == select_tail(engine.manifest, split, codec).model
-    elements = int(np.prod(engine.manifest.segments[split].output(f"hidden_{split}").shape[1:]))
+    sent = engine.manifest.input.tensor if split == -1 else engine.manifest.segments[split].output(f"hidden_{split}")
+    elements = int(np.prod(sent.shape[1:]))
     bytes_per_element = {"fp32": 4, "fp16": 2, "int8": 1}[codec]
     assert elements * bytes_per_element < info.bytes_sent < elements * bytes_per_element + 400
     assert info.queue_ms is not None
     assert info.compute_ms is not None
     assert all(r.exit == engine.num_exits - 1 and len(r.segment_ms) == split + 1 for r in results)
+
+
+def test_offloading_at_the_input_sends_every_input_as_it_is(
+    healthy: ServeProcess, engine: Engine, digits, local_answers
+) -> None:
+    """split=-1: nothing runs here, so early exit changes nothing; a batch travels in one request."""
+    with _client(healthy.address) as client:
+        runner = OffloadRunner(engine, client, split=-1, codec="fp32")  # early_exit=True: irrelevant here
+        assert runner.tail.model == "digits_cnn__from_input"
+        results = runner.run_batch(digits.x[:20])
+    assert all(r.offload is not None and r.offload.offloaded and r.offload.batch == 20 for r in results)
+    assert all(r.offload.boundary == -1 and r.segment_ms == () for r in results)  # type: ignore[union-attr]
+    assert sum(is_correct(r, i, local_answers) for i, r in enumerate(results)) == 20
 
 
 def test_int8_side_inputs_as_tensors_give_the_same_answers(

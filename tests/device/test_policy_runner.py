@@ -7,6 +7,7 @@ assertions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Iterator
@@ -89,8 +90,8 @@ def test_local_never_sends(engine: Engine, server: str, digits, local_answers) -
     decided = [d for r in results for d in r.decisions]
     assert decided, "some samples reach a boundary without exiting"
     assert {d.action for d in decided} == {"continue"}
-    for r in results:  # one decision per boundary the sample reached
-        assert [d.boundary for d in r.decisions] == list(range(min(r.exit, len(engine.segments) - 1)))
+    for r in results:  # one decision per boundary the sample reached, the input (-1) first
+        assert [d.boundary for d in r.decisions] == list(range(-1, min(r.exit, len(engine.segments) - 1)))
 
 
 def test_split_at_1_sends_at_1(engine: Engine, server: str, digits, local_answers) -> None:
@@ -104,7 +105,7 @@ def test_split_at_1_sends_at_1(engine: Engine, server: str, digits, local_answer
         assert r.offload.offloaded  # type: ignore[union-attr]
         assert r.offload.boundary == 1  # type: ignore[union-attr]
         assert r.offload.codec == CODEC  # type: ignore[union-attr]
-        assert [(d.boundary, d.action) for d in r.decisions] == [(0, "continue"), (1, "offload")]
+        assert [(d.boundary, d.action) for d in r.decisions] == [(-1, "continue"), (0, "continue"), (1, "offload")]
     assert all(r.exit <= 1 for r in results if r.offload is None)  # the others exited before the split
 
 
@@ -112,19 +113,49 @@ def test_adaptive_on_a_fast_link_offloads_at_0(engine: Engine, server: str, digi
                                                costs: DeviceCosts) -> None:  # fmt: skip
     link = fast_link()
     before = link.estimate().samples
+    no_input = dataclasses.replace(costs, input_bytes=None)  # as if the package had no input tail
     with _client(server) as client:
-        runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=link)
+        runner = PolicyRunner(engine, client, create_policy("adaptive", no_input), codec=CODEC, estimator=link)
         results = _run(runner, digits)
     _correct(results, local_answers)
-    reached = [r for r in results if r.decisions]
+    reached = [r for r in results if r.offload is not None]
     assert reached
+    for r in results:
+        assert r.decisions[0].boundary == -1  # decided at the input: offloading later looks best
+        assert r.decisions[0].action == "continue"
     for r in reached:
-        assert [(d.boundary, d.action) for d in r.decisions] == [(0, "offload")]
-        assert r.decisions[0].chosen == "offload@0"
+        assert [(d.boundary, d.action) for d in r.decisions] == [(-1, "continue"), (0, "offload")]
+        assert r.decisions[1].chosen == "offload@0"
         assert r.offload is not None
         assert r.offload.offloaded
         assert r.offload.boundary == 0
     assert link.estimate().samples == before + len(reached)  # every transfer fed the estimator
+
+
+def test_adaptive_on_a_fast_link_offloads_the_input(engine: Engine, server: str, digits, local_answers,
+                                                    costs: DeviceCosts) -> None:  # fmt: skip
+    """A slow device, a fast link: sending the input itself (nothing run here) is cheapest."""
+    assert costs.input_bytes is not None  # from the manifest's input tail
+    assert costs.offload_boundaries == (-1, 0, 1)
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=fast_link())
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    for r in results:
+        assert [(d.boundary, d.action) for d in r.decisions] == [(-1, "offload")]
+        assert r.decisions[0].chosen == "offload@input"
+        assert r.offload is not None
+        assert (r.offload.offloaded, r.offload.boundary) == (True, -1)
+        assert r.offload.model == "digits_cnn__from_input__fp16"
+        assert (r.exit, r.segment_ms) == (engine.num_exits - 1, ())
+
+
+def test_split_at_input_sends_everything(engine: Engine, server: str, digits, local_answers) -> None:
+    with _client(server) as client:
+        runner = PolicyRunner(engine, client, create_policy("split@input"), codec=CODEC)
+        results = _run(runner, digits)
+    _correct(results, local_answers)
+    assert all(r.offload is not None and r.offload.offloaded and r.offload.boundary == -1 for r in results)
 
 
 def test_adaptive_on_a_slow_link_stays_local(engine: Engine, server: str, digits, local_answers,
@@ -186,7 +217,7 @@ def test_the_decision_log_has_one_line_per_decision(engine: Engine, server: str,
         assert row["action"] == decision.action == "offload"
         assert row["link"]["bandwidth_bps"] > 0
         assert row["link"]["rtt_s"] >= 0
-        assert {o["name"] for o in row["options"]} == {"local", "offload@0", "offload@1"}
+        assert {o["name"] for o in row["options"]} == {"local", "offload@input", "offload@0", "offload@1"}
         assert row["reason"].startswith("offload now")
         assert row["battery"] == {"percent": 80.0, "plugged": False}
         assert Decision.from_dict({k: v for k, v in row.items() if k != "sample"}) == decision

@@ -69,7 +69,7 @@ def test_profile_writes_json_and_plots(edgeexit_cli: list[str], digits_package: 
         assert int8 is not None
         assert fp32 == pytest.approx(2 * fp16, rel=0.05)
         assert fp32 == pytest.approx(4 * int8, rel=0.05)
-    assert device_costs(profile, manifest, codec="fp16").offload_boundaries == (0, 1)
+    assert device_costs(profile, manifest, codec="fp16").offload_boundaries == (-1, 0, 1)
 
 
 def test_profile_bad_preset_is_one_line(edgeexit_cli: list[str], digits_package: Path, tmp_path: Path) -> None:

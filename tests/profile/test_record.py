@@ -135,14 +135,16 @@ def test_device_costs_feed_best_static(digits_package: Path) -> None:
     assert costs.exit_check_ms == tuple(s.exit_check_mean_ms for s in profile.segments)
     assert costs.idle_w == pytest.approx(2.7)  # the rpi4 preset's idle power
     assert costs.radio.name == "lte"
-    assert costs.offload_boundaries == (0, 1)  # the fixture has int8 tails from both boundaries
+    assert costs.offload_boundaries == (-1, 0, 1)  # int8 tails from the input and both boundaries
+    assert costs.input_bytes == next(t.encoded_bytes for t in manifest.tails if (t.boundary, t.codec) == (-1, "int8"))
     fp32 = device_costs(profile, manifest, codec="fp32")
     assert fp32.encoded_bytes == tuple(4 * b for b in costs.encoded_bytes if b is not None)
+    assert fp32.input_bytes == 4 * costs.input_bytes
     policy = create_policy("best-static", costs)
     slow, _, _ = policy.plan(LinkEstimate(bandwidth_bps=0.1e6, rtt_s=0.5))
     _fast, options, _ = policy.plan(LinkEstimate(bandwidth_bps=1e9, rtt_s=0.0001))
     assert slow.name == "local"  # a slow link never pays off against ~6 ms of local compute
-    assert {o.name for o in options} == {"local", "offload@0", "offload@1"}
+    assert {o.name for o in options} == {"local", "offload@input", "offload@0", "offload@1"}
 
 
 def test_device_costs_refuses_another_package(digits_package: Path) -> None:

@@ -102,6 +102,28 @@ def test_run_until_then_resume_equals_run(mixed: Engine, digits, boundary: int) 
     assert counts["pending"] > 0
 
 
+def test_run_until_the_input_holds_the_input_and_resumes_to_run(mixed: Engine, digits) -> None:
+    """Boundary -1: nothing runs; resume is the whole local run, exits included; a tail answers at the final exit."""
+    for x in digits.x[:20]:
+        state = mixed.run_until(x, -1)
+        assert isinstance(state, Pending)
+        assert (state.boundary, state.rows, state.segment_ms) == (-1, (0,), ())
+        np.testing.assert_array_equal(state.hidden, x[None])
+        assert not np.shares_memory(state.hidden, x)  # a copy: owned
+        _same(mixed.resume(state), mixed.run(x))
+        stepped = mixed.advance(state, 0)  # on to boundary 0: what run_until(x, 0) gives
+        assert type(stepped) is type(mixed.run_until(x, 0))
+    progress = mixed.run_batch_until(digits.x[:N], -1)
+    assert progress.results == (None,) * N
+    assert progress.pending is not None
+    assert progress.pending.rows == tuple(range(N))
+    for got, want in zip(mixed.resume_batch(progress.pending), mixed.run_batch(digits.x[:N]), strict=True):
+        _close(got, want)
+    logits = np.zeros((N, 10), np.float32)
+    results = mixed.tail_results(progress.pending, logits)
+    assert all(r.exit == mixed.num_exits - 1 and r.segment_ms == () for r in results)
+
+
 def test_pending_owns_its_tensor_and_resumes_again(mixed: Engine, digits) -> None:
     states = [mixed.run_until(x, 0, early_exit=False) for x in digits.x[:3]]
     first = states[0]
@@ -296,9 +318,9 @@ def test_offload_fields_in_json(mixed: Engine, digits) -> None:
     }
 
 
-@pytest.mark.parametrize("boundary", [-1, 2, 7, True, 1.0, "1"])
+@pytest.mark.parametrize("boundary", [-2, 2, 7, True, 1.0, "1"])
 def test_a_boundary_without_a_later_segment_is_refused(mixed: Engine, digits, boundary: object) -> None:
-    with pytest.raises(EdgeExitError, match=r"expected a boundary with a later segment \(0\.\.1\)"):
+    with pytest.raises(EdgeExitError, match=r"expected a boundary with a later segment \(0\.\.1, or -1"):
         mixed.run_until(digits.x[0], boundary)  # type: ignore[arg-type]
     with pytest.raises(EdgeExitError, match=r"0\.\.1"):
         mixed.run_batch_until(digits.x[:2], boundary)  # type: ignore[arg-type]

@@ -69,8 +69,8 @@ def test_the_exported_package_verifies(digits_package: Path) -> None:
     assert isinstance(report, VerifyReport)
     assert report.ok
     manifest = report.package.manifest
-    assert report.files_checked == len(manifest.files) == 17  # 3 segments, monolithic, reference, 6 tails x 2
-    assert report.tails_checked == len(manifest.tails) == 6
+    assert report.files_checked == len(manifest.files) == 23  # 3 segments, monolithic, reference, 9 tails x 2
+    assert report.tails_checked == len(manifest.tails) == 9  # boundaries 0, 1 and the input
     assert all(check.ok for check in report.checks)
     assert all(np.isfinite(check.max_abs_diff) for check in report.checks)
     # every output of every segment, every exit output of the monolithic graph and every tail is compared once

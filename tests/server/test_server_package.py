@@ -19,7 +19,7 @@ from edgeexit.server import TailServer, load_models
 
 def test_serving_a_package_serves_every_tail_it_lists(digits_server: TailServer, digits_local, wire) -> None:
     names = digits_server.models.names()
-    expected = [wire.tail_name(digits_local.model, k, codec) for k in (0, 1) for codec in ("fp32", "fp16", "int8")]
+    expected = [wire.tail_name(digits_local.model, k, codec) for k in (-1, 0, 1) for codec in ("fp32", "fp16", "int8")]
     assert names == sorted(expected)
     assert {model.package_id for model in digits_server.models} == {digits_local.package_id}
 

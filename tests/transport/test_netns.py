@@ -21,6 +21,7 @@ teardown, also when the test fails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -253,7 +254,9 @@ def _best_static_choices(package: Path, slow: dict, fast: dict) -> tuple[str, st
     manifest = Engine(package, cache_dir=None).manifest
 
     def costs(scale: float) -> DeviceCosts:
-        return DeviceCosts.from_manifest(manifest, [0.05, scale, scale], codec="fp32", active_w=5.0, idle_w=2.0)
+        # without the input tail: the constructed crossover is between local and offloading at boundary 0
+        found = DeviceCosts.from_manifest(manifest, [0.05, scale, scale], codec="fp32", active_w=5.0, idle_w=2.0)
+        return dataclasses.replace(found, input_bytes=None, input_server_ms=None)
 
     crossover = LinkEstimate.fixed(CROSSOVER_BPS, slow["rtt_s"])
     base = costs(1.0)
