@@ -121,7 +121,8 @@ def _offload(package_dir: Path, x, y) -> None:
         f"every split sends {min(r.bytes_per_sample for r in split):.0f}-{max(r.bytes_per_sample for r in split):.0f} "
         f"bytes per sample; with early exit first, {min(r.bytes_per_sample for r in early):.0f}-"
         f"{max(r.bytes_per_sample for r in early):.0f}; {sum(r.fallbacks for r in rows)} request(s) fell back to "
-        "local. Loopback has no real link cost: the policies (next issue) weigh bandwidth, RTT and energy."
+        "local. Loopback has no real link cost: `edgeexit bench` emulates links, and `edgeexit run --policy` weighs "
+        "bandwidth, RTT and energy."
     )
 
 
