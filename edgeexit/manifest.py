@@ -69,6 +69,12 @@ class InputSpec:
     dtype: str
     layout: str
     preprocessing: Preprocessing | None = None
+    #: Inputs every segment takes besides its hidden tensor, given once per request and carried
+    #: unchanged to every segment (a transformer's ``attention_mask``). Empty for image models.
+    context: tuple[TensorSpec, ...] = ()
+    #: A ``tokenizers`` JSON file in the package that turns text into ``name`` + ``context``
+    #: (the device tokenizes; no torch). None for models that take tensors.
+    tokenizer: str | None = None
 
     @property
     def tensor(self) -> TensorSpec:
@@ -167,6 +173,29 @@ class CalibrationRecord:
 
 
 @dataclass(frozen=True)
+class SegmentVariant:
+    """Another build of the same segments, for another runtime or precision.
+
+    ``files[k]`` replaces ``segments[k].file`` and keeps its tensor names and shapes, so the
+    engine runs it unchanged: ``backend`` says what loads it (``onnxruntime`` or ``tflite``),
+    ``precision`` what its weights and activations are (``int8``: statically quantized).
+    ``exits`` are thresholds and temperatures calibrated on this variant's own outputs (empty:
+    the manifest's exits apply); ``report`` holds how it was built and what it measured
+    (parity against the ONNX segments, per-exit accuracy change). The ``package_id`` does not
+    cover variant files: they are derived from the same weights, and a tail server accepts
+    their hidden tensors.
+    """
+
+    name: str
+    backend: Literal["onnxruntime", "tflite"]
+    precision: Literal["fp32", "int8"]
+    files: tuple[str, ...]
+    exits: tuple[ExitSpec, ...] = ()
+    calibration: CalibrationRecord | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Reference:
     """A stored input and PyTorch's outputs for it; ``edgeexit verify`` re-runs and compares."""
 
@@ -191,6 +220,7 @@ class Manifest:
     monolithic: str | None = None
     tails: tuple[TailSpec, ...] = ()
     calibration: CalibrationRecord | None = None
+    variants: tuple[SegmentVariant, ...] = ()
     format: str = FORMAT_NAME
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -204,9 +234,51 @@ class Manifest:
                 return spec
         return None
 
-    def with_exits(self, exits: tuple[ExitSpec, ...], calibration: CalibrationRecord | None) -> Manifest:
-        """Thresholds change, weights do not: the package_id stays the same."""
-        return dataclasses.replace(self, exits=exits, calibration=calibration)
+    def with_exits(
+        self, exits: tuple[ExitSpec, ...], calibration: CalibrationRecord | None, *, variant: str | None = None
+    ) -> Manifest:
+        """Thresholds change, weights do not: the package_id stays the same. With ``variant``,
+        that variant's own exits and calibration change instead."""
+        if variant is None:
+            return dataclasses.replace(self, exits=exits, calibration=calibration)
+        chosen = self.variant(variant)
+        changed = dataclasses.replace(chosen, exits=exits, calibration=calibration)
+        return dataclasses.replace(self, variants=tuple(changed if v is chosen else v for v in self.variants))
+
+    def with_variant(self, variant: SegmentVariant, hashes: dict[str, str]) -> Manifest:
+        """Add (or replace, by name) a variant whose files have the given sha256 hashes."""
+        kept = tuple(v for v in self.variants if v.name != variant.name)
+        stale = {f for v in self.variants if v.name == variant.name for f in v.files}
+        files = {k: h for k, h in self.files.items() if k not in stale} | hashes
+        return dataclasses.replace(self, variants=(*kept, variant), files=files)
+
+    def variant(self, name: str) -> SegmentVariant:
+        for found in self.variants:
+            if found.name == name:
+                return found
+        have = ", ".join(v.name for v in self.variants) or "none"
+        raise PackageError(f"the package has no {name!r} variant (it has: {have}); build it first")
+
+    def find_variant(self, backend: str, precision: str) -> SegmentVariant | None:
+        """The variant for this backend and precision; None for the ONNX fp32 segments themselves."""
+        if (backend, precision) == ("onnxruntime", "fp32"):
+            return None
+        for found in self.variants:
+            if (found.backend, found.precision) == (backend, precision):
+                return found
+        have = ", ".join(f"{v.backend}/{v.precision}" for v in self.variants)
+        hint = {
+            "int8": "run `edgeexit quantize PKG --data calib.npz`",
+            "tflite": "re-export with `edgeexit export ... --tflite`",
+        }
+        fix = hint["int8" if precision == "int8" else "tflite"]
+        raise PackageError(
+            f"the package has no {backend} {precision} segments (it has onnxruntime/fp32"
+            f"{', ' + have if have else ''}); {fix}"
+        )
+
+    def exits_for(self, variant: SegmentVariant | None) -> tuple[ExitSpec, ...]:
+        return variant.exits if variant is not None and variant.exits else self.exits
 
     def validate(self) -> None:
         """Cross-field rules the field types alone cannot express."""
@@ -244,11 +316,14 @@ class Manifest:
                 if name is not None:
                     self.segments[spec.segment].output(name)
         self._validate_tails()
+        self._validate_variants()
         referenced = [
             ("monolithic", self.monolithic),
             ("reference.file", self.reference.file if self.reference else None),
             *((f"tails[{i}].file", tail.file) for i, tail in enumerate(self.tails)),
             *((f"tails[{i}] config", tail.config) for i, tail in enumerate(self.tails)),
+            ("input.tokenizer", self.input.tokenizer),
+            *((f"variants[{i}].files", f) for i, v in enumerate(self.variants) for f in v.files),
         ]
         for where, name in referenced:
             if name is not None and name not in self.files:
@@ -284,6 +359,20 @@ class Manifest:
             if tail.model in seen:
                 raise PackageError(f"tails[{position}] repeats the model name {tail.model!r}; every tail needs its own")
             seen.add(tail.model)
+
+    def _validate_variants(self) -> None:
+        seen: set[str] = set()
+        for position, variant in enumerate(self.variants):
+            if variant.name in seen:
+                raise PackageError(f"variants[{position}] repeats the name {variant.name!r}")
+            seen.add(variant.name)
+            if len(variant.files) != len(self.segments):
+                raise PackageError(
+                    f"variants[{position}] ({variant.name}) lists {len(variant.files)} files for "
+                    f"{len(self.segments)} segments; expected one per segment"
+                )
+            if variant.exits and [e.segment for e in variant.exits] != [e.segment for e in self.exits]:
+                raise PackageError(f"variants[{position}].exits must sit on the same segments as the manifest's exits")
 
     def to_json(self) -> str:
         return json.dumps(_to_plain(self), indent=2, sort_keys=False) + "\n"

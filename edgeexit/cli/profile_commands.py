@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
 
 def profile(
     package: Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")],
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads per segment.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Runtime intra-op threads per segment.")] = 1,
+    backend: Annotated[str, typer.Option(help="What runs the segments: onnxruntime, or tflite.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32, or int8 (the segments `edgeexit quantize` wrote).")] = "fp32",
     runs: Annotated[int, typer.Option(min=1, help="Timed batch-1 passes (after the warm-up).")] = 200,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 20,
     device_preset: Annotated[
@@ -56,7 +58,9 @@ def profile(
     get_radio(radio)
     if plot is not None:
         import matplotlib  # noqa: F401  (missing: the [plots] extra, before the measurements)
-    result = profile_package(package, runs=runs, threads=threads, preset=device_preset, warmup=warmup)
+    result = profile_package(
+        package, runs=runs, threads=threads, preset=device_preset, warmup=warmup, backend=backend, precision=precision
+    )
     console.print(render(result))
     for line in summary(result):
         console.print(line, highlight=False, soft_wrap=True)
@@ -93,7 +97,7 @@ def render(result: Profile):  # type: ignore[no-untyped-def]
 def summary(result: Profile) -> list[str]:
     skipped = "; ".join(f"{s.source}: {s.reason}" for s in result.energy_skipped)
     lines = [
-        f"machine: {result.machine.describe()}; threads {result.threads}; "
+        f"machine: {result.machine.describe()}; {result.backend} {result.precision}; threads {result.threads}; "
         f"peak RSS {result.peak_rss_bytes / 2**20:.1f} MiB; inputs: {result.inputs}",
         f"energy source: {result.energy_source}" + (f" (skipped {skipped})" if skipped else ""),
         "bytes: one sample's encoded boundary tensor (the manifest's tails, else measured); "

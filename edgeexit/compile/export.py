@@ -10,8 +10,9 @@ tails come last: their config.pbtxt names the package_id, which hashes the finis
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from edgeexit.parity import ParityCheck, compare
 from edgeexit.repository import INPUT_BOUNDARY
 from edgeexit.runtime.sessions import load_session
 
-INPUT_NAME = "input"
+TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_THRESHOLD = 0.9
 #: Parity tolerance: |onnx - torch| <= atol + rtol * |torch| for every element of every output.
 DEFAULT_ATOL = 1e-4
@@ -70,20 +71,34 @@ def export(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     overwrite: bool = True,
-    codecs: Sequence[str] = ("fp32",),
+    codecs: Sequence[str] | None = None,
+    tokenizer: str | Path | None = None,
+    tflite: bool = False,
 ) -> Package:
     """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, tails/, reference.npz).
 
     ``sample`` (real inputs, N x input_shape[1:]) makes the parity check meaningful; without it,
-    seeded random inputs are used. The exit score graphs compute ``criterion`` (max_prob,
-    margin or entropy); other criteria are evaluated by the runtime from the logits.
-    ``codecs`` (fp32, fp16, int8; empty: none) chooses the offload tails written under ``tails/``,
-    one per boundary with a later segment and codec (docs/offload.md).
+    seeded random inputs are used. For a model with context inputs (a text encoder) ``sample`` is
+    a mapping with the input (``input_ids``) and every context input (``attention_mask``), each
+    (N, L); the sequence axis is exported dynamic. The exit score graphs compute ``criterion``
+    (max_prob, margin or entropy); other criteria are evaluated by the runtime from the logits.
+    ``codecs`` (fp32, fp16, int8; empty: none; default fp32) chooses the offload tails written
+    under ``tails/``, one per boundary with a later segment and codec (docs/offload.md); models
+    with context inputs get none (their tails would need the context on the wire too).
+    ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device.
+    ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra).
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
     if criterion not in CRITERIA:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    if codecs is None:
+        codecs = () if model.context_names else ("fp32",)
+    if model.context_names and codecs:
+        raise ExportError(
+            f"offload tails for a model with context inputs {list(model.context_names)} are not supported yet; "
+            "export it with codecs=() (--codecs '')"
+        )
     chosen_codecs = check_codecs(codecs)
     if not (atol >= 0 and rtol >= 0):  # also refuses NaN
         raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")
@@ -93,7 +108,7 @@ def export(
     started = time.perf_counter()
     model.eval()
     model.materialize(shape)
-    inputs = _parity_inputs(shape, sample)
+    inputs, context = _parity_inputs(model, shape, sample)
     graph_criterion = criterion if criterion in IN_GRAPH_CRITERIA else None
     labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(model.num_classes))
     if len(labels) != model.num_classes:
@@ -102,10 +117,12 @@ def export(
     if Path(out).exists() and not overwrite:
         raise ExportError(f"{out} already exists; pass --force (overwrite=True in Python) to replace it")
     with staged_directory(out, overwrite=True) as stage:
-        _write_package(
-            model, shape, stage, inputs, labels, preprocessing, graph_criterion or criterion,
-            graph_criterion, threshold, monolithic, atol, rtol, started, chosen_codecs,
+        manifest = _write_package(
+            model, shape, stage, inputs, context, labels, preprocessing, graph_criterion or criterion,
+            graph_criterion, threshold, monolithic, atol, rtol, started, chosen_codecs, tokenizer,
         )  # fmt: skip
+        if tflite:
+            _add_tflite(model, stage, manifest, inputs, context)
     return open_package(out)
 
 
@@ -114,6 +131,7 @@ def _write_package(
     shape: tuple[int, ...],
     stage: Path,
     inputs: torch.Tensor,
+    context: tuple[torch.Tensor, ...],
     labels: tuple[str, ...],
     preprocessing: Preprocessing | None,
     criterion: str,
@@ -124,12 +142,18 @@ def _write_package(
     rtol: float,
     started: float,
     codecs: tuple[str, ...],
+    tokenizer: str | Path | None,
 ) -> Manifest:
     (stage / "segments").mkdir()
+    input_name = model.input_name
+    context_names = model.context_names
+    context_feeds = {name: value.numpy() for name, value in zip(context_names, context, strict=True)}
+    sequence = bool(context_names)
     segments: list[SegmentSpec] = []
     exits: list[ExitSpec] = []
     parity: list[ParityCheck] = []
     reference: dict[str, np.ndarray] = {"input": inputs[:2].numpy()}
+    reference.update({f"context/{name}": value[:2] for name, value in context_feeds.items()})
     boundaries: list[BoundaryTensors] = []
     final_logits = np.empty(0, np.float32)
     opset = 0
@@ -137,29 +161,35 @@ def _write_package(
     x_onnx = inputs.numpy()
     for k in range(model.num_exits):
         graph = SegmentGraph(model, k, graph_criterion).eval()
-        in_name = segment_input_name(k, INPUT_NAME)
+        in_name = segment_input_name(k, input_name)
         out_names = segment_output_names(model, k, graph_criterion)
         relative = f"segments/{k}.onnx"
         with torch.no_grad():
-            expected = [t.numpy() for t in graph(x_torch)]
-        opset = export_graph(graph, [x_torch], stage / relative, [in_name], out_names, f"segment {k}")
+            expected = [t.numpy() for t in graph(x_torch, *context)]
+        opset = export_graph(
+            graph, [x_torch, *context], stage / relative, [in_name, *context_names], out_names, f"segment {k}",
+            dynamic_sequence=sequence,
+        )  # fmt: skip
         session = load_session(stage / relative)
-        isolated = session.run(out_names, {in_name: x_torch.numpy()})
-        chained = session.run(out_names, {in_name: x_onnx})
+        isolated = session.run(out_names, {in_name: x_torch.numpy(), **context_feeds})
+        chained = session.run(out_names, {in_name: x_onnx, **context_feeds})
         for name, ref, got, end_to_end in zip(out_names, expected, isolated, chained, strict=True):
             parity.append(compare(f"segment {k}", name, ref, got, atol, rtol))
             parity.append(compare(f"chain to {k}", name, ref, end_to_end, atol, rtol))
             reference[f"{k}/{name}"] = ref[:2]
-        outputs = tuple(_tensor_spec(name, ref) for name, ref in zip(out_names, expected, strict=True))
+        outputs = tuple(_tensor_spec(name, ref, sequence) for name, ref in zip(out_names, expected, strict=True))
         hidden = None if k == model.num_exits - 1 else out_names[0]
         spec = SegmentSpec(
             index=k,
             file=relative,
-            inputs=(_tensor_spec(in_name, x_torch.numpy()),),
+            inputs=(
+                _tensor_spec(in_name, x_torch.numpy(), sequence),
+                *(_tensor_spec(name, value, sequence) for name, value in context_feeds.items()),
+            ),
             outputs=outputs,
             hidden=hidden,
             exit=k,
-            flops=_flops(graph, x_torch[:1]),
+            flops=_flops(graph, (x_torch[:1], *(c[:1] for c in context))),
             params=sum(p.numel() for p in graph.parameters()),
             hidden_bytes=outputs[0].sample_bytes() if hidden else None,
         )
@@ -182,7 +212,7 @@ def _write_package(
         if hidden is not None:
             boundaries.append(BoundaryTensors(boundary=k, onnx=chained[0], reference=expected[0][:2]))
             with torch.no_grad():
-                x_torch = graph(x_torch)[0]
+                x_torch = graph(x_torch, *context)[0]
             x_onnx = chained[0]
         else:
             final_logits = expected[out_names.index(f"exit_{k}_logits")]
@@ -193,9 +223,12 @@ def _write_package(
         graph = MonolithicGraph(model, graph_criterion).eval()
         names = monolithic_output_names(model, graph_criterion)
         with torch.no_grad():
-            expected = [t.numpy() for t in graph(inputs)]
-        export_graph(graph, [inputs], stage / monolithic_file, [INPUT_NAME], names, "monolithic graph")
-        got = load_session(stage / monolithic_file).run(names, {INPUT_NAME: inputs.numpy()})
+            expected = [t.numpy() for t in graph(inputs, *context)]
+        export_graph(
+            graph, [inputs, *context], stage / monolithic_file, [input_name, *context_names], names,
+            "monolithic graph", dynamic_sequence=sequence,
+        )  # fmt: skip
+        got = load_session(stage / monolithic_file).run(names, {input_name: inputs.numpy(), **context_feeds})
         parity += [compare("monolithic", n, r, g, atol, rtol) for n, r, g in zip(names, expected, got, strict=True)]
 
     failures = [row for row in parity if not row.ok]
@@ -218,6 +251,11 @@ def _write_package(
 
     np.savez(stage / "reference.npz", **reference)
     extra = [monolithic_file] if monolithic_file else []
+    tokenizer_file = None
+    if tokenizer is not None:
+        tokenizer_file = TOKENIZER_FILE
+        _copy_tokenizer(Path(tokenizer), stage / tokenizer_file)
+        extra.append(tokenizer_file)
     tail_files = [name for tail in tails for name in (tail.spec.file, tail.spec.config)]
     files = {name: sha256_file(stage / name) for name in [*graphs, *extra, *tail_files, "reference.npz"]}
     manifest = Manifest(
@@ -227,11 +265,13 @@ def _write_package(
         edgeexit_version=edgeexit.__version__,
         opset=opset,
         input=InputSpec(
-            name=INPUT_NAME,
-            shape=(None, *shape[1:]),
-            dtype="float32",
+            name=input_name,
+            shape=(None, None) if sequence else (None, *shape[1:]),
+            dtype=str(inputs.numpy().dtype),
             layout=model.layout,
-            preprocessing=preprocessing or _default_preprocessing(shape),
+            preprocessing=preprocessing or (None if sequence else _default_preprocessing(shape)),
+            context=tuple(_tensor_spec(name, value, sequence) for name, value in context_feeds.items()),
+            tokenizer=tokenizer_file,
         ),
         labels=labels,
         segments=tuple(segments),
@@ -272,32 +312,88 @@ def _check_tails(tails: list[Tail], parity_samples: int) -> None:
         raise tail_failure(failures, parity_samples)
 
 
-def _parity_inputs(shape: tuple[int, ...], sample: np.ndarray | None) -> torch.Tensor:
+def _parity_inputs(
+    model: MultiExitModel, shape: tuple[int, ...], sample: np.ndarray | Mapping[str, np.ndarray] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The inputs every graph is exported with and checked on: up to 8 real samples + 2 random."""
+    if model.context_names:
+        return _token_inputs(model, shape, sample)
+    if isinstance(sample, Mapping):
+        raise ExportError(f"sample is a mapping {sorted(sample)}; this image model takes one array of shape {shape}")
     generator = torch.Generator().manual_seed(0)
     random = torch.randn((4, *shape[1:]), generator=generator)
     if sample is None:
-        return random
+        return random, ()
     real = np.asarray(sample, dtype=np.float32)
     if real.shape[1:] != shape[1:]:
         raise ExportError(
             f"sample inputs have shape {real.shape[1:]} per item; expected {shape[1:]} (the --input-shape)"
         )
-    return torch.cat([torch.from_numpy(real[:8].copy()), random[:2]])
+    return torch.cat([torch.from_numpy(real[:8].copy()), random[:2]]), ()
 
 
-def _tensor_spec(name: str, value: np.ndarray) -> TensorSpec:
-    return TensorSpec(name=name, shape=(None, *value.shape[1:]), dtype=str(value.dtype))
+def _token_inputs(
+    model: MultiExitModel, shape: tuple[int, ...], sample: np.ndarray | Mapping[str, np.ndarray] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Token ids and context for a text encoder: the sample's, or seeded ids with some padding."""
+    names = (model.input_name, *model.context_names)
+    if sample is None:
+        generator = torch.Generator().manual_seed(0)
+        length = shape[1] if len(shape) > 1 else 16
+        ids = torch.randint(1000, 2000, (4, length), generator=generator)
+        mask = torch.ones((4, length), dtype=torch.long)
+        for row, keep in enumerate((length, length - 3, length // 2, 2)):
+            mask[row, max(keep, 1) :] = 0
+        return ids * mask, tuple(mask.clone() for _ in model.context_names)
+    if not isinstance(sample, Mapping) or any(name not in sample for name in names):
+        found = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
+        raise ExportError(f"sample for a text encoder must map {list(names)} to (N, L) int arrays; got {found}")
+    arrays = [np.asarray(sample[name]) for name in names]
+    if any(a.ndim != 2 or a.shape != arrays[0].shape or not np.issubdtype(a.dtype, np.integer) for a in arrays):
+        shapes = {name: (a.shape, str(a.dtype)) for name, a in zip(names, arrays, strict=True)}
+        raise ExportError(f"sample arrays must all be (N, L) integers of one shape; got {shapes}")
+    tensors = [torch.from_numpy(a[:8].astype(np.int64)) for a in arrays]
+    return tensors[0], tuple(tensors[1:])
 
 
-def _flops(graph: nn.Module, one: torch.Tensor) -> int:
-    """FLOPs of one sample, counted by PyTorch's own FlopCounterMode (matmuls and convs)."""
+def _tensor_spec(name: str, value: np.ndarray, sequence: bool = False) -> TensorSpec:
+    """Batch axis dynamic; for a text encoder the token axis (axis 1) too."""
+    dims = value.shape[1:]
+    if sequence and dims:
+        dims = (None, *dims[1:])
+    return TensorSpec(name=name, shape=(None, *dims), dtype=str(value.dtype))
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    try:
+        text = source.read_text(encoding="utf-8")
+        json.loads(text)
+    except (OSError, ValueError) as err:
+        raise ExportError(f"tokenizer {source} is unreadable ({err}); expected a tokenizers JSON file") from None
+    atomic_write_text(target, text)
+
+
+def _add_tflite(
+    model: MultiExitModel, stage: Path, manifest: Manifest, inputs: torch.Tensor, context: tuple[torch.Tensor, ...]
+) -> None:
+    """Convert every segment to TFLite beside the ONNX ones, parity-checked against them."""
+    from edgeexit.compile.tflite import write_tflite_variant
+
+    variant, hashes = write_tflite_variant(model, stage, manifest, inputs, context)
+    updated = manifest.with_variant(variant, hashes)
+    updated.validate()
+    atomic_write_text(stage / MANIFEST_FILE, updated.to_json())
+
+
+def _flops(graph: nn.Module, one: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one sample (its input and context), counted by PyTorch's FlopCounterMode (matmuls, convs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     # With autograd on, attention takes its decomposed path (linear + bmm) that the counter sees;
     # under no_grad nn.MultiheadAttention's fused fast path would count as zero.
     with counter, torch.enable_grad():
-        graph(one)
+        graph(*one)
     return int(counter.get_total_flops())
 
 

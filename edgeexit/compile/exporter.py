@@ -8,6 +8,7 @@ a different path than the segments it continues would be a second thing to trust
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -27,8 +28,13 @@ def export_graph(
     in_names: Sequence[str],
     out_names: Sequence[str],
     what: str,
+    *,
+    dynamic_sequence: bool = False,
 ) -> int:
     """torch.onnx (dynamo) with a dynamic batch axis on every input; returns the default-domain opset.
+
+    ``dynamic_sequence`` makes axis 1 of every input dynamic too (a text encoder's token axis:
+    ids, attention mask and hidden states all have it there).
 
     ``examples`` are the forward's positional inputs, in the order of ``in_names``; they all share
     one batch dimension, so a graph with several inputs (an int8 tail's hidden, scale, zero point)
@@ -40,6 +46,7 @@ def export_graph(
         raise ExportError(f"{what}: {len(examples)} example inputs for {len(in_names)} input names {list(in_names)}")
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch")
+    axes: dict[int, object] = {0: batch, 1: torch.export.Dim("sequence")} if dynamic_sequence else {0: batch}
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
@@ -51,7 +58,7 @@ def export_graph(
                 dynamo=True,
                 input_names=list(in_names),
                 output_names=list(out_names),
-                dynamic_shapes=tuple({0: batch} for _ in examples),
+                dynamic_shapes=_dynamic_shapes(graph, len(examples), axes),
                 external_data=False,
             )
             program.save(str(path), external_data=False)
@@ -65,3 +72,13 @@ def export_graph(
         raise ExportError(f"onnx.checker rejected {what} ({path.name}): {err}") from None
     proto = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _dynamic_shapes(graph: nn.Module, count: int, axes: dict[int, object]) -> tuple[object, ...]:
+    """torch.export wants dynamic_shapes shaped like forward's signature: a ``*context`` parameter
+    is one tuple of inputs, so its entries go in a nested tuple."""
+    parameters = inspect.signature(graph.forward).parameters.values()
+    fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+    if count <= fixed or not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return tuple(dict(axes) for _ in range(count))
+    return (*(dict(axes) for _ in range(fixed)), tuple(dict(axes) for _ in range(count - fixed)))

@@ -45,7 +45,9 @@ def segment_input_name(k: int, model_input: str) -> str:
 
 
 class SegmentGraph(nn.Module):
-    """Segment ``k`` with its exit head: input -> (hidden_k?, exit_k_logits?, exit_k_score?)."""
+    """Segment ``k`` with its exit head: (input, *context) -> (hidden_k?, exit_k_logits?, exit_k_score?).
+
+    Context inputs (a transformer's attention mask) go to the body and the head of every segment."""
 
     def __init__(self, model: MultiExitModel, k: int, criterion: str | None) -> None:
         super().__init__()
@@ -54,11 +56,11 @@ class SegmentGraph(nn.Module):
         self.last = k == model.num_exits - 1
         self.criterion = criterion
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden = self.body(x)
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.body(x, *context)
         outputs: list[torch.Tensor] = [] if self.last else [hidden]
         if self.head is not None:
-            logits = self.head(hidden)
+            logits = self.head(hidden, *context)
             outputs.append(logits)
             if self.criterion is not None:
                 outputs.append(exit_score(logits, self.criterion))
@@ -72,10 +74,10 @@ class MonolithicGraph(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(SegmentGraph(model, k, criterion) for k in range(model.num_exits))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs: list[torch.Tensor] = []
         for part in self.parts:
-            result = part(x)
+            result = part(x, *context)
             if part.last:
                 outputs.extend(result)
             else:

@@ -31,6 +31,10 @@ class MultiExitModel(nn.Module):
 
     ``heads[k]`` is ``None`` for a boundary without a classifier: such an exit can only stop
     inference through the similarity criterion (MuE), and ``forward`` yields ``None`` for it.
+
+    ``context_names`` name inputs given once per request and handed unchanged to every segment
+    and head besides the hidden tensor (a transformer's ``attention_mask``): those modules are
+    called ``module(x, *context)``. Image models have none.
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class MultiExitModel(nn.Module):
         num_classes: int,
         layout: str = "NCHW",
         token_layout: TokenLayout | None = None,
+        context_names: Sequence[str] = (),
+        input_name: str = "input",
     ) -> None:
         super().__init__()
         if not segments:
@@ -58,6 +64,8 @@ class MultiExitModel(nn.Module):
         self.num_classes = num_classes
         self.layout = layout
         self.token_layout = token_layout or TokenLayout()
+        self.context_names = tuple(context_names)
+        self.input_name = input_name
 
     @property
     def num_exits(self) -> int:
@@ -74,8 +82,13 @@ class MultiExitModel(nn.Module):
         return params
 
     def forward(
-        self, x: torch.Tensor, return_hidden: bool = False
+        self, x: torch.Tensor, *context: torch.Tensor, return_hidden: bool = False
     ) -> list[torch.Tensor | None] | tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+        if len(context) != len(self.context_names):
+            raise ModelError(
+                f"model {self.name!r} takes {len(self.context_names)} context input(s) "
+                f"{list(self.context_names)} besides x; got {len(context)}"
+            )
         outputs: list[torch.Tensor | None] = []
         hidden: list[torch.Tensor] = []
         for k, segment in enumerate(self.segments):
@@ -83,11 +96,20 @@ class MultiExitModel(nn.Module):
                 # The next segment may start in place (ReLU(inplace=True) after the cut), which would
                 # overwrite boundary k-1 under its exit head's autograd graph and the returned hidden.
                 x = x.clone()
-            x = segment(x)
+            x = segment(x, *context)
             hidden.append(x)
             head = self.head(k)
-            outputs.append(head(x) if head is not None else None)
+            outputs.append(head(x, *context) if head is not None else None)
         return (outputs, hidden) if return_hidden else outputs
+
+    def example_inputs(self, input_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """Placeholder inputs of ``input_shape``: zeros for images; for a model with context
+        inputs (a text encoder), token ids of 0 and all-ones context (every token attended)."""
+        shape = tuple(input_shape)
+        if not self.context_names:
+            return (torch.zeros(shape),)
+        ids = torch.zeros(shape, dtype=torch.long)
+        return (ids, *(torch.ones(shape, dtype=torch.long) for _ in self.context_names))
 
     @torch.no_grad()
     def materialize(self, input_shape: Sequence[int]) -> None:
@@ -98,7 +120,7 @@ class MultiExitModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            self(torch.zeros(tuple(input_shape)))
+            self(*self.example_inputs(input_shape))
         except Exception as err:
             raise ModelError(
                 f"model {self.name!r} rejected an input of shape {tuple(input_shape)}: {err}; "

@@ -31,6 +31,10 @@ class Boundary:
     temperature: float = 1.0
     #: softmax(logits / temperature) when the caller already has it (saves recomputing it)
     probabilities: np.ndarray | None = None
+    #: (N, L) 1 for real tokens, 0 for padding, when hidden states are token sequences (N, L, D):
+    #: padding must not change a score, or a batch padded to its longest text would disagree
+    #: with the same texts run one by one
+    mask: np.ndarray | None = None
 
 
 class Criterion(Protocol):

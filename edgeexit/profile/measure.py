@@ -152,6 +152,8 @@ def profile_package(
     energy_seconds: float = 0.2,
     root: str | Path = "/",
     cache_dir: str | Path | None = "default",
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
 ) -> Profile:
     """Profile a package (a directory, or an ``Engine`` already loaded) on this machine.
 
@@ -170,7 +172,7 @@ def profile_package(
     engine = (
         engine_or_path
         if isinstance(engine_or_path, Engine)
-        else Engine(engine_or_path, threads=threads, cache_dir=cache_dir)
+        else Engine(engine_or_path, threads=threads, cache_dir=cache_dir, backend=backend, precision=precision)
     )
     manifest = engine.manifest
     n = len(engine.segments)
@@ -240,6 +242,8 @@ def profile_package(
         encoded=encoded_sizes(engine, seg_inputs[1:]),
         created=now_iso(),
         edgeexit_version=__version__,
+        backend=engine.backend,
+        precision=engine.precision,
     )
 
 

@@ -126,6 +126,8 @@ class Profile:
     encoded: tuple[EncodedSize, ...]
     created: str  # ISO 8601, UTC
     edgeexit_version: str
+    backend: str = "onnxruntime"  # what ran the segments (Engine backend=)
+    precision: str = "fp32"  # which build of them (fp32, or the int8 variant)
     format: str = PROFILE_FORMAT
     format_version: int = PROFILE_VERSION
 

@@ -15,11 +15,12 @@ Results. The engine knows nothing about the network: ``edgeexit.device`` does th
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -27,8 +28,15 @@ from edgeexit.criteria import Boundary, create_criterion, softmax
 from edgeexit.errors import EdgeExitError, InputError
 from edgeexit.manifest import CRITERIA, IN_GRAPH_CRITERIA, ExitSpec
 from edgeexit.package import Package, open_package
+from edgeexit.runtime.backends import BACKENDS, PRECISIONS, Segment, open_segment
 from edgeexit.runtime.ort_backend import BoundChain, OrtSegment
 from edgeexit.runtime.sessions import default_cache_dir
+
+#: A model input: one array, or for a model with context inputs (a text encoder) a mapping
+#: from the input's name and every context input's name to its array (``input_ids``,
+#: ``attention_mask``), each batch first.
+Inputs: TypeAlias = "np.ndarray | Mapping[str, np.ndarray]"
+Context: TypeAlias = "dict[str, np.ndarray]"
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +138,8 @@ class Pending:
     are the samples' positions in the input (``(0,)`` for one sample), ``history`` the earlier
     exits' predictions for patience, ``segment_ms`` the device segments' times so far and
     ``started`` the request's ``time.perf_counter()`` start, so a finished Result's latency
-    counts everything, a failed offload included.
+    counts everything, a failed offload included. ``context`` holds the request's context inputs
+    (a text encoder's attention mask), rows aligned with ``hidden``; empty for image models.
     """
 
     boundary: int
@@ -141,6 +150,7 @@ class Pending:
     started: float
     early_exit: bool = True
     keep_hidden: bool = False
+    context: Context = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
@@ -157,6 +167,7 @@ class Pending:
             self.started,
             self.early_exit,
             self.keep_hidden,
+            {name: value[start:stop] for name, value in self.context.items()},
         )
 
 
@@ -210,6 +221,9 @@ class Engine:
 
     ``criterion`` / ``threshold`` override every non-final exit's manifest setting (the CLI's
     ``--criterion`` and ``--threshold``). ``cache_dir=None`` disables the optimized-graph cache.
+    ``backend`` (onnxruntime, tflite) and ``precision`` (fp32, int8) pick which build of the
+    segments runs: the ONNX fp32 graphs, or one of the package's variants (``tflite/``,
+    ``int8/``), with that variant's own calibrated thresholds when it has them.
     """
 
     def __init__(
@@ -220,24 +234,37 @@ class Engine:
         criterion: str | None = None,
         threshold: float | None = None,
         cache_dir: Path | str | None = "default",
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
+        if backend not in BACKENDS or precision not in PRECISIONS:
+            raise EdgeExitError(
+                f"backend {backend!r} / precision {precision!r} is unknown; expected a backend in {BACKENDS} "
+                f"and a precision in {PRECISIONS}"
+            )
         self.package = package if isinstance(package, Package) else open_package(package)
         manifest = self.package.manifest
         self.manifest = manifest
+        self.backend = backend
+        self.precision = precision
+        self.variant = manifest.find_variant(backend, precision)
+        self.exits = manifest.exits_for(self.variant)
         cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
-        self.segments = [
-            OrtSegment(self.package.path(s.file), s, threads=threads, cache_dir=cache, sha256=manifest.files[s.file])
-            for s in manifest.segments
+        files = self.variant.files if self.variant is not None else tuple(s.file for s in manifest.segments)
+        self.segments: list[Segment] = [
+            open_segment(backend, self.package.path(f), s, threads=threads, cache_dir=cache, sha256=manifest.files[f])
+            for f, s in zip(files, manifest.segments, strict=True)
         ]
-        self.rules = tuple(self._rule(spec, criterion, threshold) for spec in manifest.exits)
+        self.rules = tuple(self._rule(spec, criterion, threshold) for spec in self.exits)
         self._criteria = [create_criterion(rule.criterion) for rule in self.rules]
         self._keeps_history = any(rule.criterion == "patience" for rule in self.rules)
         self._input = manifest.input
+        self._context_names = tuple(spec.name for spec in manifest.input.context)
         self._hidden_names = [s.spec.hidden for s in self.segments]
-        try:
-            self._chain: BoundChain | None = BoundChain(self.segments, manifest.input.tensor)
-        except ValueError:
-            self._chain = None  # dynamic non-batch axes (e.g. sequence length): plain runs
+        self._chain: BoundChain | None = None
+        if all(isinstance(s, OrtSegment) for s in self.segments) and not self._context_names:
+            with contextlib.suppress(ValueError):  # dynamic non-batch axes: plain runs
+                self._chain = BoundChain(self.segments, manifest.input.tensor)  # type: ignore[arg-type]
 
     @property
     def num_exits(self) -> int:
@@ -255,23 +282,26 @@ class Engine:
 
     # ---------------------------------------------------------------- one sample
 
-    def run(self, x: np.ndarray, *, keep_hidden: bool = False) -> Result:
+    def run(self, x: Inputs, *, keep_hidden: bool = False) -> Result:
         """One sample, shaped like the model input with or without the batch axis of 1."""
-        sample = self._check(x, batched=False)
-        return self._forward_one(sample, 0, None, time.perf_counter(), [], [], None, True, keep_hidden)  # type: ignore[return-value]
+        sample, context = self._check(x, batched=False)
+        return self._forward_one(sample, 0, None, time.perf_counter(), [], [], None, True, keep_hidden, context)  # type: ignore[return-value]
 
     def run_until(
-        self, x: np.ndarray, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
+        self, x: Inputs, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
     ) -> Result | Pending:
         """One sample up to ``boundary``: a Result when an exit at or before it is confident,
         else a Pending holding the boundary's tensor. ``early_exit=False`` consults no exit (the
         split-at-k baseline: every sample reaches the boundary, and ``resume`` runs to full depth).
         Boundary -1 is the model input: a Pending holding a copy of ``x``, nothing run yet."""
         self._check_boundary(boundary)
-        sample = self._check(x, batched=False)
+        sample, context = self._check(x, batched=False)
         if boundary == -1:
-            return Pending(-1, sample.copy(), (0,), (), (), time.perf_counter(), early_exit, keep_hidden)
-        return self._forward_one(sample, 0, boundary, time.perf_counter(), [], [], None, early_exit, keep_hidden)
+            owned = {name: value.copy() for name, value in context.items()}
+            return Pending(-1, sample.copy(), (0,), (), (), time.perf_counter(), early_exit, keep_hidden, owned)
+        return self._forward_one(
+            sample, 0, boundary, time.perf_counter(), [], [], None, early_exit, keep_hidden, context
+        )
 
     def advance(self, pending: Pending, boundary: int, *, early_exit: bool | None = None) -> Result | Pending:
         """Carry one pending sample on from its boundary to the later ``boundary``, nothing
@@ -300,6 +330,7 @@ class Engine:
             _previous(pending),
             pending.early_exit if early_exit is None else early_exit,
             pending.keep_hidden,
+            pending.context,
         )
 
     def resume(self, pending: Pending) -> Result:
@@ -321,6 +352,7 @@ class Engine:
             _previous(pending),
             pending.early_exit,
             pending.keep_hidden,
+            pending.context,
         )
 
     def _forward_one(
@@ -334,15 +366,16 @@ class Engine:
         previous: np.ndarray | None,
         early_exit: bool,
         keep_hidden: bool,
+        context: Context,
     ) -> Result | Pending:
         """Segments ``start``.. for one sample (``source`` is their input), stopping at the first
         confident exit, or with a Pending after segment ``stop``."""
-        for k, outputs, ms in self._walk(source, start):
+        for k, outputs, ms in self._walk(source, start, context):
             times.append(ms)
             segment = self.segments[k]
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
+            score, probabilities = self._score(k, outputs, logits, hidden, previous, history, context)
             if self.rules[k].final or (early_exit and score[0] >= self.rules[k].threshold):
                 # a copy: the bound chain's buffers are overwritten by the next run
                 kept = hidden.copy() if (keep_hidden and hidden is not None) else None
@@ -351,39 +384,41 @@ class Engine:
                 history.append(logits.argmax(axis=-1))
             if k == stop:
                 owned = hidden.copy()  # type: ignore[union-attr]  # every non-final segment has a hidden output
-                return Pending(k, owned, (0,), tuple(history), tuple(times), started, early_exit, keep_hidden)
+                kept = {name: value.copy() for name, value in context.items()}
+                return Pending(k, owned, (0,), tuple(history), tuple(times), started, early_exit, keep_hidden, kept)
             previous = hidden
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
     # ---------------------------------------------------------------- batches
 
-    def run_batch(self, xs: np.ndarray, *, keep_hidden: bool = False, batch_size: int | None = None) -> list[Result]:
+    def run_batch(self, xs: Inputs, *, keep_hidden: bool = False, batch_size: int | None = None) -> list[Result]:
         """N samples; early exits retire per sample; results in input order."""
-        batch = self._check(xs, batched=True)
-        if batch_size and batch.shape[0] > batch_size:
-            results: list[Result] = []
-            for start in range(0, batch.shape[0], batch_size):
-                results += self.run_batch(batch[start : start + batch_size], keep_hidden=keep_hidden)
-            return results
-        found: list[Result | None] = [None] * batch.shape[0]
-        self._forward_batch(batch, np.arange(batch.shape[0]), 0, None, time.perf_counter(), [], [], None, found,
-                            True, keep_hidden)  # fmt: skip
-        return found  # type: ignore[return-value]  # the final exit answers every sample left
+        batch, context = self._check(xs, batched=True)
+        step = batch_size if batch_size and batch.shape[0] > batch_size else batch.shape[0]
+        results: list[Result] = []
+        for start in range(0, batch.shape[0], step):
+            chunk = batch[start : start + step]
+            found: list[Result | None] = [None] * chunk.shape[0]
+            self._forward_batch(chunk, np.arange(chunk.shape[0]), 0, None, time.perf_counter(), [], [], None, found,
+                                True, keep_hidden, _rows(context, start, start + step))  # fmt: skip
+            results += found  # type: ignore[arg-type]  # the final exit answers every sample left
+        return results
 
     def run_batch_until(
-        self, xs: np.ndarray, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
+        self, xs: Inputs, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False
     ) -> BatchProgress:
         """``run_until`` for a batch: the samples that exit at or before ``boundary`` are answered,
         the survivors come back as one Pending (their rows in input order)."""
         self._check_boundary(boundary)
-        batch = self._check(xs, batched=True)
+        batch, context = self._check(xs, batched=True)
         found: list[Result | None] = [None] * batch.shape[0]
         if boundary == -1:
             rows = tuple(range(batch.shape[0]))
-            held = Pending(-1, batch.copy(), rows, (), (), time.perf_counter(), early_exit, keep_hidden)
+            owned = {name: value.copy() for name, value in context.items()}
+            held = Pending(-1, batch.copy(), rows, (), (), time.perf_counter(), early_exit, keep_hidden, owned)
             return BatchProgress(tuple(found), held)
         pending = self._forward_batch(batch, np.arange(batch.shape[0]), 0, boundary, time.perf_counter(), [], [],
-                                      None, found, early_exit, keep_hidden)  # fmt: skip
+                                      None, found, early_exit, keep_hidden, context)  # fmt: skip
         return BatchProgress(tuple(found), pending)
 
     def resume_batch(self, pending: Pending) -> list[Result]:
@@ -393,7 +428,7 @@ class Engine:
         found: list[Result | None] = [None] * pending.samples
         self._forward_batch(pending.hidden, np.arange(pending.samples), pending.boundary + 1, None, pending.started,
                             list(pending.segment_ms), list(pending.history), _previous(pending), found,
-                            pending.early_exit, pending.keep_hidden)  # fmt: skip
+                            pending.early_exit, pending.keep_hidden, pending.context)  # fmt: skip
         return found  # type: ignore[return-value]
 
     def _forward_batch(
@@ -409,17 +444,18 @@ class Engine:
         found: list[Result | None],
         early_exit: bool,
         keep_hidden: bool,
+        context: Context,
     ) -> Pending | None:
         """Segments ``start``.. on a batch: exiting samples fill ``found[active[i]]``, survivors
         are compacted; after segment ``stop`` the survivors come back as a Pending."""
         for k in range(start, len(self.segments)):
             segment = self.segments[k]
             tick = time.perf_counter()
-            outputs = segment.run(current)
+            outputs = segment.run(current, context)
             times.append((time.perf_counter() - tick) * 1e3)
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score, probabilities = self._score(k, outputs, logits, hidden, previous, history)
+            score, probabilities = self._score(k, outputs, logits, hidden, previous, history, context)
             if self.rules[k].final:
                 leaving = np.ones(len(active), bool)
             else:
@@ -437,9 +473,11 @@ class Engine:
             history = [h[staying] for h in history]
             active = active[staying]
             current = np.ascontiguousarray(hidden[staying])  # type: ignore[index]  # a copy: owned
+            context = {name: value[staying] for name, value in context.items()}  # copies: owned
             if k == stop:
                 rows = tuple(int(i) for i in active)
-                return Pending(k, current, rows, tuple(history), tuple(times), started, early_exit, keep_hidden)
+                return Pending(k, current, rows, tuple(history), tuple(times), started, early_exit, keep_hidden,
+                               context)  # fmt: skip
             previous = current
         return None  # pragma: no cover  # the final exit retires every sample
 
@@ -470,45 +508,52 @@ class Engine:
             for i in range(pending.samples)
         ]
 
-    def run_full(self, xs: np.ndarray, *, batch_size: int = 256, timing_samples: int = 64) -> FullDepth:
+    def run_full(self, xs: Inputs, *, batch_size: int = 256, timing_samples: int = 64) -> FullDepth:
         """Every exit's outputs for every sample, plus batch-1 segment latencies on a few of them."""
-        batch = self._check(xs, batched=True)
+        batch, context = self._check(xs, batched=True)
         logits: list[list[np.ndarray]] = [[] for _ in self.segments]
         similarity: list[list[np.ndarray]] = [[] for _ in self.segments]
         similar = create_criterion("similarity")
         for start in range(0, batch.shape[0], batch_size):
             current = batch[start : start + batch_size]
+            rows = _rows(context, start, start + batch_size)
             previous = None
             for k, segment in enumerate(self.segments):
-                outputs = segment.run(current)
+                outputs = segment.run(current, rows)
                 found = self._logits(k, outputs)
                 if found is not None:
                     logits[k].append(found)
                 hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
                 if hidden is not None:
-                    similarity[k].append(similar.score(Boundary(None, hidden, previous)))
+                    mask = self._mask(rows)
+                    similarity[k].append(similar.score(Boundary(None, hidden, previous, mask=mask)))
                     previous = current = hidden
                 else:
                     similarity[k].append(np.zeros(len(current), np.float32))
         return FullDepth(
             logits=tuple(np.concatenate(parts) if parts else None for parts in logits),
             similarity=tuple(np.concatenate(parts) for parts in similarity),
-            segment_ms=self.segment_latency(batch[:timing_samples]),
+            segment_ms=self._segment_latency(batch[:timing_samples], _rows(context, 0, timing_samples)),
         )
 
-    def segment_latency(self, xs: np.ndarray, warmup: int = 3) -> tuple[float, ...]:
+    def segment_latency(self, xs: Inputs, warmup: int = 3) -> tuple[float, ...]:
         """Mean batch-1 latency of each segment in ms, through the bound chain when there is one."""
-        batch = self._check(xs, batched=True)
+        return self._segment_latency(*self._check(xs, batched=True), warmup=warmup)
+
+    def _segment_latency(self, batch: np.ndarray, context: Context, warmup: int = 3) -> tuple[float, ...]:
         totals = np.zeros(len(self.segments))
         for i in range(-warmup, batch.shape[0]):
-            for k, _, ms in self._walk(batch[max(i, 0) : max(i, 0) + 1]):
+            row = max(i, 0)
+            for k, _, ms in self._walk(batch[row : row + 1], 0, _rows(context, row, row + 1)):
                 if i >= 0:
                     totals[k] += ms
         return tuple(float(t / max(batch.shape[0], 1)) for t in totals)
 
     # ---------------------------------------------------------------- helpers
 
-    def _walk(self, source: np.ndarray, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+    def _walk(
+        self, source: np.ndarray, start: int = 0, context: Context | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
         """Segment by segment for one sample from segment ``start`` (``source`` is its input):
         (index, outputs, ms). Through the bound chain when there is one (outputs are views of its
         buffers), else plain runs passing hidden on."""
@@ -519,13 +564,17 @@ class Engine:
         for k in range(start, len(self.segments)):
             segment = self.segments[k]
             tick = time.perf_counter()
-            outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current)
+            outputs = self._chain.run_segment(k) if self._chain is not None else segment.run(current, context)
             yield k, outputs, (time.perf_counter() - tick) * 1e3
             if segment.spec.hidden:
                 current = outputs[segment.spec.hidden]
 
+    def _mask(self, context: Context | None) -> np.ndarray | None:
+        """The token mask the similarity criterion ignores padding by (a text encoder's attention mask)."""
+        return context.get("attention_mask") if context else None
+
     def _logits(self, k: int, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-        name = self.manifest.exits[k].logits
+        name = self.exits[k].logits
         return outputs[name] if name else None
 
     def _score(
@@ -536,6 +585,7 @@ class Engine:
         hidden: np.ndarray | None,
         previous: np.ndarray | None,
         history: Sequence[np.ndarray],
+        context: Context | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The exit's scores, and its probabilities when computing the score produced them."""
         rule = self.rules[k]
@@ -547,7 +597,8 @@ class Engine:
             probabilities = softmax(logits, rule.temperature)  # once: the score and the Result share it
         if rule.final and (logits is None or criterion.needs_hidden):  # the final exit exits anyway
             return np.ones(len(logits) if logits is not None else len(hidden), np.float32), None  # type: ignore[arg-type]
-        boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities)
+        mask = self._mask(context) if criterion.needs_hidden else None
+        boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities, mask)
         return criterion.score(boundary), probabilities
 
     def _result(
@@ -594,7 +645,43 @@ class Engine:
                 f"(N, {', '.join('?' if d is None else str(d) for d in want)}): it came from another package"
             )
 
-    def _check(self, x: object, *, batched: bool) -> np.ndarray:
+    def _check(self, x: object, *, batched: bool) -> tuple[np.ndarray, Context]:
+        """The model input as one batch-first array, and the context inputs (rows aligned)."""
+        if isinstance(x, Mapping):
+            return self._check_mapping(x, batched=batched)
+        if self._context_names:
+            names = [self._input.name, *self._context_names]
+            raise InputError(
+                f"this model takes several inputs {names}; pass a mapping from each name to its array "
+                "(for text: edgeexit.runtime.text.TextEncoder.from_package(...).encode(texts) gives it)"
+            )
+        return self._check_array(x, batched=batched), {}
+
+    def _check_mapping(self, x: Mapping[str, object], *, batched: bool) -> tuple[np.ndarray, Context]:
+        names = [self._input.name, *self._context_names]
+        if sorted(x) != sorted(names):
+            raise InputError(f"input mapping has keys {sorted(x)}; expected exactly {names}")
+        if not self._context_names:
+            return self._check_array(x[self._input.name], batched=batched), {}
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            value = x[name]
+            if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.integer):
+                what = f"dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+                raise InputError(f"input {name!r} is {what}; expected an integer numpy array (token ids or a 0/1 mask)")
+            if not batched and value.ndim == 1:
+                value = value[None]
+            if value.ndim != 2 or value.shape[0] == 0 or value.shape[1] == 0 or (not batched and value.shape[0] != 1):
+                what = "(N, L)" if batched else "(L,) or (1, L)"
+                raise InputError(f"input {name!r} has shape {tuple(value.shape)}; expected {what} with N, L >= 1")
+            arrays[name] = np.ascontiguousarray(value, dtype=np.int64)
+        shapes = {name: a.shape for name, a in arrays.items()}
+        if len(set(shapes.values())) != 1:
+            raise InputError(f"inputs have different shapes {shapes}; expected one (N, L) shape for all")
+        primary = arrays.pop(self._input.name)
+        return primary, arrays
+
+    def _check_array(self, x: object, *, batched: bool) -> np.ndarray:
         spec = self._input
         if not isinstance(x, np.ndarray):
             raise InputError(f"input must be a numpy array; got {type(x).__name__}")
@@ -629,6 +716,10 @@ class Engine:
         if shape[0] == 0:
             return False
         return all(want is None or want == got for want, got in zip(self._input.shape[1:], shape[1:], strict=True))
+
+
+def _rows(context: Context, start: int, stop: int) -> Context:
+    return {name: value[start:stop] for name, value in context.items()} if context else context
 
 
 def _previous(pending: Pending) -> np.ndarray | None:

@@ -9,6 +9,7 @@ segment k's hidden buffer as segment k+1's input, so a sample flows through with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ class OrtSegment:
         if sorted(found) != sorted(self.output_names):
             raise PackageError(f"{path} has outputs {found}; the manifest declares {self.output_names}")
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(self.output_names, {self.input_name: x})
+    def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        feeds = {self.input_name: x, **context} if context else {self.input_name: x}
+        values = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values, strict=True))
 
 

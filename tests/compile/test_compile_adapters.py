@@ -202,7 +202,7 @@ def test_unsplittable_backbone_names_what_was_expected(backbone: nn.Module) -> N
     assert "layer1..layer4" in message  # ResNet layout
     assert "cls_token" in message
     assert "conv_proj" in message
-    assert sorted(list_adapters()) == ["resnet", "sequential", "vit"]
+    assert {"resnet", "sequential", "vit"} <= set(list_adapters())
 
 
 @pytest.mark.parametrize("adapter", ["resnet", "vit"])

@@ -252,9 +252,9 @@ def test_run_batch_compacts_the_survivors(
     for k, segment in enumerate(engine.segments):
         real_run = segment.run
 
-        def counting_run(x: np.ndarray, _k: int = k, _run=real_run) -> dict[str, np.ndarray]:
+        def counting_run(x: np.ndarray, context=None, _k: int = k, _run=real_run) -> dict[str, np.ndarray]:
             rows[_k].append(len(x))
-            return _run(x)
+            return _run(x, context)
 
         monkeypatch.setattr(segment, "run", counting_run)
     results = engine.run_batch(xs)
