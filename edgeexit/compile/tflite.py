@@ -1,0 +1,357 @@
+"""TFLite (LiteRT) segments: each segment graph converted by litert-torch, checked against ONNX.
+
+litert-torch (extra ``[tflite-export]``) converts a torch module straight to ``.tflite`` through
+``torch.export``; no TensorFlow. The segments it converts are the very ``SegmentGraph`` modules
+the ONNX graphs came from, so the ``tflite`` variant has the same tensors, in the same order, as
+the manifest's segments (``edgeexit.runtime.litert_backend`` maps them by position and checks
+the shapes at load).
+
+Batch: litert-torch keeps a dynamic batch axis when it is asked to (``dynamic_shapes``) and the
+traced sample has a batch of at least 2 (``torch.export`` specializes sizes 0 and 1), and the
+interpreter then runs any batch after ``resize_tensor_input``. Every axis the manifest marks
+dynamic (None) is exported dynamic; axes at the same position share one dimension (a
+transformer's sequence axis in its hidden tensor and its attention mask). A model that will not
+export that way is converted at batch 1 instead (``report["batch"]`` says which) and the
+runtime runs its batches sample by sample: resizing a fixed-shape graph fails in XNNPACK.
+
+Parity: the converted graphs run on LiteRT against the ONNX segments in ``stage`` on the same
+inputs, per segment (both given ONNX's input to that segment, at batch N and at batch 1) and
+chained (each backend fed its own previous hidden tensor), with export's tolerances; any output
+beyond them fails the conversion with every output's max difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeexit.compile.graphs import SegmentGraph, exit_score
+from edgeexit.compile.model import MultiExitModel
+from edgeexit.errors import ExportError
+from edgeexit.fileio import atomic_write_bytes, sha256_file
+from edgeexit.manifest import IN_GRAPH_CRITERIA, Manifest, SegmentSpec, SegmentVariant
+from edgeexit.package import Package, open_package
+from edgeexit.parity import ParityCheck, compare
+from edgeexit.runtime.litert_backend import LiteRtSegment
+from edgeexit.runtime.sessions import load_session
+
+VARIANT = "tflite"
+DIRECTORY = "tflite"
+EXPORT_EXTRA = "pip install -c constraints.txt 'edgeexit[tflite-export]'"
+#: The same tolerances as the ONNX parity check (edgeexit.compile.export): LiteRT measured ~5e-7.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+def write_tflite_variant(
+    model: MultiExitModel,
+    stage: Path,
+    manifest: Manifest,
+    inputs: np.ndarray | torch.Tensor,
+    context: Sequence[np.ndarray | torch.Tensor] | Mapping[str, np.ndarray | torch.Tensor] = (),
+    *,
+    criterion: str | None = "auto",
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    out: Path | None = None,
+) -> tuple[SegmentVariant, dict[str, str]]:
+    """Convert every segment of ``model`` to ``tflite/<k>.tflite`` and check it against ONNX.
+
+    ``stage`` holds the package's ONNX segments (``manifest.segments[k].file``); the ``.tflite``
+    files are written under ``out`` (default ``stage``). ``inputs`` are the parity samples (N x
+    the input shape, real data where possible; N >= 2 keeps the batch axis dynamic), ``context``
+    the matching context tensors, in ``manifest.input.context`` order or by name (an
+    ``attention_mask``: every segment input after the first). ``criterion`` is the in-graph score
+    criterion the ONNX segments were exported with ("auto": the one the manifest's scored exits
+    name; None: no score outputs). Returns the variant for ``Manifest.with_variant`` and the
+    sha256 of each file, keyed by its package-relative path. Raises ExportError when litert-torch
+    is not installed, a segment does not convert, or LiteRT disagrees with ONNX beyond atol/rtol.
+    """
+    litert_torch = _converter()
+    segments = manifest.segments
+    if len(segments) != model.num_exits:
+        raise ExportError(f"the manifest has {len(segments)} segments but the model has {model.num_exits}")
+    if criterion == "auto":
+        criterion = _graph_criterion(manifest)
+    started = time.perf_counter()
+    target = Path(out) if out is not None else Path(stage)
+    (target / DIRECTORY).mkdir(parents=True, exist_ok=True)
+    given = _named_context(manifest, context)
+    x_onnx = np.ascontiguousarray(_numpy(inputs))
+    x_tflite = x_onnx
+    model.eval()
+    parity: list[ParityCheck] = []
+    files: list[str] = []
+    batches: list[str] = []
+    seconds: list[float] = []
+    for spec in segments:
+        k = spec.index
+        ctx = _context_for(spec, given)
+        graph = SegmentGraph(model, k, criterion).eval()
+        relative = f"{DIRECTORY}/{k}.tflite"
+        began = time.perf_counter()
+        content, batch = _convert(litert_torch, graph, spec, x_onnx, ctx)
+        seconds.append(round(time.perf_counter() - began, 3))
+        atomic_write_bytes(target / relative, content)
+        files.append(relative)
+        batches.append(batch)
+        segment = LiteRtSegment(target / relative, spec, threads=1)
+        names = [o.name for o in spec.outputs]
+        session = load_session(Path(stage) / spec.file)
+        feeds = {spec.inputs[0].name: x_onnx, **ctx}
+        onnx = dict(zip(names, session.run(names, feeds), strict=True))
+        isolated = segment.run(x_onnx, ctx)
+        single = segment.run(x_onnx[:1], {n: v[:1] for n, v in ctx.items()})
+        chained = segment.run(x_tflite, ctx)
+        for name in names:
+            parity.append(compare(f"tflite segment {k}", name, onnx[name], isolated[name], atol, rtol))
+            parity.append(compare(f"tflite segment {k} batch 1", name, onnx[name][:1], single[name], atol, rtol))
+            parity.append(compare(f"tflite chain to {k}", name, onnx[name], chained[name], atol, rtol))
+        if spec.hidden is not None:
+            x_onnx, x_tflite = onnx[spec.hidden], chained[spec.hidden]
+
+    failures = [row for row in parity if not row.ok]
+    if failures:
+        table = "; ".join(f"{r.graph} {r.output}: max |diff| {r.max_abs_diff:.3g}" for r in parity)
+        raise ExportError(
+            f"LiteRT disagrees with the ONNX segments beyond atol={atol:g}, rtol={rtol:g} on {len(failures)} "
+            f"output(s) (criterion {criterion!r} for the in-graph scores). Max differences: {table}"
+        )
+    report = {
+        "converter": f"litert-torch {litert_torch.__version__}",
+        "seconds": round(time.perf_counter() - started, 3),
+        "convert_seconds": seconds,
+        "batch": batches,
+        "parity_samples": int(inputs.shape[0]),
+        "atol": atol,
+        "rtol": rtol,
+        "parity": [{"graph": r.graph, "output": r.output, "max_abs_diff": r.max_abs_diff, "ok": r.ok} for r in parity],
+    }
+    variant = SegmentVariant(name=VARIANT, backend="tflite", precision="fp32", files=tuple(files), report=report)
+    return variant, {name: sha256_file(target / name) for name in files}
+
+
+def add_tflite(
+    model: MultiExitModel,
+    package: str | os.PathLike[str],
+    *,
+    sample: np.ndarray | None = None,
+    context: Mapping[str, np.ndarray] | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> Package:
+    """Add (or rebuild) the ``tflite`` variant of an exported package, after the fact.
+
+    ``model`` must carry the weights the package was exported from (parity against its ONNX
+    segments says so). Without ``sample`` the parity inputs are the package's reference input
+    plus two seeded random ones; ``context`` defaults to the reference file's arrays of the same
+    names. The new files are built in a scratch directory inside the package, moved into
+    ``tflite/`` only once they pass, and the manifest is rewritten atomically.
+    """
+    opened = open_package(package)
+    manifest = opened.manifest
+    reference = _reference(opened)
+    inputs, ctx = _parity_inputs(manifest, reference, sample, context)
+    scratch = Path(tempfile.mkdtemp(prefix=".tflite.", suffix=".partial", dir=opened.root))
+    try:
+        variant, hashes = write_tflite_variant(
+            model, opened.root, manifest, inputs, ctx, criterion=_stored_criterion(manifest, reference),
+            atol=atol, rtol=rtol, out=scratch,
+        )  # fmt: skip
+        with _swapped_in(scratch / DIRECTORY, opened.root / DIRECTORY):
+            return opened.save_manifest(manifest.with_variant(variant, hashes))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _converter() -> Any:
+    try:
+        import litert_torch
+    except ImportError as err:
+        raise ExportError(
+            f"converting segments to TFLite needs litert-torch, which is not importable ({err}); "
+            f"install it with {EXPORT_EXTRA}"
+        ) from None
+    return litert_torch
+
+
+def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _named_context(
+    manifest: Manifest,
+    context: Sequence[np.ndarray | torch.Tensor] | Mapping[str, np.ndarray | torch.Tensor],
+) -> dict[str, np.ndarray]:
+    if isinstance(context, Mapping):
+        return {name: _numpy(value) for name, value in context.items()}
+    names = [c.name for c in manifest.input.context]
+    if len(context) != len(names):
+        raise ExportError(
+            f"got {len(context)} context tensor(s) for the package's context inputs {names}; "
+            "pass one per name, in that order (or a mapping by name)"
+        )
+    return {name: _numpy(value) for name, value in zip(names, context, strict=True)}
+
+
+def _context_for(spec: SegmentSpec, given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The segment's inputs after the hidden tensor, in its argument order, from ``given``."""
+    names = [t.name for t in spec.inputs[1:]]
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise ExportError(
+            f"segment {spec.index} takes the context input(s) {missing}; pass sample values for them "
+            f"(context={{name: array}}, as many rows as the inputs); got {sorted(given)}"
+        )
+    return {n: np.ascontiguousarray(given[n]) for n in names}
+
+
+def _convert(
+    litert_torch: Any, graph: SegmentGraph, spec: SegmentSpec, x: np.ndarray, ctx: Mapping[str, np.ndarray]
+) -> tuple[bytes, str]:
+    """The segment's .tflite bytes, with dynamic axes where the manifest has them if possible."""
+    values = [x, *ctx.values()]
+    if values[0].shape[0] < 2:  # a traced batch of 1 is specialized to 1
+        values = [np.concatenate([v, v]) for v in values]
+    args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in values)
+    dims: dict[int, Any] = {}
+    shapes = []
+    for tensor in spec.inputs:
+        axes = {}
+        for axis, size in enumerate(tensor.shape):
+            if size is None:
+                name = "batch" if axis == 0 else f"axis{axis}"
+                axes[axis] = dims.setdefault(axis, torch.export.Dim(name, min=1))
+        shapes.append(axes)
+    try:
+        with _quiet(litert_torch):
+            return litert_torch.convert(
+                graph, args, dynamic_shapes=_structured(graph, shapes)
+            ).model_content(), "dynamic"
+    except Exception as err:  # torch.export raises many types; the fallback records why
+        dynamic_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if any(size is None for t in spec.inputs for size in t.shape[1:]):
+        raise ExportError(
+            f"litert-torch could not convert segment {spec.index} with its dynamic axes ({dynamic_error}); "
+            "a fixed-shape fallback is only possible when the batch is the one dynamic axis"
+        )
+    try:
+        with _quiet(litert_torch):
+            single = tuple(a[:1] for a in args)
+            return litert_torch.convert(graph, single).model_content(), f"static-1 ({dynamic_error})"
+    except Exception as err:  # report the converter's own message
+        raise ExportError(
+            f"litert-torch could not convert segment {spec.index} to TFLite ({type(err).__name__}: {err}); "
+            "the segment uses an operator or pattern litert-torch does not support"
+        ) from None
+
+
+def _structured(graph: torch.nn.Module, shapes: list[dict[int, Any]]) -> tuple[Any, ...]:
+    """``dynamic_shapes`` shaped like ``forward``'s parameters: torch.export wants the context
+    of ``forward(x, *context)`` as one nested tuple, and nothing for an empty ``*context``."""
+    params = list(inspect.signature(graph.forward).parameters.values())
+    if len(shapes) > 1 and len(params) == 2 and params[1].kind is inspect.Parameter.VAR_POSITIONAL:
+        return (shapes[0], tuple(shapes[1:]))
+    return tuple(shapes)
+
+
+@contextlib.contextmanager
+def _quiet(litert_torch: Any) -> Iterator[None]:
+    """litert-torch prints a progress line per pass; an export prints its own summary instead."""
+    shown = litert_torch.config.show_progress
+    litert_torch.config.show_progress = False
+    try:
+        yield
+    finally:
+        litert_torch.config.show_progress = shown
+
+
+def _graph_criterion(manifest: Manifest) -> str | None:
+    """The criterion the ONNX segments compute in-graph: the one their exits with a score name."""
+    for spec in manifest.exits:
+        if spec.score is not None:
+            return spec.criterion if spec.criterion in IN_GRAPH_CRITERIA else None
+    return None
+
+
+def _reference(opened: Package) -> dict[str, np.ndarray]:
+    if opened.manifest.reference is None:
+        return {}
+    with np.load(opened.path(opened.manifest.reference.file)) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def _stored_criterion(manifest: Manifest, reference: Mapping[str, np.ndarray]) -> str | None:
+    """The in-graph score criterion, read off the stored PyTorch outputs: calibration may have
+    moved the exits to another criterion since export, but the graphs still compute the old one."""
+    for spec in manifest.exits:
+        if spec.score is None or spec.logits is None:
+            continue
+        logits, score = reference.get(f"{spec.segment}/{spec.logits}"), reference.get(f"{spec.segment}/{spec.score}")
+        if logits is None or score is None:
+            break
+        for candidate in IN_GRAPH_CRITERIA:
+            found = exit_score(torch.from_numpy(logits), candidate).numpy()
+            if found.shape == score.shape and np.allclose(found, score, atol=1e-5):
+                return candidate
+        break
+    return "auto"
+
+
+def _parity_inputs(
+    manifest: Manifest,
+    reference: Mapping[str, np.ndarray],
+    sample: np.ndarray | None,
+    context: Mapping[str, np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The caller's sample, or the stored reference input (plus two seeded random images)."""
+    if sample is None:
+        if "input" not in reference:
+            raise ExportError("the package has no reference input; pass sample= (real inputs for the parity check)")
+        real = reference["input"]
+        images = manifest.input.dtype.startswith("float") and not manifest.input.context
+        random = np.random.default_rng(0).standard_normal((2, *real.shape[1:])).astype(real.dtype)
+        sample = np.concatenate([real, random]) if images else real
+    inputs = np.asarray(sample, dtype=manifest.input.dtype)
+    want = tuple(manifest.input.shape[1:])
+    if inputs.ndim != len(manifest.input.shape) or any(
+        w is not None and w != g for w, g in zip(want, inputs.shape[1:], strict=True)
+    ):
+        raise ExportError(f"sample inputs have shape {inputs.shape[1:]} per item; the package expects {want}")
+    if context is not None:
+        return inputs, dict(context)
+    stored = {}
+    for spec in manifest.input.context:
+        for key in (f"context/{spec.name}", spec.name):
+            if key in reference:
+                stored[spec.name] = reference[key]
+                break
+    return inputs, stored
+
+
+@contextlib.contextmanager
+def _swapped_in(new: Path, final: Path) -> Iterator[None]:
+    """Put ``new`` at ``final``; the body (the manifest write) failing puts the old directory back."""
+    retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+    had = final.exists()
+    if had:
+        os.replace(final, retired)
+    os.replace(new, final)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if had:
+            os.replace(retired, final)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
