@@ -85,7 +85,8 @@ def export(
     ``codecs`` (fp32, fp16, int8; empty: none; default fp32) chooses the offload tails written
     under ``tails/``, one per boundary with a later segment and codec (docs/offload.md); models
     with context inputs get none (their tails would need the context on the wire too).
-    ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device.
+    ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device (default:
+    the model's ``tokenizer_file``).
     ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra).
     """
     if not isinstance(model, MultiExitModel):
@@ -252,6 +253,7 @@ def _write_package(
     np.savez(stage / "reference.npz", **reference)
     extra = [monolithic_file] if monolithic_file else []
     tokenizer_file = None
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer_file
     if tokenizer is not None:
         tokenizer_file = TOKENIZER_FILE
         _copy_tokenizer(Path(tokenizer), stage / tokenizer_file)

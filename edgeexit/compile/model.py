@@ -66,6 +66,8 @@ class MultiExitModel(nn.Module):
         self.token_layout = token_layout or TokenLayout()
         self.context_names = tuple(context_names)
         self.input_name = input_name
+        #: a ``tokenizers`` JSON file export copies into the package (text encoders)
+        self.tokenizer_file: str | None = None
 
     @property
     def num_exits(self) -> int:

