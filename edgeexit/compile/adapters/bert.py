@@ -109,6 +109,10 @@ def hidden_size(backbone: nn.Module) -> int:
     )
 
 
+#: Head name for an early exit that reuses the final exit's classifier (MuE-style, no own head).
+SHARED_FINAL = "final"
+
+
 class BertAdapter:
     expects = "a BERT-like encoder with embeddings and encoder.layer (Hugging Face BertModel layout)"
 
@@ -129,7 +133,13 @@ class BertAdapter:
         final_name = request.final_head or "linear"
         names_per_exit = [*request.heads, final_name]
         width = hidden_size(backbone)
-        heads = [self._head(name, request, pool, width) for name in names_per_exit]
+        if final_name == SHARED_FINAL:
+            raise ModelError(f"the final exit needs its own head; {SHARED_FINAL!r} names it for the early exits")
+        final = self._head(final_name, request, pool, width)
+        # MuE: an exit named "final" reads its layer with the final exit's own classifier (the same
+        # module, so the same weights): no head is trained for that layer, and similarity decides.
+        heads = [final if name == SHARED_FINAL else self._head(name, request, pool, width) for name in request.heads]
+        heads.append(final)
         infos = [
             ExitInfo(h, f"after layer{b}") for h, b in zip(names_per_exit, [*boundaries, len(layers) - 1], strict=True)
         ]
@@ -147,6 +157,7 @@ class BertAdapter:
 
     @staticmethod
     def _head(name: str | None, request: ExitRequest, pool: str, width: int) -> PooledHead | None:
+        """A registered head on the masked-pooled sentence vector (None: no classifier)."""
         # Registered heads get the pooled (N, D) vector; they pass 2-D features straight through.
         classifier = make_head(name, request, TokenLayout(prefix=0, pool="mean"))
         if classifier is None:
