@@ -18,6 +18,7 @@ from edgeexit.cli import (
     device_commands,
     package_commands,
     profile_commands,
+    quantize_commands,
     server_commands,
     workstation_commands,
 )
@@ -38,6 +39,7 @@ server_commands.register(app)
 profile_commands.register(app)
 daemon_commands.register(app)
 bench_commands.register(app)
+quantize_commands.register(app)
 
 
 #: Which extra brings a module a command may miss (the rest come with [device]).
@@ -53,6 +55,10 @@ _EXTRA_OF = {
     "grpc_health": "server",
     "grpc_reflection": "server",
     "prometheus_client": "server",
+    "tokenizers": "text",
+    "ai_edge_litert": "tflite",
+    "litert_torch": "tflite-export",
+    "transformers": "models",
 }
 
 

@@ -1,0 +1,171 @@
+"""``edgeexit quantize``: int8 segments calibrated on real data, with what they cost in accuracy.
+
+A workstation step (onnx and onnxruntime.quantization, no torch of its own). The runtime picks
+the result with ``--precision int8``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from edgeexit.console import console, table
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from edgeexit.compile.quantize import QuantizeReport
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(quantize)
+
+
+def quantize(
+    package: Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Labelled data (as `edgeexit calibrate --data`): a .npz (x, y), an image folder, or a built-in set "
+            "(digits, fashion-mnist, mnist-5k, builtin). Its first --samples calibrate the activation ranges, all "
+            "of it the int8 exits' thresholds."
+        ),
+    ],
+    eval_data: Annotated[
+        str | None,
+        typer.Option(help="Labelled data to measure each exit's fp32 vs int8 accuracy on (default: --data)."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Samples whose activations set the int8 ranges (fed through the fp32 segments).")
+    ] = 128,
+    per_channel: Annotated[
+        bool, typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel, or per tensor.")
+    ] = True,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Accuracy the int8 early exits may cost (default: the manifest's calibration's)."
+        ),
+    ] = None,
+    criterion: Annotated[
+        str | None, typer.Option(help="Exit criterion for the int8 exits (default: each exit's own).")
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Standard errors kept in reserve (default: the manifest's calibration's, else 1)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a built-in --data set.")] = "test",
+    eval_split: Annotated[str, typer.Option(help="Split of a built-in --eval-data set.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples of each data set.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads (timings: batch 1).")] = 1,
+) -> None:
+    """Quantize the package's segments to int8 (ONNX Runtime static quantization, QDQ).
+
+    Segment k's activation ranges come from boundary k-1's real hidden tensors (the fp32 segments
+    run on --data). Adds the int8 segments under int8/ with their own calibrated thresholds;
+    the package_id does not change. A failed run leaves the package as it was.
+    """
+    from edgeexit.compile.quantize import quantize_package
+    from edgeexit.data import load_dataset
+    from edgeexit.package import open_package
+    from edgeexit.runtime.inputs import prepare_dataset
+
+    opened = open_package(package)
+    calibration = load_dataset(data, split=split)
+    if limit:
+        calibration = calibration.head(limit)
+    x, y = prepare_dataset(calibration, opened.manifest)
+    eval_x = eval_y = None
+    eval_source = None
+    if eval_data is not None:
+        evaluation = load_dataset(eval_data, split=eval_split)
+        if limit:
+            evaluation = evaluation.head(limit)
+        eval_x, eval_y = prepare_dataset(evaluation, opened.manifest)
+        eval_source = evaluation.source
+    report = quantize_package(
+        opened, x, y, eval_x=eval_x, eval_y=eval_y, samples=samples, per_channel=per_channel, max_drop=max_drop,
+        criterion=criterion, margin=margin, threads=threads, data_source=calibration.source, eval_source=eval_source,
+    )  # fmt: skip
+    console.print(accuracy_change_table(report))
+    console.print(f"accuracy measured on: {escape(report.eval_source)}", highlight=False)
+    console.print(latency_table(report))
+    console.print(thresholds_table(report))
+    console.print(
+        f"[green]quantized[/] {escape(str(package))}: {len(report.variant.files)} int8 segment(s) in "
+        f"{escape(report.variant.files[0].split('/')[0])}/, package_id {report.package.manifest.package_id} "
+        "(unchanged); run them with --precision int8",
+        highlight=False,
+    )
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.2f}%"
+
+
+def accuracy_change_table(report: QuantizeReport) -> Table:
+    """Per exit: full-depth accuracy in fp32 and int8, the change in points, top-1 agreement."""
+    rows = [
+        (
+            c.exit,
+            _pct(c.fp32),
+            _pct(c.int8),
+            None if c.change is None else f"{100 * c.change:+.2f}",
+            _pct(c.agreement),
+        )
+        for c in report.exits
+    ]
+    title = f"int8 vs fp32 accuracy per exit, every sample judged there ({report.eval_samples} samples)"
+    return table(title, ["exit", "fp32 accuracy", "int8 accuracy", "change (points)", "same prediction"], rows)
+
+
+def latency_table(report: QuantizeReport) -> Table:
+    rows = [
+        (
+            t.segment,
+            f"{t.fp32_ms:.4f}",
+            f"{t.int8_ms:.4f}",
+            f"{t.ratio:.2f}x",
+            f"{t.fp32_bytes / 1024:.1f}",
+            f"{t.int8_bytes / 1024:.1f}",
+        )
+        for t in report.segments
+    ]
+    fp32 = sum(t.fp32_ms for t in report.segments)
+    int8 = sum(t.int8_ms for t in report.segments)
+    rows.append(("all", f"{fp32:.4f}", f"{int8:.4f}", f"{int8 / fp32:.2f}x" if fp32 else None, None, None))
+    title = "segment latency, batch 1, median, fp32 and int8 measured alternately (int8/fp32 < 1: int8 pays)"
+    return table(title, ["segment", "fp32 ms", "int8 ms", "int8/fp32", "fp32 KiB", "int8 KiB"], rows)
+
+
+def thresholds_table(report: QuantizeReport) -> Table:
+    """The int8 exits' new calibration next to the fp32 thresholds they replace."""
+    manifest = report.package.manifest
+    record = report.variant.calibration
+    assert record is not None
+    rows = []
+    for old, new, measured in zip(manifest.exits, report.variant.exits, record.exits, strict=True):
+        never = new.threshold >= 1e9
+        rows.append(
+            (
+                new.index,
+                new.criterion,
+                "final" if old.final else ("never" if old.threshold >= 1e9 else f"{old.threshold:.4f}"),
+                "final" if new.final else ("never" if never else f"{new.threshold:.4f}"),
+                f"{new.temperature:.3f}",
+                f"{100 * measured.exit_rate:.1f}%",
+                _pct(measured.accuracy),
+            )
+        )
+    title = (
+        f"int8 calibration (max drop {100 * record.max_drop:g} pt, {record.margin:g} s.e. in reserve, "
+        f"{record.samples} samples): accuracy {100 * record.accuracy:.2f}% vs int8 final exit "
+        f"{100 * record.final_accuracy:.2f}%, expected {record.expected_latency_ms:.4f} ms"
+    )
+    return table(
+        title, ["exit", "criterion", "fp32 threshold", "int8 threshold", "temperature", "exit rate", "accuracy there"],
+        rows,
+    )  # fmt: skip
