@@ -2,14 +2,20 @@
 
     python tools/bench_tflite.py PKG [--runs 300] [--threads 1] [--batch 8]
     python tools/bench_tflite.py PKG --model FACTORY --checkpoint CKPT   # convert first (add_tflite)
+    python tools/bench_tflite.py PKG --export-text edgeexit.compile.text_models:minilm_l6 \\
+        --sequence-length 64 --tokens 32 --batch 0    # export a text encoder (seed 0), convert, measure
 
-Each segment is fed the package's reference input carried through the ONNX segments before it.
+Each segment is fed the package's reference input (for a text encoder: its token ids and
+context inputs; ``--tokens N`` makes it N attended tokens, the reference's real tokens repeated)
+carried through the ONNX segments before it.
 (a) batch 1: ORT ``session.run`` vs LiteRT ``invoke`` per segment, side by side: rounds alternate
     between the two so machine noise hits them alike; medians, and the LiteRT/ORT ratio.
+    A text encoder's TFLite graphs have a fixed token length: LiteRT pays for all of it (the
+    input is padded), ORT for the input's tokens only.
 (b) batch B: ORT, LiteRT at batch B in one invoke (the graph's dynamic batch), LiteRT as B
     batch-1 invokes, and LiteRT alternating between batch B and B-1 (what batched early exit
     does as samples retire: every call re-plans the graph). Per-sample ms, medians.
-Device-side apart from the optional conversion (which imports torch and litert-torch).
+Device-side apart from the optional export/conversion (which imports torch and litert-torch).
 """
 
 from __future__ import annotations
@@ -20,24 +26,70 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgeexit.package import open_package
+from edgeexit.package import Package, open_package
 from edgeexit.runtime.litert_backend import LiteRtSegment
 from edgeexit.runtime.ort_backend import OrtSegment
 
+Context = dict[str, np.ndarray]
 
-def _convert(package: str, factory: str, checkpoint: str) -> None:
+
+def _convert(package: str, factory: str, checkpoint: str, sequence_length: int | None) -> None:
     from edgeexit.compile.checkpoint import load_checkpoint
     from edgeexit.compile.factory import build_from_factory
     from edgeexit.compile.tflite import add_tflite
 
     model = load_checkpoint(build_from_factory(factory), checkpoint)
     began = time.perf_counter()
-    variant = add_tflite(model, package).manifest.variant("tflite")
-    worst = max(r["max_abs_diff"] for r in variant.report["parity"])
+    variant = add_tflite(model, package, sequence_length=sequence_length).manifest.variant("tflite")
+    _print_conversion(variant.report, time.perf_counter() - began)
+
+
+def _export_text(package: str, factory: str, tokens: int, sequence_length: int | None) -> None:
+    """Export a text encoder (heads initialized with seed 0) on seeded token samples, then convert."""
+    import torch
+
+    from edgeexit.compile import export
+    from edgeexit.compile.factory import build_from_factory
+    from edgeexit.compile.tflite import add_tflite
+
+    torch.manual_seed(0)
+    model = build_from_factory(factory)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, (4, tokens)).astype(np.int64)
+    mask = np.ones((4, tokens), np.int64)
+    for row, keep in enumerate((tokens, (2 * tokens) // 3, tokens // 3, 2)):
+        mask[row, max(keep, 1) :] = 0
+    sample = {model.input_name: ids * mask, **{name: mask for name in model.context_names}}
+    began = time.perf_counter()
+    export(model, (1, tokens), package, sample=sample, codecs=())
+    print(f"ONNX export in {time.perf_counter() - began:.1f} s")
+    began = time.perf_counter()
+    variant = add_tflite(model, package, sequence_length=sequence_length).manifest.variant("tflite")
+    _print_conversion(variant.report, time.perf_counter() - began)
+
+
+def _print_conversion(report: dict, seconds: float) -> None:
+    worst = max(r["max_abs_diff"] for r in report["parity"])
+    length = report.get("sequence_length")
+    tokens = f", {length} tokens" if length else ""
     print(
-        f"converted in {time.perf_counter() - began:.1f} s (per segment {variant.report['convert_seconds']} s, "
-        f"batch {sorted(set(variant.report['batch']))}); worst |LiteRT - ONNX| {worst:.2g}"
+        f"converted in {seconds:.1f} s (per segment {report['convert_seconds']} s, "
+        f"batch {sorted(set(report['batch']))}{tokens}); worst |LiteRT - ONNX| {worst:.2g}"
     )
+
+
+def _inputs(package: Package, tokens: int | None) -> tuple[np.ndarray, Context]:
+    """One sample from the reference file: the input and its context (text: ``tokens`` long if given)."""
+    manifest = package.manifest
+    with np.load(package.path(manifest.reference.file)) as ref:
+        x = np.ascontiguousarray(ref["input"][:1])
+        context = {c.name: np.ascontiguousarray(ref[f"context/{c.name}"][:1]) for c in manifest.input.context}
+    if tokens is not None and context:
+        mask = context.get("attention_mask", np.ones_like(x))
+        real = x[0][mask[0].astype(bool)]
+        x = np.resize(real, tokens)[None].astype(x.dtype)
+        context = {name: np.ones((1, tokens), value.dtype) for name, value in context.items()}
+    return x, context
 
 
 def _medians(contenders: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, float]:
@@ -54,24 +106,31 @@ def _medians(contenders: dict[str, Callable[[], object]], runs: int, warmup: int
 
 
 def _bench_segment(
-    ort_seg: OrtSegment, lite: LiteRtSegment, x: np.ndarray, xb: np.ndarray, runs: int, warmup: int
+    ort_seg: OrtSegment,
+    lite: LiteRtSegment,
+    x: np.ndarray,
+    ctx: Context,
+    xb: np.ndarray,
+    ctxb: Context,
+    runs: int,
+    warmup: int,
 ) -> dict[str, float]:
     """(a) for one segment; (b) too when ``xb`` holds more than one sample (per-sample ms)."""
-    found = _medians({"ort": lambda: ort_seg.run(x), "litert": lambda: lite.run(x)}, runs, warmup)
+    found = _medians({"ort": lambda: ort_seg.run(x, ctx), "litert": lambda: lite.run(x, ctx)}, runs, warmup)
     batch = int(xb.shape[0])
     if batch > 1:
-        loop = [xb[i : i + 1] for i in range(batch)]
-        alternating = [xb, xb[:-1]]
+        loop = [(xb[i : i + 1], {n: v[i : i + 1] for n, v in ctxb.items()}) for i in range(batch)]
+        alternating = [(xb, ctxb), (xb[:-1], {n: v[:-1] for n, v in ctxb.items()})]
         turn = [0]
 
         def alternate() -> None:
             turn[0] ^= 1
-            lite.run(alternating[turn[0]])
+            lite.run(*alternating[turn[0]])
 
         contenders = {
-            "ort_b": lambda: ort_seg.run(xb),
-            "litert_b": lambda: lite.run(xb),
-            "litert_loop": lambda: [lite.run(s) for s in loop],
+            "ort_b": lambda: ort_seg.run(xb, ctxb),
+            "litert_b": lambda: lite.run(xb, ctxb),
+            "litert_loop": lambda: [lite.run(*s) for s in loop],
             "litert_alt": alternate,
         }
         per_call = _medians(contenders, max(runs // 4, 20), warmup)
@@ -89,18 +148,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="batch for (b); 0 skips it")
     parser.add_argument("--model", help="factory of the package's model, to convert it first (with --checkpoint)")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--export-text", metavar="FACTORY", help="export a text encoder to PACKAGE first, then convert")
+    parser.add_argument("--sequence-length", type=int, help="token length of a text encoder's TFLite graphs")
+    parser.add_argument("--tokens", type=int, help="text: measure on this many attended tokens")
     args = parser.parse_args()
-    if args.model:
-        _convert(args.package, args.model, args.checkpoint)
+    if args.export_text:
+        _export_text(args.package, args.export_text, args.tokens or 32, args.sequence_length)
+    elif args.model:
+        _convert(args.package, args.model, args.checkpoint, args.sequence_length)
     package = open_package(args.package)
     manifest = package.manifest
     variant = manifest.variant("tflite")
-    with np.load(package.path(manifest.reference.file)) as ref:
-        x = np.ascontiguousarray(ref["input"][:1], dtype=np.float32)
+    x, ctx = _inputs(package, args.tokens)
     batch = max(args.batch, 0)
-    xb = np.ascontiguousarray(np.repeat(x, batch, axis=0)) if batch else x
+
+    def repeat(value: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.repeat(value, batch, axis=0)) if batch else value
+
+    xb, ctxb = repeat(x), {name: repeat(value) for name, value in ctx.items()}
     converter = variant.report.get("converter", "?")
-    print(f"{manifest.model_name}: {len(manifest.segments)} segments, {args.threads} thread(s), {converter}")
+    length = variant.report.get("sequence_length")
+    shape = f", input {x.shape[1:]}" + (f", TFLite graphs at {length} tokens" if length else "")
+    print(f"{manifest.model_name}: {len(manifest.segments)} segments, {args.threads} thread(s), {converter}{shape}")
     rows = []
     for spec, tflite_file in zip(manifest.segments, variant.files, strict=True):
         ort_seg = OrtSegment(
@@ -108,11 +177,11 @@ def main() -> None:
         )
         lite = LiteRtSegment(package.path(tflite_file), spec, threads=args.threads)
         row = {"segment": spec.index, "mflops": spec.flops / 1e6}
-        row.update(_bench_segment(ort_seg, lite, x, xb, args.runs, args.warmup))
+        row.update(_bench_segment(ort_seg, lite, x, ctx, xb, ctxb, args.runs, args.warmup))
         rows.append(row)
         if spec.hidden is not None:
-            xb = ort_seg.run(xb)[spec.hidden]
-            x = ort_seg.run(x)[spec.hidden]
+            xb = ort_seg.run(xb, ctxb)[spec.hidden]
+            x = ort_seg.run(x, ctx)[spec.hidden]
 
     print("\n(a) batch 1, median ms per call")
     print(f"{'seg':>3} {'MFLOPs':>8} {'ORT':>8} {'LiteRT':>8} {'LiteRT/ORT':>10}")

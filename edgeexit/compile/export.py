@@ -74,6 +74,7 @@ def export(
     codecs: Sequence[str] | None = None,
     tokenizer: str | Path | None = None,
     tflite: bool = False,
+    tflite_sequence_length: int | None = None,
 ) -> Package:
     """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, tails/, reference.npz).
 
@@ -87,7 +88,9 @@ def export(
     with context inputs get none (their tails would need the context on the wire too).
     ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device (default:
     the model's ``tokenizer_file``).
-    ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra).
+    ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra);
+    a text encoder's TFLite graphs have a fixed token count, ``tflite_sequence_length`` (default 128:
+    LiteRT pads shorter inputs, refuses longer ones).
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
@@ -123,7 +126,7 @@ def export(
             graph_criterion, threshold, monolithic, atol, rtol, started, chosen_codecs, tokenizer,
         )  # fmt: skip
         if tflite:
-            _add_tflite(model, stage, manifest, inputs, context)
+            _add_tflite(model, stage, manifest, inputs, context, tflite_sequence_length)
     return open_package(out)
 
 
@@ -376,12 +379,17 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 
 
 def _add_tflite(
-    model: MultiExitModel, stage: Path, manifest: Manifest, inputs: torch.Tensor, context: tuple[torch.Tensor, ...]
+    model: MultiExitModel,
+    stage: Path,
+    manifest: Manifest,
+    inputs: torch.Tensor,
+    context: tuple[torch.Tensor, ...],
+    sequence_length: int | None,
 ) -> None:
     """Convert every segment to TFLite beside the ONNX ones, parity-checked against them."""
     from edgeexit.compile.tflite import write_tflite_variant
 
-    variant, hashes = write_tflite_variant(model, stage, manifest, inputs, context)
+    variant, hashes = write_tflite_variant(model, stage, manifest, inputs, context, sequence_length=sequence_length)
     updated = manifest.with_variant(variant, hashes)
     updated.validate()
     atomic_write_text(stage / MANIFEST_FILE, updated.to_json())

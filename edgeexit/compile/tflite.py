@@ -14,10 +14,23 @@ transformer's sequence axis in its hidden tensor and its attention mask). A mode
 export that way is converted at batch 1 instead (``report["batch"]`` says which) and the
 runtime runs its batches sample by sample: resizing a fixed-shape graph fails in XNNPACK.
 
+Text encoders (a token axis besides the batch, and an ``attention_mask`` context input) are
+converted with static shapes: batch 1 and a fixed token length (``sequence_length``, default
+``DEFAULT_SEQUENCE_LENGTH``). litert-torch 0.10.0 lowers ``unsqueeze``, ``view`` and slicing
+through jax with static shapes only, so any dynamic axis fails in the first
+``mask.unsqueeze(-1)`` or ``mask[:, None, None, :]`` ("broadcast_in_dim shape must have every
+element be nonnegative"; measured on the tiny masked encoder and on all-MiniLM-L6-v2, with the
+batch, the tokens or both dynamic, whatever the mask's dtype). The runtime pads shorter inputs
+with masked-out tokens (ids 0, mask 0) and crops the token outputs back, so the real tokens'
+outputs are unchanged; the length is recorded in ``report["sequence_length"]`` and in the
+graphs' own input shapes.
+
 Parity: the converted graphs run on LiteRT against the ONNX segments in ``stage`` on the same
 inputs, per segment (both given ONNX's input to that segment, at batch N and at batch 1) and
 chained (each backend fed its own previous hidden tensor), with export's tolerances; any output
-beyond them fails the conversion with every output's max difference.
+beyond them fails the conversion with every output's max difference. A text encoder's token
+outputs are compared on the attended tokens only (``attention_mask`` 1): what a graph computes
+at padding positions is never read.
 """
 
 from __future__ import annotations
@@ -51,6 +64,10 @@ EXPORT_EXTRA = "pip install -c constraints.txt 'edgeexit[tflite-export]'"
 #: The same tolerances as the ONNX parity check (edgeexit.compile.export): LiteRT measured ~5e-7.
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
+#: The token length text segments are converted at (inputs up to it run; shorter ones are padded).
+DEFAULT_SEQUENCE_LENGTH = 128
+#: The context input whose 0s mark padding tokens (BERT-like encoders; edgeexit.compile.adapters.bert).
+MASK_NAME = "attention_mask"
 
 
 def write_tflite_variant(
@@ -64,6 +81,7 @@ def write_tflite_variant(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     out: Path | None = None,
+    sequence_length: int | None = None,
 ) -> tuple[SegmentVariant, dict[str, str]]:
     """Convert every segment of ``model`` to ``tflite/<k>.tflite`` and check it against ONNX.
 
@@ -73,7 +91,10 @@ def write_tflite_variant(
     the matching context tensors, in ``manifest.input.context`` order or by name (an
     ``attention_mask``: every segment input after the first). ``criterion`` is the in-graph score
     criterion the ONNX segments were exported with ("auto": the one the manifest's scored exits
-    name; None: no score outputs). Returns the variant for ``Manifest.with_variant`` and the
+    name; None: no score outputs). ``sequence_length`` is the token length a text encoder's
+    segments are converted at (default ``DEFAULT_SEQUENCE_LENGTH``): the longest input they take,
+    and a shorter one costs as much, being padded to it; models without a token axis refuse it.
+    Returns the variant for ``Manifest.with_variant`` and the
     sha256 of each file, keyed by its package-relative path. Raises ExportError when litert-torch
     is not installed, a segment does not convert, or LiteRT disagrees with ONNX beyond atol/rtol.
     """
@@ -84,10 +105,11 @@ def write_tflite_variant(
     if criterion == "auto":
         criterion = _graph_criterion(manifest)
     started = time.perf_counter()
-    target = Path(out) if out is not None else Path(stage)
-    (target / DIRECTORY).mkdir(parents=True, exist_ok=True)
     given = _named_context(manifest, context)
     x_onnx = np.ascontiguousarray(_numpy(inputs))
+    tokens = _token_length(manifest, sequence_length, x_onnx)
+    target = Path(out) if out is not None else Path(stage)
+    (target / DIRECTORY).mkdir(parents=True, exist_ok=True)
     x_tflite = x_onnx
     model.eval()
     parity: list[ParityCheck] = []
@@ -100,7 +122,10 @@ def write_tflite_variant(
         graph = SegmentGraph(model, k, criterion).eval()
         relative = f"{DIRECTORY}/{k}.tflite"
         began = time.perf_counter()
-        content, batch = _convert(litert_torch, graph, spec, x_onnx, ctx)
+        if tokens is None:
+            content, batch = _convert(litert_torch, graph, spec, x_onnx, ctx)
+        else:
+            content, batch = _convert_static(litert_torch, graph, spec, x_onnx, ctx, tokens)
         seconds.append(round(time.perf_counter() - began, 3))
         atomic_write_bytes(target / relative, content)
         files.append(relative)
@@ -113,10 +138,12 @@ def write_tflite_variant(
         isolated = segment.run(x_onnx, ctx)
         single = segment.run(x_onnx[:1], {n: v[:1] for n, v in ctx.items()})
         chained = segment.run(x_tflite, ctx)
+        mask = ctx.get(MASK_NAME) if tokens is not None else None
         for name in names:
-            parity.append(compare(f"tflite segment {k}", name, onnx[name], isolated[name], atol, rtol))
-            parity.append(compare(f"tflite segment {k} batch 1", name, onnx[name][:1], single[name], atol, rtol))
-            parity.append(compare(f"tflite chain to {k}", name, onnx[name], chained[name], atol, rtol))
+            ref, one = onnx[name], onnx[name][:1]
+            parity.append(_compare(f"tflite segment {k}", name, ref, isolated[name], mask, atol, rtol))
+            parity.append(_compare(f"tflite segment {k} batch 1", name, one, single[name], _first(mask), atol, rtol))
+            parity.append(_compare(f"tflite chain to {k}", name, ref, chained[name], mask, atol, rtol))
         if spec.hidden is not None:
             x_onnx, x_tflite = onnx[spec.hidden], chained[spec.hidden]
 
@@ -132,6 +159,7 @@ def write_tflite_variant(
         "seconds": round(time.perf_counter() - started, 3),
         "convert_seconds": seconds,
         "batch": batches,
+        "sequence_length": tokens,
         "parity_samples": int(inputs.shape[0]),
         "atol": atol,
         "rtol": rtol,
@@ -149,13 +177,15 @@ def add_tflite(
     context: Mapping[str, np.ndarray] | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    sequence_length: int | None = None,
 ) -> Package:
     """Add (or rebuild) the ``tflite`` variant of an exported package, after the fact.
 
     ``model`` must carry the weights the package was exported from (parity against its ONNX
     segments says so). Without ``sample`` the parity inputs are the package's reference input
     plus two seeded random ones; ``context`` defaults to the reference file's arrays of the same
-    names. The new files are built in a scratch directory inside the package, moved into
+    names. ``sequence_length``: the token length of a text encoder's graphs (see
+    ``write_tflite_variant``). The new files are built in a scratch directory inside the package, moved into
     ``tflite/`` only once they pass, and the manifest is rewritten atomically.
     """
     opened = open_package(package)
@@ -166,7 +196,7 @@ def add_tflite(
     try:
         variant, hashes = write_tflite_variant(
             model, opened.root, manifest, inputs, ctx, criterion=_stored_criterion(manifest, reference),
-            atol=atol, rtol=rtol, out=scratch,
+            atol=atol, rtol=rtol, out=scratch, sequence_length=sequence_length,
         )  # fmt: skip
         with _swapped_in(scratch / DIRECTORY, opened.root / DIRECTORY):
             return opened.save_manifest(manifest.with_variant(variant, hashes))
@@ -254,6 +284,70 @@ def _convert(
             f"litert-torch could not convert segment {spec.index} to TFLite ({type(err).__name__}: {err}); "
             "the segment uses an operator or pattern litert-torch does not support"
         ) from None
+
+
+def _token_length(manifest: Manifest, requested: int | None, inputs: np.ndarray) -> int | None:
+    """The static token length to convert at: None for models whose only dynamic axis is the batch."""
+    tokens = any(size is None for s in manifest.segments for t in s.inputs for size in t.shape[1:])
+    if not tokens:
+        if requested is not None:
+            raise ExportError(
+                f"sequence_length={requested} is for text encoders (a dynamic token axis); this model's "
+                "segments have fixed shapes besides the batch: leave it unset"
+            )
+        return None
+    length = DEFAULT_SEQUENCE_LENGTH if requested is None else int(requested)
+    if length < 1:
+        raise ExportError(f"sequence_length must be a positive token count; got {requested}")
+    if inputs.ndim >= 2 and inputs.shape[1] > length:
+        raise ExportError(
+            f"the parity samples have {inputs.shape[1]} tokens but the TFLite graphs are being converted for "
+            f"at most {length}; pass sequence_length >= {inputs.shape[1]}, or shorter samples"
+        )
+    return length
+
+
+def _pad_tokens(value: np.ndarray, length: int) -> np.ndarray:
+    """``value`` (N, L, ...) zero-padded to ``length`` tokens: ids 0 and mask 0, masked out."""
+    widths = [(0, 0)] * value.ndim
+    widths[1] = (0, length - value.shape[1])
+    return np.ascontiguousarray(np.pad(value, widths))
+
+
+def _convert_static(
+    litert_torch: Any,
+    graph: SegmentGraph,
+    spec: SegmentSpec,
+    x: np.ndarray,
+    ctx: Mapping[str, np.ndarray],
+    length: int,
+) -> tuple[bytes, str]:
+    """A text segment's .tflite bytes at batch 1 and ``length`` tokens (the one way litert-torch
+    0.10.0 converts them), traced on the first sample padded as the runtime pads."""
+    args = tuple(torch.from_numpy(_pad_tokens(v[:1], length)) for v in (x, *ctx.values()))
+    try:
+        with _quiet(litert_torch):
+            return litert_torch.convert(graph, args).model_content(), "static-1"
+    except Exception as err:  # report the converter's own message
+        raise ExportError(
+            f"litert-torch could not convert segment {spec.index} to TFLite at batch 1 and {length} tokens "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the segment uses an "
+            "operator or pattern litert-torch does not support"
+        ) from None
+
+
+def _first(mask: np.ndarray | None) -> np.ndarray | None:
+    return None if mask is None else mask[:1]
+
+
+def _compare(
+    graph: str, output: str, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None, atol: float, rtol: float
+) -> ParityCheck:
+    """``compare``, on the attended tokens only for a token output (N, L, ...) when a mask is given."""
+    if mask is not None and ref.shape == got.shape and ref.ndim >= 2 and ref.shape[:2] == mask.shape:
+        keep = mask.astype(bool)
+        return compare(graph, output, ref[keep], got[keep], atol, rtol)
+    return compare(graph, output, ref, got, atol, rtol)
 
 
 def _structured(graph: torch.nn.Module, shapes: list[dict[int, Any]]) -> tuple[Any, ...]:

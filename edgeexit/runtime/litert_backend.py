@@ -16,6 +16,13 @@ Batching: the converter exports a dynamic batch axis, so a batch of N runs as on
 re-planning costs more than a small segment's invoke). A graph whose batch is fixed at 1 (the
 converter's fallback when a model would not export with a dynamic batch) runs its batch one
 sample at a time: resizing such a graph fails in XNNPACK on its baked-in reshapes.
+
+Tokens: a text encoder's graphs have a fixed token length (litert-torch converts them only with
+static shapes; ``edgeexit.compile.tflite``) where the manifest's token axis is dynamic. A shorter
+request is padded along axis 1 with zeros, ids 0 and ``attention_mask`` 0, so the padding is
+masked out and the real tokens' outputs are what the ONNX graphs give; every token output
+(N, L, ...) is cropped back to the request's length. A longer request is an InputError naming the
+limit: truncating it would silently change the answer.
 """
 
 from __future__ import annotations
@@ -69,6 +76,11 @@ class LiteRtSegment:
         self._inputs = [(want.name, d["index"], d["dtype"]) for want, d in zip(spec.inputs, inputs, strict=True)]
         self._outputs = [(want.name, d["index"], want.dtype) for want, d in zip(spec.outputs, outputs, strict=True)]
         self.dynamic_batch = all(int(d["shape_signature"][0]) == -1 for d in inputs)
+        self.sequence_length = self._token_length(inputs)
+        #: Outputs with a token axis (the manifest's axis 1 is dynamic): cropped after padding.
+        self._token_outputs = {t.name for t in spec.outputs if len(t.shape) >= 2 and t.shape[1] is None}
+        #: Padded input buffers by (input position, shape): np.pad costs ~20 us a call, a copy ~1 us.
+        self._buffers: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._shapes: tuple[tuple[int, ...], ...] | None = None
         self._ensure([tuple(int(n) for n in d["shape"]) for d in inputs])
 
@@ -84,6 +96,20 @@ class LiteRtSegment:
                 "to this manifest: re-export the package with --tflite"
             )
 
+    def _token_length(self, inputs: list[dict[str, Any]]) -> int | None:
+        """The graph's fixed token length, where the manifest's token axis (axis 1) is dynamic."""
+        found = {
+            int(d["shape_signature"][1])
+            for want, d in zip(self.spec.inputs, inputs, strict=True)
+            if len(want.shape) >= 2 and want.shape[1] is None and int(d["shape_signature"][1]) != -1
+        }
+        if len(found) > 1:
+            raise PackageError(
+                f"{self.path} fixes its inputs' token axes at different lengths {sorted(found)}; a text segment "
+                "takes one length for the hidden tensor and its mask: re-export the package with --tflite"
+            )
+        return found.pop() if found else None
+
     def _ensure(self, shapes: list[tuple[int, ...]]) -> None:
         """Resize and re-plan the graph only when the input shapes change."""
         key = tuple(shapes)
@@ -96,11 +122,51 @@ class LiteRtSegment:
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         values = [x, *self._context(context)]
+        length = None
+        if self.sequence_length is not None:
+            length = int(np.shape(x)[1])
+            values = self._padded(values, length)
         batch = int(x.shape[0])
         if self.dynamic_batch or batch == 1:
-            return self._invoke(values)
-        rows = [self._invoke([v[i : i + 1] for v in values]) for i in range(batch)]  # a fixed batch-1 graph
-        return {name: np.concatenate([row[name] for row in rows]) for name, _, _ in self._outputs}
+            found = self._invoke(values)
+        else:
+            rows = [self._invoke([v[i : i + 1] for v in values]) for i in range(batch)]  # a fixed batch-1 graph
+            found = {name: np.concatenate([row[name] for row in rows]) for name, _, _ in self._outputs}
+        if length is not None and length != self.sequence_length:
+            for name in self._token_outputs:
+                found[name] = np.ascontiguousarray(found[name][:, :length])
+        return found
+
+    def _padded(self, values: list[np.ndarray], length: int) -> list[np.ndarray]:
+        """Every token input (manifest axis 1 dynamic) zero-padded to the graph's token length."""
+        limit = int(self.sequence_length or 0)
+        if length > limit:
+            raise InputError(
+                f"the request has {length} tokens but segment {self.spec.index}'s TFLite graph takes at most "
+                f"{limit} (the length it was converted at); shorten or split the text, run the ONNX segments "
+                "(backend onnxruntime), or re-convert with a longer sequence_length"
+            )
+        padded = []
+        for position, (value, (name, _, dtype), spec) in enumerate(
+            zip(values, self._inputs, self.spec.inputs, strict=True)
+        ):
+            array = np.asarray(value)
+            if len(spec.shape) >= 2 and spec.shape[1] is None:
+                if array.ndim < 2 or array.shape[1] != length:
+                    raise InputError(
+                        f"segment {self.spec.index}'s input {name!r} has shape {array.shape}; expected (N, {length}, "
+                        "...): the same token count as the hidden tensor"
+                    )
+                if length < limit:
+                    shape = (array.shape[0], limit, *array.shape[2:])
+                    buffer = self._buffers.get((position, shape))
+                    if buffer is None:
+                        buffer = self._buffers.setdefault((position, shape), np.zeros(shape, dtype))
+                    buffer[:, :length] = array
+                    buffer[:, length:] = 0  # token id 0, attention_mask 0: masked out
+                    array = buffer  # set_tensor copies it into the interpreter: reusing it is safe
+            padded.append(array)
+        return padded
 
     def _context(self, context: Mapping[str, np.ndarray] | None) -> list[np.ndarray]:
         given = context or {}

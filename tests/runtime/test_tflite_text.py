@@ -1,0 +1,201 @@
+"""TFLite segments of a text encoder: static token length, padding in the runtime, parity on real tokens.
+
+litert-torch 0.10.0 converts a masked encoder's segments only with static shapes, so they are
+converted at batch 1 and a fixed token length and LiteRT pads shorter requests with masked-out
+tokens. Real conversions of a tiny masked encoder (the one test_runtime_context.py uses, copied
+here) against real ONNX Runtime sessions; all-MiniLM-L6-v2 is measured in tools/bench_tflite.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeexit.compile import export
+from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.errors import ExportError, InputError
+from edgeexit.package import open_package
+from edgeexit.runtime import Engine
+from edgeexit.runtime.ort_backend import OrtSegment
+
+pytest.importorskip(
+    "litert_torch", reason="needs litert-torch: pip install -c constraints.txt 'edgeexit[tflite-export]'"
+)
+pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert: pip install 'edgeexit[tflite]'")
+
+from edgeexit.compile.tflite import add_tflite
+from edgeexit.runtime.litert_backend import LiteRtSegment
+
+pytestmark = pytest.mark.slow
+
+LENGTH = 16  # the token length the graphs are converted at
+
+
+class _Embed(nn.Module):
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
+
+
+class _MaskedMix(nn.Module):
+    """Each token adds the mean of the attended tokens: the answer depends on the mask."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.tanh(self.proj(x + pooled))
+
+
+class _Segment(nn.Module):
+    def __init__(self, *parts: nn.Module) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x, mask)
+        return x
+
+
+class _PooledHead(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
+
+
+def _tiny_encoder() -> MultiExitModel:
+    torch.manual_seed(0)
+    dim, classes = 16, 3
+    segments = [_Segment(_Embed(50, dim), _MaskedMix(dim)), _Segment(_MaskedMix(dim)), _Segment(_MaskedMix(dim))]
+    heads = [_PooledHead(dim, classes) for _ in range(3)]
+    infos = [ExitInfo("pooled", f"after layer {k}") for k in range(3)]
+    return MultiExitModel(
+        segments, heads, infos, name="tiny_text", num_classes=classes, layout="NL",
+        context_names=("attention_mask",), input_name="input_ids",
+    ).eval()  # fmt: skip
+
+
+def _tokens(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 50, size=(n, length)).astype(np.int64)
+    mask = np.ones((n, length), np.int64)
+    for row in range(n):
+        mask[row, rng.integers(1, length + 1) :] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def text_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny encoder exported (ONNX, 12-token samples) with its tflite variant at LENGTH tokens."""
+    out = tmp_path_factory.mktemp("text_tflite") / "pkg"
+    export(_tiny_encoder(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
+    add_tflite(_tiny_encoder(), out, sequence_length=LENGTH)
+    return out
+
+
+def _segments(root: Path) -> tuple[list[OrtSegment], list[LiteRtSegment]]:
+    package = open_package(root)
+    manifest = package.manifest
+    files = manifest.variant("tflite").files
+    onnx = [
+        OrtSegment(package.path(s.file), s, threads=1, cache_dir=None, sha256=manifest.files[s.file])
+        for s in manifest.segments
+    ]
+    lite = [LiteRtSegment(package.path(f), s, threads=1) for s, f in zip(manifest.segments, files, strict=True)]
+    return onnx, lite
+
+
+def test_variant_records_the_static_token_length_and_passed_parity(text_tflite: Path) -> None:
+    manifest = open_package(text_tflite).manifest
+    report = manifest.variant("tflite").report
+    assert report["sequence_length"] == LENGTH
+    assert report["batch"] == ["static-1"] * len(manifest.segments)
+    assert all(row["ok"] for row in report["parity"])
+    assert {"tflite segment 0 batch 1", f"tflite chain to {len(manifest.segments) - 1}"} <= {
+        row["graph"] for row in report["parity"]
+    }
+    _, lite = _segments(text_tflite)
+    assert {segment.sequence_length for segment in lite} == {LENGTH}
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 5), (4, 9), (3, LENGTH)])
+def test_shorter_inputs_are_padded_and_cropped_back(text_tflite: Path, batch: int, length: int) -> None:
+    onnx, lite = _segments(text_tflite)
+    tokens = _tokens(batch, length, seed=length)
+    mask = tokens["attention_mask"]
+    keep = mask.astype(bool)
+    x = tokens["input_ids"]
+    for ort_segment, lite_segment in zip(onnx, lite, strict=True):
+        expected = ort_segment.run(x, {"attention_mask": mask})
+        got = lite_segment.run(x, {"attention_mask": mask})
+        assert list(got) == [o.name for o in ort_segment.spec.outputs]
+        for name, value in expected.items():
+            assert (got[name].shape, got[name].dtype) == (value.shape, value.dtype), name
+            if name.startswith("hidden_"):  # token outputs: what padding positions hold is never read
+                value, found = value[keep], got[name][keep]
+            else:
+                found = got[name]
+            np.testing.assert_allclose(found, value, atol=1e-4, rtol=1e-3, err_msg=name)
+        if ort_segment.spec.hidden is not None:
+            x = expected[ort_segment.spec.hidden]
+
+
+def test_engine_on_tflite_gives_the_onnx_answers(text_tflite: Path) -> None:
+    tokens = _tokens(8, 11, seed=4)
+    onnx = Engine(text_tflite, cache_dir=None, threshold=0.4).run_batch(tokens)
+    lite = Engine(text_tflite, cache_dir=None, threshold=0.4, backend="tflite").run_batch(tokens)
+    assert [(r.prediction, r.exit) for r in lite] == [(r.prediction, r.exit) for r in onnx]
+    for a, b in zip(lite, onnx, strict=True):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+
+
+def test_a_request_longer_than_the_graphs_names_the_limit(text_tflite: Path) -> None:
+    engine = Engine(text_tflite, cache_dir=None, backend="tflite")
+    with pytest.raises(InputError, match=rf"20 tokens .* at most {LENGTH}"):
+        engine.run_batch(_tokens(2, 20))
+    _, lite = _segments(text_tflite)
+    tokens = _tokens(1, 6)
+    with pytest.raises(InputError, match="same token count"):
+        lite[0].run(tokens["input_ids"], {"attention_mask": tokens["attention_mask"][:, :4]})
+
+
+def test_samples_longer_than_the_length_and_lengths_for_image_models_are_refused(
+    text_tflite: Path, tmp_path: Path, digits_package: Path, digits_model
+) -> None:
+    target = tmp_path / "text"
+    shutil.copytree(text_tflite, target)
+    with pytest.raises(ExportError, match=r"12 tokens .* at most 8; pass sequence_length >= 12"):
+        add_tflite(_tiny_encoder(), target, sequence_length=8)
+    assert open_package(target).manifest.variant("tflite").report["sequence_length"] == LENGTH  # left as it was
+    image = tmp_path / "digits"
+    shutil.copytree(digits_package, image)
+    with pytest.raises(ExportError, match="for text encoders"):
+        add_tflite(digits_model, image, sequence_length=64)
+
+
+def test_export_with_tflite_converts_text_at_the_default_length(tmp_path: Path) -> None:
+    from edgeexit.compile.tflite import DEFAULT_SEQUENCE_LENGTH
+
+    package = export(_tiny_encoder(), (1, 10), tmp_path / "pkg", sample=_tokens(4, 10), tflite=True)
+    report = package.manifest.variant("tflite").report
+    assert report["sequence_length"] == DEFAULT_SEQUENCE_LENGTH
+    assert all(row["ok"] for row in report["parity"])
+    result = Engine(package.root, cache_dir=None, backend="tflite").run(_tokens(1, 7, seed=9))
+    expected = Engine(package.root, cache_dir=None).run(_tokens(1, 7, seed=9))
+    assert (result.exit, result.prediction) == (expected.exit, expected.prediction)
