@@ -3,6 +3,7 @@ numpy; grpc only when ``run`` offloads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -24,7 +25,13 @@ CriterionOpt = Annotated[
     str | None,
     typer.Option(help="Exit criterion for every early exit: max_prob, margin, entropy, patience, similarity."),
 ]
-ThreadsOpt = Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads per segment.")]
+ThreadsOpt = Annotated[int, typer.Option(min=1, help="Runtime intra-op threads per segment.")]
+BackendOpt = Annotated[
+    str, typer.Option(help="What runs the segments: onnxruntime, or tflite (the package's LiteRT variant).")
+]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="fp32, or int8: the statically quantized segments `edgeexit quantize` wrote.")
+]
 #: Without --profile, segment energy is this preset's active power times the measured latency.
 DEFAULT_POWER_PRESET = "rpi4"
 #: Without --profile, the radio preset the costs assume (when edgeexit.profile.record has it).
@@ -38,11 +45,19 @@ def register(app: typer.Typer) -> None:
 
 def run(
     package: PackageArg,
-    inputs: Annotated[list[Path], typer.Argument(help=".npy / .npz (x, optional y) or image files.")],
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help=".npy / .npz (x, optional y) or image files.", show_default=False)
+    ] = None,
+    texts: Annotated[
+        list[str] | None,
+        typer.Option("--text", help="Text to classify, for a package with a tokenizer (repeat for several)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     criterion: CriterionOpt = None,
     threshold: Annotated[float | None, typer.Option(help="Threshold for every early exit.")] = None,
     threads: ThreadsOpt = 1,
+    backend: BackendOpt = "onnxruntime",
+    precision: PrecisionOpt = "fp32",
     batch: Annotated[bool, typer.Option(help="Run all inputs as one batch (batched early exit).")] = False,
     server: Annotated[
         list[str] | None,
@@ -112,25 +127,21 @@ def run(
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import load_samples
 
+    if bool(inputs) == bool(texts):
+        raise typer.BadParameter("give input files, or --text for a package with a tokenizer (not both)")
     split_at = _parse_split(split)
     _check_policy_options(policy, split, server, profile, objective, energy_budget_j, latency_slo_ms, decision_log)
     offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key, policy=policy)
-    engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold)
-    samples = load_samples(inputs, engine.manifest.input)
-    if policy is not None:
-        token, tls = offload if offload is not None else (None, None)
-        chosen = _policy(engine, samples, policy, profile, codec, objective, energy_budget_j, latency_slo_ms)
-        results = _run_policy(engine, samples, server, chosen, codec, timeout_ms, decision_log,
-                              token=token, tls=tls)  # fmt: skip
-    elif offload is not None and server and split is not None:
-        token, tls = offload
-        results = _run_offloaded(engine, samples, batch, server, split_at, codec, timeout_ms, token=token, tls=tls)
-    elif batch:
-        import numpy as np
-
-        results = engine.run_batch(np.stack([s.x for s in samples]))
+    engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold, backend=backend,
+                    precision=precision)  # fmt: skip
+    if texts:
+        if offload is not None or policy is not None:
+            raise typer.BadParameter("text models run on the device only: offload of context inputs is not built yet")
+        samples, results = _run_texts(engine, texts, batch)
     else:
-        results = [engine.run(s.x) for s in samples]
+        samples = load_samples(inputs or [], engine.manifest.input)
+        results = _run_samples(engine, samples, batch, offload, policy, server, split_at, codec, timeout_ms, profile,
+                               objective, energy_budget_j, latency_slo_ms, decision_log)  # fmt: skip
     labels = engine.manifest.labels
     if json_output:
         rows = []
@@ -150,6 +161,52 @@ def run(
     from edgeexit.cli.render import results_table
 
     console.print(results_table(engine.manifest, samples, results))
+
+
+def _run_samples(
+    engine: Engine,
+    samples: list[Sample],
+    batch: bool,
+    offload: tuple[str | None, TlsConfig | None] | None,
+    policy: str | None,
+    server: list[str] | None,
+    split_at: int | None,
+    codec: str | None,
+    timeout_ms: float,
+    profile: Path | None,
+    objective: str,
+    energy_budget_j: float | None,
+    latency_slo_ms: float | None,
+    decision_log: Path | None,
+) -> list[Result]:
+    """Files' samples: locally, offloaded at a fixed split, or boundary by boundary under a policy."""
+    if policy is not None:
+        token, tls = offload if offload is not None else (None, None)
+        chosen = _policy(engine, samples, policy, profile, codec, objective, energy_budget_j, latency_slo_ms)
+        return _run_policy(engine, samples, server, chosen, codec, timeout_ms, decision_log, token=token, tls=tls)
+    if offload is not None and server and split_at is not None:
+        token, tls = offload
+        return _run_offloaded(engine, samples, batch, server, split_at, codec, timeout_ms, token=token, tls=tls)
+    if batch:
+        import numpy as np
+
+        return engine.run_batch(np.stack([s.x for s in samples]))
+    return [engine.run(s.x) for s in samples]
+
+
+def _run_texts(engine: Engine, texts: list[str], batch: bool) -> tuple[list[Sample], list[Result]]:
+    """Tokenize on the device with the package's own tokenizer, then run (padded to the longest
+    text in a batch; one text alone is not padded)."""
+    import numpy as np
+
+    from edgeexit.runtime.inputs import Sample
+    from edgeexit.runtime.text import TextEncoder
+
+    encoder = TextEncoder.from_package(engine.package)
+    samples = [Sample(text if len(text) <= 40 else text[:37] + "...", np.zeros(0)) for text in texts]
+    if batch:
+        return samples, engine.run_batch(encoder.encode(texts))
+    return samples, [engine.run(encoder.encode([text])) for text in texts]
 
 
 def _parse_split(split: str | None) -> int | None:
@@ -406,6 +463,8 @@ def calibrate(
         Path | None, typer.Option(help="Where to write the accuracy vs. expected-latency Pareto PNG.")
     ] = None,
     threads: ThreadsOpt = 1,
+    backend: BackendOpt = "onnxruntime",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Choose each exit's threshold and temperature on labelled data.
 
@@ -421,14 +480,16 @@ def calibrate(
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import prepare_dataset
 
-    engine = Engine(package, threads=threads)
+    engine = Engine(package, threads=threads, backend=backend, precision=precision)
     dataset = load_dataset(data, split=split)
     if limit:
         dataset = dataset.head(limit)
     x, y = prepare_dataset(dataset, engine.manifest)
     full = engine.run_full(x)
+    # A variant (int8, tflite) is calibrated on its own outputs, into its own exits.
+    view = dataclasses.replace(engine.manifest, exits=engine.exits)
     manifest, choice = calibrate_manifest(
-        engine.manifest, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin
+        view, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin
     )
     # `calibrate .` (or `..`) has no usable name: resolve it so the plot still lands next to the package.
     named = package if package.name not in ("", "..") else package.resolve()
@@ -444,7 +505,11 @@ def calibrate(
         plotted = f"Pareto plot: {escape(str(target))}"
     except ImportError as err:
         plotted = f"no Pareto plot: {escape(str(err))}"  # keep the [plots] of the pip hint
-    engine.package.save_manifest(manifest)
+    if engine.variant is not None:
+        updated = engine.manifest.with_exits(manifest.exits, manifest.calibration, variant=engine.variant.name)
+    else:
+        updated = manifest
+    engine.package.save_manifest(updated)
     console.print(calibration_table(manifest, choice, full.segment_ms))
     console.print(plotted)
     console.print(
