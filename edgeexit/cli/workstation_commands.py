@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from edgeexit.console import console, err_console
-from edgeexit.errors import ExportError
+from edgeexit.errors import DataError, ExportError
 
 FactoryArg = Annotated[
     str,
     typer.Argument(
         help="MODULE:FUNCTION returning a MultiExitModel (the current directory is importable), "
-        "or a built-in model: demo_cnn, digits_cnn, tiny_resnet, tiny_vit."
+        "or a built-in model (`edgeexit models` lists them), e.g. demo_cnn, tiny_resnet, efficientnet_lite0."
     ),
 ]
 FactoryArgs = Annotated[
@@ -44,31 +44,75 @@ def list_models() -> None:
 def train(
     factory: FactoryArg,
     data: Annotated[
-        str, typer.Option(help="Labelled data: fashion-mnist, mnist-5k, digits, builtin, a .npz or an image folder.")
-    ] = "builtin",
+        str | None,
+        typer.Option(
+            help="Labelled data: fashion-mnist, mnist-5k, digits, builtin, a .npz or an image folder "
+            "(default: builtin)."
+        ),
+    ] = None,
+    distill: Annotated[
+        str | None,
+        typer.Option(
+            help="Label-free instead of --data: freeze the backbone and its classifier and distil the final exit into "
+            "the early heads on these images. 'unlabelled' (built in: scikit-learn's sample photos as random crops "
+            "plus upscaled Fashion-MNIST, RGB, not ImageNet) or any --data form (its labels are ignored)."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where to write the trained checkpoint.")] = Path("checkpoint.pt"),
     epochs: Annotated[int, typer.Option(min=1)] = 3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Samples per step (default: 128; 32 with --distill).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 2e-3,
     freeze_backbone: Annotated[
         bool,
         typer.Option(help="Two-stage: freeze the backbone and its classifier; distil the final exit into the heads."),
     ] = False,
+    temperature: Annotated[
+        float, typer.Option(min=0.01, help="Distillation temperature T (KL scaled by T^2), two-stage and --distill.")
+    ] = 3.0,
     exit_weights: Annotated[str | None, typer.Option(help="Comma-separated loss weight per exit.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training samples.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Use only the first N training samples (--distill unlabelled: make N images, default 2000)."),
+    ] = None,
     validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
+    image_size: Annotated[int, typer.Option(min=8, help="Side of the --distill unlabelled images.")] = 224,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch intra-op threads (default: torch's). On a busy box 1 can be several x faster."),
+    ] = None,
     weights: WeightsOpt = None,
     arg: FactoryArgs = None,
     seed: int = 0,
 ) -> None:
-    """Train a multi-exit model's exits (jointly, or heads-only with --freeze-backbone)."""
+    """Train a multi-exit model's exits (jointly, heads-only with --freeze-backbone, or label-free with --distill).
+
+    Label-free example: edgeexit train efficientnet_lite0 --distill unlabelled --epochs 1 --out effnet.pt
+    """
     from edgeexit.cli.render import accuracy_table
     from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
     from edgeexit.compile.factory import build_from_factory, parse_factory_args
     from edgeexit.compile.training import train as train_model
     from edgeexit.data import load_dataset
 
-    dataset = load_dataset(data, split="train")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if distill is not None:
+        if data is not None or freeze_backbone:
+            raise DataError(
+                "--distill trains on unlabelled images and always freezes the backbone; "
+                "drop --data / --freeze-backbone (use --data without --distill to train on labels)"
+            )
+        _train_distill(
+            factory, distill, out=out, epochs=epochs, batch_size=batch_size or 32, lr=lr, temperature=temperature,
+            exit_weights=exit_weights, limit=limit, validation_fraction=validation_fraction, image_size=image_size,
+            weights=weights, arg=arg, seed=seed,
+        )  # fmt: skip
+        return
+    dataset = load_dataset(data or "builtin", split="train")
     if limit:
         dataset = dataset.head(limit)
     err_console.print(f"data: {dataset.source} ({len(dataset)} samples)", highlight=False)
@@ -82,10 +126,11 @@ def train(
         model,
         training,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=batch_size or 128,
         lr=lr,
         freeze_backbone=freeze_backbone,
-        exit_weights=[float(w) for w in exit_weights.split(",")] if exit_weights else None,
+        distill_temperature=temperature,
+        exit_weights=_weights(exit_weights),
         validation=validation,
         seed=seed,
     )
@@ -93,6 +138,70 @@ def train(
     where = "validation" if validation is not None else "training"
     console.print(accuracy_table(f"per-exit accuracy on {where} data ({report.seconds:.1f} s)", report.accuracy))
     console.print(f"checkpoint: {out}")
+
+
+def _train_distill(
+    factory: str,
+    spec: str,
+    *,
+    out: Path,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    temperature: float,
+    exit_weights: str | None,
+    limit: int | None,
+    validation_fraction: float,
+    image_size: int,
+    weights: Path | None,
+    arg: list[str] | None,
+    seed: int,
+) -> None:
+    """``train --distill``: label-free two-stage training, agreement with the final exit reported."""
+    from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
+    from edgeexit.compile.factory import build_from_factory, parse_factory_args
+    from edgeexit.compile.training import distill as distill_model
+    from edgeexit.console import table
+    from edgeexit.data import load_dataset
+    from edgeexit.data.unlabelled import UnlabelledImages, is_unlabelled_spec, unlabelled_images
+
+    held: UnlabelledImages | None
+    if is_unlabelled_spec(spec):
+        count = limit or 2000
+        images = unlabelled_images("train", count, size=image_size, seed=seed)
+        wanted = round(count * validation_fraction)
+        held = unlabelled_images("heldout", max(20, wanted), size=image_size, seed=seed) if wanted else None
+    else:
+        labelled = load_dataset(spec, split="train")
+        images = UnlabelledImages.from_labelled(labelled.head(limit) if limit else labelled)
+        held = None
+        if validation_fraction > 0 and len(images) >= 20:
+            held, images = images.split_off(validation_fraction, seed=seed)
+    err_console.print(f"distillation images: {images.source}", highlight=False)
+    if held is not None:
+        err_console.print(f"held-out images: {held.source}", highlight=False)
+    model = build_from_factory(factory, parse_factory_args(arg or []))
+    if weights:
+        load_checkpoint(model, weights)
+    report = distill_model(
+        model, images, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+        exit_weights=_weights(exit_weights), validation=held, seed=seed,
+    )  # fmt: skip
+    save_checkpoint(model, out)
+    where = "held-out" if held is not None else "training"
+    rows = [
+        (r.exit, r.boundary, r.head or "(none)", "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%")
+        for r in report.accuracy
+    ]
+    title = (
+        f"per-exit top-1 agreement with the final exit on {len(held or images)} {where} images ({report.seconds:.1f} s)"
+    )
+    console.print(table(title, ["exit", "boundary", "head", "agreement"], rows))
+    console.print(f"checkpoint: {out} (backbone and final classifier unchanged; early heads distilled, no labels)")
+
+
+def _weights(text: str | None) -> list[float] | None:
+    return [float(w) for w in text.split(",")] if text else None
 
 
 def export(

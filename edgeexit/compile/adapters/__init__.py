@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from edgeexit.compile.adapters import resnet, sequential, vit  # noqa: F401  (they register themselves)
+from edgeexit.compile.adapters import bert, efficientnet, resnet, sequential, vit  # noqa: F401  (they register themselves)
 from edgeexit.compile.adapters.base import ADAPTERS, Adapter, ExitRequest
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.errors import EdgeExitError, ModelError
