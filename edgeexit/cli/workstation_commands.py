@@ -224,6 +224,13 @@ def export(
             "int8; one model per boundary and codec. An empty string writes none."
         ),
     ] = "fp32",
+    tflite: Annotated[
+        bool,
+        typer.Option(
+            help="Also convert every segment to tflite/k.tflite with litert-torch (the [tflite-export] extra), "
+            "parity-checked against the ONNX segments; run them with `edgeexit run --backend tflite`."
+        ),
+    ] = False,
     arg: FactoryArgs = None,
 ) -> None:
     """Export a multi-exit model into a package: one ONNX graph per segment, offload tails, manifest, reference."""
@@ -258,8 +265,12 @@ def export(
         monolithic=monolithic,
         overwrite=force,
         codecs=codecs.split(","),
+        tflite=tflite,
     )
     console.print(parity_table("parity: ONNX Runtime vs PyTorch", parity_rows(package)))
+    for variant in package.manifest.variants:
+        worst = max((float(row["max_abs_diff"]) for row in variant.report.get("parity", [])), default=0.0)
+        console.print(f"{variant.name}: {len(variant.files)} segments, max |{variant.backend} - onnx| {worst:.2g}")
     console.print(segments_table(package.manifest))
     if package.manifest.tails:
         console.print(tails_table(package.manifest))

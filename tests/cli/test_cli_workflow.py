@@ -7,6 +7,7 @@ cost seconds, so they run once).
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -134,3 +135,30 @@ def test_inspect_prints_the_segments_table(workdir: Path, edgeexit_cli: list[str
     assert "input input [None, 1, 8, 8] float32 NCHW; 10 labels: 0, 1, 2" in out
     assert "monolithic graph: monolithic.onnx" in out
     assert "not calibrated" in out
+
+
+def test_export_tflite_then_run_with_litert_gives_the_onnx_answers(workdir: Path, edgeexit_cli: list[str]) -> None:
+    pytest.importorskip("litert_torch", reason="the [tflite-export] extra converts segments")
+    pytest.importorskip("ai_edge_litert", reason="the [tflite] extra runs them")
+    exported = run(
+        edgeexit_cli,
+        *("export", "digits_cnn", "--weights", "ck.pt", "--input-shape", "1,1,8,8", "--data", "digits"),
+        *("--out", "pkg-tflite", "--codecs", "", "--tflite"),
+        cwd=workdir,
+    )
+    assert "tflite: 3 segments, max |tflite - onnx|" in succeeded(exported)
+    batch = workdir / "batch.npz"
+    if not batch.exists():
+        from edgeexit.data import load_dataset
+
+        data = load_dataset("digits", split="test").head(12)
+        np.savez(batch, x=data.x, y=data.y)
+    answers = {}
+    for backend in ("onnxruntime", "tflite"):
+        ran = run(edgeexit_cli, "run", "pkg-tflite", "batch.npz", "--json", "--backend", backend, cwd=workdir)
+        out = succeeded(ran)
+        answers[backend] = [(row["prediction"], row["exit"]) for row in json.loads(out)]
+    assert answers["tflite"] == answers["onnxruntime"]
+    missing = run(edgeexit_cli, "run", "pkg-tflite", "batch.npz", "--precision", "int8", cwd=workdir)
+    assert missing.returncode != 0
+    assert "edgeexit quantize" in missing.stdout + missing.stderr
