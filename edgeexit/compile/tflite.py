@@ -61,8 +61,10 @@ from edgeexit.runtime.sessions import load_session
 VARIANT = "tflite"
 DIRECTORY = "tflite"
 EXPORT_EXTRA = "pip install -c constraints.txt 'edgeexit[tflite-export]'"
-#: The same tolerances as the ONNX parity check (edgeexit.compile.export): LiteRT measured ~5e-7.
-DEFAULT_ATOL = 1e-4
+#: LiteRT (XNNPACK) sums in another order than ONNX Runtime (MLAS): on EfficientNet-Lite0 the
+#: first boundary's ReLU6 activations (|x| up to 6) differed by up to 5.9e-4 while its logits
+#: agreed to 1.3e-5, so hidden tensors get a looser absolute tolerance than export's 1e-4.
+DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 #: The token length text segments are converted at (inputs up to it run; shorter ones are padded).
 DEFAULT_SEQUENCE_LENGTH = 128
