@@ -248,7 +248,8 @@ class Manifest:
     def with_variant(self, variant: SegmentVariant, hashes: dict[str, str]) -> Manifest:
         """Add (or replace, by name) a variant whose files have the given sha256 hashes."""
         kept = tuple(v for v in self.variants if v.name != variant.name)
-        stale = {f for v in self.variants if v.name == variant.name for f in v.files}
+        in_use = {s.file for s in self.segments} | {f for v in kept for f in v.files} | set(variant.files)
+        stale = {f for v in self.variants if v.name == variant.name for f in v.files} - in_use
         files = {k: h for k, h in self.files.items() if k not in stale} | hashes
         return dataclasses.replace(self, variants=(*kept, variant), files=files)
 

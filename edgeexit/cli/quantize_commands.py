@@ -1,13 +1,14 @@
 """``edgeexit quantize``: int8 segments calibrated on real data, with what they cost in accuracy.
 
 A workstation step (onnx and onnxruntime.quantization, no torch of its own). The runtime picks
-the result with ``--precision int8``.
+the result with ``--precision int8``. Text encoders take ``--data tweets`` (the labelled tweets of
+``edgeexit.data.tweets``, tokenized with the package's own tokenizer).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,9 +16,16 @@ from rich.markup import escape
 from edgeexit.console import console, table
 
 if TYPE_CHECKING:
+    import numpy as np
     from rich.table import Table
 
     from edgeexit.compile.quantize import QuantizeReport
+    from edgeexit.package import Package
+
+#: ``--data`` names that mean the labelled tweets (text encoders)
+TWEETS = ("tweets", "builtin:tweets")
+#: Tweet splits as ``--split`` names them
+_TWEET_SPLITS = ("train", "validation", "test")
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +38,8 @@ def quantize(
         str,
         typer.Option(
             help="Labelled data (as `edgeexit calibrate --data`): a .npz (x, y), an image folder, or a built-in set "
-            "(digits, fashion-mnist, mnist-5k, builtin). Its first --samples calibrate the activation ranges, all "
-            "of it the int8 exits' thresholds."
+            "(digits, fashion-mnist, mnist-5k, builtin; tweets for a text encoder). Its first --samples "
+            "calibrate the activation ranges (static mode), all of it the int8 exits' thresholds."
         ),
     ],
     eval_data: Annotated[
@@ -61,6 +69,29 @@ def quantize(
     eval_split: Annotated[str, typer.Option(help="Split of a built-in --eval-data set.")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples of each data set.")] = None,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads (timings: batch 1).")] = 1,
+    keep_fp32: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-fp32",
+            help="Segments the int8 variant runs in fp32 (comma-separated indices, e.g. 0,1): mixed precision.",
+        ),
+    ] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto",
+            help="Also keep in fp32 every segment whose int8 graph is not faster at batch 1 or alone drops the "
+            "final exit's agreement with fp32 below --min-agreement.",
+        ),
+    ] = False,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="--auto: final-exit agreement a segment's int8 graph must keep.")
+    ] = 0.98,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="static or dynamic (default: static for image models, dynamic for text encoders)."),
+    ] = None,
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text for --data tweets.")] = 64,
 ) -> None:
     """Quantize the package's segments to int8 (ONNX Runtime static quantization, QDQ).
 
@@ -69,37 +100,74 @@ def quantize(
     the package_id does not change. A failed run leaves the package as it was.
     """
     from edgeexit.compile.quantize import quantize_package
-    from edgeexit.data import load_dataset
     from edgeexit.package import open_package
-    from edgeexit.runtime.inputs import prepare_dataset
 
     opened = open_package(package)
-    calibration = load_dataset(data, split=split)
-    if limit:
-        calibration = calibration.head(limit)
-    x, y = prepare_dataset(calibration, opened.manifest)
+    kept = _segments(keep_fp32)
+    x, y, source = _load(data, split, limit, opened, max_length)
     eval_x = eval_y = None
     eval_source = None
     if eval_data is not None:
-        evaluation = load_dataset(eval_data, split=eval_split)
-        if limit:
-            evaluation = evaluation.head(limit)
-        eval_x, eval_y = prepare_dataset(evaluation, opened.manifest)
-        eval_source = evaluation.source
+        eval_x, eval_y, eval_source = _load(eval_data, eval_split, limit, opened, max_length)
     report = quantize_package(
         opened, x, y, eval_x=eval_x, eval_y=eval_y, samples=samples, per_channel=per_channel, max_drop=max_drop,
-        criterion=criterion, margin=margin, threads=threads, data_source=calibration.source, eval_source=eval_source,
+        criterion=criterion, margin=margin, threads=threads, data_source=source, eval_source=eval_source,
+        keep_fp32=kept, auto=auto, min_agreement=min_agreement, mode=mode,
     )  # fmt: skip
     console.print(accuracy_change_table(report))
     console.print(f"accuracy measured on: {escape(report.eval_source)}", highlight=False)
     console.print(latency_table(report))
     console.print(thresholds_table(report))
+    int8 = [f for f in report.variant.files if f.startswith("int8/")]
+    mixed = f", segment(s) {', '.join(map(str, report.kept_fp32))} kept fp32" if report.kept_fp32 else ""
     console.print(
-        f"[green]quantized[/] {escape(str(package))}: {len(report.variant.files)} int8 segment(s) in "
-        f"{escape(report.variant.files[0].split('/')[0])}/, package_id {report.package.manifest.package_id} "
-        "(unchanged); run them with --precision int8",
+        f"[green]quantized[/] {escape(str(package))}: {len(int8)} int8 segment(s) in int8/{mixed}, package_id "
+        f"{report.package.manifest.package_id} (unchanged); run them with --precision int8",
         highlight=False,
     )
+
+
+def _segments(text: str | None) -> tuple[int, ...]:
+    """``--keep-fp32 0,2`` as segment indices."""
+    from edgeexit.errors import EdgeExitError
+
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgeExitError(
+            f"--keep-fp32 {text!r} is not a list of segment indices; expected e.g. --keep-fp32 0,1"
+        ) from None
+
+
+def _load(spec: str, split: str, limit: int | None, package: Package, max_length: int) -> tuple[Any, np.ndarray, str]:
+    """Model-ready inputs, labels and where they came from: a data set through ``prepare_dataset``,
+    or the tweets tokenized by the package's tokenizer (a mapping of (N, L) arrays)."""
+    if spec.strip().lower() in TWEETS:
+        return _tweets(split, limit, package, max_length)
+    from edgeexit.data import load_dataset
+    from edgeexit.runtime.inputs import prepare_dataset
+
+    data = load_dataset(spec, split=split)
+    if limit:
+        data = data.head(limit)
+    x, y = prepare_dataset(data, package.manifest)
+    return x, y, data.source
+
+
+def _tweets(split: str, limit: int | None, package: Package, max_length: int) -> tuple[Any, np.ndarray, str]:
+    from edgeexit.data.tweets import load_tweets
+    from edgeexit.errors import DataError
+    from edgeexit.runtime.text import TextEncoder
+
+    if split not in _TWEET_SPLITS:
+        raise DataError(f"the tweets have no split {split!r}; expected one of {', '.join(_TWEET_SPLITS)}")
+    encoder = TextEncoder.from_package(package, max_length=max_length)  # an InputError for an image model
+    texts = getattr(load_tweets(), split)
+    if limit:
+        texts = texts.take(limit)
+    return encoder.encode(list(texts.texts)), texts.y, f"{texts.source} ({split}, {len(texts.y)} tweets)"
 
 
 def _pct(value: float | None) -> str | None:
@@ -123,22 +191,41 @@ def accuracy_change_table(report: QuantizeReport) -> Table:
 
 
 def latency_table(report: QuantizeReport) -> Table:
-    rows = [
-        (
-            t.segment,
-            f"{t.fp32_ms:.4f}",
-            f"{t.int8_ms:.4f}",
-            f"{t.ratio:.2f}x",
-            f"{t.fp32_bytes / 1024:.1f}",
-            f"{t.int8_bytes / 1024:.1f}",
+    """Per segment: batch-1 fp32 and int8 latency, sizes, which build the variant runs and why, and the
+    final exit's agreement with fp32 when that segment alone runs int8."""
+    runs = {c.segment: c for c in report.choices}
+    rows: list[tuple[object, ...]] = []
+    for t in report.segments:
+        choice = runs.get(t.segment)
+        rows.append(
+            (
+                t.segment,
+                f"{t.fp32_ms:.4f}",
+                f"{t.int8_ms:.4f}",
+                f"{t.ratio:.2f}x",
+                f"{t.fp32_bytes / 1024:.1f}",
+                f"{t.int8_bytes / 1024:.1f}",
+                None if choice is None else f"{choice.precision}: {choice.reason}",
+                None if choice is None else _pct(choice.alone_agreement),
+            )
         )
-        for t in report.segments
-    ]
     fp32 = sum(t.fp32_ms for t in report.segments)
     int8 = sum(t.int8_ms for t in report.segments)
-    rows.append(("all", f"{fp32:.4f}", f"{int8:.4f}", f"{int8 / fp32:.2f}x" if fp32 else None, None, None))
+    mixed = sum(t.fp32_ms if t.segment in report.kept_fp32 else t.int8_ms for t in report.segments)
+    ratio = f"{int8 / fp32:.2f}x" if fp32 else None
+    rows.append(("all", f"{fp32:.4f}", f"{int8:.4f}", ratio, None, None, f"variant: {mixed:.4f} ms", None))
     title = "segment latency, batch 1, median, fp32 and int8 measured alternately (int8/fp32 < 1: int8 pays)"
-    return table(title, ["segment", "fp32 ms", "int8 ms", "int8/fp32", "fp32 KiB", "int8 KiB"], rows)
+    columns = [
+        "segment",
+        "fp32 ms",
+        "int8 ms",
+        "int8/fp32",
+        "fp32 KiB",
+        "int8 KiB",
+        "variant runs",
+        "int8 alone: final agreement",
+    ]
+    return table(title, columns, rows)
 
 
 def thresholds_table(report: QuantizeReport) -> Table:

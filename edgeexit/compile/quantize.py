@@ -10,6 +10,20 @@ Each exit's last layer (the one producing its logits) and its score subgraph (so
 stay in float: they cost little, and int8 logits would round every confidence to a step of the
 logits' range (measured on digits: top-1 agreement with fp32 97.9% -> 98.3% at the first exit).
 
+Text encoders (packages with context inputs: ``input_ids`` + ``attention_mask``) take their
+inputs as the engine does, a mapping of (N, L) arrays; every segment's reader gets its hidden
+tensor plus the mask, each batch cut to its longest real sequence so padding columns do not
+widen the ranges. Only their MatMul / Gemm nodes are quantized (``TRANSFORMER_OP_TYPES``):
+LayerNorm, Softmax, Gelu and the embedding Gather stay float, as ONNX Runtime advises for
+transformers, because their outputs need more than 8 bits and cost little. The symbolic shape
+inference of ``quant_pre_process`` cannot follow BERT's dynamic token axis (its attention
+reshapes), so those graphs fall back to ONNX's own shape inference (recorded in the report).
+
+Mixed precision: ``keep_fp32`` names segments whose fp32 graph the variant uses unchanged
+(``files[k]`` is then ``segments/k.onnx``), and ``auto`` picks them from the measurements: a
+segment stays fp32 when its int8 graph is not faster at batch 1, or when quantizing it alone
+drops the final exit's agreement with fp32 below ``min_agreement``.
+
 The int8 segments are a ``SegmentVariant`` of the package (``int8/k.onnx``, hashed in the
 manifest), with its own thresholds: calibration (``edgeexit.calibration``) is rerun on the int8
 segments' full-depth outputs with the target of the manifest's own calibration record, because
@@ -23,26 +37,31 @@ Workstation step, but no torch: onnx and onnxruntime.quantization only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from edgeexit.calibration import Choice, calibrate_manifest, check_labels, digest_data
 from edgeexit.criteria import Boundary, create_criterion
-from edgeexit.errors import DataError, EdgeExitError, ExportError, PackageError
+from edgeexit.errors import DataError, EdgeExitError, ExportError
 from edgeexit.fileio import atomic_write_text, sha256_file
 from edgeexit.manifest import CRITERIA, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
 from edgeexit.runtime.engine import FullDepth
 from edgeexit.runtime.sessions import load_session
+
+#: A model input as the engine takes it: one array, or for a text encoder a mapping from the
+#: input's name and every context input's name (``input_ids``, ``attention_mask``) to (N, L) arrays.
+Inputs: TypeAlias = "np.ndarray | Mapping[str, np.ndarray]"
 
 #: Samples whose activations set the quantization ranges (MinMax needs few; more costs time).
 DEFAULT_SAMPLES = 128
@@ -55,6 +74,17 @@ _CALIBRATION_BATCH = 16
 DEFAULT_MAX_DROP = 0.01
 DEFAULT_MARGIN = 1.0
 VARIANT_NAME = "int8"
+#: Op types quantized in a text encoder's segments (every MatMul: the projections' weights per
+#: channel, and the attention's two activation products); everything else stays float.
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm")
+#: How each kind of package is quantized by default: image models statically (activation ranges
+#: calibrated, QDQ), text encoders dynamically (int8 weights, activations quantized per call from
+#: their own range: no calibrated ranges, and ONNX Runtime fuses them into DynamicQuantizeMatMul).
+#: Measured on all-MiniLM-L6-v2 at batch 1 on short tweets: static QDQ ran ~2x slower than fp32 per
+#: segment, dynamic about 0.5x (see tools/bench_int8.py).
+MODES = ("static", "dynamic")
+#: ``auto``: the final exit's agreement with fp32 a segment's int8 graph must keep on its own.
+DEFAULT_MIN_AGREEMENT = 0.98
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,18 @@ class SegmentTiming:
     def ratio(self) -> float:
         """int8 time over fp32 time: below 1 means int8 pays."""
         return self.int8_ms / self.fp32_ms if self.fp32_ms > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class SegmentChoice:
+    """Which build of segment k the variant runs, and why. ``alone_agreement`` is the final exit's
+    top-1 agreement with fp32 when only this segment runs in int8 (the others fp32), on the
+    evaluation data: what this segment's quantization costs by itself."""
+
+    segment: int
+    precision: str  # "int8" or "fp32"
+    reason: str
+    alone_agreement: float | None
 
 
 @dataclass(frozen=True)
@@ -91,7 +133,8 @@ class ExitChange:
 @dataclass(frozen=True)
 class QuantizeReport:
     """What ``quantize_package`` wrote and measured. ``choice`` is the int8 threshold search's
-    outcome on the calibration data; ``exits`` were measured on ``eval_source``."""
+    outcome on the calibration data; ``exits`` (the variant as written, mixed precision included)
+    were measured on ``eval_source``; ``segments`` time every segment's int8 graph, kept or not."""
 
     package: Package
     variant: SegmentVariant
@@ -101,6 +144,46 @@ class QuantizeReport:
     eval_samples: int
     eval_source: str
     calibration_samples: int
+    choices: tuple[SegmentChoice, ...] = ()
+
+    @property
+    def kept_fp32(self) -> tuple[int, ...]:
+        """Segments the variant runs in fp32."""
+        return tuple(c.segment for c in self.choices if c.precision == "fp32")
+
+
+@dataclass(frozen=True, eq=False)
+class _Batch:
+    """Model inputs, batch first: the input tensor and the context inputs (rows aligned)."""
+
+    x: np.ndarray
+    context: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def rows(self, start: int, stop: int) -> _Batch:
+        return _Batch(self.x[start:stop], {name: value[start:stop] for name, value in self.context.items()})
+
+    def trimmed(self) -> _Batch:
+        """Without the token columns that are padding in every row (right padding, as the tokenizer
+        pads): a batch of one is the unpadded sample the device runs."""
+        mask = self.context.get("attention_mask")
+        if mask is None or mask.ndim != 2:
+            return self
+        used = np.flatnonzero(mask.any(axis=0))
+        stop = int(used[-1]) + 1 if used.size else 1
+        if stop == mask.shape[1]:
+            return self
+        return _Batch(
+            np.ascontiguousarray(self.x[:, :stop]),
+            {name: np.ascontiguousarray(value[:, :stop]) for name, value in self.context.items()},
+        )
+
+    def digest(self, y: np.ndarray) -> str:
+        if not self.context:
+            return digest_data(self.x, y)
+        return digest_data(np.stack([self.x, *self.context.values()]), y)
 
 
 @dataclass(frozen=True)
@@ -110,17 +193,18 @@ class _Graph:
     spec: SegmentSpec
     session: Any
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, context: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.spec.outputs]
-        return dict(zip(names, self.session.run(names, {self.spec.inputs[0].name: x}), strict=True))
+        feeds = {self.spec.inputs[0].name: x} | {i.name: context[i.name] for i in self.spec.inputs[1:]}
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 
 def quantize_package(
     package: str | os.PathLike[str] | Package,
-    x: np.ndarray,
+    x: Inputs,
     y: np.ndarray,
     *,
-    eval_x: np.ndarray | None = None,
+    eval_x: Inputs | None = None,
     eval_y: np.ndarray | None = None,
     samples: int = DEFAULT_SAMPLES,
     per_channel: bool = True,
@@ -131,57 +215,108 @@ def quantize_package(
     timing_samples: int = 32,
     data_source: str = "calibration data",
     eval_source: str | None = None,
+    op_types: Sequence[str] | None = None,
+    mode: str | None = None,
+    keep_fp32: Sequence[int] = (),
+    auto: bool = False,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> QuantizeReport:
-    """Quantize every segment of ``package`` to int8 and add them as its ``int8`` variant.
+    """Quantize the segments of ``package`` to int8 and add them as its ``int8`` variant.
 
-    ``x`` / ``y`` are labelled model-ready inputs (``edgeexit.runtime.inputs.prepare_dataset``):
-    the first ``samples`` of them calibrate the activation ranges, all of them the int8 exits'
-    thresholds. ``eval_x`` / ``eval_y`` (default: ``x`` / ``y``) measure each exit's accuracy in
-    fp32 and int8. ``max_drop``, ``criterion`` and ``margin`` default to the manifest's calibration
-    record (else 1 point, each exit's own criterion, 1 standard error), so the int8 thresholds meet
-    the target the fp32 ones were chosen for. Replaces an existing ``int8`` variant.
+    ``x`` / ``y`` are labelled model-ready inputs (``edgeexit.runtime.inputs.prepare_dataset``, or
+    for a text encoder the mapping ``TextEncoder.encode`` gives): the first ``samples`` of them
+    calibrate the activation ranges, all of them the int8 exits' thresholds. ``eval_x`` /
+    ``eval_y`` (default: ``x`` / ``y``) measure each exit's accuracy in fp32 and int8. ``max_drop``,
+    ``criterion`` and ``margin`` default to the manifest's calibration record (else 1 point, each
+    exit's own criterion, 1 standard error), so the int8 thresholds meet the target the fp32 ones
+    were chosen for. ``op_types`` limits the quantized op types (default: all the quantizer
+    supports for image models, ``TRANSFORMER_OP_TYPES`` for text encoders). ``mode`` (``MODES``)
+    defaults to static for image models and dynamic for text encoders, whose activation ranges
+    then need no calibration (the thresholds still do).
+
+    ``keep_fp32`` lists segments the variant runs in fp32; ``auto`` adds those whose int8 graph is
+    not faster at batch 1 or alone drops the final exit's agreement with fp32 (on the evaluation
+    data) below ``min_agreement``. Every segment is still quantized and measured, so the report
+    says what each would cost. Replaces an existing ``int8`` variant.
     """
     opened = package if isinstance(package, Package) else open_package(package)
     manifest = opened.manifest
-    _check_supported(manifest)
-    x = _check_inputs(x, manifest, data_source)
-    y = check_labels(y, len(x), manifest.num_classes)
+    data = _check_inputs(x, manifest, data_source)
+    y = check_labels(y, len(data), manifest.num_classes)
     if eval_x is None or eval_y is None:
         if (eval_x is None) != (eval_y is None):
             raise DataError("give both eval_x and eval_y, or neither (then the calibration data is evaluated)")
-        eval_x, eval_y, eval_source = x, y, eval_source or data_source
+        evaluation, eval_y, eval_source = data, y, eval_source or data_source
     else:
-        eval_x = _check_inputs(eval_x, manifest, eval_source or "evaluation data")
-        eval_y = check_labels(eval_y, len(eval_x), manifest.num_classes)
+        evaluation = _check_inputs(eval_x, manifest, eval_source or "evaluation data")
+        eval_y = check_labels(eval_y, len(evaluation), manifest.num_classes)
     if samples < 1:
         raise DataError(f"samples is {samples}; expected at least 1 calibration sample")
     if criterion is not None and criterion not in CRITERIA:
         raise EdgeExitError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    keep = _check_keep(keep_fp32, len(manifest.segments), auto)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise EdgeExitError(f"min_agreement is {min_agreement}; expected a fraction in [0, 1]")
+    text = bool(manifest.input.context)
+    chosen_mode = mode if mode is not None else ("dynamic" if text else "static")
+    if chosen_mode not in MODES:
+        raise EdgeExitError(f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}")
+    chosen_ops = tuple(op_types) if op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
     record = manifest.calibration
     target_drop = max_drop if max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
     target_margin = margin if margin is not None else (record.margin if record else DEFAULT_MARGIN)
 
     fp32 = [_Graph(s, load_session(opened.path(s.file), threads)) for s in manifest.segments]
-    inputs = _segment_inputs(fp32, x[:samples])
+    ranges = 0 if chosen_mode == "dynamic" else min(samples, len(data))  # dynamic: no calibrated ranges
+    inputs = _segment_inputs(fp32, data.rows(0, ranges)) if ranges else [[] for _ in fp32]
     root = opened.root
     stage = Path(tempfile.mkdtemp(prefix=f".{VARIANT_NAME}.", suffix=".partial", dir=root))
     try:
         stage.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide int8/ from a daemon running as another user
+        shape_inference: list[str] = []
         with tempfile.TemporaryDirectory(prefix="edgeexit-quantize-") as scratch:
             for segment, batches in zip(manifest.segments, inputs, strict=True):
-                _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
-                                  per_channel=per_channel, scratch=Path(scratch))  # fmt: skip
+                shape_inference.append(
+                    _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
+                                      per_channel=per_channel, op_types=chosen_ops, mode=chosen_mode,
+                        scratch=Path(scratch))
+                )  # fmt: skip
         int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
-        timings = _time_side_by_side(fp32, int8, inputs, timing_samples, stage, opened)
-        full_int8 = _full_depth(int8, manifest, x, tuple(t.int8_ms for t in timings))
+        timings = _time_side_by_side(fp32, int8, data, timing_samples, stage, opened)
+        alone = _alone_agreement(fp32, int8, manifest, evaluation)
+        choices = _choose(timings, alone, keep, auto, min_agreement)
+        if all(c.precision == "fp32" for c in choices):
+            raise EdgeExitError(
+                "every segment would stay fp32 (" + "; ".join(f"{c.segment}: {c.reason}" for c in choices) + "): "
+                "the int8 variant would be the fp32 model; the package is left as it was (lower --min-agreement "
+                "or drop --auto / --keep-fp32 to write it anyway)"
+            )
+        mixed = [a if c.precision == "fp32" else b for a, b, c in zip(fp32, int8, choices, strict=True)]
+        segment_ms = tuple(
+            t.fp32_ms if c.precision == "fp32" else t.int8_ms for t, c in zip(timings, choices, strict=True)
+        )
+        full_int8 = _full_depth(mixed, manifest, data, segment_ms)
         calibrated, choice = calibrate_manifest(
-            manifest, full_int8, y, criterion=criterion, max_drop=target_drop, data_sha256=digest_data(x, y),
+            manifest, full_int8, y, criterion=criterion, max_drop=target_drop, data_sha256=data.digest(y),
             margin=target_margin,
         )  # fmt: skip
-        changes = _exit_changes(fp32, int8, manifest, eval_x, eval_y)
-        files = tuple(f"{VARIANT_NAME}/{s.index}.onnx" for s in manifest.segments)
-        hashes = {name: sha256_file(stage / Path(name).name) for name in files}
-        report = _variant_report(per_channel, samples, x, y, data_source, eval_source, len(eval_y), timings, changes)
+        changes = _exit_changes(fp32, mixed, manifest, evaluation, eval_y)
+        files = tuple(
+            s.file if c.precision == "fp32" else f"{VARIANT_NAME}/{s.index}.onnx"
+            for s, c in zip(manifest.segments, choices, strict=True)
+        )
+        for c in choices:  # the stage holds only the files the variant names
+            if c.precision == "fp32":
+                (stage / f"{c.segment}.onnx").unlink()
+        # The fp32 segment files keep their hashes: listed again so that replacing a variant that
+        # named them (Manifest.with_variant drops the old variant's files) cannot drop them.
+        hashes = {s.file: manifest.files[s.file] for s in manifest.segments} | {
+            name: sha256_file(stage / Path(name).name) for name in files if name.startswith(f"{VARIANT_NAME}/")
+        }
+        report = _variant_report(
+            per_channel, ranges, data, y, data_source, eval_source, len(eval_y), timings, changes, choices,
+            chosen_ops, shape_inference, chosen_mode,
+        )  # fmt: skip
         variant = SegmentVariant(
             name=VARIANT_NAME,
             backend="onnxruntime",
@@ -204,23 +339,62 @@ def quantize_package(
         choice=choice,
         eval_samples=len(eval_y),
         eval_source=eval_source or data_source,
-        calibration_samples=min(samples, len(x)),
+        calibration_samples=ranges,
+        choices=choices,
     )
 
 
 # ---------------------------------------------------------------- checks
 
 
-def _check_supported(manifest: Manifest) -> None:
-    if manifest.input.context:
-        names = ", ".join(c.name for c in manifest.input.context)
-        raise PackageError(
-            f"{manifest.model_name} takes context inputs ({names}): int8 quantization supports models with one "
-            "tensor input (image models) for now; run this package in fp32"
+def _check_keep(keep_fp32: Sequence[int], segments: int, auto: bool) -> frozenset[int]:
+    keep = frozenset(int(k) for k in keep_fp32)
+    bad = sorted(k for k in keep if not 0 <= k < segments)
+    if bad:
+        raise EdgeExitError(f"keep_fp32 names segment(s) {bad}; the package has segments 0..{segments - 1}")
+    if len(keep) == segments:
+        raise EdgeExitError(
+            f"keep_fp32 names every segment ({sorted(keep)}): the int8 variant would be the fp32 model; "
+            "keep fewer segments in fp32"
         )
+    return keep
 
 
-def _check_inputs(x: object, manifest: Manifest, source: str) -> np.ndarray:
+def _check_inputs(x: object, manifest: Manifest, source: str) -> _Batch:
+    spec = manifest.input
+    names = [spec.name, *(c.name for c in spec.context)]
+    if isinstance(x, Mapping):
+        if sorted(x) != sorted(names):
+            raise DataError(f"{source} has inputs {sorted(x)}; the package {manifest.model_name} takes {names}")
+        if not spec.context:
+            return _check_array(x[spec.name], manifest, source)
+        return _check_tokens(x, names, source)
+    if spec.context:
+        raise DataError(
+            f"{source} is a {type(x).__name__}; the package {manifest.model_name} takes several inputs {names}: "
+            "pass a mapping from each name to its (N, L) array (edgeexit.runtime.text.TextEncoder.encode gives it)"
+        )
+    return _check_array(x, manifest, source)
+
+
+def _check_tokens(x: Mapping[str, object], names: Sequence[str], source: str) -> _Batch:
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        value = x[name]
+        if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.integer):
+            found = f"a {value.dtype} array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+            raise DataError(f"{source}: input {name!r} is {found}; expected integer (N, L) token ids or a 0/1 mask")
+        if value.ndim != 2 or 0 in value.shape:
+            raise DataError(f"{source}: input {name!r} has shape {tuple(value.shape)}; expected (N, L) with N, L >= 1")
+        arrays[name] = np.ascontiguousarray(value, dtype=np.int64)
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise DataError(f"{source}: inputs have different shapes {shapes}; expected one (N, L) shape for all")
+    primary = arrays.pop(names[0])
+    return _Batch(primary, arrays)
+
+
+def _check_array(x: object, manifest: Manifest, source: str) -> _Batch:
     spec = manifest.input
     shape = "x".join("N" if d is None else str(d) for d in spec.shape)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32:
@@ -236,30 +410,32 @@ def _check_inputs(x: object, manifest: Manifest, source: str) -> np.ndarray:
         )
     if len(x) == 0:
         raise DataError(f"{source} has no samples; expected labelled data to calibrate and evaluate on")
-    return np.ascontiguousarray(x)
+    return _Batch(np.ascontiguousarray(x))
 
 
 # ---------------------------------------------------------------- fp32 boundaries
 
 
-def _segment_inputs(graphs: Sequence[_Graph], x: np.ndarray) -> list[list[np.ndarray]]:
+def _segment_inputs(graphs: Sequence[_Graph], data: _Batch) -> list[list[_Batch]]:
     """Per segment, its real inputs in calibration batches: the model input for segment 0, boundary
-    k-1's fp32 hidden tensor for segment k."""
-    found: list[list[np.ndarray]] = [[] for _ in graphs]
-    for start in range(0, len(x), _CALIBRATION_BATCH):
-        current = x[start : start + _CALIBRATION_BATCH]
+    k-1's fp32 hidden tensor for segment k (with the batch's context inputs)."""
+    found: list[list[_Batch]] = [[] for _ in graphs]
+    for start in range(0, len(data), _CALIBRATION_BATCH):
+        current = data.rows(start, start + _CALIBRATION_BATCH).trimmed()
         for k, graph in enumerate(graphs):
             found[k].append(current)
             if graph.spec.hidden is not None:
-                current = graph.run(current)[graph.spec.hidden]
+                current = _Batch(graph.run(current.x, current.context)[graph.spec.hidden], current.context)
     return found
 
 
 class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over precomputed batches."""
 
-    def __init__(self, name: str, batches: Sequence[np.ndarray]) -> None:
-        self._items: Iterator[dict[str, np.ndarray]] = iter([{name: b} for b in batches])
+    def __init__(self, spec: SegmentSpec, batches: Sequence[_Batch]) -> None:
+        self._items: Iterator[dict[str, np.ndarray]] = iter(
+            [{spec.inputs[0].name: b.x} | {i.name: b.context[i.name] for i in spec.inputs[1:]} for b in batches]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
@@ -267,34 +443,54 @@ class _Reader:
 
 # ---------------------------------------------------------------- quantization
 
+#: Quantize only the MatMuls that have a weight (an initializer) in text encoders, leaving the
+#: attention's activation-by-activation products (Q.K^T, P.V) in float.
+_WEIGHT_MATMULS_ONLY = False
+
 
 def _quantize_segment(
-    source: Path, target: Path, spec: SegmentSpec, batches: Sequence[np.ndarray], *, per_channel: bool, scratch: Path
-) -> None:
+    source: Path,
+    target: Path,
+    spec: SegmentSpec,
+    batches: Sequence[_Batch],
+    *,
+    per_channel: bool,
+    op_types: Sequence[str] | None,
+    mode: str,
+    scratch: Path,
+) -> str:
+    """Write segment ``spec``'s int8 graph to ``target``; returns the shape inference that prepared it."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     prepared = scratch / f"{spec.index}.pre.onnx"
     where = f"segment {spec.index} ({spec.file})"
-    try:
-        quant_pre_process(str(source), str(prepared))
-    except Exception as err:  # onnxruntime raises untyped errors from shape inference and its optimizer
-        raise ExportError(
-            f"{where}: quant_pre_process failed ({type(err).__name__}: {str(err)[:300]}); the graph cannot be quantized"
-        ) from None
+    inference = _pre_process(source, prepared, where)
     model = onnx.load(str(prepared))
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"edgeexit_node_{i}"  # the quantizer excludes nodes by name
     excluded = _score_nodes(model, spec)
+    if _WEIGHT_MATMULS_ONLY and op_types is not None:
+        excluded += _activation_products(model)
     onnx.save(model, str(prepared))
     try:
+        if mode == "dynamic":  # MatMuls with a constant weight only (its MatMulConstBOnly default)
+            quantize_dynamic(
+                str(prepared),
+                str(target),
+                op_types_to_quantize=list(op_types) if op_types is not None else None,
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+            )
+            return inference
         quantize_static(
             str(prepared),
             str(target),
-            _Reader(spec.inputs[0].name, batches),
+            _Reader(spec, batches),
             quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types) if op_types is not None else None,
             per_channel=per_channel,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -302,7 +498,43 @@ def _quantize_segment(
             nodes_to_exclude=excluded,
         )
     except Exception as err:  # as above: ONNX Runtime's errors are not typed
-        raise ExportError(f"{where}: quantize_static failed ({type(err).__name__}: {str(err)[:300]})") from None
+        raise ExportError(f"{where}: quantize_{mode} failed ({type(err).__name__}: {str(err)[:300]})") from None
+    return inference
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _pre_process(source: Path, prepared: Path, where: str) -> str:
+    """``quant_pre_process`` with ONNX Runtime's symbolic shape inference, else ONNX's own.
+
+    The symbolic one gives up on a transformer's dynamic token axis ("Incomplete symbolic shape
+    inference": the attention's Reshape targets are computed from Shape ops); ONNX's shape
+    inference leaves such axes unnamed, which the quantizer does not need."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        # When it gives up, the symbolic inference saves a debug model (and its external data)
+        # into the working directory: run it where that litter lands in our scratch space.
+        with _working_directory(prepared.parent):
+            quant_pre_process(str(source.resolve()), str(prepared.resolve()))
+        return "symbolic"
+    except Exception:  # onnxruntime raises untyped errors from shape inference: retry without it
+        pass
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        return "onnx"
+    except Exception as err:  # as above
+        raise ExportError(
+            f"{where}: quant_pre_process failed ({type(err).__name__}: {str(err)[:300]}); the graph cannot be quantized"
+        ) from None
 
 
 def _score_nodes(model: Any, spec: SegmentSpec) -> list[str]:
@@ -318,6 +550,13 @@ def _score_nodes(model: Any, spec: SegmentSpec) -> list[str]:
     return excluded
 
 
+def _activation_products(model: Any) -> list[str]:
+    """MatMul nodes whose operands are both activations (no initializer): attention's products."""
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+
+
 def _load_int8(path: Path, spec: SegmentSpec, threads: int) -> Any:
     session = load_session(path, threads)
     found = sorted(o.name for o in session.get_outputs())
@@ -330,10 +569,23 @@ def _load_int8(path: Path, spec: SegmentSpec, threads: int) -> Any:
 # ---------------------------------------------------------------- measurements
 
 
+def _single_inputs(graphs: Sequence[_Graph], data: _Batch, count: int) -> list[list[_Batch]]:
+    """Per segment, its inputs for the first ``count`` samples one at a time (unpadded), as the
+    device runs them: boundary k-1's fp32 hidden tensor for segment k."""
+    found: list[list[_Batch]] = [[] for _ in graphs]
+    for row in range(min(max(count, 1), len(data))):
+        current = data.rows(row, row + 1).trimmed()
+        for k, graph in enumerate(graphs):
+            found[k].append(current)
+            if graph.spec.hidden is not None:
+                current = _Batch(graph.run(current.x, current.context)[graph.spec.hidden], current.context)
+    return found
+
+
 def _time_side_by_side(
     fp32: Sequence[_Graph],
     int8: Sequence[_Graph],
-    inputs: Sequence[Sequence[np.ndarray]],
+    data: _Batch,
     count: int,
     stage: Path,
     package: Package,
@@ -341,16 +593,17 @@ def _time_side_by_side(
 ) -> tuple[SegmentTiming, ...]:
     """Batch-1 median latency of every segment in both precisions on the same real inputs, fp32
     and int8 alternating (and swapping which goes first) so machine noise hits both alike."""
+    singles = _single_inputs(fp32, data, count)
     timings = []
     for k, (a, b) in enumerate(zip(fp32, int8, strict=True)):
-        samples = [row[None] for batch in inputs[k] for row in batch][: max(count, 1)]
+        samples = singles[k]
         times: dict[str, list[float]] = {"fp32": [], "int8": []}
         for i in range(-warmup, len(samples)):
             sample = samples[max(i, 0)]
             order = [("fp32", a), ("int8", b)] if i % 2 == 0 else [("int8", b), ("fp32", a)]
             for name, graph in order:
                 tick = time.perf_counter()
-                graph.run(sample)
+                graph.run(sample.x, sample.context)
                 if i >= 0:
                     times[name].append((time.perf_counter() - tick) * 1e3)
         spec = a.spec
@@ -366,23 +619,27 @@ def _time_side_by_side(
     return tuple(timings)
 
 
-def _full_depth(
-    graphs: Sequence[_Graph], manifest: Manifest, x: np.ndarray, segment_ms: tuple[float, ...]
-) -> FullDepth:
+def _chunks(data: _Batch, size: int = 256) -> Iterator[_Batch]:
+    for start in range(0, len(data), size):
+        yield data.rows(start, start + size).trimmed()
+
+
+def _full_depth(graphs: Sequence[_Graph], manifest: Manifest, data: _Batch, segment_ms: tuple[float, ...]) -> FullDepth:
     """Every exit's logits and boundary similarity for every sample, as ``Engine.run_full`` records them."""
     logits: list[list[np.ndarray]] = [[] for _ in graphs]
     similarity: list[list[np.ndarray]] = [[] for _ in graphs]
     similar = create_criterion("similarity")
-    for start in range(0, len(x), 256):
-        current, previous = x[start : start + 256], None
+    for chunk in _chunks(data):
+        current, previous = chunk.x, None
+        mask = chunk.context.get("attention_mask")
         for k, graph in enumerate(graphs):
-            outputs = graph.run(current)
+            outputs = graph.run(current, chunk.context)
             name = manifest.exits[k].logits
             if name is not None:
                 logits[k].append(outputs[name])
             hidden = outputs.get(graph.spec.hidden) if graph.spec.hidden else None
             if hidden is not None:
-                similarity[k].append(similar.score(Boundary(None, hidden, previous)))
+                similarity[k].append(similar.score(Boundary(None, hidden, previous, mask=mask)))
                 previous = current = hidden
             else:
                 similarity[k].append(np.zeros(len(current), np.float32))
@@ -393,12 +650,61 @@ def _full_depth(
     )
 
 
+def _alone_agreement(
+    fp32: Sequence[_Graph], int8: Sequence[_Graph], manifest: Manifest, data: _Batch
+) -> tuple[float | None, ...]:
+    """Per segment k, the final exit's top-1 agreement with fp32 when segment k alone runs int8."""
+    final = manifest.exits[-1].logits
+    if final is None:
+        return (None,) * len(fp32)
+    same = np.zeros(len(fp32))
+    for chunk in _chunks(data):
+        boundaries, current = [], chunk.x
+        for graph in fp32:  # segment k's fp32 input, and the fp32 answer
+            boundaries.append(current)
+            outputs = graph.run(current, chunk.context)
+            current = outputs[graph.spec.hidden] if graph.spec.hidden else None
+        reference = outputs[final].argmax(axis=-1)
+        for k in range(len(fp32)):
+            current = boundaries[k]
+            for graph in (int8[k], *fp32[k + 1 :]):
+                outputs = graph.run(current, chunk.context)
+                current = outputs[graph.spec.hidden] if graph.spec.hidden else None
+            same[k] += int(np.sum(outputs[final].argmax(axis=-1) == reference))
+    return tuple(float(s / len(data)) for s in same)
+
+
+def _choose(
+    timings: Sequence[SegmentTiming],
+    alone: Sequence[float | None],
+    keep: frozenset[int],
+    auto: bool,
+    min_agreement: float,
+) -> tuple[SegmentChoice, ...]:
+    """Each segment's precision: fp32 when asked, or (``auto``) when int8 is not faster at batch 1
+    or costs the final exit's agreement on its own."""
+    choices = []
+    for timing, agreement in zip(timings, alone, strict=True):
+        k = timing.segment
+        if k in keep:
+            precision, reason = "fp32", "kept fp32 as asked"
+        elif auto and timing.int8_ms >= timing.fp32_ms:
+            precision, reason = "fp32", f"int8 not faster ({timing.ratio:.2f}x fp32 at batch 1)"
+        elif auto and agreement is not None and agreement < min_agreement:
+            precision = "fp32"
+            reason = f"int8 alone: final-exit agreement {100 * agreement:.1f}% < {100 * min_agreement:g}%"
+        else:
+            precision, reason = "int8", f"{timing.ratio:.2f}x fp32 at batch 1" + (" (auto)" if auto else "")
+        choices.append(SegmentChoice(k, precision, reason, agreement))
+    return tuple(choices)
+
+
 def _exit_changes(
-    fp32: Sequence[_Graph], int8: Sequence[_Graph], manifest: Manifest, x: np.ndarray, y: np.ndarray
+    fp32: Sequence[_Graph], int8: Sequence[_Graph], manifest: Manifest, data: _Batch, y: np.ndarray
 ) -> tuple[ExitChange, ...]:
     zero = (0.0,) * len(fp32)
-    a = _full_depth(fp32, manifest, x, zero)
-    b = _full_depth(int8, manifest, x, zero)
+    a = _full_depth(fp32, manifest, data, zero)
+    b = _full_depth(int8, manifest, data, zero)
     changes = []
     for k, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
         if la is None or lb is None:
@@ -412,26 +718,38 @@ def _exit_changes(
 def _variant_report(
     per_channel: bool,
     samples: int,
-    x: np.ndarray,
+    data: _Batch,
     y: np.ndarray,
     data_source: str,
     eval_source: str | None,
     eval_samples: int,
     timings: Sequence[SegmentTiming],
     changes: Sequence[ExitChange],
+    choices: Sequence[SegmentChoice],
+    op_types: Sequence[str] | None,
+    shape_inference: Sequence[str],
+    mode: str,
 ) -> dict[str, Any]:
     import onnxruntime
 
+    float_nodes = "the exits' score subgraphs (softmax onwards)"
+    if op_types is not None:
+        float_nodes += f"; every op but {', '.join(op_types)}"
+        if _WEIGHT_MATMULS_ONLY:
+            float_nodes += "; MatMuls of two activations"
     return {
-        "tool": f"onnxruntime.quantization {onnxruntime.__version__}: quant_pre_process, quantize_static",
-        "format": "QDQ",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__}: quant_pre_process, quantize_{mode}",
+        "mode": mode,
+        "format": "QDQ" if mode == "static" else "QOperator (DynamicQuantizeLinear, MatMulInteger)",
         "per_channel": per_channel,
-        "activations": "int8 (asymmetric, MinMax)",
+        "activations": "int8 (asymmetric, MinMax)" if mode == "static" else "uint8, range of each call's own tensor",
         "weights": "int8 (symmetric)",
-        "float_nodes": "the exits' score subgraphs (softmax onwards)",
-        "calibration_samples": min(samples, len(x)),
+        "op_types": list(op_types) if op_types is not None else "all supported",
+        "float_nodes": float_nodes,
+        "fp32_segments": [c.segment for c in choices if c.precision == "fp32"],
+        "calibration_samples": samples,
         "calibration_data": data_source,
-        "calibration_data_sha256": digest_data(x, y),
+        "calibration_data_sha256": data.digest(y),
         "evaluation_data": eval_source or data_source,
         "evaluation_samples": eval_samples,
         "exits": [
@@ -441,12 +759,16 @@ def _variant_report(
         "segments": [
             {
                 "segment": t.segment,
+                "precision": c.precision,
+                "reason": c.reason,
                 "fp32_ms": round(t.fp32_ms, 5),
                 "int8_ms": round(t.int8_ms, 5),
                 "fp32_bytes": t.fp32_bytes,
                 "int8_bytes": t.int8_bytes,
+                "int8_alone_final_agreement": c.alone_agreement,
+                "shape_inference": inference,
             }
-            for t in timings
+            for t, c, inference in zip(timings, choices, shape_inference, strict=True)
         ],
     }
 
@@ -488,9 +810,13 @@ def _commit(root: Path, stage: Path, manifest: Manifest) -> None:
 
 
 __all__ = [
+    "DEFAULT_MIN_AGREEMENT",
     "DEFAULT_SAMPLES",
+    "TRANSFORMER_OP_TYPES",
     "ExitChange",
+    "Inputs",
     "QuantizeReport",
+    "SegmentChoice",
     "SegmentTiming",
     "quantize_package",
 ]

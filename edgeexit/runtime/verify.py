@@ -53,11 +53,17 @@ def verify_package(path: str | Path) -> VerifyReport:
     if "input" not in reference:
         raise PackageError(f"{manifest.reference.file} lacks the expected array 'input' (the reference sample)")
     x = reference["input"]
+    context = {}  # a text encoder's attention mask, fed to every segment beside its input
+    for spec in manifest.input.context:
+        key = f"context/{spec.name}"
+        if key not in reference:
+            raise PackageError(f"{manifest.reference.file} lacks the expected context input {key!r}")
+        context[spec.name] = reference[key]
     for segment in manifest.segments:
         session = load_session(package.path(segment.file))
         _check_signature(session, segment.inputs, segment.outputs, segment.file)
         names = [o.name for o in segment.outputs]
-        outputs = _run(session, names, {segment.inputs[0].name: x}, segment.file)
+        outputs = _run(session, names, {segment.inputs[0].name: x, **context}, segment.file)
         for name, got in zip(names, outputs, strict=True):
             key = f"{segment.index}/{name}"
             if key not in reference:
@@ -69,10 +75,12 @@ def verify_package(path: str | Path) -> VerifyReport:
         session = load_session(package.path(manifest.monolithic))
         # the monolithic graph computes every segment's outputs but the hidden tensors, in order
         declared = [o for s in manifest.segments for o in s.outputs if o.name != s.hidden]
-        _check_signature(session, (manifest.input.tensor,), tuple(declared), manifest.monolithic)
+        inputs = (manifest.input.tensor, *manifest.input.context)
+        _check_signature(session, inputs, tuple(declared), manifest.monolithic)
         names = [o.name for o in declared]
-        outputs = _run(session, names, {manifest.input.name: reference["input"]}, manifest.monolithic)
-        by_name = {key.split("/", 1)[1]: value for key, value in reference.items() if "/" in key}
+        feeds = {manifest.input.name: reference["input"], **context}
+        outputs = _run(session, names, feeds, manifest.monolithic)
+        by_name = {key.split("/", 1)[1]: value for key, value in reference.items() if key[:1].isdigit()}
         for name, got in zip(names, outputs, strict=True):
             if name in by_name:
                 checks.append(compare("monolithic", name, by_name[name], got, atol, rtol))

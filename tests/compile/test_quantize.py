@@ -180,15 +180,17 @@ def test_cli_quantizes_and_refuses_bad_data(edgeexit_cli: list[str], package_cop
 
     done = subprocess.run(
         [*edgeexit_cli, "quantize", str(package_copy), "--data", "digits", "--limit", "120", "--samples", "32",
-         "--per-tensor", "--max-drop", "0.02"],
+         "--per-tensor", "--max-drop", "0.02", "--keep-fp32", "1"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "int8 accuracy" in done.stdout
     assert "int8 threshold" in done.stdout
     assert "int8/fp32" in done.stdout
+    assert "segment(s) 1 kept fp32" in done.stdout
     variant = open_package(package_copy).manifest.variant("int8")
     assert variant.report["per_channel"] is False
+    assert variant.files[1] == "segments/1.onnx"
     assert variant.calibration is not None
     assert variant.calibration.max_drop == 0.02
 
@@ -223,3 +225,66 @@ def test_quantize_needs_no_torch(package_copy: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "QUANTIZED 3 []" in done.stdout
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def test_kept_segments_run_their_fp32_graph_and_the_package_verifies(quantized, tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    shutil.copytree(quantized[0], root)  # it has an all-int8 variant: this one replaces it
+    manifest = open_package(root).manifest
+    x, y = _data(manifest, "test", 200)
+    report = quantize_package(root, x, y, samples=32, timing_samples=4, keep_fp32=(0,))
+    manifest = open_package(root).manifest  # every file hashed and unaltered
+    variant = manifest.variant("int8")
+    assert variant.files == ("segments/0.onnx", "int8/1.onnx", "int8/2.onnx")
+    assert not (root / "int8/0.onnx").exists()  # int8/ holds only what the variant names
+    assert report.kept_fp32 == (0,)
+    assert [c.precision for c in report.choices] == ["fp32", "int8", "int8"]
+    assert all(c.alone_agreement is not None for c in report.choices)  # measured for every segment
+    assert variant.report["fp32_segments"] == [0]
+    assert manifest.package_id == open_package(quantized[0]).manifest.package_id
+    assert verify_package(root).ok
+    from edgeexit.runtime.engine import Engine
+
+    engine = Engine(root, precision="int8", cache_dir=None)
+    assert [Path(s.session._model_path).parent.name for s in engine.segments] == ["segments", "int8", "int8"]
+    assert len(engine.run_batch(x)) == len(y)
+
+    # replacing this variant (which names segments/0.onnx) by an all-int8 one keeps segment 0 hashed
+    quantize_package(root, x, y, samples=16, timing_samples=2)
+    manifest = open_package(root).manifest
+    assert manifest.variant("int8").files == ("int8/0.onnx", "int8/1.onnx", "int8/2.onnx")
+    assert "segments/0.onnx" in manifest.files
+    assert verify_package(root).ok
+
+
+def test_auto_keeps_fp32_where_int8_is_slower_or_disagrees(package_copy: Path) -> None:
+    x, y = _data(open_package(package_copy).manifest, "test", 200)
+    before = _snapshot(package_copy)
+    failure = ""
+    try:  # which segments stay fp32 depends on this machine's timings: check the rule, not the outcome
+        report = quantize_package(package_copy, x, y, samples=32, timing_samples=8, auto=True, min_agreement=0.99)
+    except EdgeExitError as err:  # int8 paid nowhere: nothing written
+        failure = str(err)
+    if failure:
+        assert "every segment would stay fp32" in failure
+        assert _snapshot(package_copy) == before
+        return
+    for timing, choice in zip(report.segments, report.choices, strict=True):
+        worse = timing.int8_ms >= timing.fp32_ms or choice.alone_agreement < 0.99
+        assert (choice.precision == "fp32") == worse, (timing, choice)
+    assert report.variant.files == tuple(
+        f"segments/{c.segment}.onnx" if c.precision == "fp32" else f"int8/{c.segment}.onnx" for c in report.choices
+    )
+
+
+def test_keep_fp32_is_checked(package_copy: Path) -> None:
+    x, y = _data(open_package(package_copy).manifest, "test", 20)
+    with pytest.raises(EdgeExitError, match=r"segment\(s\) \[3\]"):
+        quantize_package(package_copy, x, y, keep_fp32=(3,))
+    with pytest.raises(EdgeExitError, match="every segment"):
+        quantize_package(package_copy, x, y, keep_fp32=(0, 1, 2))
+    with pytest.raises(EdgeExitError, match="unknown quantization mode"):
+        quantize_package(package_copy, x, y, mode="fp4")

@@ -215,3 +215,11 @@ def test_similarity_ignores_padding_tokens(text_package: Path) -> None:
     plain, extra = engine.run_full(tokens, timing_samples=1), engine.run_full(padded, timing_samples=1)
     assert 0.0 < plain.similarity[1][0] < 1.0  # boundary 1 against boundary 0 (the last has no hidden output)
     np.testing.assert_allclose(plain.similarity[1], extra.similarity[1], atol=1e-5)
+
+
+def test_verify_feeds_the_stored_mask_to_every_segment(text_package: Path) -> None:
+    from edgeexit.runtime.verify import verify_package
+
+    report = verify_package(text_package)
+    assert report.ok
+    assert len(report.checks) >= 3

@@ -1,0 +1,201 @@
+"""``quantize_package`` on a text encoder: token ids + attention mask, a dynamic token axis.
+
+A tiny masked encoder (the one of tests/runtime/test_runtime_context.py, rebuilt here: test
+modules do not import each other) stands in for BERT, so dynamic and static quantization, the
+mask reaching every segment's calibration reader, and the engine running the int8 variant on
+padded batches and unpadded single texts are all tested in seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgeexit.compile import export
+from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.compile.quantize import TRANSFORMER_OP_TYPES, QuantizeReport, quantize_package
+from edgeexit.errors import DataError
+from edgeexit.package import open_package
+from edgeexit.runtime import Engine
+
+
+class _Embed(nn.Module):
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
+
+
+class _MaskedMix(nn.Module):
+    """A projection with a weight (quantized), a LayerNorm and a tanh (both left float)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.tanh(self.norm(self.proj(x + pooled)))
+
+
+class _Segment(nn.Module):
+    def __init__(self, *parts: nn.Module) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x, mask)
+        return x
+
+
+class _PooledHead(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
+
+
+def _tiny_encoder() -> MultiExitModel:
+    torch.manual_seed(0)
+    dim, classes = 32, 3
+    segments = [_Segment(_Embed(50, dim), _MaskedMix(dim)), _Segment(_MaskedMix(dim)), _Segment(_MaskedMix(dim))]
+    heads = [_PooledHead(dim, classes) for _ in range(3)]
+    infos = [ExitInfo("pooled", f"after layer {k}") for k in range(3)]
+    return MultiExitModel(
+        segments, heads, infos, name="tiny_text", num_classes=classes, layout="NL",
+        context_names=("attention_mask",), input_name="input_ids",
+    ).eval()  # fmt: skip
+
+
+def _tokens(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded token batches with a real length per row, as a tokenizer gives them."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 50, size=(n, length)).astype(np.int64)
+    mask = np.zeros((n, length), np.int64)
+    for row in range(n):
+        mask[row, : rng.integers(2, length + 1)] = 1
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def _labels(model: MultiExitModel, tokens: dict[str, np.ndarray]) -> np.ndarray:
+    """The fp32 final exit's answers as labels: untrained heads, so accuracy reads agreement."""
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"]))[-1]
+    return logits.argmax(dim=-1).numpy().astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def text_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("text") / "pkg"
+    export(_tiny_encoder(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    tokens = _tokens(96, 16, seed=1)
+    return tokens, _labels(_tiny_encoder(), tokens)
+
+
+def _copy(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def dynamic(text_package: Path, data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, QuantizeReport]:
+    root = _copy(text_package, tmp_path_factory.mktemp("dynamic") / "pkg")
+    tokens, y = data
+    return root, quantize_package(root, tokens, y, samples=32, timing_samples=4)
+
+
+def test_text_encoders_are_quantized_dynamically_by_default(dynamic) -> None:
+    root, report = dynamic
+    manifest = open_package(root).manifest
+    variant = manifest.variant("int8")
+    assert variant.files == ("int8/0.onnx", "int8/1.onnx", "int8/2.onnx")
+    assert variant.report["mode"] == "dynamic"
+    assert variant.report["op_types"] == list(TRANSFORMER_OP_TYPES)
+    assert report.calibration_samples == 0  # dynamic: activation ranges come from each call
+    for name in variant.files:  # hashed: open_package checks them
+        assert manifest.files[name]
+    for k in range(3):
+        ops = {node.op_type for node in onnx.load(str(root / f"int8/{k}.onnx")).graph.node}
+        assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
+        assert "LayerNormalization" in ops  # left float
+    for change in report.exits:
+        assert change.agreement is not None
+        assert change.agreement >= 0.8, change
+    assert all(c.precision == "int8" and c.alone_agreement is not None for c in report.choices)
+
+
+def test_engine_runs_the_int8_text_variant_padded_and_unpadded(dynamic, data) -> None:
+    root, _ = dynamic
+    tokens, _ = data
+    engine = Engine(root, precision="int8", cache_dir=None, threshold=2.0)  # full depth
+    batch = engine.run_batch({name: value[:8] for name, value in tokens.items()})
+    for i, result in enumerate(batch):
+        length = int(tokens["attention_mask"][i].sum())
+        alone = engine.run({name: value[i, :length] for name, value in tokens.items()})
+        np.testing.assert_allclose(alone.probabilities, result.probabilities, atol=2e-2)
+
+
+def test_static_mode_feeds_every_segment_its_hidden_tensor_and_the_mask(text_package: Path, data, tmp_path) -> None:
+    root = _copy(text_package, tmp_path / "pkg")
+    tokens, y = data
+    report = quantize_package(root, tokens, y, samples=24, timing_samples=2, mode="static")
+    assert report.variant.report["mode"] == "static"
+    assert report.calibration_samples == 24
+    assert [s["shape_inference"] for s in report.variant.report["segments"]] != []
+    for k in range(3):
+        model = onnx.load(str(root / f"int8/{k}.onnx"))
+        consumers = {i: node.op_type for node in model.graph.node for i in node.input}
+        dequantized = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        assert dequantized, f"segment {k} has no quantized node"
+        fed = {consumers[name] for name in dequantized if name in consumers}
+        assert "MatMul" in fed  # the projections' weights and inputs are int8
+        assert not fed & {"LayerNormalization", "Tanh", "Softmax", "Gelu"}, fed  # these stay float
+    for change in report.exits:
+        assert change.agreement is not None
+        assert change.agreement >= 0.8, change
+    engine = Engine(root, precision="int8", cache_dir=None)
+    assert len(engine.run_batch(tokens)) == len(y)
+
+
+def test_text_inputs_are_checked(text_package: Path, data) -> None:
+    tokens, y = data
+    with pytest.raises(DataError, match="several inputs"):
+        quantize_package(text_package, tokens["input_ids"].astype(np.float32), y)
+    with pytest.raises(DataError, match="takes"):
+        quantize_package(text_package, {"input_ids": tokens["input_ids"]}, y)
+    with pytest.raises(DataError, match="different shapes"):
+        quantize_package(
+            text_package, {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"][:, :3]}, y
+        )
+    with pytest.raises(DataError, match="labels"):
+        quantize_package(text_package, tokens, y[:5])
+
+
+def test_cli_tweets_need_a_text_encoder(edgeexit_cli: list[str], package_copy: Path) -> None:
+    done = subprocess.run(
+        [*edgeexit_cli, "quantize", str(package_copy), "--data", "tweets"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "tokenizer" in done.stderr
