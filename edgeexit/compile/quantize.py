@@ -51,12 +51,11 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from edgeexit.calibration import Choice, calibrate_manifest, check_labels, digest_data
-from edgeexit.criteria import Boundary, create_criterion
 from edgeexit.errors import DataError, EdgeExitError, ExportError
 from edgeexit.fileio import atomic_write_text, sha256_file
 from edgeexit.manifest import CRITERIA, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
-from edgeexit.runtime.engine import FullDepth
+from edgeexit.runtime.engine import FullDepth, full_depth_outputs
 from edgeexit.runtime.sessions import load_session
 
 #: A model input as the engine takes it: one array, or for a text encoder a mapping from the
@@ -626,28 +625,9 @@ def _chunks(data: _Batch, size: int = 256) -> Iterator[_Batch]:
 
 def _full_depth(graphs: Sequence[_Graph], manifest: Manifest, data: _Batch, segment_ms: tuple[float, ...]) -> FullDepth:
     """Every exit's logits and boundary similarity for every sample, as ``Engine.run_full`` records them."""
-    logits: list[list[np.ndarray]] = [[] for _ in graphs]
-    similarity: list[list[np.ndarray]] = [[] for _ in graphs]
-    similar = create_criterion("similarity")
-    for chunk in _chunks(data):
-        current, previous = chunk.x, None
-        mask = chunk.context.get("attention_mask")
-        for k, graph in enumerate(graphs):
-            outputs = graph.run(current, chunk.context)
-            name = manifest.exits[k].logits
-            if name is not None:
-                logits[k].append(outputs[name])
-            hidden = outputs.get(graph.spec.hidden) if graph.spec.hidden else None
-            if hidden is not None:
-                similarity[k].append(similar.score(Boundary(None, hidden, previous, mask=mask)))
-                previous = current = hidden
-            else:
-                similarity[k].append(np.zeros(len(current), np.float32))
-    return FullDepth(
-        logits=tuple(np.concatenate(parts) if parts else None for parts in logits),
-        similarity=tuple(np.concatenate(parts) for parts in similarity),
-        segment_ms=segment_ms,
-    )
+    chunks = ((chunk.x, chunk.context) for chunk in _chunks(data))
+    logits, similarity = full_depth_outputs(graphs, manifest.exits, chunks)  # type: ignore[arg-type]
+    return FullDepth(logits=logits, similarity=similarity, segment_ms=segment_ms)
 
 
 def _alone_agreement(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgeexit.compile.adapters import attach_exits
-from edgeexit.compile.model import MultiExitModel
+from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.errors import ModelError
 from edgeexit.registry import Registry
 
 MODELS: Registry[Callable[..., MultiExitModel]] = Registry("model")
@@ -189,6 +191,89 @@ def tiny_vit(
         backbone, exits=exits, head=heads, num_classes=num_classes, pool=pool,
         name="tiny_vit", input_shape=(1, in_channels, size, size),
     )  # fmt: skip
+
+
+class _TokenEmbedding(nn.Module):
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
+
+
+class _MaskedMix(nn.Module):
+    """Each token adds the mean of the attended tokens, so every answer depends on the mask."""
+
+    def __init__(self, dim: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.tanh(self.norm(self.proj(x + pooled)))
+
+
+class _MaskedSegment(nn.Module):
+    def __init__(self, *parts: nn.Module) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x, mask)
+        return x
+
+
+class _MaskedMeanHead(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
+
+
+@register_model
+def tiny_text(
+    num_classes: int = 3, vocab: int = 50, dim: int = 16, headless: tuple[int, ...] = (), layer_norm: bool = False
+) -> MultiExitModel:
+    """A 3-layer masked text encoder (token ids + attention mask): the text path in seconds.
+
+    It stands in for BERT wherever the contract matters more than the weights: the mask reaches
+    every segment and head, the token axis is dynamic, padding is masked out. ``headless`` lists
+    early exits without a classifier (stopped by similarity only); ``layer_norm`` adds a
+    LayerNorm per layer (as a transformer has, for quantization). Seeded: the same model every time."""
+    torch.manual_seed(0)
+    segments = [
+        _MaskedSegment(_TokenEmbedding(vocab, dim), _MaskedMix(dim, layer_norm)),
+        _MaskedSegment(_MaskedMix(dim, layer_norm)),
+        _MaskedSegment(_MaskedMix(dim, layer_norm)),
+    ]
+    heads = [_MaskedMeanHead(dim, num_classes) for _ in range(3)]
+    infos = [ExitInfo("pooled", f"after layer{k}") for k in range(3)]
+    for k in headless:
+        if not 0 <= k < 2:
+            raise ModelError(f"tiny_text: exit {k} cannot be headless; expected 0 or 1 (exit 2 is the final exit)")
+        heads[k], infos[k] = None, ExitInfo(None, f"after layer{k}")  # type: ignore[call-overload]
+    return MultiExitModel(
+        segments, heads, infos, name="tiny_text", num_classes=num_classes, layout="NL",
+        context_names=("attention_mask",), input_name="input_ids",
+    ).eval()  # fmt: skip
+
+
+def tiny_text_tokens(n: int, length: int, seed: int = 0, vocab: int = 50) -> dict[str, np.ndarray]:
+    """Seeded random inputs for ``tiny_text``: right-padded rows of 2..length real tokens, as a
+    tokenizer pads a batch (``input_ids`` 0 and ``attention_mask`` 0 on padding)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=(n, length)).astype(np.int64)
+    mask = np.zeros((n, length), np.int64)
+    for row in range(n):
+        mask[row, : rng.integers(min(2, length), length + 1)] = 1
+    return {"input_ids": ids * mask, "attention_mask": mask}
 
 
 #: ImageNet normalization the pretrained CNNs were trained with (torchvision's constants).

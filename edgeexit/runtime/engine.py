@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -511,28 +511,14 @@ class Engine:
     def run_full(self, xs: Inputs, *, batch_size: int = 256, timing_samples: int = 64) -> FullDepth:
         """Every exit's outputs for every sample, plus batch-1 segment latencies on a few of them."""
         batch, context = self._check(xs, batched=True)
-        logits: list[list[np.ndarray]] = [[] for _ in self.segments]
-        similarity: list[list[np.ndarray]] = [[] for _ in self.segments]
-        similar = create_criterion("similarity")
-        for start in range(0, batch.shape[0], batch_size):
-            current = batch[start : start + batch_size]
-            rows = _rows(context, start, start + batch_size)
-            previous = None
-            for k, segment in enumerate(self.segments):
-                outputs = segment.run(current, rows)
-                found = self._logits(k, outputs)
-                if found is not None:
-                    logits[k].append(found)
-                hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
-                if hidden is not None:
-                    mask = self._mask(rows)
-                    similarity[k].append(similar.score(Boundary(None, hidden, previous, mask=mask)))
-                    previous = current = hidden
-                else:
-                    similarity[k].append(np.zeros(len(current), np.float32))
+        chunks = (
+            (batch[start : start + batch_size], _rows(context, start, start + batch_size))
+            for start in range(0, batch.shape[0], batch_size)
+        )
+        logits, similarity = full_depth_outputs(self.segments, self.exits, chunks)
         return FullDepth(
-            logits=tuple(np.concatenate(parts) if parts else None for parts in logits),
-            similarity=tuple(np.concatenate(parts) for parts in similarity),
+            logits=logits,
+            similarity=similarity,
             segment_ms=self._segment_latency(batch[:timing_samples], _rows(context, 0, timing_samples)),
         )
 
@@ -716,6 +702,35 @@ class Engine:
         if shape[0] == 0:
             return False
         return all(want is None or want == got for want, got in zip(self._input.shape[1:], shape[1:], strict=True))
+
+
+def full_depth_outputs(
+    segments: Sequence[Segment], exits: Sequence[ExitSpec], chunks: Iterable[tuple[np.ndarray, Context]]
+) -> tuple[tuple[np.ndarray | None, ...], tuple[np.ndarray, ...]]:
+    """Every exit's logits and every boundary's similarity to the one before, for every sample of
+    ``chunks`` (input, context), with no early exit: what calibration reads. Any list of segments
+    will do: an engine's, or ``edgeexit.compile.quantize``'s mixes of fp32 and int8 graphs."""
+    logits: list[list[np.ndarray]] = [[] for _ in segments]
+    similarity: list[list[np.ndarray]] = [[] for _ in segments]
+    similar = create_criterion("similarity")
+    for current, context in chunks:
+        previous = None
+        mask = context.get("attention_mask") if context else None
+        for k, segment in enumerate(segments):
+            outputs = segment.run(current, context)
+            name = exits[k].logits
+            if name is not None:
+                logits[k].append(outputs[name])
+            hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
+            if hidden is not None:
+                similarity[k].append(similar.score(Boundary(None, hidden, previous, mask=mask)))
+                previous = current = hidden
+            else:
+                similarity[k].append(np.zeros(len(current), np.float32))
+    return (
+        tuple(np.concatenate(parts) if parts else None for parts in logits),
+        tuple(np.concatenate(parts) for parts in similarity),
+    )
 
 
 def _rows(context: Context, start: int, stop: int) -> Context:

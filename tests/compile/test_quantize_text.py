@@ -1,7 +1,6 @@
 """``quantize_package`` on a text encoder: token ids + attention mask, a dynamic token axis.
 
-A tiny masked encoder (the one of tests/runtime/test_runtime_context.py, rebuilt here: test
-modules do not import each other) stands in for BERT, so dynamic and static quantization, the
+The zoo's tiny masked encoder (``tiny_text``) stands in for BERT, so dynamic and static quantization, the
 mask reaching every segment's calibration reader, and the engine running the int8 variant on
 padded batches and unpadded single texts are all tested in seconds.
 """
@@ -15,80 +14,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 from edgeexit.compile import export
-from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.compile.model import MultiExitModel
 from edgeexit.compile.quantize import TRANSFORMER_OP_TYPES, QuantizeReport, quantize_package
+from edgeexit.compile.zoo import tiny_text
+from edgeexit.compile.zoo import tiny_text_tokens as _tokens
 from edgeexit.errors import DataError
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine
-
-
-class _Embed(nn.Module):
-    def __init__(self, vocab: int, dim: int) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab, dim)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
-
-
-class _MaskedMix(nn.Module):
-    """A projection with a weight (quantized), a LayerNorm and a tanh (both left float)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return torch.tanh(self.norm(self.proj(x + pooled)))
-
-
-class _Segment(nn.Module):
-    def __init__(self, *parts: nn.Module) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for part in self.parts:
-            x = part(x, mask)
-        return x
-
-
-class _PooledHead(nn.Module):
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dim, classes)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
-
-
-def _tiny_encoder() -> MultiExitModel:
-    torch.manual_seed(0)
-    dim, classes = 32, 3
-    segments = [_Segment(_Embed(50, dim), _MaskedMix(dim)), _Segment(_MaskedMix(dim)), _Segment(_MaskedMix(dim))]
-    heads = [_PooledHead(dim, classes) for _ in range(3)]
-    infos = [ExitInfo("pooled", f"after layer {k}") for k in range(3)]
-    return MultiExitModel(
-        segments, heads, infos, name="tiny_text", num_classes=classes, layout="NL",
-        context_names=("attention_mask",), input_name="input_ids",
-    ).eval()  # fmt: skip
-
-
-def _tokens(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Right-padded token batches with a real length per row, as a tokenizer gives them."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, 50, size=(n, length)).astype(np.int64)
-    mask = np.zeros((n, length), np.int64)
-    for row in range(n):
-        mask[row, : rng.integers(2, length + 1)] = 1
-    return {"input_ids": ids * mask, "attention_mask": mask}
 
 
 def _labels(model: MultiExitModel, tokens: dict[str, np.ndarray]) -> np.ndarray:
@@ -101,14 +35,14 @@ def _labels(model: MultiExitModel, tokens: dict[str, np.ndarray]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def text_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("text") / "pkg"
-    export(_tiny_encoder(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
+    export(tiny_text(dim=32, layer_norm=True), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
     return out
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[dict[str, np.ndarray], np.ndarray]:
     tokens = _tokens(96, 16, seed=1)
-    return tokens, _labels(_tiny_encoder(), tokens)
+    return tokens, _labels(tiny_text(dim=32, layer_norm=True), tokens)
 
 
 def _copy(source: Path, target: Path) -> Path:

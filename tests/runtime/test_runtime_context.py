@@ -12,93 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgeexit.compile import export
-from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.compile.model import MultiExitModel
+from edgeexit.compile.zoo import tiny_text
+from edgeexit.compile.zoo import tiny_text_tokens as _tokens
 from edgeexit.errors import ExportError, InputError
 from edgeexit.runtime import Engine
 from edgeexit.runtime.engine import Pending
 
 
-class _Embed(nn.Module):
-    def __init__(self, vocab: int, dim: int) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab, dim)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
-
-
-class _MaskedMix(nn.Module):
-    """Each token adds the mean of the attended tokens: the answer depends on the mask."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return torch.tanh(self.proj(x + pooled))
-
-
-class _Segment(nn.Module):
-    def __init__(self, *parts: nn.Module) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for part in self.parts:
-            x = part(x, mask)
-        return x
-
-
-class _PooledHead(nn.Module):
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dim, classes)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
-
-
-def _tiny_encoder(head_at_middle: bool = True) -> MultiExitModel:
-    torch.manual_seed(0)
-    dim, classes = 16, 3
-    segments = [
-        _Segment(_Embed(50, dim), _MaskedMix(dim)),
-        _Segment(_MaskedMix(dim)),
-        _Segment(_MaskedMix(dim)),
-    ]
-    heads = [
-        _PooledHead(dim, classes),
-        _PooledHead(dim, classes) if head_at_middle else None,
-        _PooledHead(dim, classes),
-    ]
-    infos = [ExitInfo("pooled", f"after layer {k}") for k in range(3)]
-    if not head_at_middle:
-        infos[1] = ExitInfo(None, "after layer 1")
-    return MultiExitModel(
-        segments, heads, infos, name="tiny_text", num_classes=classes, layout="NL",
-        context_names=("attention_mask",), input_name="input_ids",
-    ).eval()  # fmt: skip
-
-
-def _tokens(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, 50, size=(n, length)).astype(np.int64)
-    mask = np.ones((n, length), np.int64)
-    for row in range(n):
-        mask[row, rng.integers(1, length + 1) :] = 0
-    return {"input_ids": ids * mask, "attention_mask": mask}
-
-
 @pytest.fixture(scope="module")
 def text_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("text") / "pkg"
-    export(_tiny_encoder(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
+    export(tiny_text(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
     return out
 
 
@@ -120,7 +47,7 @@ def test_manifest_names_the_context_and_a_dynamic_token_axis(text_package: Path)
 
 @pytest.mark.parametrize("length", [5, 12, 31])
 def test_full_depth_matches_torch_at_any_token_count(text_package: Path, length: int) -> None:
-    model = _tiny_encoder()
+    model = tiny_text()
     tokens = _tokens(4, length, seed=length)
     engine = Engine(text_package, cache_dir=None, threshold=2.0)  # never exits early
     results = engine.run_batch(tokens)
@@ -176,7 +103,7 @@ def test_pending_carries_the_mask_to_resume(text_package: Path) -> None:
 
 def test_similarity_exit_without_a_head(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
-    export(_tiny_encoder(head_at_middle=False), (1, 8), out, sample=_tokens(4, 8))
+    export(tiny_text(headless=(1,)), (1, 8), out, sample=_tokens(4, 8))
     engine = Engine(out, cache_dir=None, criterion="similarity", threshold=-1.0)
     result = engine.run(_tokens(1, 8, seed=2))
     assert result.exit == 0  # exit 0 has a head; similarity at exit 0 compares with nothing before it
@@ -200,9 +127,9 @@ def test_wrong_inputs_say_what_was_expected(text_package: Path) -> None:
 
 def test_export_refuses_tails_and_bad_samples_for_text(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="context inputs"):
-        export(_tiny_encoder(), (1, 8), tmp_path / "a", codecs=("fp32",))
+        export(tiny_text(), (1, 8), tmp_path / "a", codecs=("fp32",))
     with pytest.raises(ExportError, match="input_ids"):
-        export(_tiny_encoder(), (1, 8), tmp_path / "b", sample=np.zeros((2, 8), np.float32))
+        export(tiny_text(), (1, 8), tmp_path / "b", sample=np.zeros((2, 8), np.float32))
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
 

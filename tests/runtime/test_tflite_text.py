@@ -2,8 +2,8 @@
 
 litert-torch 0.10.0 converts a masked encoder's segments only with static shapes, so they are
 converted at batch 1 and a fixed token length and LiteRT pads shorter requests with masked-out
-tokens. Real conversions of a tiny masked encoder (the one test_runtime_context.py uses, copied
-here) against real ONNX Runtime sessions; all-MiniLM-L6-v2 is measured in tools/bench_tflite.py.
+tokens. Real conversions of the zoo's tiny masked encoder (``tiny_text``) against real ONNX Runtime
+sessions; all-MiniLM-L6-v2 is measured in tools/bench_tflite.py.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from edgeexit.compile import export
-from edgeexit.compile.model import ExitInfo, MultiExitModel
+from edgeexit.compile.zoo import tiny_text
+from edgeexit.compile.zoo import tiny_text_tokens as _tokens
 from edgeexit.errors import ExportError, InputError
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine
@@ -36,76 +35,12 @@ pytestmark = pytest.mark.slow
 LENGTH = 16  # the token length the graphs are converted at
 
 
-class _Embed(nn.Module):
-    def __init__(self, vocab: int, dim: int) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab, dim)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.table(ids) * mask.unsqueeze(-1).to(torch.float32)
-
-
-class _MaskedMix(nn.Module):
-    """Each token adds the mean of the attended tokens: the answer depends on the mask."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        pooled = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return torch.tanh(self.proj(x + pooled))
-
-
-class _Segment(nn.Module):
-    def __init__(self, *parts: nn.Module) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for part in self.parts:
-            x = part(x, mask)
-        return x
-
-
-class _PooledHead(nn.Module):
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dim, classes)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(torch.float32)
-        return self.fc((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
-
-
-def _tiny_encoder() -> MultiExitModel:
-    torch.manual_seed(0)
-    dim, classes = 16, 3
-    segments = [_Segment(_Embed(50, dim), _MaskedMix(dim)), _Segment(_MaskedMix(dim)), _Segment(_MaskedMix(dim))]
-    heads = [_PooledHead(dim, classes) for _ in range(3)]
-    infos = [ExitInfo("pooled", f"after layer {k}") for k in range(3)]
-    return MultiExitModel(
-        segments, heads, infos, name="tiny_text", num_classes=classes, layout="NL",
-        context_names=("attention_mask",), input_name="input_ids",
-    ).eval()  # fmt: skip
-
-
-def _tokens(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, 50, size=(n, length)).astype(np.int64)
-    mask = np.ones((n, length), np.int64)
-    for row in range(n):
-        mask[row, rng.integers(1, length + 1) :] = 0
-    return {"input_ids": ids * mask, "attention_mask": mask}
-
-
 @pytest.fixture(scope="module")
 def text_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny encoder exported (ONNX, 12-token samples) with its tflite variant at LENGTH tokens."""
     out = tmp_path_factory.mktemp("text_tflite") / "pkg"
-    export(_tiny_encoder(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
-    add_tflite(_tiny_encoder(), out, sequence_length=LENGTH)
+    export(tiny_text(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
+    add_tflite(tiny_text(), out, sequence_length=LENGTH)
     return out
 
 
@@ -181,7 +116,7 @@ def test_samples_longer_than_the_length_and_lengths_for_image_models_are_refused
     target = tmp_path / "text"
     shutil.copytree(text_tflite, target)
     with pytest.raises(ExportError, match=r"12 tokens .* at most 8; pass sequence_length >= 12"):
-        add_tflite(_tiny_encoder(), target, sequence_length=8)
+        add_tflite(tiny_text(), target, sequence_length=8)
     assert open_package(target).manifest.variant("tflite").report["sequence_length"] == LENGTH  # left as it was
     image = tmp_path / "digits"
     shutil.copytree(digits_package, image)
@@ -192,7 +127,7 @@ def test_samples_longer_than_the_length_and_lengths_for_image_models_are_refused
 def test_export_with_tflite_converts_text_at_the_default_length(tmp_path: Path) -> None:
     from edgeexit.compile.tflite import DEFAULT_SEQUENCE_LENGTH
 
-    package = export(_tiny_encoder(), (1, 10), tmp_path / "pkg", sample=_tokens(4, 10), tflite=True)
+    package = export(tiny_text(), (1, 10), tmp_path / "pkg", sample=_tokens(4, 10), tflite=True)
     report = package.manifest.variant("tflite").report
     assert report["sequence_length"] == DEFAULT_SEQUENCE_LENGTH
     assert all(row["ok"] for row in report["parity"])
