@@ -159,18 +159,36 @@ def test_unlabelled_set_names_its_sources_honestly() -> None:
     assert sum(s.count for s in data.head(4).sources) == 4
 
 
-@pytest.mark.slow
-def test_three_exit_package_verifies_and_runs_with_the_backbones_answer(tmp_path: Path) -> None:
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+TFLITE = _has("litert_torch") and _has("ai_edge_litert")
+
+
+@pytest.fixture(scope="module")
+def effnet_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, np.ndarray]:
+    """A 3-exit EfficientNet-Lite0 package at 96x96 (quick; 224x224 is in docs/benchmarks.md),
+    with its TFLite segments when the converter is installed (CI installs every extra)."""
     model = create_model("efficientnet_lite0", exits=[4, 10], width=16)
-    sample = unlabelled_images("heldout", 2, size=96, seed=3).batch(np.arange(2))
+    sample = unlabelled_images("heldout", 6, size=96, seed=3).batch(np.arange(6))
+    out = tmp_path_factory.mktemp("effnet") / "pkg"
+    export(model, (1, 3, 96, 96), out, sample=sample[:2], codecs=(), tflite=TFLITE)
+    return model, out, sample
 
-    # 96x96 keeps the test quick; the CLI run at 224x224 is in docs/benchmarks.md
-    package = export(model, (1, 3, 96, 96), tmp_path / "pkg", sample=sample, codecs=())
 
-    assert len(package.manifest.segments) == 3
-    report = verify_package(tmp_path / "pkg")
+@pytest.mark.slow
+def test_three_exit_package_verifies_and_runs_with_the_backbones_answer(
+    effnet_package: tuple[nn.Module, Path, np.ndarray],
+) -> None:
+    model, root, six = effnet_package
+    sample = six[:2]
+    engine = Engine(root, cache_dir=None)
+    assert len(engine.manifest.segments) == 3
+    report = verify_package(root)
     assert report.ok, [c for c in report.checks if not c.ok]
-    engine = Engine(tmp_path / "pkg", cache_dir=None)
     full = engine.run_full(sample, timing_samples=1)
     with torch.no_grad():
         expected = model(torch.from_numpy(sample))[-1].numpy()
@@ -180,3 +198,36 @@ def test_three_exit_package_verifies_and_runs_with_the_backbones_answer(tmp_path
     for r, row in zip(results, expected, strict=True):
         if r.exit == 2:  # a sample that went the whole way got the backbone's ImageNet class
             assert r.prediction == int(row.argmax())
+
+
+@pytest.mark.slow
+def test_litert_runs_the_real_segments_as_onnx_runtime_does(effnet_package: tuple[nn.Module, Path, np.ndarray]) -> None:
+    if not TFLITE:
+        pytest.skip("needs the [tflite-export] and [tflite] extras (litert-torch, ai-edge-litert)")
+    _, root, sample = effnet_package
+    onnx = Engine(root, cache_dir=None).run_full(sample, timing_samples=1)
+    lite = Engine(root, cache_dir=None, backend="tflite").run_full(sample, timing_samples=1)
+    for a, b in zip(onnx.logits, lite.logits, strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-3, rtol=1e-3)  # XNNPACK sums in another order than MLAS
+    np.testing.assert_array_equal(lite.logits[-1].argmax(axis=1), onnx.logits[-1].argmax(axis=1))
+
+
+@pytest.mark.slow
+def test_int8_with_the_first_segment_kept_fp32(
+    effnet_package: tuple[nn.Module, Path, np.ndarray], tmp_path: Path
+) -> None:
+    import shutil
+
+    from edgeexit.compile.quantize import quantize_package
+
+    _, root, sample = effnet_package
+    copy = tmp_path / "pkg"
+    shutil.copytree(root, copy)
+    labels = Engine(copy, cache_dir=None).run_full(sample, timing_samples=1).logits[-1].argmax(axis=1)
+    report = quantize_package(copy, sample, labels, samples=6, keep_fp32=(0,), timing_samples=2)
+    variant = report.package.manifest.variant("int8")
+    assert variant.files[0] == "segments/0.onnx"  # kept fp32: measured slower and least accurate in int8
+    assert variant.files[1:] == ("int8/1.onnx", "int8/2.onnx")
+    results = Engine(copy, cache_dir=None, precision="int8").run_batch(sample)
+    assert len(results) == len(sample)
+    assert all(change.agreement is not None for change in report.exits)
