@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgeexit.compile import attach_exits
+from edgeexit.compile import attach_exits, training
 from edgeexit.compile.model import MultiExitModel
-from edgeexit.compile.training import TrainReport, evaluate, train
+from edgeexit.compile.training import TrainReport, distill, evaluate, train
 from edgeexit.data import LabelledData
 from edgeexit.errors import ModelError
 
@@ -177,3 +177,72 @@ def test_data_of_another_shape_names_the_shape() -> None:
     data = LabelledData(rng.random((8, 3, 8, 8), dtype=np.float32), np.zeros(8, np.int64), ("a", "b"), "rgb")
     with pytest.raises(ModelError, match=r"\(1, 3, 8, 8\)"):
         train(build(), data, progress=False)
+
+
+def distilled(
+    model: MultiExitModel, images: np.ndarray, *, cache_features: bool, epochs: int, batch_size: int
+) -> tuple[MultiExitModel, TrainReport]:
+    model = copy.deepcopy(model)
+    report = distill(
+        model, images, epochs=epochs, batch_size=batch_size, lr=1e-2, cache_features=cache_features, progress=False
+    )
+    return model, report
+
+
+def test_cached_features_take_the_same_steps_as_rerunning_the_backbone(
+    jointly_trained: tuple[MultiExitModel, TrainReport], digits: LabelledData
+) -> None:
+    teacher = jointly_trained[0]
+    images = digits.x[:96]
+    backbone_before = snapshot(teacher.segments) | {f"final.{k}": v for k, v in snapshot(teacher.head(2)).items()}
+
+    # One step over every image: the same loss and the same update, whichever way the heads were fed.
+    one = {flag: distilled(teacher, images, cache_features=flag, epochs=1, batch_size=96) for flag in (True, False)}
+    assert one[True][1].final_loss == pytest.approx(one[False][1].final_loss, rel=1e-6)
+    for k in (0, 1):
+        cached, rerun = snapshot(one[True][0].head(k)), snapshot(one[False][0].head(k))
+        for name, value in rerun.items():
+            torch.testing.assert_close(cached[name], value, rtol=1e-5, atol=1e-7, msg=f"head {k} {name}")
+        assert not torch.equal(cached["classifier.weight"], snapshot(teacher.head(k))["classifier.weight"])
+
+    # Several epochs of shuffled batches: still the same training, and the same agreement.
+    many = {flag: distilled(teacher, images, cache_features=flag, epochs=3, batch_size=32) for flag in (True, False)}
+    (cached_model, cached), (rerun_model, rerun) = many[True], many[False]
+    assert cached.final_loss == pytest.approx(rerun.final_loss, rel=1e-4)
+    assert [a.accuracy for a in cached.accuracy] == pytest.approx([a.accuracy for a in rerun.accuracy], abs=2 / 96)
+    for k in (0, 1):
+        for name, value in snapshot(rerun_model.head(k)).items():
+            torch.testing.assert_close(snapshot(cached_model.head(k))[name], value, rtol=1e-4, atol=1e-5)
+    assert cached.feature_seconds > 0
+    assert cached.seconds > cached.feature_seconds
+    assert rerun.feature_seconds == 0.0
+
+    # Neither way moves the backbone or the final classifier, bit for bit (batch-norm statistics too).
+    for trained, _ in (*one.values(), *many.values()):
+        after = snapshot(trained.segments) | {f"final.{k}": v for k, v in snapshot(trained.head(2)).items()}
+        assert [k for k in backbone_before if not torch.equal(backbone_before[k], after[k])] == []
+        assert not trained.training
+        assert all(p.requires_grad for p in trained.parameters())
+
+
+def test_a_cache_beyond_the_float32_budget_is_kept_in_float16(
+    jointly_trained: tuple[MultiExitModel, TrainReport], digits: LabelledData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = jointly_trained[0]
+    images = digits.x[:64]
+    exact, exact_report = distilled(teacher, images, cache_features=True, epochs=1, batch_size=64)
+    monkeypatch.setattr(training, "CACHE_FLOAT32_BYTES", 0)
+    halved, halved_report = distilled(teacher, images, cache_features=True, epochs=1, batch_size=64)
+    # float16 rounds the heads' inputs (~3 significant digits): close to, not equal to, float32.
+    assert halved_report.final_loss == pytest.approx(exact_report.final_loss, rel=1e-2)
+    weight = "classifier.weight"
+    assert not torch.equal(halved.head(0).state_dict()[weight], exact.head(0).state_dict()[weight])  # it was rounded
+    torch.testing.assert_close(
+        halved.head(0).state_dict()[weight], exact.head(0).state_dict()[weight], atol=1e-3, rtol=0
+    )
+
+    monkeypatch.setattr(training, "CACHE_MAX_BYTES", 1024)
+    with pytest.raises(ModelError, match=r"64 images would take .* cache_features=False"):
+        distilled(teacher, images, cache_features=True, epochs=1, batch_size=64)
+    _, rerun = distilled(teacher, images, cache_features=False, epochs=1, batch_size=64)  # no cache, no budget
+    assert np.isfinite(rerun.final_loss)
