@@ -16,6 +16,7 @@ Results. The engine knows nothing about the network: ``edgeexit.device`` does th
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -375,8 +376,8 @@ class Engine:
             segment = self.segments[k]
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score, probabilities = self._score(k, outputs, logits, hidden, previous, history, context)
-            if self.rules[k].final or (early_exit and score[0] >= self.rules[k].threshold):
+            score, probabilities = self._score(k, early_exit, outputs, logits, hidden, previous, history, context)
+            if score is not None and (self.rules[k].final or score[0] >= self.rules[k].threshold):
                 # a copy: the bound chain's buffers are overwritten by the next run
                 kept = hidden.copy() if (keep_hidden and hidden is not None) else None
                 return self._result(k, logits, probabilities, score, 0, started, tuple(times), kept)
@@ -455,11 +456,11 @@ class Engine:
             times.append((time.perf_counter() - tick) * 1e3)
             hidden = outputs.get(segment.spec.hidden) if segment.spec.hidden else None
             logits = self._logits(k, outputs)
-            score, probabilities = self._score(k, outputs, logits, hidden, previous, history, context)
+            score, probabilities = self._score(k, early_exit, outputs, logits, hidden, previous, history, context)
             if self.rules[k].final:
                 leaving = np.ones(len(active), bool)
             else:
-                leaving = score >= self.rules[k].threshold if early_exit else np.zeros(len(active), bool)
+                leaving = score >= self.rules[k].threshold if score is not None else np.zeros(len(active), bool)
             if probabilities is None and logits is not None and leaving.any():
                 probabilities = softmax(logits, self.rules[k].temperature)
             for i in np.flatnonzero(leaving):
@@ -566,15 +567,21 @@ class Engine:
     def _score(
         self,
         k: int,
+        early_exit: bool,
         outputs: dict[str, np.ndarray],
         logits: np.ndarray | None,
         hidden: np.ndarray | None,
         previous: np.ndarray | None,
         history: Sequence[np.ndarray],
         context: Context | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The exit's scores, and its probabilities when computing the score produced them."""
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The exit's scores, and its probabilities when computing the score produced them; no
+        scores when the exit cannot stop anything: early exit off, or a threshold of inf (a
+        full-depth run, or an exit calibrated to "never"), so such runs compute no softmax
+        over logits nobody reads."""
         rule = self.rules[k]
+        if not (rule.final or (early_exit and rule.threshold != math.inf)):
+            return None, None
         if rule.graph_score is not None:
             return outputs[rule.graph_score], None
         criterion = self._criteria[k]
