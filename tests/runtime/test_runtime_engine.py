@@ -297,6 +297,19 @@ def test_threshold_above_one_runs_everything_to_full_depth(digits_package: Path,
         assert len(r.segment_ms) == len(engine.segments)
 
 
+@pytest.mark.parametrize("criterion", ["max_prob", "patience"])
+def test_an_infinite_threshold_answers_as_an_unreachable_one(digits_package: Path, digits, criterion: str) -> None:
+    # inf skips scoring the early exits; the answers, and the final exit's score (patience
+    # counts the earlier exits' agreement), must be those of a finite threshold nobody reaches
+    unreachable = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=1e9)
+    skipped = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=math.inf)
+    xs = digits.x[:60]
+    for results in (skipped.run_batch(xs, batch_size=16), [skipped.run(x) for x in xs]):
+        for got, want in zip(results, unreachable.run_batch(xs), strict=True):
+            assert (got.exit, got.prediction, got.score) == (want.exit, want.prediction, want.score)
+            np.testing.assert_array_equal(got.probabilities, want.probabilities)
+
+
 def test_run_batch_keep_hidden_matches_run(digits_package: Path, digits) -> None:
     engine = Engine(digits_package, cache_dir=None, threshold=0.0)
     batched = engine.run_batch(digits.x[:5], keep_hidden=True)
