@@ -259,7 +259,7 @@ def bench_efficientnet(args: argparse.Namespace, workdir: Path) -> None:
         del report
     model.eval()
     pool = unlabelled_images("heldout", 2 * args.samples)
-    print(f"   data: {pool.source}; {pool.note}")
+    print(f"   data: {pool.source}")
     x = pool.batch(slice(None))
     validation, test = x[: args.samples], x[args.samples :]
     started = time.perf_counter()
