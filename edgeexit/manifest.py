@@ -126,6 +126,12 @@ class ExitSpec:
     final: bool = False
 
 
+#: "Never exit here" as a manifest stores it (JSON cannot hold inf): no criterion scores this
+#: high (confidence and similarity are at most 1, patience at most the number of exits), so the
+#: engine does not score an exit whose threshold is this or more.
+NEVER_THRESHOLD = 1e9
+
+
 @dataclass(frozen=True)
 class TailSpec:
     """A Triton-layout model that finishes inference from boundary ``boundary`` (docs/offload.md).

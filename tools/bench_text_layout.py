@@ -21,11 +21,12 @@ Variants, each isolating one cost:
   environment (``session.use_env_allocators``), so the activations of every segment reuse the
   same memory, as they do inside one graph.
 - ``engine (graph score)``: ``Engine.run`` at full depth, the exits scored by the graph's own
-  ``exit_k_score`` (temperature 1).
-- ``engine (as packaged)``: ``Engine.run`` at full depth with the manifest's calibration; a
-  temperature other than 1 makes the engine compute every exit's softmax in numpy.
-- ``monolithic, shared arena`` / ``engine, shared arena``: the same with the shared arena
-  (the engine as packaged, its sessions swapped for shared-arena ones).
+  ``exit_k_score`` (temperature 1). The engine's sessions share one arena (its default).
+- ``engine (as packaged)``: ``Engine.run`` at full depth with the manifest's calibration (at
+  full depth the engine scores no exit but the final one, whatever the temperatures).
+- ``engine (as packaged), own arenas``: the same with its sessions swapped for ones that each
+  keep their own arena (the engine before it shared one).
+- ``monolithic, shared arena``: the whole graph on the shared arena.
 - ``engine python only``: ``Engine.run`` with every session replaced by one returning the
   outputs it recorded for that sample: only the engine's own Python work.
 - ``n trivial sessions``: n one-node (Identity) graphs on the hidden state and the mask: what
@@ -150,16 +151,8 @@ def _python_only(package: Path, samples: list[Sample], graph_score: bool) -> tup
     return engine.run, load
 
 
-def _register_shared_arena() -> None:
-    """One CPU arena in the ORT environment, for the sessions that opt in (below); once per process."""
-    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-
-
 def _shared_arena_session(path: Path) -> ort.InferenceSession:
-    options = session_options(1)
-    options.add_session_config_entry("session.use_env_allocators", "1")
-    return _session(path, options)
+    return _session(path, session_options(1, shared_arena=True))
 
 
 def main() -> None:
@@ -202,14 +195,13 @@ def main() -> None:
         variants["chain, no heads"] = _chain(_headless(paths, workdir))
         variants["engine (graph score)"] = scored.run
         variants["engine (as packaged)"] = plain.run
-        _register_shared_arena()  # sessions created from here on may opt in to it
+        own_arenas = Engine(package, threads=1, threshold=math.inf, cache_dir=None)
+        for segment, path in zip(own_arenas.segments, paths, strict=True):
+            segment.session = _session(path)  # type: ignore[attr-defined]
+        variants["engine (as packaged), own arenas"] = own_arenas.run
         variants["monolithic, shared arena"] = _one(_shared_arena_session(monolithic))
         for copy in "AB":
             variants[f"chain, shared arena {copy}"] = _chain([_shared_arena_session(p) for p in paths])
-        engine_shared = Engine(package, threads=1, threshold=math.inf, cache_dir=None)
-        for segment, path in zip(engine_shared.segments, paths, strict=True):
-            segment.session = _shared_arena_session(path)
-        variants["engine (as packaged), shared arena"] = engine_shared.run
         variants["engine python only (graph score)"] = python_scored
         variants["engine python only (as packaged)"] = python_packaged
         variants[f"{len(paths)} trivial sessions"] = lambda x: [

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeexit.manifest import NEVER_THRESHOLD
+
 #: The finite stand-in for "never exit here" in a manifest (see ``finite_threshold``).
-NEVER = 1e9
+NEVER = NEVER_THRESHOLD
 _MAX_SWEEPS = 50
 
 

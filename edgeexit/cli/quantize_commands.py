@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from edgeexit.console import console, table
+from edgeexit.manifest import NEVER_THRESHOLD
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,12 +236,12 @@ def thresholds_table(report: QuantizeReport) -> Table:
     assert record is not None
     rows = []
     for old, new, measured in zip(manifest.exits, report.variant.exits, record.exits, strict=True):
-        never = new.threshold >= 1e9
+        never = new.threshold >= NEVER_THRESHOLD
         rows.append(
             (
                 new.index,
                 new.criterion,
-                "final" if old.final else ("never" if old.threshold >= 1e9 else f"{old.threshold:.4f}"),
+                "final" if old.final else ("never" if old.threshold >= NEVER_THRESHOLD else f"{old.threshold:.4f}"),
                 "final" if new.final else ("never" if never else f"{new.threshold:.4f}"),
                 f"{new.temperature:.3f}",
                 f"{100 * measured.exit_rate:.1f}%",

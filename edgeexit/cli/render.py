@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from edgeexit.console import table
-from edgeexit.manifest import Manifest
+from edgeexit.manifest import NEVER_THRESHOLD, Manifest
 from edgeexit.parity import ParityCheck
 
 
@@ -128,7 +128,7 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
     assert record is not None
     rows = []
     for spec, exit_record in zip(manifest.exits, record.exits, strict=True):
-        never = spec.threshold >= 1e9
+        never = spec.threshold >= NEVER_THRESHOLD
         rows.append(
             (
                 spec.index,

@@ -16,7 +16,6 @@ Results. The engine knows nothing about the network: ``edgeexit.device`` does th
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 
 from edgeexit.criteria import Boundary, create_criterion, softmax
 from edgeexit.errors import EdgeExitError, InputError
-from edgeexit.manifest import CRITERIA, IN_GRAPH_CRITERIA, ExitSpec
+from edgeexit.manifest import CRITERIA, IN_GRAPH_CRITERIA, NEVER_THRESHOLD, ExitSpec
 from edgeexit.package import Package, open_package
 from edgeexit.runtime.backends import BACKENDS, PRECISIONS, Segment, open_segment
 from edgeexit.runtime.ort_backend import BoundChain, OrtSegment
@@ -576,11 +575,11 @@ class Engine:
         context: Context | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The exit's scores, and its probabilities when computing the score produced them; no
-        scores when the exit cannot stop anything: early exit off, or a threshold of inf (a
-        full-depth run, or an exit calibrated to "never"), so such runs compute no softmax
-        over logits nobody reads."""
+        scores when the exit cannot stop anything: early exit off, or a threshold no score reaches
+        (inf for a full-depth run, ``NEVER_THRESHOLD`` for an exit calibrated to "never"), so such
+        runs compute no softmax over logits nobody reads."""
         rule = self.rules[k]
-        if not (rule.final or (early_exit and rule.threshold != math.inf)):
+        if not (rule.final or (early_exit and rule.threshold < NEVER_THRESHOLD)):
             return None, None
         if rule.graph_score is not None:
             return outputs[rule.graph_score], None

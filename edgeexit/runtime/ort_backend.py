@@ -25,7 +25,8 @@ class OrtSegment:
 
     def __init__(self, path: Path, spec: SegmentSpec, *, threads: int, cache_dir: Path | None, sha256: str) -> None:
         self.spec = spec
-        self.session = load_session(path, threads, cache_dir=cache_dir, sha256=sha256)
+        # one arena for all of a package's segments, as inside one graph (see runtime.sessions)
+        self.session = load_session(path, threads, cache_dir=cache_dir, sha256=sha256, shared_arena=True)
         self.input_name = spec.inputs[0].name
         self.output_names = [o.name for o in spec.outputs]
         found = [o.name for o in self.session.get_outputs()]

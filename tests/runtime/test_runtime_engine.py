@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgeexit.errors import EdgeExitError, InputError, PackageError
-from edgeexit.manifest import CRITERIA
+from edgeexit.manifest import CRITERIA, NEVER_THRESHOLD
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine, FullDepth, Result
 
@@ -298,11 +298,14 @@ def test_threshold_above_one_runs_everything_to_full_depth(digits_package: Path,
 
 
 @pytest.mark.parametrize("criterion", ["max_prob", "patience"])
-def test_an_infinite_threshold_answers_as_an_unreachable_one(digits_package: Path, digits, criterion: str) -> None:
-    # inf skips scoring the early exits; the answers, and the final exit's score (patience
-    # counts the earlier exits' agreement), must be those of a finite threshold nobody reaches
-    unreachable = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=1e9)
-    skipped = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=math.inf)
+@pytest.mark.parametrize("never", [math.inf, NEVER_THRESHOLD])
+def test_a_never_threshold_answers_as_an_unreachable_one(
+    digits_package: Path, digits, criterion: str, never: float
+) -> None:
+    # inf and the manifest's "never" skip scoring the early exits; the answers must be those of
+    # a threshold that is scored but never reached (patience still keeps its history)
+    unreachable = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=1e8)
+    skipped = Engine(digits_package, cache_dir=None, criterion=criterion, threshold=never)
     xs = digits.x[:60]
     for results in (skipped.run_batch(xs, batch_size=16), [skipped.run(x) for x in xs]):
         for got, want in zip(results, unreachable.run_batch(xs), strict=True):
