@@ -10,8 +10,7 @@
 - A package's segment sessions can draw from one CPU arena registered with ORT's environment
   (``shared_arena=True``), as the nodes of one graph do: each session's own arena leaves the
   activations of consecutive segments in different memory. Measured on all-MiniLM-L6-v2's six
-  segments, the engine went from 1.10x to 1.04x its monolithic graph (tools/bench_text_layout.py);
-  it also bounds the activation memory by the largest segment instead of the sum.
+  segments, the engine went from 1.07x to 1.04x its monolithic graph (tools/bench_text_layout.py).
 """
 
 from __future__ import annotations
