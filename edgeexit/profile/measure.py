@@ -66,43 +66,49 @@ def peak_rss_bytes() -> int:
     return max(peak, int(info.rss))
 
 
-def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Batch-1 samples to time with (N, ...) and a note on where they came from."""
+Context = dict[str, np.ndarray]
+
+
+def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, Context, str]:
+    """Batch-1 samples to time with (N, ...), their context inputs (a text encoder's
+    ``attention_mask``, N rows each; empty for other models) and a note on where they came from."""
     manifest = engine.manifest
     spec = manifest.input
     dtype = np.dtype(spec.dtype)
+    names = [c.name for c in spec.context]
     if manifest.reference is not None:
         file = engine.package.path(manifest.reference.file)
         try:
             with np.load(file, allow_pickle=False) as data:
                 x = np.asarray(data["input"]) if "input" in data.files else None
+                context = {n: np.asarray(data[f"context/{n}"]) for n in names if f"context/{n}" in data.files}
         except Exception as err:
             raise EdgeExitError(f"cannot read the reference sample {file}: {err}") from None
-        if x is not None and x.shape[0] >= 1:
-            return np.ascontiguousarray(
-                x.astype(dtype, copy=False)
-            ), f"{manifest.reference.file} ({x.shape[0]} samples)"
+        if x is not None and x.shape[0] >= 1 and len(context) == len(names):
+            x = np.ascontiguousarray(x.astype(dtype, copy=False))
+            return x, context, f"{manifest.reference.file} ({x.shape[0]} samples)"
     shape = tuple(1 if dim is None else dim for dim in spec.shape[1:])
-    if not np.issubdtype(dtype, np.floating):
+    if names or not np.issubdtype(dtype, np.floating):
         raise EdgeExitError(
-            f"the package has no reference sample and its input is {spec.dtype}: random inputs cannot "
-            "stand in for it; re-export it with a sample"
+            f"the package has no reference sample with its input and context inputs ({spec.dtype} "
+            f"{spec.name}{''.join(', ' + n for n in names)}): random inputs cannot stand in for them; "
+            "re-export it with a sample"
         )
     x = np.random.default_rng(seed).standard_normal((RANDOM_SAMPLES, *shape)).astype(dtype)
-    return x, f"random normal {list(x.shape[1:])} ({RANDOM_SAMPLES} samples; the package has no reference sample)"
+    return x, {}, f"random normal {list(x.shape[1:])} ({RANDOM_SAMPLES} samples; the package has no reference sample)"
 
 
-def _walk(engine: Engine, x: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+def _walk(engine: Engine, x: np.ndarray, context: Context) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
     """(segment, outputs, ms) for one sample: through the engine's bound chain when it has one
     (what ``Engine.run`` uses), else segment by segment."""
     walk = getattr(engine, "_walk", None)
     if walk is not None:
-        yield from walk(x)
+        yield from walk(x, 0, context)
         return
     current = x
     for k, segment in enumerate(engine.segments):
         tick = time.perf_counter()
-        outputs = segment.run(current)
+        outputs = segment.run(current, context)
         yield k, outputs, (time.perf_counter() - tick) * 1e3
         if segment.spec.hidden:
             current = outputs[segment.spec.hidden]
@@ -116,7 +122,12 @@ class _ExitCheck:
         self.criteria = [create_criterion(rule.criterion) for rule in engine.rules]
 
     def __call__(
-        self, k: int, outputs: dict[str, np.ndarray], previous: np.ndarray | None, history: list[np.ndarray]
+        self,
+        k: int,
+        outputs: dict[str, np.ndarray],
+        previous: np.ndarray | None,
+        history: list[np.ndarray],
+        mask: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """Returns the exit's predictions (for patience's history), or None without a classifier."""
         engine = self.engine
@@ -135,7 +146,7 @@ class _ExitCheck:
             if rule.final and (logits is None or criterion.needs_hidden):
                 score = np.ones(1, np.float32)
             else:
-                boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities)
+                boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities, mask)
                 score = criterion.score(boundary)
         bool(score[0] >= rule.threshold)
         return logits.argmax(axis=-1) if logits is not None else None
@@ -176,22 +187,28 @@ def profile_package(
     )
     manifest = engine.manifest
     n = len(engine.segments)
-    samples, inputs_note = _inputs(engine)
+    samples, context, inputs_note = _inputs(engine)
     check = _ExitCheck(engine)
     choice = best_meter(root, preset=preset)
 
     latency: list[list[float]] = [[] for _ in range(n)]
     checks: list[list[float]] = [[] for _ in range(n)]
-    seg_inputs: list[np.ndarray] = [samples[:1]]  # what each segment takes, for the energy runs
+    seg_inputs: list[np.ndarray] = []  # what each segment takes, for the energy runs
+    first: Context | None = None
     with progress_bar(progress) as bar:
         task = bar.add_task("latency", total=warmup + runs)
         for i in range(-warmup, runs):
-            x = samples[i % len(samples) : i % len(samples) + 1]
+            row = i % len(samples)
+            x = samples[row : row + 1]
+            rows = {name: value[row : row + 1] for name, value in context.items()}
+            first = rows if first is None else first  # the sample whose boundary tensors seg_inputs keep
             previous: np.ndarray | None = None
             history: list[np.ndarray] = []
-            for k, outputs, ms in _walk(engine, x):
+            if not seg_inputs:
+                seg_inputs.append(x.copy())
+            for k, outputs, ms in _walk(engine, x, rows):
                 tick = time.perf_counter()
-                predicted = check(k, outputs, previous, history)
+                predicted = check(k, outputs, previous, history, rows.get("attention_mask"))
                 check_ms = (time.perf_counter() - tick) * 1e3
                 if predicted is not None:
                     history.append(predicted)
@@ -210,12 +227,12 @@ def profile_package(
         task = bar.add_task(f"energy ({choice.source})", total=n)
         for k, segment in enumerate(engine.segments):
             feed = seg_inputs[k]
-            segment.run(feed)  # warm
+            segment.run(feed, first or {})  # warm
             count = 0
             choice.meter.start()
             started = time.perf_counter()
             while count < runs or time.perf_counter() - started < energy_seconds:
-                segment.run(feed)
+                segment.run(feed, first or {})
                 count += 1
             reading = choice.meter.stop()
             energy.append(reading.joules / count)

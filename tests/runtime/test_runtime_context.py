@@ -7,6 +7,8 @@ dynamic, and early exit, batching and offload-style pausing carry the mask with 
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from edgeexit.compile.model import MultiExitModel
 from edgeexit.compile.zoo import tiny_text
 from edgeexit.compile.zoo import tiny_text_tokens as _tokens
 from edgeexit.errors import ExportError, InputError
+from edgeexit.package import open_package
+from edgeexit.profile import load_profile
 from edgeexit.runtime import Engine
 from edgeexit.runtime.engine import Pending
 
@@ -150,3 +154,19 @@ def test_verify_feeds_the_stored_mask_to_every_segment(text_package: Path) -> No
     report = verify_package(text_package)
     assert report.ok
     assert len(report.checks) >= 3
+
+
+def test_profile_times_a_text_package_with_its_stored_mask(
+    edgeexit_cli: list[str], text_package: Path, tmp_path: Path
+) -> None:
+    # the profiler feeds the reference sample's mask to every segment, as verify does
+    result = subprocess.run(
+        [*edgeexit_cli, "profile", str(text_package), "--runs", "5", "--warmup", "1", "--json", tmp_path / "p.json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    profile = load_profile(tmp_path / "p.json")
+    assert len(profile.segments) == len(open_package(text_package).manifest.segments)
+    assert all(s.latency_p50_ms > 0 for s in profile.segments)
+    assert "reference.npz" in profile.inputs
