@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +31,12 @@ if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its
     from edgeexit.runtime.engine import FullDepth
 
 
-def digest_data(x: np.ndarray, labels: np.ndarray) -> str:
-    """A digest of a labelled data set (dtype, shape and bytes of both) for the calibration record."""
+def digest_data(x: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray) -> str:
+    """A digest of a labelled data set (dtype, shape and bytes of inputs and labels) for the
+    calibration record; a text encoder's inputs are a mapping (token ids, mask), taken by name."""
     digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(x), np.ascontiguousarray(labels)):
+    inputs = [x[name] for name in sorted(x)] if isinstance(x, Mapping) else [x]
+    for array in (*map(np.ascontiguousarray, inputs), np.ascontiguousarray(labels)):
         digest.update(f"{array.dtype.str}{array.shape}\n".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()

@@ -443,7 +443,11 @@ def _offload_summary(results: list[Result]) -> str:
 def calibrate(
     package: PackageArg,
     data: Annotated[
-        str, typer.Option(help="Labelled validation data: a .npz (x, y), an image folder, or a built-in set.")
+        str,
+        typer.Option(
+            help="Labelled validation data: a .npz (x, y), an image folder, or a built-in set; "
+            "tweets for a text encoder (tokenized with the package's tokenizer)."
+        ),
     ],
     max_drop: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Accuracy the early exits may cost, as a fraction (0.01 = 1 point).")
@@ -465,6 +469,7 @@ def calibrate(
     threads: ThreadsOpt = 1,
     backend: BackendOpt = "onnxruntime",
     precision: PrecisionOpt = "fp32",
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text for --data tweets.")] = 64,
 ) -> None:
     """Choose each exit's threshold and temperature on labelled data.
 
@@ -475,16 +480,12 @@ def calibrate(
     from rich.markup import escape
 
     from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto
+    from edgeexit.cli.labelled import load_labelled
     from edgeexit.cli.render import calibration_table
-    from edgeexit.data import load_dataset
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.inputs import prepare_dataset
 
     engine = Engine(package, threads=threads, backend=backend, precision=precision)
-    dataset = load_dataset(data, split=split)
-    if limit:
-        dataset = dataset.head(limit)
-    x, y = prepare_dataset(dataset, engine.manifest)
+    x, y, source = load_labelled(data, split, limit, engine.package, max_length)
     full = engine.run_full(x)
     # A variant (int8, tflite) is calibrated on its own outputs, into its own exits.
     view = dataclasses.replace(engine.manifest, exits=engine.exits)
@@ -513,5 +514,5 @@ def calibrate(
     console.print(calibration_table(manifest, choice, full.segment_ms))
     console.print(plotted)
     console.print(
-        f"[green]calibrated[/] {escape(str(package))} on {len(y)} samples ({escape(dataset.source)})", highlight=False
+        f"[green]calibrated[/] {escape(str(package))} on {len(y)} samples ({escape(source)})", highlight=False
     )

@@ -8,25 +8,19 @@ the result with ``--precision int8``. Text encoders take ``--data tweets`` (the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from edgeexit.cli.labelled import load_labelled
 from edgeexit.console import console, table
 from edgeexit.manifest import NEVER_THRESHOLD
 
 if TYPE_CHECKING:
-    import numpy as np
     from rich.table import Table
 
     from edgeexit.compile.quantize import QuantizeReport
-    from edgeexit.package import Package
-
-#: ``--data`` names that mean the labelled tweets (text encoders)
-TWEETS = ("tweets", "builtin:tweets")
-#: Tweet splits as ``--split`` names them
-_TWEET_SPLITS = ("train", "validation", "test")
 
 
 def register(app: typer.Typer) -> None:
@@ -105,11 +99,11 @@ def quantize(
 
     opened = open_package(package)
     kept = _segments(keep_fp32)
-    x, y, source = _load(data, split, limit, opened, max_length)
+    x, y, source = load_labelled(data, split, limit, opened, max_length)
     eval_x = eval_y = None
     eval_source = None
     if eval_data is not None:
-        eval_x, eval_y, eval_source = _load(eval_data, eval_split, limit, opened, max_length)
+        eval_x, eval_y, eval_source = load_labelled(eval_data, eval_split, limit, opened, max_length)
     report = quantize_package(
         opened, x, y, eval_x=eval_x, eval_y=eval_y, samples=samples, per_channel=per_channel, max_drop=max_drop,
         criterion=criterion, margin=margin, threads=threads, data_source=source, eval_source=eval_source,
@@ -140,35 +134,6 @@ def _segments(text: str | None) -> tuple[int, ...]:
         raise EdgeExitError(
             f"--keep-fp32 {text!r} is not a list of segment indices; expected e.g. --keep-fp32 0,1"
         ) from None
-
-
-def _load(spec: str, split: str, limit: int | None, package: Package, max_length: int) -> tuple[Any, np.ndarray, str]:
-    """Model-ready inputs, labels and where they came from: a data set through ``prepare_dataset``,
-    or the tweets tokenized by the package's tokenizer (a mapping of (N, L) arrays)."""
-    if spec.strip().lower() in TWEETS:
-        return _tweets(split, limit, package, max_length)
-    from edgeexit.data import load_dataset
-    from edgeexit.runtime.inputs import prepare_dataset
-
-    data = load_dataset(spec, split=split)
-    if limit:
-        data = data.head(limit)
-    x, y = prepare_dataset(data, package.manifest)
-    return x, y, data.source
-
-
-def _tweets(split: str, limit: int | None, package: Package, max_length: int) -> tuple[Any, np.ndarray, str]:
-    from edgeexit.data.tweets import load_tweets
-    from edgeexit.errors import DataError
-    from edgeexit.runtime.text import TextEncoder
-
-    if split not in _TWEET_SPLITS:
-        raise DataError(f"the tweets have no split {split!r}; expected one of {', '.join(_TWEET_SPLITS)}")
-    encoder = TextEncoder.from_package(package, max_length=max_length)  # an InputError for an image model
-    texts = getattr(load_tweets(), split)
-    if limit:
-        texts = texts.take(limit)
-    return encoder.encode(list(texts.texts)), texts.y, f"{texts.source} ({split}, {len(texts.y)} tweets)"
 
 
 def _pct(value: float | None) -> str | None:

