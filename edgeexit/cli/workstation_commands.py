@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeexit.console import console, err_console
 from edgeexit.errors import DataError, ExportError
+
+if TYPE_CHECKING:
+    from edgeexit.compile.model import MultiExitModel
 
 FactoryArg = Annotated[
     str,
@@ -92,7 +95,6 @@ def train(
     """
     from edgeexit.cli.render import accuracy_table
     from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
-    from edgeexit.compile.factory import build_from_factory, parse_factory_args
     from edgeexit.compile.training import train as train_model
     from edgeexit.data import load_dataset
 
@@ -116,7 +118,7 @@ def train(
     if limit:
         dataset = dataset.head(limit)
     err_console.print(f"data: {dataset.source} ({len(dataset)} samples)", highlight=False)
-    model = build_from_factory(factory, parse_factory_args(arg or []))
+    model = _seeded_build(factory, arg, seed)
     if weights:
         load_checkpoint(model, weights)
     training, validation = (dataset, None)
@@ -159,7 +161,6 @@ def _train_distill(
 ) -> None:
     """``train --distill``: label-free two-stage training, agreement with the final exit reported."""
     from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
-    from edgeexit.compile.factory import build_from_factory, parse_factory_args
     from edgeexit.compile.training import distill as distill_model
     from edgeexit.console import table
     from edgeexit.data import load_dataset
@@ -180,7 +181,7 @@ def _train_distill(
     err_console.print(f"distillation images: {images.source}", highlight=False)
     if held is not None:
         err_console.print(f"held-out images: {held.source}", highlight=False)
-    model = build_from_factory(factory, parse_factory_args(arg or []))
+    model = _seeded_build(factory, arg, seed)
     if weights:
         load_checkpoint(model, weights)
     report = distill_model(
@@ -198,6 +199,17 @@ def _train_distill(
     )
     console.print(table(title, ["exit", "boundary", "head", "agreement"], rows))
     console.print(f"checkpoint: {out} (backbone and final classifier unchanged; early heads distilled, no labels)")
+
+
+def _seeded_build(factory: str, arg: list[str] | None, seed: int) -> MultiExitModel:
+    """The factory's model with torch seeded first, so the heads it initializes (and so a
+    training run) are the same every time for the same --seed."""
+    import torch
+
+    from edgeexit.compile.factory import build_from_factory, parse_factory_args
+
+    torch.manual_seed(seed)
+    return build_from_factory(factory, parse_factory_args(arg or []))
 
 
 def _weights(text: str | None) -> list[float] | None:

@@ -162,3 +162,20 @@ def test_export_tflite_then_run_with_litert_gives_the_onnx_answers(workdir: Path
     missing = run(edgeexit_cli, "run", "pkg-tflite", "batch.npz", "--precision", "int8", cwd=workdir)
     assert missing.returncode != 0
     assert "edgeexit quantize" in missing.stdout + missing.stderr
+
+
+def test_training_twice_with_one_seed_gives_the_same_checkpoint(
+    edgeexit_cli: list[str], workdir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    # the heads the factory initializes are seeded too, not only the data order
+    args = ("train", "digits_cnn", "--data", "digits", "--epochs", "1", "--out", "ck.pt")
+    again = run(edgeexit_cli, *args, cwd=tmp_path)
+    succeeded(again)
+    first = torch.load(workdir / "ck.pt", weights_only=True)
+    second = torch.load(tmp_path / "ck.pt", weights_only=True)
+    first, second = first.get("state_dict", first), second.get("state_dict", second)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
