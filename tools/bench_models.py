@@ -175,6 +175,7 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> None:
     from edgeexit.compile import export
     from edgeexit.compile.text_models import minilm_l6
     from edgeexit.compile.text_training import fit_text_heads
+    from edgeexit.compile.tflite import DEFAULT_SEQUENCE_LENGTHS
     from edgeexit.data.tweets import load_tweets
     from edgeexit.runtime.text import TextEncoder
 
@@ -209,8 +210,9 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> None:
 
     started = time.perf_counter()
     path = workdir / "minilm"
+    lengths = [n for n in DEFAULT_SEQUENCE_LENGTHS if n <= encoder.max_length]  # TFLite: one graph per length
     package = export(model, (1, sample["input_ids"].shape[1]), path, sample=sample, labels=list(test.labels),
-                     monolithic=True, tflite=args.tflite, tflite_sequence_length=encoder.max_length)  # fmt: skip
+                     monolithic=True, tflite=args.tflite, tflite_sequence_length=lengths)  # fmt: skip
     print(f"   exported 6 segments + monolithic{' + tflite' if args.tflite else ''} in "
           f"{time.perf_counter() - started:.0f} s")  # fmt: skip
 

@@ -33,7 +33,7 @@ from edgeexit.runtime.ort_backend import OrtSegment
 Context = dict[str, np.ndarray]
 
 
-def _convert(package: str, factory: str, checkpoint: str, sequence_length: int | None) -> None:
+def _convert(package: str, factory: str, checkpoint: str, sequence_length: tuple[int, ...] | None) -> None:
     from edgeexit.compile.checkpoint import load_checkpoint
     from edgeexit.compile.factory import build_from_factory
     from edgeexit.compile.tflite import add_tflite
@@ -44,7 +44,7 @@ def _convert(package: str, factory: str, checkpoint: str, sequence_length: int |
     _print_conversion(variant.report, time.perf_counter() - began)
 
 
-def _export_text(package: str, factory: str, tokens: int, sequence_length: int | None) -> None:
+def _export_text(package: str, factory: str, tokens: int, sequence_length: tuple[int, ...] | None) -> None:
     """Export a text encoder (heads initialized with seed 0) on seeded token samples, then convert."""
     import torch
 
@@ -70,8 +70,8 @@ def _export_text(package: str, factory: str, tokens: int, sequence_length: int |
 
 def _print_conversion(report: dict, seconds: float) -> None:
     worst = max(r["max_abs_diff"] for r in report["parity"])
-    length = report.get("sequence_length")
-    tokens = f", {length} tokens" if length else ""
+    lengths = report.get("sequence_lengths") or ([report["sequence_length"]] if report.get("sequence_length") else [])
+    tokens = f", {lengths} tokens" if lengths else ""
     print(
         f"converted in {seconds:.1f} s (per segment {report['convert_seconds']} s, "
         f"batch {sorted(set(report['batch']))}{tokens}); worst |LiteRT - ONNX| {worst:.2g}"
@@ -149,7 +149,11 @@ def main() -> None:
     parser.add_argument("--model", help="factory of the package's model, to convert it first (with --checkpoint)")
     parser.add_argument("--checkpoint")
     parser.add_argument("--export-text", metavar="FACTORY", help="export a text encoder to PACKAGE first, then convert")
-    parser.add_argument("--sequence-length", type=int, help="token length of a text encoder's TFLite graphs")
+    parser.add_argument(
+        "--sequence-length",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="token length(s) of a text encoder's TFLite graphs, e.g. 16,32,64 (default: 16,32,64,128)",
+    )
     parser.add_argument("--tokens", type=int, help="text: measure on this many attended tokens")
     args = parser.parse_args()
     if args.export_text:
@@ -167,7 +171,7 @@ def main() -> None:
 
     xb, ctxb = repeat(x), {name: repeat(value) for name, value in ctx.items()}
     converter = variant.report.get("converter", "?")
-    length = variant.report.get("sequence_length")
+    length = variant.report.get("sequence_lengths") or variant.report.get("sequence_length")
     shape = f", input {x.shape[1:]}" + (f", TFLite graphs at {length} tokens" if length else "")
     print(f"{manifest.model_name}: {len(manifest.segments)} segments, {args.threads} thread(s), {converter}{shape}")
     rows = []

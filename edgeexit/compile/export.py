@@ -74,7 +74,7 @@ def export(
     codecs: Sequence[str] | None = None,
     tokenizer: str | Path | None = None,
     tflite: bool = False,
-    tflite_sequence_length: int | None = None,
+    tflite_sequence_length: int | Sequence[int] | None = None,
 ) -> Package:
     """Write ``out/`` (see DESIGN.md: manifest.json, segments/k.onnx, tails/, reference.npz).
 
@@ -89,8 +89,9 @@ def export(
     ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device (default:
     the model's ``tokenizer_file``).
     ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra);
-    a text encoder's TFLite graphs have a fixed token count, ``tflite_sequence_length`` (default 128:
-    LiteRT pads shorter inputs, refuses longer ones).
+    a text encoder's TFLite graphs have fixed token counts, ``tflite_sequence_length`` (one or
+    several; default 16, 32, 64 and 128, each a signature of the same file: LiteRT runs a request
+    at the shortest that holds it, padded, and refuses longer ones).
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
@@ -384,7 +385,7 @@ def _add_tflite(
     manifest: Manifest,
     inputs: torch.Tensor,
     context: tuple[torch.Tensor, ...],
-    sequence_length: int | None,
+    sequence_length: int | Sequence[int] | None,
 ) -> None:
     """Convert every segment to TFLite beside the ONNX ones, parity-checked against them."""
     from edgeexit.compile.tflite import write_tflite_variant

@@ -15,19 +15,22 @@ export that way is converted at batch 1 instead (``report["batch"]`` says which)
 runtime runs its batches sample by sample: resizing a fixed-shape graph fails in XNNPACK.
 
 Text encoders (a token axis besides the batch, and an ``attention_mask`` context input) are
-converted with static shapes: batch 1 and a fixed token length (``sequence_length``, default
-``DEFAULT_SEQUENCE_LENGTH``). litert-torch 0.10.0 lowers ``unsqueeze``, ``view`` and slicing
+converted with static shapes: batch 1 and fixed token lengths (``sequence_length``, default
+``DEFAULT_SEQUENCE_LENGTHS``), one ``tokens_<L>`` signature per length in each segment's file,
+sharing its weights (all-MiniLM-L6-v2's layer: 7.14 MB at one length, 7.20 MB at three), so a
+short text runs at a short length. litert-torch 0.10.0 lowers ``unsqueeze``, ``view`` and slicing
 through jax with static shapes only, so any dynamic axis fails in the first
 ``mask.unsqueeze(-1)`` or ``mask[:, None, None, :]`` ("broadcast_in_dim shape must have every
 element be nonnegative"; measured on the tiny masked encoder and on all-MiniLM-L6-v2, with the
 batch, the tokens or both dynamic, whatever the mask's dtype). The runtime pads shorter inputs
 with masked-out tokens (ids 0, mask 0) and crops the token outputs back, so the real tokens'
-outputs are unchanged; the length is recorded in ``report["sequence_length"]`` and in the
-graphs' own input shapes.
+outputs are unchanged; the lengths are recorded in ``report["sequence_lengths"]`` (the longest
+also in ``report["sequence_length"]``) and in the graphs' signatures.
 
 Parity: the converted graphs run on LiteRT against the ONNX segments in ``stage`` on the same
 inputs, per segment (both given ONNX's input to that segment, at batch N and at batch 1) and
-chained (each backend fed its own previous hidden tensor), with export's tolerances; any output
+chained (each backend fed its own previous hidden tensor), and for a text encoder once more at
+each of its token lengths (the samples padded or cut to it), with export's tolerances; any output
 beyond them fails the conversion with every output's max difference. A text encoder's token
 outputs are compared on the attended tokens only (``attention_mask`` 1): what a graph computes
 at padding positions is never read.
@@ -55,7 +58,7 @@ from edgeexit.fileio import atomic_write_bytes, sha256_file
 from edgeexit.manifest import IN_GRAPH_CRITERIA, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
-from edgeexit.runtime.litert_backend import LiteRtSegment
+from edgeexit.runtime.litert_backend import TOKEN_SIGNATURE, LiteRtSegment
 from edgeexit.runtime.sessions import load_session
 
 VARIANT = "tflite"
@@ -66,8 +69,10 @@ EXPORT_EXTRA = "pip install -c constraints.txt 'edgeexit[tflite-export]'"
 #: agreed to 1.3e-5, so hidden tensors get a looser absolute tolerance than export's 1e-4.
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
-#: The token length text segments are converted at (inputs up to it run; shorter ones are padded).
-DEFAULT_SEQUENCE_LENGTH = 128
+#: The token lengths text segments are converted at: a request runs at the shortest that holds
+#: it (padded to it), and nothing longer than the last runs.
+DEFAULT_SEQUENCE_LENGTHS = (16, 32, 64, 128)
+DEFAULT_SEQUENCE_LENGTH = DEFAULT_SEQUENCE_LENGTHS[-1]
 #: The context input whose 0s mark padding tokens (BERT-like encoders; edgeexit.compile.adapters.bert).
 MASK_NAME = "attention_mask"
 
@@ -83,7 +88,7 @@ def write_tflite_variant(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     out: Path | None = None,
-    sequence_length: int | None = None,
+    sequence_length: int | Sequence[int] | None = None,
 ) -> tuple[SegmentVariant, dict[str, str]]:
     """Convert every segment of ``model`` to ``tflite/<k>.tflite`` and check it against ONNX.
 
@@ -93,9 +98,10 @@ def write_tflite_variant(
     the matching context tensors, in ``manifest.input.context`` order or by name (an
     ``attention_mask``: every segment input after the first). ``criterion`` is the in-graph score
     criterion the ONNX segments were exported with ("auto": the one the manifest's scored exits
-    name; None: no score outputs). ``sequence_length`` is the token length a text encoder's
-    segments are converted at (default ``DEFAULT_SEQUENCE_LENGTH``): the longest input they take,
-    and a shorter one costs as much, being padded to it; models without a token axis refuse it.
+    name; None: no score outputs). ``sequence_length`` is the token length, or lengths, a text
+    encoder's segments are converted at (default ``DEFAULT_SEQUENCE_LENGTHS``): a request runs at
+    the shortest that holds it, padded to it, and the longest is the most they take; models
+    without a token axis refuse it.
     Returns the variant for ``Manifest.with_variant`` and the
     sha256 of each file, keyed by its package-relative path. Raises ExportError when litert-torch
     is not installed, a segment does not convert, or LiteRT disagrees with ONNX beyond atol/rtol.
@@ -109,7 +115,8 @@ def write_tflite_variant(
     started = time.perf_counter()
     given = _named_context(manifest, context)
     x_onnx = np.ascontiguousarray(_numpy(inputs))
-    tokens = _token_length(manifest, sequence_length, x_onnx)
+    lengths = _token_lengths(manifest, sequence_length, x_onnx)
+    tokens = lengths[-1] if lengths else None
     target = Path(out) if out is not None else Path(stage)
     (target / DIRECTORY).mkdir(parents=True, exist_ok=True)
     x_tflite = x_onnx
@@ -127,7 +134,7 @@ def write_tflite_variant(
         if tokens is None:
             content, batch = _convert(litert_torch, graph, spec, x_onnx, ctx)
         else:
-            content, batch = _convert_static(litert_torch, graph, spec, x_onnx, ctx, tokens)
+            content, batch = _convert_static(litert_torch, graph, spec, x_onnx, ctx, lengths)
         seconds.append(round(time.perf_counter() - began, 3))
         atomic_write_bytes(target / relative, content)
         files.append(relative)
@@ -146,6 +153,13 @@ def write_tflite_variant(
             parity.append(_compare(f"tflite segment {k}", name, ref, isolated[name], mask, atol, rtol))
             parity.append(_compare(f"tflite segment {k} batch 1", name, one, single[name], _first(mask), atol, rtol))
             parity.append(_compare(f"tflite chain to {k}", name, ref, chained[name], mask, atol, rtol))
+        for length in lengths if len(lengths) > 1 else ():  # every signature, each on a sample of its length
+            fed, fed_ctx = _at_length(x_onnx, length), {n: _at_length(v, length) for n, v in ctx.items()}
+            want = dict(zip(names, session.run(names, {spec.inputs[0].name: fed, **fed_ctx}), strict=True))
+            got = segment.run(fed, fed_ctx)
+            for name in names:
+                graph_name = f"tflite segment {k} at {length} tokens"
+                parity.append(_compare(graph_name, name, want[name], got[name], fed_ctx.get(MASK_NAME), atol, rtol))
         if spec.hidden is not None:
             x_onnx, x_tflite = onnx[spec.hidden], chained[spec.hidden]
 
@@ -162,6 +176,7 @@ def write_tflite_variant(
         "convert_seconds": seconds,
         "batch": batches,
         "sequence_length": tokens,
+        "sequence_lengths": list(lengths),
         "parity_samples": int(inputs.shape[0]),
         "atol": atol,
         "rtol": rtol,
@@ -179,7 +194,7 @@ def add_tflite(
     context: Mapping[str, np.ndarray] | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
-    sequence_length: int | None = None,
+    sequence_length: int | Sequence[int] | None = None,
 ) -> Package:
     """Add (or rebuild) the ``tflite`` variant of an exported package, after the fact.
 
@@ -288,8 +303,9 @@ def _convert(
         ) from None
 
 
-def _token_length(manifest: Manifest, requested: int | None, inputs: np.ndarray) -> int | None:
-    """The static token length to convert at: None for models whose only dynamic axis is the batch."""
+def _token_lengths(manifest: Manifest, requested: int | Sequence[int] | None, inputs: np.ndarray) -> tuple[int, ...]:
+    """The static token lengths to convert at, shortest first: none for models whose only
+    dynamic axis is the batch."""
     tokens = any(size is None for s in manifest.segments for t in s.inputs for size in t.shape[1:])
     if not tokens:
         if requested is not None:
@@ -297,16 +313,30 @@ def _token_length(manifest: Manifest, requested: int | None, inputs: np.ndarray)
                 f"sequence_length={requested} is for text encoders (a dynamic token axis); this model's "
                 "segments have fixed shapes besides the batch: leave it unset"
             )
-        return None
-    length = DEFAULT_SEQUENCE_LENGTH if requested is None else int(requested)
-    if length < 1:
-        raise ExportError(f"sequence_length must be a positive token count; got {requested}")
-    if inputs.ndim >= 2 and inputs.shape[1] > length:
+        return ()
+    if requested is None:
+        lengths = DEFAULT_SEQUENCE_LENGTHS
+    elif isinstance(requested, int):
+        lengths = (requested,)
+    else:
+        lengths = tuple(requested)
+    if not lengths or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in lengths):
+        raise ExportError(f"sequence_length must be a positive token count or a list of them; got {requested}")
+    lengths = tuple(sorted(set(lengths)))
+    if inputs.ndim >= 2 and inputs.shape[1] > lengths[-1]:
         raise ExportError(
             f"the parity samples have {inputs.shape[1]} tokens but the TFLite graphs are being converted for "
-            f"at most {length}; pass sequence_length >= {inputs.shape[1]}, or shorter samples"
+            f"at most {lengths[-1]}; pass sequence_length >= {inputs.shape[1]}, or shorter samples"
         )
-    return length
+    return lengths
+
+
+def _at_length(value: np.ndarray, length: int) -> np.ndarray:
+    """``value`` (N, L, ...) cut or zero-padded to ``length`` tokens (a cut mask keeps at least one
+    real token per row only if the row had one there: the samples are right-padded)."""
+    if value.shape[1] >= length:
+        return np.ascontiguousarray(value[:, :length])
+    return _pad_tokens(value, length)
 
 
 def _pad_tokens(value: np.ndarray, length: int) -> np.ndarray:
@@ -322,17 +352,20 @@ def _convert_static(
     spec: SegmentSpec,
     x: np.ndarray,
     ctx: Mapping[str, np.ndarray],
-    length: int,
+    lengths: Sequence[int],
 ) -> tuple[bytes, str]:
-    """A text segment's .tflite bytes at batch 1 and ``length`` tokens (the one way litert-torch
-    0.10.0 converts them), traced on the first sample padded as the runtime pads."""
-    args = tuple(torch.from_numpy(_pad_tokens(v[:1], length)) for v in (x, *ctx.values()))
+    """A text segment's .tflite bytes at batch 1, one ``tokens_<L>`` signature per length (the one
+    way litert-torch 0.10.0 converts them), each traced on the first sample cut or padded to it."""
+    converter = litert_torch
+    for length in lengths:
+        args = tuple(torch.from_numpy(_at_length(v[:1], length)) for v in (x, *ctx.values()))
+        converter = converter.signature(TOKEN_SIGNATURE.format(length), graph, args)
     try:
         with _quiet(litert_torch):
-            return litert_torch.convert(graph, args).model_content(), "static-1"
+            return converter.convert().model_content(), "static-1"
     except Exception as err:  # report the converter's own message
         raise ExportError(
-            f"litert-torch could not convert segment {spec.index} to TFLite at batch 1 and {length} tokens "
+            f"litert-torch could not convert segment {spec.index} to TFLite at batch 1 and {list(lengths)} tokens "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the segment uses an "
             "operator or pattern litert-torch does not support"
         ) from None

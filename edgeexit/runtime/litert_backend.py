@@ -17,16 +17,19 @@ re-planning costs more than a small segment's invoke). A graph whose batch is fi
 converter's fallback when a model would not export with a dynamic batch) runs its batch one
 sample at a time: resizing such a graph fails in XNNPACK on its baked-in reshapes.
 
-Tokens: a text encoder's graphs have a fixed token length (litert-torch converts them only with
-static shapes; ``edgeexit.compile.tflite``) where the manifest's token axis is dynamic. A shorter
-request is padded along axis 1 with zeros, ids 0 and ``attention_mask`` 0, so the padding is
-masked out and the real tokens' outputs are what the ONNX graphs give; every token output
-(N, L, ...) is cropped back to the request's length. A longer request is an InputError naming the
-limit: truncating it would silently change the answer.
+Tokens: a text encoder's graphs have fixed token lengths (litert-torch converts them only with
+static shapes; ``edgeexit.compile.tflite``) where the manifest's token axis is dynamic. One file
+holds a signature per length, ``tokens_<L>``, sharing the weights; a request runs at the smallest
+length that fits it, padded along axis 1 with zeros, ids 0 and ``attention_mask`` 0, so the
+padding is masked out and the real tokens' outputs are what the ONNX graphs give; every token
+output (N, L, ...) is cropped back to the request's length. (A file with one unnamed signature,
+as earlier exports wrote, is one length.) A request longer than the longest is an InputError
+naming the limit: truncating it would silently change the answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,9 @@ from edgeexit.errors import InputError, PackageError
 from edgeexit.manifest import SegmentSpec, TensorSpec
 
 TFLITE_EXTRA = "pip install 'edgeexit[tflite]'"
+#: A text graph's signature for one token length: ``tokens_32`` takes (1, 32) ids and mask.
+TOKEN_SIGNATURE = "tokens_{}"
+_TOKEN_SIGNATURE = re.compile(r"tokens_(\d+)")
 
 
 def load_interpreter(path: Path, threads: int) -> Any:
@@ -70,19 +76,53 @@ class LiteRtSegment:
         self.spec = spec
         self.path = Path(path)
         self.interpreter = load_interpreter(self.path, threads)
-        inputs, outputs = _signature_tensors(self.interpreter, self.path)
+        #: Per token length, the signature that runs it (text graphs with ``tokens_<L>`` signatures).
+        self._runners: dict[int, Any] = {}
+        self._runner_names: tuple[list[str], list[str]] = ([], [])
+        inputs, outputs = self._token_signatures() or _signature_tensors(self.interpreter, self.path)
         self._check(inputs, spec.inputs, "inputs")
         self._check(outputs, spec.outputs, "outputs")
         self._inputs = [(want.name, d["index"], d["dtype"]) for want, d in zip(spec.inputs, inputs, strict=True)]
         self._outputs = [(want.name, d["index"], want.dtype) for want, d in zip(spec.outputs, outputs, strict=True)]
-        self.dynamic_batch = all(int(d["shape_signature"][0]) == -1 for d in inputs)
-        self.sequence_length = self._token_length(inputs)
+        self.dynamic_batch = not self._runners and all(int(d["shape_signature"][0]) == -1 for d in inputs)
+        self.sequence_length = max(self._runners) if self._runners else self._token_length(inputs)
+        #: The token lengths the graph runs at, shortest first (empty: no token axis).
+        self.sequence_lengths = tuple(sorted(self._runners)) or (
+            (self.sequence_length,) if self.sequence_length is not None else ()
+        )
         #: Outputs with a token axis (the manifest's axis 1 is dynamic): cropped after padding.
         self._token_outputs = {t.name for t in spec.outputs if len(t.shape) >= 2 and t.shape[1] is None}
         #: Padded input buffers by (input position, shape): np.pad costs ~20 us a call, a copy ~1 us.
         self._buffers: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._shapes: tuple[tuple[int, ...], ...] | None = None
-        self._ensure([tuple(int(n) for n in d["shape"]) for d in inputs])
+        if not self._runners:  # signature runners size and allocate their own subgraphs
+            self._ensure([tuple(int(n) for n in d["shape"]) for d in inputs])
+
+    def _token_signatures(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """A text graph's ``tokens_<L>`` signatures, each checked against the manifest and kept
+        by length; returns the longest one's tensors (None: not such a graph)."""
+        keys = self.interpreter.get_signature_list()
+        lengths = {int(m.group(1)): key for key in keys if (m := _TOKEN_SIGNATURE.fullmatch(key))}
+        if not lengths:
+            return None
+        if len(lengths) != len(keys):
+            raise PackageError(
+                f"{self.path} has signatures {sorted(keys)}; expected only tokens_<length> ones in a text graph: "
+                "re-export the package with --tflite"
+            )
+        found: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        for length, key in sorted(lengths.items()):
+            runner = self.interpreter.get_signature_runner(key)
+            found = _ordered(runner.get_input_details(), runner.get_output_details(), self.path)
+            for details, wanted, kind in (
+                (found[0], self.spec.inputs, "inputs"),
+                (found[1], self.spec.outputs, "outputs"),
+            ):
+                self._check(details, wanted, f"{kind} at {length} tokens")
+            self._runners[length] = runner
+        inputs, outputs = _ordered(runner.get_input_details(), runner.get_output_details(), self.path, names=True)
+        self._runner_names = (inputs, outputs)
+        return found
 
     def _check(self, found: list[dict[str, Any]], wanted: tuple[TensorSpec, ...], kind: str) -> None:
         have = [(d["name"], [int(n) for n in d["shape_signature"]]) for d in found]
@@ -125,27 +165,31 @@ class LiteRtSegment:
         length = None
         if self.sequence_length is not None:
             length = int(np.shape(x)[1])
-            values = self._padded(values, length)
+            values = self._padded(values, length, self._fitting(length))
         batch = int(x.shape[0])
         if self.dynamic_batch or batch == 1:
             found = self._invoke(values)
         else:
             rows = [self._invoke([v[i : i + 1] for v in values]) for i in range(batch)]  # a fixed batch-1 graph
             found = {name: np.concatenate([row[name] for row in rows]) for name, _, _ in self._outputs}
-        if length is not None and length != self.sequence_length:
+        if length is not None and length != int(values[0].shape[1]):
             for name in self._token_outputs:
                 found[name] = np.ascontiguousarray(found[name][:, :length])
         return found
 
-    def _padded(self, values: list[np.ndarray], length: int) -> list[np.ndarray]:
-        """Every token input (manifest axis 1 dynamic) zero-padded to the graph's token length."""
-        limit = int(self.sequence_length or 0)
-        if length > limit:
-            raise InputError(
-                f"the request has {length} tokens but segment {self.spec.index}'s TFLite graph takes at most "
-                f"{limit} (the length it was converted at); shorten or split the text, run the ONNX segments "
-                "(backend onnxruntime), or re-convert with a longer sequence_length"
-            )
+    def _fitting(self, length: int) -> int:
+        """The shortest token length the graph runs at that holds ``length`` tokens."""
+        for candidate in self.sequence_lengths:
+            if length <= candidate:
+                return candidate
+        raise InputError(
+            f"the request has {length} tokens but segment {self.spec.index}'s TFLite graph takes at most "
+            f"{self.sequence_length} (the longest length it was converted at); shorten or split the text, run the "
+            "ONNX segments (backend onnxruntime), or re-convert with a longer sequence_length"
+        )
+
+    def _padded(self, values: list[np.ndarray], length: int, limit: int) -> list[np.ndarray]:
+        """Every token input (manifest axis 1 dynamic) zero-padded from ``length`` to ``limit`` tokens."""
         padded = []
         for position, (value, (name, _, dtype), spec) in enumerate(
             zip(values, self._inputs, self.spec.inputs, strict=True)
@@ -180,6 +224,13 @@ class LiteRtSegment:
 
     def _invoke(self, values: list[np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [np.ascontiguousarray(v, dtype=dtype) for v, (_, _, dtype) in zip(values, self._inputs, strict=True)]
+        if self._runners:  # the signature for this token length (its own subgraph, shared weights)
+            args, results = self._runner_names
+            found = self._runners[int(arrays[0].shape[1])](**dict(zip(args, arrays, strict=True)))
+            return {
+                name: found[key].astype(dtype, copy=False)
+                for (name, _, dtype), key in zip(self._outputs, results, strict=True)
+            }
         self._ensure([a.shape for a in arrays])
         for array, (_, index, _) in zip(arrays, self._inputs, strict=True):
             self.interpreter.set_tensor(index, array)
@@ -205,12 +256,17 @@ def _signature_tensors(interpreter: Any, path: Path) -> tuple[list[dict[str, Any
             )
         return list(interpreter.get_input_details()), list(interpreter.get_output_details())
     runner = interpreter.get_signature_runner(next(iter(signatures)))
-    inputs = runner.get_input_details()
-    outputs = runner.get_output_details()
-    return (
-        [inputs[name] for name in sorted(inputs, key=lambda n: _position(n, "args_", path))],
-        [outputs[name] for name in sorted(outputs, key=lambda n: _position(n, "output_", path))],
-    )
+    return _ordered(runner.get_input_details(), runner.get_output_details(), path)
+
+
+def _ordered(inputs: dict[str, Any], outputs: dict[str, Any], path: Path, *, names: bool = False) -> tuple[list, list]:
+    """A signature's input and output details (or, with ``names``, their signature names) in
+    argument order."""
+    ins = sorted(inputs, key=lambda n: _position(n, "args_", path))
+    outs = sorted(outputs, key=lambda n: _position(n, "output_", path))
+    if names:
+        return ins, outs
+    return [inputs[n] for n in ins], [outputs[n] for n in outs]
 
 
 def _position(name: str, prefix: str, path: Path) -> int:

@@ -1,9 +1,10 @@
-"""TFLite segments of a text encoder: static token length, padding in the runtime, parity on real tokens.
+"""TFLite segments of a text encoder: static token lengths, padding in the runtime, parity on real tokens.
 
 litert-torch 0.10.0 converts a masked encoder's segments only with static shapes, so they are
-converted at batch 1 and a fixed token length and LiteRT pads shorter requests with masked-out
-tokens. Real conversions of the zoo's tiny masked encoder (``tiny_text``) against real ONNX Runtime
-sessions; all-MiniLM-L6-v2 is measured in tools/bench_tflite.py.
+converted at batch 1 and fixed token lengths (one signature per length in each file) and LiteRT
+pads a request with masked-out tokens to the shortest length that holds it. Real conversions of
+the zoo's tiny masked encoder (``tiny_text``) against real ONNX Runtime sessions; all-MiniLM-L6-v2
+is measured in tools/bench_tflite.py.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from edgeexit.runtime.litert_backend import LiteRtSegment
 
 pytestmark = pytest.mark.slow
 
-LENGTH = 16  # the token length the graphs are converted at
+LENGTHS = (8, 16)  # the token lengths the graphs are converted at
+LENGTH = LENGTHS[-1]  # the most they take
 
 
 @pytest.fixture(scope="module")
 def text_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny encoder exported (ONNX, 12-token samples) with its tflite variant at LENGTH tokens."""
+    """The tiny encoder exported (ONNX, 12-token samples) with its tflite variant at LENGTHS tokens."""
     out = tmp_path_factory.mktemp("text_tflite") / "pkg"
     export(tiny_text(), (1, 12), out, sample=_tokens(6, 12), labels=["neg", "neu", "pos"])
-    add_tflite(tiny_text(), out, sequence_length=LENGTH)
+    add_tflite(tiny_text(), out, sequence_length=LENGTHS)
     return out
 
 
@@ -56,17 +58,55 @@ def _segments(root: Path) -> tuple[list[OrtSegment], list[LiteRtSegment]]:
     return onnx, lite
 
 
-def test_variant_records_the_static_token_length_and_passed_parity(text_tflite: Path) -> None:
+def test_variant_records_the_static_token_lengths_and_passed_parity(text_tflite: Path) -> None:
     manifest = open_package(text_tflite).manifest
     report = manifest.variant("tflite").report
     assert report["sequence_length"] == LENGTH
+    assert report["sequence_lengths"] == list(LENGTHS)
     assert report["batch"] == ["static-1"] * len(manifest.segments)
     assert all(row["ok"] for row in report["parity"])
-    assert {"tflite segment 0 batch 1", f"tflite chain to {len(manifest.segments) - 1}"} <= {
-        row["graph"] for row in report["parity"]
-    }
+    assert {
+        "tflite segment 0 batch 1",
+        f"tflite chain to {len(manifest.segments) - 1}",
+        *(f"tflite segment 1 at {n} tokens" for n in LENGTHS),
+    } <= {row["graph"] for row in report["parity"]}
     _, lite = _segments(text_tflite)
+    assert {segment.sequence_lengths for segment in lite} == {LENGTHS}
     assert {segment.sequence_length for segment in lite} == {LENGTH}
+
+
+def test_each_length_is_a_signature_of_one_file(text_tflite: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    package = open_package(text_tflite)
+    for file in package.manifest.variant("tflite").files:
+        keys = Interpreter(model_path=str(package.path(file))).get_signature_list()
+        assert set(keys) == {f"tokens_{n}" for n in LENGTHS}
+
+
+def test_a_graph_with_one_unnamed_signature_still_runs(tmp_path: Path) -> None:
+    # what exports before length signatures wrote: one signature, its length read off its shapes
+    import litert_torch
+    import torch
+
+    from edgeexit.compile.graphs import SegmentGraph
+
+    model = tiny_text().eval()
+    out = tmp_path / "pkg"
+    manifest = export(model, (1, 12), out, sample=_tokens(4, 12)).manifest
+    spec = manifest.segments[1]
+    args = (torch.zeros(1, 12, 16), torch.ones(1, 12, dtype=torch.int64))
+    path = tmp_path / "legacy.tflite"
+    path.write_bytes(litert_torch.convert(SegmentGraph(model, 1, "max_prob").eval(), args).model_content())
+    segment = LiteRtSegment(path, spec, threads=1)
+    assert (segment.sequence_length, segment.sequence_lengths) == (12, (12,))
+    onnx = OrtSegment(out / spec.file, spec, threads=1, cache_dir=None, sha256=manifest.files[spec.file])
+    tokens = _tokens(1, 7, seed=3)
+    x = np.random.default_rng(0).standard_normal((1, 7, 16)).astype(np.float32)
+    mask = {"attention_mask": tokens["attention_mask"]}
+    got, want = segment.run(x, mask), onnx.run(x, mask)
+    keep = tokens["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got["hidden_1"][keep], want["hidden_1"][keep], atol=1e-4)
 
 
 @pytest.mark.parametrize(("batch", "length"), [(1, 5), (4, 9), (3, LENGTH)])
