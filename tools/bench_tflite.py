@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument(
         "--sequence-length",
         type=lambda text: tuple(int(n) for n in text.split(",")),
-        help="token length(s) of a text encoder's TFLite graphs, e.g. 16,32,64 (default: 16,32,64,128)",
+        help="token lengths of a text encoding TFLite graph, e.g. 16,32,64 (default: every 8 up to 64, then 96, 128)",
     )
     parser.add_argument("--tokens", type=int, help="text: measure on this many attended tokens")
     args = parser.parse_args()

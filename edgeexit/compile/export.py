@@ -90,8 +90,8 @@ def export(
     the model's ``tokenizer_file``).
     ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra);
     a text encoder's TFLite graphs have fixed token counts, ``tflite_sequence_length`` (one or
-    several; default 16, 32, 64 and 128, each a signature of the same file: LiteRT runs a request
-    at the shortest that holds it, padded, and refuses longer ones).
+    several; default every 8 tokens up to 64, then 96 and 128, each a signature of the same file:
+    LiteRT runs a request at the shortest that holds it, padded, and refuses longer ones).
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
