@@ -23,7 +23,11 @@ def verify(package: PackageArg) -> None:
     Parity: the chained segments (and the monolithic graph) run on the stored reference input
     must reproduce the PyTorch outputs recorded at export. Each tail must load, match its
     config.pbtxt and reproduce PyTorch's logits for the encoded reference boundary tensor.
+    A tflite variant must reproduce them too (when ai-edge-litert is installed); an int8 variant
+    must run, and its agreement with fp32 is reported.
     """
+    from rich.markup import escape
+
     from edgeexit.cli.render import parity_table
     from edgeexit.errors import PackageError
     from edgeexit.runtime.verify import verify_package
@@ -34,12 +38,14 @@ def verify(package: PackageArg) -> None:
         console.print(
             f"{report.tails_checked} tail(s): config.pbtxt matches the manifest and the graph's inputs/outputs"
         )
+    for note in report.notes:
+        console.print(escape(note), highlight=False)
     if not report.ok:
         failed = [f"{c.graph} {c.output} ({c.max_abs_diff:.3g})" for c in report.checks if not c.ok]
         reference = report.package.manifest.reference
         raise PackageError(
             f"{package}: outputs differ from the stored reference beyond atol={reference.atol:g}, "  # type: ignore[union-attr]
-            f"rtol={reference.rtol:g}: {', '.join(failed)}"  # type: ignore[union-attr]
+            f"rtol={reference.rtol:g} (a variant: the tolerances its export used): {', '.join(failed)}"  # type: ignore[union-attr]
         )
     console.print(f"[green]ok[/]: {package} (package_id {report.package.manifest.package_id})")
 

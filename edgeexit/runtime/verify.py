@@ -7,7 +7,16 @@ Each tail's ``config.pbtxt`` must describe what the manifest says (codec, bounda
 the codec's inputs) and what its graph really takes and returns (names, datatypes, dims), since
 Triton trusts the config; the tail fed the reference sample's encoded boundary tensor must
 reproduce PyTorch's logits for that same encoded input.
-Runs on the device: ONNX Runtime, numpy and protobuf (to read config.pbtxt) only.
+
+Variants (other builds of the segments) run too, chained on the reference input like the fp32
+segments: a ``tflite`` variant must reproduce the reference within the tolerances its export
+checked LiteRT against ONNX with (a different LiteRT on the device shows here), or is reported
+as not run when ``ai-edge-litert`` is absent; an ``int8`` variant cannot match fp32 to a
+tolerance, so its graphs' signatures are checked, it must run, and a note says how many reference
+samples' final predictions agree with fp32. A text encoder's token outputs are compared on the
+attended tokens only (what a graph computes at padding is never read).
+Runs on the device: ONNX Runtime, numpy and protobuf (to read config.pbtxt) only (and LiteRT
+for a tflite variant, when installed).
 """
 
 from __future__ import annotations
@@ -18,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.codecs import LOGITS, ORT_TYPES, WireTensor, create_codec
-from edgeexit.errors import EdgeExitError, PackageError
-from edgeexit.manifest import Manifest, TailSpec, TensorSpec
+from edgeexit.errors import EdgeExitError, InputError, PackageError
+from edgeexit.manifest import Manifest, SegmentVariant, TailSpec, TensorSpec
 from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
 from edgeexit.repository import PARAM_BOUNDARY, PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, read_config
@@ -36,6 +45,8 @@ class VerifyReport:
     files_checked: int
     checks: tuple[ParityCheck, ...]
     tails_checked: int = 0  # tails whose config.pbtxt matches the manifest and the graph
+    #: What was run but has no pass/fail tolerance, or was not run and why (one line each).
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -85,7 +96,70 @@ def verify_package(path: str | Path) -> VerifyReport:
             if name in by_name:
                 checks.append(compare("monolithic", name, by_name[name], got, atol, rtol))
     checks += [_check_tail(package, tail, reference) for tail in manifest.tails]
-    return VerifyReport(package, len(manifest.files), tuple(checks), len(manifest.tails))
+    notes: list[str] = []
+    for variant in manifest.variants:
+        found, note = _check_variant(package, variant, reference, context)
+        checks += found
+        notes += [note] if note else []
+    return VerifyReport(package, len(manifest.files), tuple(checks), len(manifest.tails), tuple(notes))
+
+
+def _check_variant(
+    package: Package, variant: SegmentVariant, reference: dict[str, np.ndarray], context: dict[str, np.ndarray]
+) -> tuple[list[ParityCheck], str | None]:
+    """The variant's segments chained on the reference input: parity for tflite, a run and the
+    final predictions' agreement for int8 (see the module docstring)."""
+    from edgeexit.runtime.backends import open_segment
+
+    manifest = package.manifest
+    if variant.backend == "tflite" and not _litert_installed():
+        return [], f"variant {variant.name}: not run, ai-edge-litert is not installed (pip install 'edgeexit[tflite]')"
+    atol = float(variant.report.get("atol", manifest.reference.atol))  # type: ignore[union-attr]
+    rtol = float(variant.report.get("rtol", manifest.reference.rtol))  # type: ignore[union-attr]
+    mask = context.get("attention_mask")
+    checks: list[ParityCheck] = []
+    x = reference["input"]
+    for file, spec in zip(variant.files, manifest.segments, strict=True):
+        segment = open_segment(variant.backend, package.path(file), spec, threads=1, cache_dir=None,
+                               sha256=manifest.files[file])  # fmt: skip
+        if variant.backend == "onnxruntime":
+            _check_signature(segment.session, spec.inputs, spec.outputs, file)  # type: ignore[attr-defined]
+        try:
+            outputs = segment.run(x, context)
+        except InputError as err:  # e.g. a reference longer than the TFLite graphs' longest token length
+            return checks, f"variant {variant.name}: not run on the reference sample: {err}"
+        except EdgeExitError:
+            raise
+        except Exception as err:  # the runtimes raise their own untyped errors
+            raise PackageError(f"{file} failed to run on the reference sample: {str(err)[:300]}") from None
+        if variant.precision == "fp32":
+            for name, got in outputs.items():
+                ref = reference[f"{spec.index}/{name}"]
+                if mask is not None and ref.ndim >= 2 and ref.shape[:2] == mask.shape and got.shape == ref.shape:
+                    ref, got = ref[mask.astype(bool)], got[mask.astype(bool)]
+                checks.append(compare(f"{variant.name} segment {spec.index}", name, ref, got, atol, rtol))
+        if spec.hidden is not None:
+            x = outputs[spec.hidden]
+    if variant.precision == "fp32":
+        return checks, None
+    final = manifest.exits[-1]
+    logits = final.logits or ""
+    if f"{final.segment}/{logits}" not in reference:
+        return checks, f"variant {variant.name}: ran on the reference sample (no final logits stored to compare)"
+    want = reference[f"{final.segment}/{logits}"].argmax(axis=-1)
+    agree = int(np.sum(outputs[logits].argmax(axis=-1) == want))
+    return checks, (
+        f"variant {variant.name}: ran; its final exit agrees with fp32 on {agree} of {len(want)} reference "
+        "sample(s) (int8 is measured, not held to a tolerance: edgeexit quantize reports its accuracy)"
+    )
+
+
+def _litert_installed() -> bool:
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def tail_reference_key(model: str) -> str:

@@ -133,3 +133,13 @@ def test_cli_tweets_need_a_text_encoder(edgeexit_cli: list[str], package_copy: P
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert "tokenizer" in done.stderr
+
+
+def test_verify_runs_the_int8_variant_and_reports_its_agreement(dynamic) -> None:
+    from edgeexit.runtime.verify import verify_package
+
+    root, _ = dynamic
+    report = verify_package(root)
+    assert report.ok
+    (note,) = [n for n in report.notes if n.startswith("variant int8")]
+    assert "agrees with fp32 on" in note

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,36 @@ def test_engine_on_tflite_gives_the_onnx_engine_answers(tflite_package: Path, di
     assert [(r.prediction, r.exit) for r in lite] == [(r.prediction, r.exit) for r in onnx]
     for a, b in zip(lite, onnx, strict=True):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+
+
+_WITHOUT_LITERT = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ai_edge_litert":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from edgeexit.cli import main
+sys.argv = ["edgeexit", "verify", sys.argv[1]]
+main()
+"""
+
+
+def test_verify_runs_the_tflite_variant_or_says_why_not(tflite_package: Path, edgeexit_cli: list[str]) -> None:
+    from edgeexit.runtime.verify import verify_package
+
+    report = verify_package(tflite_package)
+    rows = [c for c in report.checks if c.graph.startswith("tflite segment")]
+    segments = open_package(tflite_package).manifest.segments
+    assert {c.graph for c in rows} == {f"tflite segment {s.index}" for s in segments}
+    assert all(c.ok for c in rows)
+    assert report.notes == ()
+    # a device without ai-edge-litert still verifies the rest, and says what it did not run
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LITERT, str(tflite_package)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "variant tflite: not run, ai-edge-litert is not installed" in " ".join(done.stdout.split())

@@ -174,3 +174,12 @@ def test_export_with_tflite_converts_text_at_the_default_length(tmp_path: Path) 
     result = Engine(package.root, cache_dir=None, backend="tflite").run(_tokens(1, 7, seed=9))
     expected = Engine(package.root, cache_dir=None).run(_tokens(1, 7, seed=9))
     assert (result.exit, result.prediction) == (expected.exit, expected.prediction)
+
+
+def test_verify_checks_the_tflite_text_graphs_on_the_attended_tokens(text_tflite: Path) -> None:
+    from edgeexit.runtime.verify import verify_package
+
+    report = verify_package(text_tflite)
+    rows = [c for c in report.checks if c.graph.startswith("tflite segment")]
+    assert len(rows) == sum(len(s.outputs) for s in open_package(text_tflite).manifest.segments)
+    assert all(c.ok for c in rows), rows
