@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,28 @@ def package_copy(digits_package: Path, tmp_path: Path) -> Path:
 def edgeexit_cli() -> list[str]:
     """The CLI as a real subprocess command (the installed entry point's module)."""
     return [sys.executable, "-m", "edgeexit"]
+
+
+@pytest.fixture(scope="session")
+def cli_without() -> Callable[[str], list[str]]:
+    """``cli_without(module)``: the CLI as a subprocess command on a Python that cannot import
+    ``module`` (an extra not installed), whatever is installed here; the CLI's arguments follow."""
+    return _cli_without
+
+
+def _cli_without(module: str) -> list[str]:
+    script = f"""
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from edgeexit.cli import main
+sys.argv = ["edgeexit", *sys.argv[1:]]
+main()
+"""
+    return [sys.executable, "-c", script]

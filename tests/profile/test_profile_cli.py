@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -80,25 +79,9 @@ def test_profile_bad_preset_is_one_line(edgeexit_cli: list[str], digits_package:
     assert "Traceback" not in result.stderr
 
 
-NO_MATPLOTLIB = r"""
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "matplotlib":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, Block())
-from edgeexit.cli import main
-sys.argv = ["edgeexit", "profile", sys.argv[1], "--runs", "1", "--plot", sys.argv[2]]
-main()
-"""
-
-
-def test_plot_without_matplotlib_names_the_extra(digits_package: Path, tmp_path: Path) -> None:
+def test_plot_without_matplotlib_names_the_extra(digits_package: Path, tmp_path: Path, cli_without) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", NO_MATPLOTLIB, str(digits_package), str(tmp_path / "plots")],
+        [*cli_without("matplotlib"), "profile", str(digits_package), "--runs", "1", "--plot", str(tmp_path / "plots")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,23 +149,7 @@ def test_engine_on_tflite_gives_the_onnx_engine_answers(tflite_package: Path, di
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
 
 
-_WITHOUT_LITERT = """
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "ai_edge_litert":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, Block())
-from edgeexit.cli import main
-sys.argv = ["edgeexit", "verify", sys.argv[1]]
-main()
-"""
-
-
-def test_verify_runs_the_tflite_variant_or_says_why_not(tflite_package: Path, edgeexit_cli: list[str]) -> None:
+def test_verify_runs_the_tflite_variant_or_says_why_not(tflite_package: Path, cli_without) -> None:
     from edgeexit.runtime.verify import verify_package
 
     report = verify_package(tflite_package)
@@ -177,7 +160,7 @@ def test_verify_runs_the_tflite_variant_or_says_why_not(tflite_package: Path, ed
     assert report.notes == ()
     # a device without ai-edge-litert still verifies the rest, and says what it did not run
     done = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_LITERT, str(tflite_package)], capture_output=True, text=True, timeout=120
+        [*cli_without("ai_edge_litert"), "verify", str(tflite_package)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "variant tflite: not run, ai-edge-litert is not installed" in " ".join(done.stdout.split())
