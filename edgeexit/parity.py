@@ -17,8 +17,21 @@ class ParityCheck:
     ok: bool
 
 
-def compare(graph: str, output: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> ParityCheck:
+def compare(
+    graph: str,
+    output: str,
+    ref: np.ndarray,
+    got: np.ndarray,
+    atol: float,
+    rtol: float,
+    mask: np.ndarray | None = None,
+) -> ParityCheck:
+    """With ``mask`` (a text encoder's (N, L) attention mask), a token output (N, L, ...) is
+    compared on the attended tokens only: what a graph computes at padding is never read."""
     if ref.shape != got.shape:
         return ParityCheck(graph, output, float("inf"), False)
+    if mask is not None and ref.ndim >= 2 and ref.shape[:2] == mask.shape:
+        keep = mask.astype(bool)
+        ref, got = ref[keep], got[keep]
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
     return ParityCheck(graph, output, float(diff.max(initial=0.0)), bool(np.all(diff <= atol + rtol * np.abs(ref))))

@@ -3,7 +3,9 @@
     python tools/bench_layout.py [PACKAGE] [--ops]     # default: exports an untrained resnet64 package
 
 For ORT_ENABLE_ALL (layout rewrite on) and ORT_ENABLE_EXTENDED (off), batch-1 median latency of
-the monolithic graph and of the segments chained with plain session.run, 3 alternating rounds.
+the monolithic graph and of the segments chained with plain session.run, 3 alternating rounds
+(with the layout rewrite on, also ``Engine.run`` at full depth, threshold inf: what the engine
+adds over the bare sessions).
 Then the engine's throughput one sample at a time vs. run_batch at batch 8 and 32 (whatever the
 package's thresholds make of them; an untrained package runs everything to full depth), and its
 cold start (Engine construction) without the optimized-graph cache, filling it, and reading it.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 import tempfile
 import time
@@ -76,14 +79,24 @@ def compare(package_dir: Path, samples: int = 200, rounds: int = 3) -> None:
             for session, spec in zip(segments, manifest.segments, strict=True):
                 x = session.run(None, {spec.inputs[0].name: x})[0]
 
-        _median_ms(run_mono, xs[:20])
-        _median_ms(run_segments, xs[:20])
-        mono_ms, seg_ms = [], []
+        runs: dict[str, Callable[[np.ndarray], object]] = {"monolithic": run_mono, "segments": run_segments}
+        if level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:  # the engine's own level
+            from edgeexit.runtime import Engine
+
+            runs["engine"] = Engine(package, threshold=math.inf, cache_dir=None).run  # full depth
+        for run in runs.values():
+            _median_ms(run, xs[:20])
+        found: dict[str, list[float]] = {label: [] for label in runs}
         for _ in range(rounds):
-            mono_ms.append(_median_ms(run_mono, xs))
-            seg_ms.append(_median_ms(run_segments, xs))
-        a, b = float(np.median(mono_ms)), float(np.median(seg_ms))
-        print(f"{name:<20} monolithic {a:.4f} ms  segments {b:.4f} ms  ratio {b / a:.3f}")
+            for label, run in runs.items():
+                found[label].append(_median_ms(run, xs))
+        a = float(np.median(found["monolithic"]))
+        shown = "  ".join(
+            f"{label} {float(np.median(ms)):.4f} ms (ratio {float(np.median(ms)) / a:.3f})"
+            for label, ms in found.items()
+            if label != "monolithic"
+        )
+        print(f"{name:<20} monolithic {a:.4f} ms  {shown}")
 
     from edgeexit.runtime import Engine
 

@@ -180,9 +180,7 @@ class _Batch:
         )
 
     def digest(self, y: np.ndarray) -> str:
-        if not self.context:
-            return digest_data(self.x, y)
-        return digest_data(np.stack([self.x, *self.context.values()]), y)
+        return digest_data({"input": self.x, **self.context} if self.context else self.x, y)
 
 
 @dataclass(frozen=True)

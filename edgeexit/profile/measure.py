@@ -3,9 +3,10 @@
 - Latency: the chain batch-1, segment by segment, on real inputs (the package's reference sample,
   or random normal inputs of the input shape when the package has none; ``Profile.inputs`` says
   which), after ``warmup`` untimed passes; p50/p90/p99 and the mean over ``runs`` passes.
-- Exit check: the exit's numpy decision on the segment's real outputs, as the engine makes it
-  (the in-graph score when the engine uses it, else the criterion's ``score``; then the threshold
-  comparison). The exit's head runs inside the segment graph, so its cost is in the segment's.
+- Exit check: the exit's numpy decision on the segment's real outputs, computed by the engine
+  itself (``Engine.exit_score``: the in-graph score when it uses it, else the criterion's
+  ``score``, nothing for an exit that cannot fire; then the threshold comparison). The exit's
+  head runs inside the segment graph, so its cost is in the segment's.
 - Energy: ``best_meter`` (RAPL > Jetson INA3221 > the device preset's power model) over many runs of
   one segment alone (at least ``runs`` and at least ``energy_seconds``), divided by the run count.
 - Peak RSS of this process (psutil's peak where the platform reports it, else getrusage's
@@ -31,7 +32,6 @@ import numpy as np
 from edgeexit import __version__
 from edgeexit.codecs import create_codec, list_codecs
 from edgeexit.console import progress_bar
-from edgeexit.criteria import Boundary, create_criterion, softmax
 from edgeexit.errors import EdgeExitError
 from edgeexit.profile.meters import best_meter
 from edgeexit.profile.power import get_preset
@@ -72,19 +72,16 @@ Context = dict[str, np.ndarray]
 def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, Context, str]:
     """Batch-1 samples to time with (N, ...), their context inputs (a text encoder's
     ``attention_mask``, N rows each; empty for other models) and a note on where they came from."""
+    from edgeexit.runtime.verify import load_reference, reference_inputs
+
     manifest = engine.manifest
     spec = manifest.input
     dtype = np.dtype(spec.dtype)
     names = [c.name for c in spec.context]
     if manifest.reference is not None:
-        file = engine.package.path(manifest.reference.file)
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                x = np.asarray(data["input"]) if "input" in data.files else None
-                context = {n: np.asarray(data[f"context/{n}"]) for n in names if f"context/{n}" in data.files}
-        except Exception as err:
-            raise EdgeExitError(f"cannot read the reference sample {file}: {err}") from None
-        if x is not None and x.shape[0] >= 1 and len(context) == len(names):
+        reference = load_reference(engine.package)
+        if "input" in reference and reference["input"].shape[0] >= 1:
+            x, context = reference_inputs(manifest, reference)
             x = np.ascontiguousarray(x.astype(dtype, copy=False))
             return x, context, f"{manifest.reference.file} ({x.shape[0]} samples)"
     shape = tuple(1 if dim is None else dim for dim in spec.shape[1:])
@@ -119,7 +116,6 @@ class _ExitCheck:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.criteria = [create_criterion(rule.criterion) for rule in engine.rules]
 
     def __call__(
         self,
@@ -127,29 +123,15 @@ class _ExitCheck:
         outputs: dict[str, np.ndarray],
         previous: np.ndarray | None,
         history: list[np.ndarray],
-        mask: np.ndarray | None = None,
+        context: Context,
     ) -> np.ndarray | None:
         """Returns the exit's predictions (for patience's history), or None without a classifier."""
         engine = self.engine
-        rule = engine.rules[k]
-        spec = engine.manifest.exits[k]
-        logits = outputs[spec.logits] if spec.logits else None
-        hidden_name = engine.segments[k].spec.hidden
-        hidden = outputs[hidden_name] if hidden_name else None
-        if rule.graph_score is not None:
-            score = outputs[rule.graph_score]
-        else:
-            criterion = self.criteria[k]
-            probabilities = None
-            if logits is not None and not criterion.needs_hidden:
-                probabilities = softmax(logits, rule.temperature)
-            if rule.final and (logits is None or criterion.needs_hidden):
-                score = np.ones(1, np.float32)
-            else:
-                boundary = Boundary(logits, hidden, previous, tuple(history), rule.temperature, probabilities, mask)
-                score = criterion.score(boundary)
-        bool(score[0] >= rule.threshold)
-        return logits.argmax(axis=-1) if logits is not None else None
+        score = engine.exit_score(k, outputs, previous, history, context)
+        if score is not None:
+            bool(score[0] >= engine.rules[k].threshold)
+        logits = engine.exits[k].logits
+        return outputs[logits].argmax(axis=-1) if logits else None
 
 
 def profile_package(
@@ -208,7 +190,7 @@ def profile_package(
                 seg_inputs.append(x.copy())
             for k, outputs, ms in _walk(engine, x, rows):
                 tick = time.perf_counter()
-                predicted = check(k, outputs, previous, history, rows.get("attention_mask"))
+                predicted = check(k, outputs, previous, history, rows)
                 check_ms = (time.perf_counter() - tick) * 1e3
                 if predicted is not None:
                     history.append(predicted)

@@ -563,6 +563,22 @@ class Engine:
         name = self.exits[k].logits
         return outputs[name] if name else None
 
+    def exit_score(
+        self,
+        k: int,
+        outputs: dict[str, np.ndarray],
+        previous: np.ndarray | None = None,
+        history: Sequence[np.ndarray] = (),
+        context: Context | None = None,
+    ) -> np.ndarray | None:
+        """Exit k's scores on segment k's ``outputs``, computed as ``run`` computes them (None
+        for an exit that cannot stop a sample: ``run`` scores nothing there). ``previous`` is the
+        boundary tensor before (similarity), ``history`` the earlier exits' predictions
+        (patience). What ``edgeexit profile`` times as the exit check."""
+        hidden_name = self.segments[k].spec.hidden
+        hidden = outputs[hidden_name] if hidden_name else None
+        return self._score(k, True, outputs, self._logits(k, outputs), hidden, previous, history, context)[0]
+
     def _score(
         self,
         k: int,

@@ -58,18 +58,10 @@ def verify_package(path: str | Path) -> VerifyReport:
     manifest = package.manifest
     if manifest.reference is None:
         raise PackageError(f"{path}: the manifest has no reference sample to verify parity against")
-    reference = _load_reference(package)
+    reference = load_reference(package)
     atol, rtol = manifest.reference.atol, manifest.reference.rtol
     checks: list[ParityCheck] = []
-    if "input" not in reference:
-        raise PackageError(f"{manifest.reference.file} lacks the expected array 'input' (the reference sample)")
-    x = reference["input"]
-    context = {}  # a text encoder's attention mask, fed to every segment beside its input
-    for spec in manifest.input.context:
-        key = f"context/{spec.name}"
-        if key not in reference:
-            raise PackageError(f"{manifest.reference.file} lacks the expected context input {key!r}")
-        context[spec.name] = reference[key]
+    x, context = reference_inputs(manifest, reference)
     for segment in manifest.segments:
         session = load_session(package.path(segment.file))
         _check_signature(session, segment.inputs, segment.outputs, segment.file)
@@ -135,9 +127,7 @@ def _check_variant(
         if variant.precision == "fp32":
             for name, got in outputs.items():
                 ref = reference[f"{spec.index}/{name}"]
-                if mask is not None and ref.ndim >= 2 and ref.shape[:2] == mask.shape and got.shape == ref.shape:
-                    ref, got = ref[mask.astype(bool)], got[mask.astype(bool)]
-                checks.append(compare(f"{variant.name} segment {spec.index}", name, ref, got, atol, rtol))
+                checks.append(compare(f"{variant.name} segment {spec.index}", name, ref, got, atol, rtol, mask))
         if spec.hidden is not None:
             x = outputs[spec.hidden]
     if variant.precision == "fp32":
@@ -251,7 +241,23 @@ def _session_tensors(args) -> list[tuple[str, str, list[int]]]:
     ]
 
 
-def _load_reference(package: Package) -> dict[str, np.ndarray]:
+def reference_inputs(manifest: Manifest, reference: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The stored reference input, and its context inputs by name (a text encoder's attention
+    mask, fed to every segment beside its input), as export wrote them into reference.npz."""
+    file = manifest.reference.file if manifest.reference else "the reference file"
+    if "input" not in reference:
+        raise PackageError(f"{file} lacks the expected array 'input' (the reference sample)")
+    context = {}
+    for spec in manifest.input.context:
+        key = f"context/{spec.name}"
+        if key not in reference:
+            raise PackageError(f"{file} lacks the expected context input {key!r}")
+        context[spec.name] = reference[key]
+    return reference["input"], context
+
+
+def load_reference(package: Package) -> dict[str, np.ndarray]:
+    """Every array of the package's reference.npz, by name."""
     assert package.manifest.reference is not None
     file = package.path(package.manifest.reference.file)
     try:
