@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,16 @@ class ServeProcess:
         self.process.wait(timeout=30)
 
     def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections and buffers requests; nothing answers."""
+        """SIGSTOP: the kernel still accepts connections and buffers requests; nothing answers.
+        Returns once the process is stopped: the signal is delivered asynchronously, and on a
+        loaded machine the server answered one more request after kill() returned."""
+        import psutil
+
         os.kill(self.process.pid, signal.SIGSTOP)
+        process = psutil.Process(self.process.pid)
+        deadline = time.monotonic() + 10
+        while process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
