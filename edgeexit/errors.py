@@ -27,6 +27,12 @@ class PackageError(EdgeExitError):
     """A package on disk is missing, altered, of an unknown version or otherwise invalid."""
 
 
+class ArchiveError(PackageError):
+    """A package tar is unsafe or does not match its manifest: a path outside its root, a link or
+    device, a duplicate entry, a file the manifest does not list, or a file whose sha256 differs.
+    It is refused before anything from it is used; re-pack it with ``edgeexit pack`` or re-copy it."""
+
+
 class InputError(EdgeExitError):
     """An input tensor, image or file given to the runtime does not match the package."""
 

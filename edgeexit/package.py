@@ -1,7 +1,10 @@
-"""A package on disk: a directory holding ``manifest.json`` and the files it hashes.
+"""A package on disk: a directory holding ``manifest.json`` and the files it hashes, or a tar of one.
 
 Opening a package checks every file against its sha256 before anything runs, so a corrupt or
-tampered package is refused up front with the name of the file that differs.
+tampered package is refused up front with the name of the file that differs. A ``.tar`` written
+by ``edgeexit pack`` opens the same way: it is checked and unpacked once into a cache keyed by
+its package_id and manifest (``edgeexit.archive``), so every command, the tail server and the
+device daemon take either form.
 """
 
 from __future__ import annotations
@@ -10,34 +13,50 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeexit.archive import unpack
 from edgeexit.errors import PackageError
 from edgeexit.fileio import atomic_write_text, sha256_file
 from edgeexit.manifest import MANIFEST_FILE, Manifest
 
+_EXPECTED = "expected a directory written by `edgeexit export` or a tar written by `edgeexit pack`"
+
 
 @dataclass(frozen=True)
 class Package:
-    """An opened (and, unless asked otherwise, hash-verified) package directory."""
+    """An opened (and, unless asked otherwise, hash-verified) package directory.
+
+    ``archive`` is the tar it was unpacked from (``root`` is then its cache entry), else None.
+    """
 
     root: Path
     manifest: Manifest
+    archive: Path | None = None
 
     def path(self, relative: str) -> Path:
         return self.root / relative
 
     def save_manifest(self, manifest: Manifest) -> Package:
         """Replace the manifest atomically (e.g. after calibration) and return the new view."""
+        if self.archive is not None:
+            raise PackageError(_archive_is_read_only(self.archive, "change its manifest"))
         manifest.validate()
         atomic_write_text(self.root / MANIFEST_FILE, manifest.to_json())
         return Package(self.root, manifest)
 
 
-def open_package(path: str | os.PathLike[str], *, verify_hashes: bool = True) -> Package:
+def open_package(
+    path: str | os.PathLike[str], *, verify_hashes: bool = True, cache_dir: str | os.PathLike[str] | None = None
+) -> Package:
+    """Open a package directory, or a tar of one (unpacked into ``cache_dir``, default
+    ``edgeexit.archive.default_cache_dir()``, and reused while its manifest is unchanged)."""
     root = Path(path)
     if not root.exists():
-        raise PackageError(f"package {root} does not exist; expected a directory written by `edgeexit export`")
+        raise PackageError(f"package {root} does not exist; {_EXPECTED}")
+    if root.is_file():
+        unpacked = unpack(root, cache_dir=cache_dir, verify_hashes=verify_hashes)  # hashes checked there
+        return Package(unpacked.root, unpacked.manifest, archive=root)
     if not root.is_dir():
-        raise PackageError(f"package {root} is not a directory; expected a directory written by `edgeexit export`")
+        raise PackageError(f"package {root} is neither a directory nor a file; {_EXPECTED}")
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path} is missing; expected the manifest written by `edgeexit export`")
@@ -49,6 +68,20 @@ def open_package(path: str | os.PathLike[str], *, verify_hashes: bool = True) ->
     if verify_hashes:
         verify_files(root, manifest)
     return Package(root, manifest)
+
+
+def require_directory(path: str | os.PathLike[str], action: str) -> None:
+    """Commands that change a package (calibrate, quantize) refuse a tar up front: they would change
+    the cache entry, not the tar, and the work would be lost."""
+    if Path(path).is_file():
+        raise PackageError(_archive_is_read_only(Path(path), action))
+
+
+def _archive_is_read_only(archive: Path, action: str) -> str:
+    return (
+        f"{archive} is a packed package (a tar): cannot {action} in it; run this on the package directory "
+        "(or tar -xf it), then `edgeexit pack` it again"
+    )
 
 
 def verify_files(root: Path, manifest: Manifest) -> None:

@@ -1,4 +1,4 @@
-"""Commands that read a package: they run on a device (no torch)."""
+"""Commands that read a package (verify, inspect) or pack it into one tar: they run on a device (no torch)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,51 @@ import typer
 
 from edgeexit.console import console
 
-PackageArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
+PackageArg = Annotated[
+    Path, typer.Argument(help="Package directory written by `edgeexit export`, or a tar of one (`edgeexit pack`).")
+]
 
 
 def register(app: typer.Typer) -> None:
     app.command()(verify)
     app.command()(inspect)
+    app.command()(pack)
+
+
+def pack(
+    package: Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")],
+    out: Annotated[Path, typer.Argument(help="The tar to write (replaced atomically if it exists).")],
+    name: Annotated[
+        str | None,
+        typer.Option(help="The tar's top-level directory (default: the package directory's name)."),
+    ] = None,
+) -> None:
+    """Pack a package into one reproducible, uncompressed tar for copying to a device or server.
+
+    Every file is checked against the manifest's sha256 first (a corrupt package is refused and
+    no tar is written). The tar holds one directory (tar -xf gives the package back) with
+    manifest.json and exactly the files it lists, sorted, with fixed times, owners and modes: the
+    same package packs to the same bytes. verify, inspect, run, serve and the device daemon take
+    the tar as they take the directory.
+    """
+    from rich.markup import escape
+
+    from edgeexit.archive import pack as pack_package
+
+    packed = pack_package(package, out, root_name=name)
+    console.print(f"[green]packed[/] {escape(str(package))} -> {escape(str(packed.path))}", highlight=False)
+    console.print(
+        f"  {packed.files} files under {escape(packed.root_name)}/, {packed.size} bytes "
+        f"({packed.size / 1e6:.1f} MB)\n"
+        f"  sha256      {packed.sha256}\n"
+        f"  package_id  {packed.package_id} ({escape(packed.model_name)})",
+        highlight=False,
+    )
+    if packed.skipped:
+        shown = ", ".join(packed.skipped[:5]) + (" ..." if len(packed.skipped) > 5 else "")
+        console.print(
+            f"  left out {len(packed.skipped)} file(s) the manifest does not list: {escape(shown)}", highlight=False
+        )
 
 
 def verify(package: PackageArg) -> None:

@@ -1,4 +1,5 @@
-"""The models a tail server serves: Triton-layout repositories, or packages whose ``tails/`` is one.
+"""The models a tail server serves: Triton-layout repositories, or packages (directories or tars) whose
+``tails/`` is one.
 
 A package is opened with ``open_package`` first, so a tail whose ``model.onnx`` does not match the
 manifest's sha256 is refused before anything listens; its tails' ``package_id`` must be the
@@ -134,11 +135,13 @@ class Source:
 
 
 def source_of(path: Path) -> Source:
-    """A package directory (it holds manifest.json) → its verified ``tails/``; any other directory as is."""
+    """A package directory (it holds manifest.json) or a package tar (``edgeexit pack``; unpacked into
+    the package cache) → its verified ``tails/``; any other directory as is."""
     path = Path(path)
-    if (path / MANIFEST_FILE).is_file():
-        manifest = open_package(path).manifest  # verifies every hash, the tails' graphs and configs included
-        tails = path / TAILS_DIR
+    if path.is_file() or (path / MANIFEST_FILE).is_file():
+        package = open_package(path)  # verifies every hash, the tails' graphs and configs included
+        manifest = package.manifest
+        tails = package.root / TAILS_DIR
         if not manifest.tails or not tails.is_dir():
             raise PackageError(
                 f"package {path} has no tails; re-export it with tails (edgeexit export --codecs fp32,fp16,int8) "
@@ -146,7 +149,10 @@ def source_of(path: Path) -> Source:
             )
         return Source(tails, manifest.package_id, frozenset(tail.model for tail in manifest.tails))
     if not path.is_dir():
-        raise PackageError(f"{path} is not a directory; expected a package directory or a Triton model repository")
+        raise PackageError(
+            f"{path} is not a directory; expected a package directory, a package tar (`edgeexit pack`) or a "
+            "Triton model repository"
+        )
     return Source(path)
 
 
