@@ -18,7 +18,12 @@ def register(app: typer.Typer) -> None:
 
 
 def bench(
-    package: Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`, with tails.")],
+    package: Annotated[
+        Path,
+        typer.Argument(
+            help="Package directory written by `edgeexit export` (or a tar of one: `edgeexit pack`), with tails."
+        ),
+    ],
     data: Annotated[str, typer.Option(help="Labelled data: an .npz with x and y, or a built-in data set name.")],
     link: Annotated[
         list[str] | None,

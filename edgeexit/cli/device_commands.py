@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from edgeexit.runtime.inputs import Sample
     from edgeexit.transport.client import TlsConfig
 
-PackageArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
+PackageArg = Annotated[
+    Path, typer.Argument(help="Package directory written by `edgeexit export`, or a tar of one (`edgeexit pack`).")
+]
+#: calibrate rewrites the manifest, so it takes the directory (a tar would change only its cache entry).
+PackageDirArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
 CriterionOpt = Annotated[
     str | None,
     typer.Option(help="Exit criterion for every early exit: max_prob, margin, entropy, patience, similarity."),
@@ -441,7 +445,7 @@ def _offload_summary(results: list[Result]) -> str:
 
 
 def calibrate(
-    package: PackageArg,
+    package: PackageDirArg,
     data: Annotated[
         str,
         typer.Option(
@@ -482,8 +486,10 @@ def calibrate(
     from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto
     from edgeexit.cli.labelled import load_labelled
     from edgeexit.cli.render import calibration_table
+    from edgeexit.package import require_directory
     from edgeexit.runtime.engine import Engine
 
+    require_directory(package, "calibrate it")  # before the run: a tar's manifest cannot be rewritten
     engine = Engine(package, threads=threads, backend=backend, precision=precision)
     x, y, source = load_labelled(data, split, limit, engine.package, max_length)
     full = engine.run_full(x)

@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
 
 
 def profile(
-    package: Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")],
+    package: Annotated[
+        Path, typer.Argument(help="Package directory written by `edgeexit export`, or a tar of one (`edgeexit pack`).")
+    ],
     threads: Annotated[int, typer.Option(min=1, help="Runtime intra-op threads per segment.")] = 1,
     backend: Annotated[str, typer.Option(help="What runs the segments: onnxruntime, or tflite.")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="fp32, or int8 (the segments `edgeexit quantize` wrote).")] = "fp32",

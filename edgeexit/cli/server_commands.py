@@ -29,7 +29,8 @@ def serve(
         list[Path],
         typer.Argument(
             metavar="REPO_OR_PACKAGE",
-            help="Package directories (their tails/ are served, hashes verified) or Triton model repositories.",
+            help="Package directories or tars (`edgeexit pack`): their tails/ are served, hashes verified; or Triton "
+            "model repositories.",
         ),
     ],
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on; port 0 picks a free one.")] = "127.0.0.1:8001",

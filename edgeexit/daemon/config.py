@@ -234,7 +234,10 @@ class _Table:
         value = self.optional_string(key)
         if value is None:
             if required:
-                raise ConfigError(f"{self.name(key)} is missing; expected the path of a package directory")
+                raise ConfigError(
+                    f"{self.name(key)} is missing; expected the path of a package directory or of a tar written by "
+                    "`edgeexit pack`"
+                )
             return None
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base / path
