@@ -87,12 +87,21 @@ def quantize(
         typer.Option(help="static or dynamic (default: static for image models, dynamic for text encoders)."),
     ] = None,
     max_length: Annotated[int, typer.Option(min=2, help="Tokens per text for --data tweets.")] = 64,
+    scheme: Annotated[
+        str | None,
+        typer.Option(
+            help="Integer types: s8s8-7bit (static default), u8u8 (dynamic default), u8s8-7bit; s8s8 and u8s8 "
+            "may saturate on x86 without VNNI and are refused where they do."
+        ),
+    ] = None,
 ) -> None:
-    """Quantize the package's segments to int8 (ONNX Runtime static quantization, QDQ).
+    """Quantize the package's segments to int8 (ONNX Runtime: static QDQ for images, dynamic for text).
 
     Segment k's activation ranges come from boundary k-1's real hidden tensors (the fp32 segments
     run on --data). Adds the int8 segments under int8/ with their own calibrated thresholds;
-    the package_id does not change. A failed run leaves the package as it was.
+    the package_id does not change. The scheme's integer arithmetic is exact on every CPU; this
+    machine's kernels are checked against it and the exact outputs stored for `edgeexit verify`.
+    A failed run leaves the package as it was.
     """
     from edgeexit.compile.quantize import quantize_package
     from edgeexit.package import open_package
@@ -107,12 +116,19 @@ def quantize(
     report = quantize_package(
         opened, x, y, eval_x=eval_x, eval_y=eval_y, samples=samples, per_channel=per_channel, max_drop=max_drop,
         criterion=criterion, margin=margin, threads=threads, data_source=source, eval_source=eval_source,
-        keep_fp32=kept, auto=auto, min_agreement=min_agreement, mode=mode,
+        keep_fp32=kept, auto=auto, min_agreement=min_agreement, mode=mode, scheme=scheme,
     )  # fmt: skip
     console.print(accuracy_change_table(report))
     console.print(f"accuracy measured on: {escape(report.eval_source)}", highlight=False)
     console.print(latency_table(report))
     console.print(thresholds_table(report))
+    kernels, scheme = report.variant.report["kernel_check"], report.variant.report["scheme"]
+    console.print(
+        f"int8 scheme {scheme['name']}: this CPU's kernels ({escape(kernels['machine'].split('int8 features: ')[-1])}) "
+        f"match exact integer arithmetic within {kernels['max_error_here']:.2%} of each output's range "
+        f"(tolerance {kernels['tolerance']:.0%}); {kernels['file']} holds the exact outputs for verify",
+        highlight=False,
+    )
     int8 = [f for f in report.variant.files if f.startswith("int8/")]
     mixed = f", segment(s) {', '.join(map(str, report.kept_fp32))} kept fp32" if report.kept_fp32 else ""
     console.print(

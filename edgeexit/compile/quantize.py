@@ -19,6 +19,11 @@ transformers, because their outputs need more than 8 bits and cost little. The s
 inference of ``quant_pre_process`` cannot follow BERT's dynamic token axis (its attention
 reshapes), so those graphs fall back to ONNX's own shape inference (recorded in the report).
 
+Every variant uses a saturation-free ``Int8Scheme`` (``edgeexit.int8_schemes``: 7-bit
+weights by default), so its integer arithmetic is exact on every CPU. That is checked on this
+machine against a float oracle of the same graphs, and the oracle's outputs on the package's
+reference sample are stored (``int8/reference.npz``) for ``edgeexit verify`` to hold a device to.
+
 Mixed precision: ``keep_fp32`` names segments whose fp32 graph the variant uses unchanged
 (``files[k]`` is then ``segments/k.onnx``), and ``auto`` picks them from the measurements: a
 segment stays fp32 when its int8 graph is not faster at batch 1, or when quantizing it alone
@@ -53,10 +58,12 @@ import numpy as np
 from edgeexit.calibration import Choice, calibrate_manifest, check_labels, digest_data
 from edgeexit.errors import DataError, EdgeExitError, ExportError
 from edgeexit.fileio import atomic_write_text, sha256_file
+from edgeexit.int8_schemes import SCHEMES, Int8Scheme, float_oracle, get_scheme
 from edgeexit.manifest import CRITERIA, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
 from edgeexit.runtime.engine import FullDepth, full_depth_outputs
 from edgeexit.runtime.sessions import load_session
+from edgeexit.runtime.verify import INT8_REFERENCE_FILE, KERNEL_TOLERANCE, load_reference, reference_inputs
 
 #: A model input as the engine takes it: one array, or for a text encoder a mapping from the
 #: input's name and every context input's name (``input_ids``, ``attention_mask``) to (N, L) arrays.
@@ -217,6 +224,7 @@ def quantize_package(
     keep_fp32: Sequence[int] = (),
     auto: bool = False,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    scheme: str | None = None,
 ) -> QuantizeReport:
     """Quantize the segments of ``package`` to int8 and add them as its ``int8`` variant.
 
@@ -229,7 +237,9 @@ def quantize_package(
     were chosen for. ``op_types`` limits the quantized op types (default: all the quantizer
     supports for image models, ``TRANSFORMER_OP_TYPES`` for text encoders). ``mode`` (``MODES``)
     defaults to static for image models and dynamic for text encoders, whose activation ranges
-    then need no calibration (the thresholds still do).
+    then need no calibration (the thresholds still do). ``scheme`` names an ``Int8Scheme``
+    (default: the mode's saturation-free one); a scheme whose kernels on this machine do not
+    compute what its graphs specify is refused, and nothing is written.
 
     ``keep_fp32`` lists segments the variant runs in fp32; ``auto`` adds those whose int8 graph is
     not faster at batch 1 or alone drops the final exit's agreement with fp32 (on the evaluation
@@ -259,6 +269,11 @@ def quantize_package(
     if chosen_mode not in MODES:
         raise EdgeExitError(f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}")
     chosen_ops = tuple(op_types) if op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
+    chosen_scheme = get_scheme(scheme, chosen_mode)
+    if manifest.reference is None:
+        raise EdgeExitError(
+            "the package has no reference sample (reference.npz) to check the int8 kernels on; re-export it"
+        )
     record = manifest.calibration
     target_drop = max_drop if max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
     target_margin = margin if margin is not None else (record.margin if record else DEFAULT_MARGIN)
@@ -276,8 +291,10 @@ def quantize_package(
                 shape_inference.append(
                     _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
                                       per_channel=per_channel, op_types=chosen_ops, mode=chosen_mode,
-                        scratch=Path(scratch))
+                                      scheme=chosen_scheme, scratch=Path(scratch))
                 )  # fmt: skip
+            # Before timing or calibrating anything: int8 graphs this CPU computes wrongly are refused.
+            kernels = _check_kernels(opened, manifest.segments, stage, Path(scratch), chosen_scheme)
         int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
         timings = _time_side_by_side(fp32, int8, data, timing_samples, stage, opened)
         alone = _alone_agreement(fp32, int8, manifest, evaluation)
@@ -307,13 +324,26 @@ def quantize_package(
                 (stage / f"{c.segment}.onnx").unlink()
         # The fp32 segment files keep their hashes: listed again so that replacing a variant that
         # named them (Manifest.with_variant drops the old variant's files) cannot drop them.
+        kernel_record = _record_kernels(kernels, choices, stage, threads, opened)
         hashes = {s.file: manifest.files[s.file] for s in manifest.segments} | {
-            name: sha256_file(stage / Path(name).name) for name in files if name.startswith(f"{VARIANT_NAME}/")
+            name: sha256_file(stage / Path(name).name)
+            for name in (*files, INT8_REFERENCE_FILE)
+            if name.startswith(f"{VARIANT_NAME}/")
         }
         report = _variant_report(
             per_channel, ranges, data, y, data_source, eval_source, len(eval_y), timings, changes, choices,
             chosen_ops, shape_inference, chosen_mode,
         )  # fmt: skip
+        report |= {
+            "scheme": chosen_scheme.record(),
+            "activations": (
+                f"{chosen_scheme.activations} (asymmetric, MinMax)" if chosen_mode == "static"
+                else "uint8, range of each call's own tensor"
+            ),
+            "weights": f"{chosen_scheme.weights} ({'7-bit, ' if chosen_scheme.reduce_range else ''}symmetric)"
+            if chosen_scheme.weights == "int8" else "uint8 (asymmetric)",
+            "kernel_check": kernel_record,
+        }  # fmt: skip
         variant = SegmentVariant(
             name=VARIANT_NAME,
             backend="onnxruntime",
@@ -454,11 +484,12 @@ def _quantize_segment(
     per_channel: bool,
     op_types: Sequence[str] | None,
     mode: str,
+    scheme: Int8Scheme,
     scratch: Path,
 ) -> str:
     """Write segment ``spec``'s int8 graph to ``target``; returns the shape inference that prepared it."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
 
     prepared = scratch / f"{spec.index}.pre.onnx"
     where = f"segment {spec.index} ({spec.file})"
@@ -471,6 +502,7 @@ def _quantize_segment(
     if _WEIGHT_MATMULS_ONLY and op_types is not None:
         excluded += _activation_products(model)
     onnx.save(model, str(prepared))
+    activations, weights = scheme.quant_types()
     try:
         if mode == "dynamic":  # MatMuls with a constant weight only (its MatMulConstBOnly default)
             quantize_dynamic(
@@ -478,7 +510,8 @@ def _quantize_segment(
                 str(target),
                 op_types_to_quantize=list(op_types) if op_types is not None else None,
                 per_channel=per_channel,
-                weight_type=QuantType.QInt8,
+                reduce_range=scheme.reduce_range,
+                weight_type=weights,
                 nodes_to_exclude=excluded,
             )
             return inference
@@ -489,8 +522,9 @@ def _quantize_segment(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types) if op_types is not None else None,
             per_channel=per_channel,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            reduce_range=scheme.reduce_range,
+            activation_type=activations,
+            weight_type=weights,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=excluded,
         )
@@ -561,6 +595,96 @@ def _load_int8(path: Path, spec: SegmentSpec, threads: int) -> Any:
     if found != expected:
         raise ExportError(f"the int8 graph of segment {spec.index} has outputs {found}; expected {expected}")
     return session
+
+
+# ---------------------------------------------------------------- kernels vs. oracle
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    """Each int8 segment graph in this machine's kernels and as its float oracle, the reference
+    input they ran on, and how far apart the chained outputs came out (a share of each output's
+    range, the worst first)."""
+
+    oracle: tuple[_Graph, ...]
+    x: np.ndarray
+    context: dict[str, np.ndarray]
+    max_error: float
+    worst: str
+
+
+def _check_kernels(package: Package, segments: Sequence[SegmentSpec], stage: Path, scratch: Path,
+                   scheme: Int8Scheme) -> _Kernels:  # fmt: skip
+    """Run the reference sample through the int8 segments twice, chained: in this machine's integer
+    kernels (as the engine runs them) and in the float oracle. Refuse when they differ by more than
+    ``KERNEL_TOLERANCE`` of an output's range: then the kernels do not compute what the graph says."""
+    x, context = reference_inputs(package.manifest, load_reference(package))
+    int8, oracle = [], []
+    for spec in segments:
+        built = scratch / f"{spec.index}.oracle.onnx"
+        float_oracle(stage / f"{spec.index}.onnx", built)
+        int8.append(_Graph(spec, _load_int8(stage / f"{spec.index}.onnx", spec, 1)))
+        oracle.append(_Graph(spec, load_session(built, 1, optimize=False)))
+    got, want = _chain(int8, x, context), _chain(oracle, x, context)
+    errors = {key: _range_error(got[key], ref) for key, ref in want.items()}
+    worst = max(errors, key=errors.__getitem__)
+    kernels = _Kernels(tuple(oracle), x, context, errors[worst], worst)
+    if kernels.max_error > KERNEL_TOLERANCE:
+        from edgeexit.runtime.verify import int8_cpu_features
+
+        safe = ", ".join(name for name, s in SCHEMES.items() if s.saturation_free)
+        raise ExportError(
+            f"this CPU's int8 kernels ({int8_cpu_features()}) do not compute what the {scheme.name} graphs specify: "
+            f"output {worst} is off from exact integer arithmetic by {kernels.max_error:.1%} of its range "
+            f"(tolerance {KERNEL_TOLERANCE:.0%}). That is u8 x s8 saturation (x86 without VNNI); the package is left "
+            f"as it was. Use a saturation-free scheme: {safe}"
+        )
+    return kernels
+
+
+def _record_kernels(kernels: _Kernels, choices: Sequence[SegmentChoice], stage: Path, threads: int,
+                    package: Package) -> dict[str, Any]:  # fmt: skip
+    """Store the variant's oracle outputs on the reference sample (fp32 graphs where a segment stays
+    fp32) for verify, and say what was checked here and on which CPU."""
+    from edgeexit.profile.record import Machine
+    from edgeexit.runtime.verify import int8_cpu_features
+
+    chain = [
+        _Graph(o.spec, load_session(package.path(o.spec.file), threads)) if c.precision == "fp32" else o
+        for o, c in zip(kernels.oracle, choices, strict=True)
+    ]
+    outputs = _chain(chain, kernels.x, kernels.context)
+    target = stage / Path(INT8_REFERENCE_FILE).name
+    partial = target.with_suffix(".partial.npz")
+    np.savez(partial, **outputs)
+    os.replace(partial, target)
+    return {
+        "file": INT8_REFERENCE_FILE,
+        "what": "the variant's exit outputs on the reference sample, computed by its float oracle (exact integer "
+        "arithmetic); verify holds this machine's kernels to them",
+        "tolerance": KERNEL_TOLERANCE,
+        "max_error_here": round(kernels.max_error, 6),
+        "worst_output": kernels.worst,
+        "machine": f"{Machine.current().describe()}; int8 features: {int8_cpu_features()}",
+    }
+
+
+def _chain(graphs: Sequence[_Graph], x: np.ndarray, context: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output but the hidden tensors, keyed ``segment/name``, with each segment fed the previous one's hidden."""
+    found: dict[str, np.ndarray] = {}
+    for graph in graphs:
+        outputs = graph.run(x, context)
+        found |= {f"{graph.spec.index}/{name}": v for name, v in outputs.items() if name != graph.spec.hidden}
+        if graph.spec.hidden is not None:
+            x = outputs[graph.spec.hidden]
+    return found
+
+
+def _range_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """The largest difference as a share of the reference's range (its largest magnitude)."""
+    scale = float(np.abs(ref).max(initial=0.0))
+    diff = float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
+    return diff / scale if scale > 0 else diff
 
 
 # ---------------------------------------------------------------- measurements
@@ -720,8 +844,6 @@ def _variant_report(
         "mode": mode,
         "format": "QDQ" if mode == "static" else "QOperator (DynamicQuantizeLinear, MatMulInteger)",
         "per_channel": per_channel,
-        "activations": "int8 (asymmetric, MinMax)" if mode == "static" else "uint8, range of each call's own tensor",
-        "weights": "int8 (symmetric)",
         "op_types": list(op_types) if op_types is not None else "all supported",
         "float_nodes": float_nodes,
         "fp32_segments": [c.segment for c in choices if c.precision == "fp32"],

@@ -73,8 +73,14 @@ def load_session(
     cache_dir: Path | None = None,
     sha256: str | None = None,
     shared_arena: bool = False,
+    optimize: bool = True,
 ) -> ort.InferenceSession:
-    """Load a graph; with ``cache_dir`` and ``sha256``, reuse (or write) its optimized form."""
+    """Load a graph; with ``cache_dir`` and ``sha256``, reuse (or write) its optimized form.
+
+    ``optimize=False`` runs the graph exactly as written (no fusion, no cache): an int8 graph's
+    QDQ pairs then stay Dequantize -> float op -> Quantize, the arithmetic its kernels must match."""
+    if not optimize:
+        return _create(path, session_options(threads, optimize=False, shared_arena=shared_arena))
     cached = _cache_path(cache_dir, sha256, threads) if cache_dir is not None and sha256 else None
     if cached is not None and cached.is_file():
         try:

@@ -11,10 +11,13 @@ reproduce PyTorch's logits for that same encoded input.
 Variants (other builds of the segments) run too, chained on the reference input like the fp32
 segments: a ``tflite`` variant must reproduce the reference within the tolerances its export
 checked LiteRT against ONNX with (a different LiteRT on the device shows here), or is reported
-as not run when ``ai-edge-litert`` is absent; an ``int8`` variant cannot match fp32 to a
-tolerance, so its graphs' signatures are checked, it must run, and a note says how many reference
-samples' final predictions agree with fp32. A text encoder's token outputs are compared on the
-attended tokens only (what a graph computes at padding is never read).
+as not run when ``ai-edge-litert`` is absent. An ``int8`` variant cannot match fp32 to a
+tolerance, but it must match itself: ``edgeexit quantize`` stored what its graphs compute in exact
+integer arithmetic on the reference sample (``int8/reference.npz``, from a float oracle), and this
+machine's integer kernels must reproduce every exit output within ``KERNEL_TOLERANCE`` of its
+range (a CPU whose kernels saturate, x86 without VNNI on an unsafe scheme, fails here, loudly); a
+note says how many reference samples' final predictions agree with fp32. A text encoder's token
+outputs are compared on the attended tokens only (what a graph computes at padding is never read).
 Runs on the device: ONNX Runtime, numpy and protobuf (to read config.pbtxt) only (and LiteRT
 for a tflite variant, when installed).
 """
@@ -34,6 +37,15 @@ from edgeexit.parity import ParityCheck, compare
 from edgeexit.repository import PARAM_BOUNDARY, PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, read_config
 from edgeexit.runtime.sessions import load_session
 from edgeexit.transport.generated import model_config_pb2 as pb
+
+#: Where an int8 variant keeps its oracle outputs on the reference sample (see ``edgeexit.int8_schemes``).
+INT8_REFERENCE_FILE = "int8/reference.npz"
+#: How far a CPU's int8 kernels may be from exact integer arithmetic, as a share of an output's
+#: range. Measured on MiniLM and small CNNs: where a rounding step flips, an output moves up to 3%;
+#: u8s8 saturation moved outputs by 45-164%.
+KERNEL_TOLERANCE = 0.10
+#: /proc/cpuinfo flags that decide which integer kernels ONNX Runtime runs (x86 and Arm).
+_INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
 
 #: ONNX Runtime's tensor types as v2 / Triton datatypes (``TYPE_`` + this in config.pbtxt).
 ORT_DATATYPES = {ort: v2 for v2, ort in ORT_TYPES.items()}
@@ -111,6 +123,7 @@ def _check_variant(
     mask = context.get("attention_mask")
     checks: list[ParityCheck] = []
     x = reference["input"]
+    by_segment: dict[int, dict[str, np.ndarray]] = {}
     for file, spec in zip(variant.files, manifest.segments, strict=True):
         segment = open_segment(variant.backend, package.path(file), spec, threads=1, cache_dir=None,
                                sha256=manifest.files[file])  # fmt: skip
@@ -128,10 +141,13 @@ def _check_variant(
             for name, got in outputs.items():
                 ref = reference[f"{spec.index}/{name}"]
                 checks.append(compare(f"{variant.name} segment {spec.index}", name, ref, got, atol, rtol, mask))
+        by_segment[spec.index] = outputs
         if spec.hidden is not None:
             x = outputs[spec.hidden]
     if variant.precision == "fp32":
         return checks, None
+    kernels, kernel_note = _check_int8_kernels(package, variant, by_segment)
+    checks += kernels
     final = manifest.exits[-1]
     logits = final.logits or ""
     if f"{final.segment}/{logits}" not in reference:
@@ -139,9 +155,64 @@ def _check_variant(
     want = reference[f"{final.segment}/{logits}"].argmax(axis=-1)
     agree = int(np.sum(outputs[logits].argmax(axis=-1) == want))
     return checks, (
-        f"variant {variant.name}: ran; its final exit agrees with fp32 on {agree} of {len(want)} reference "
-        "sample(s) (int8 is measured, not held to a tolerance: edgeexit quantize reports its accuracy)"
+        f"variant {variant.name}: {kernel_note}; its final exit agrees with fp32 on {agree} of {len(want)} "
+        "reference sample(s) (agreement with fp32 is measured, not held to a tolerance: edgeexit quantize "
+        "reports its accuracy)"
     )
+
+
+def _check_int8_kernels(
+    package: Package, variant: SegmentVariant, by_segment: dict[int, dict[str, np.ndarray]]
+) -> tuple[list[ParityCheck], str]:
+    """This machine's kernels against the exact integer arithmetic recorded at quantize time."""
+    record = variant.report.get("kernel_check")
+    if not isinstance(record, dict) or "file" not in record:
+        return [], (
+            "ran, but was quantized before edgeexit recorded its exact outputs, so this CPU's int8 kernels "
+            "cannot be checked (re-run edgeexit quantize)"
+        )
+    tolerance = float(record.get("tolerance", KERNEL_TOLERANCE))
+    try:
+        with np.load(package.path(str(record["file"])), allow_pickle=False) as stored:
+            oracle = {key: stored[key] for key in stored.files}
+    except Exception as err:
+        raise PackageError(f"cannot read the int8 variant's recorded outputs {record['file']}: {err}") from None
+    checks = []
+    for key, want in oracle.items():
+        segment, _, name = key.partition("/")
+        got = by_segment.get(int(segment), {}).get(name)
+        if got is None:
+            raise PackageError(f"{record['file']} holds {key!r}, which no segment of variant {variant.name} outputs")
+        atol = tolerance * float(np.abs(want).max(initial=0.0))
+        checks.append(compare(f"{variant.name} kernels vs exact, segment {segment}", name, want, got, atol, 0.0))
+    here = int8_cpu_features()
+    if all(c.ok for c in checks):
+        return checks, f"this CPU's int8 kernels ({here}) reproduce its exact integer outputs within {tolerance:.0%}"
+    return checks, (
+        f"DRIFTED: this CPU's int8 kernels ({here}) do not reproduce the exact integer outputs recorded when it was "
+        f"quantized (on {record.get('machine', 'an unrecorded machine')}) within {tolerance:.0%} of their range: "
+        f"its answers here are not the ones calibrated. Likely u8 x s8 saturation (x86 without VNNI) on scheme "
+        f"{variant.report.get('scheme', {}).get('name', 'unrecorded')!r}; re-quantize with a saturation-free "
+        "scheme (edgeexit quantize --scheme s8s8-7bit or u8s8-7bit), or run --precision fp32"
+    )
+
+
+def int8_cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's flags that pick ONNX Runtime's integer kernels, e.g. ``avx2`` (saturating u8s8)
+    or ``avx2 avx512f avx512_vnni`` (exact), or ``asimd asimddp`` on an Arm board."""
+    import platform
+
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            flags |= set(value.split())
+    found = [flag for flag in _INT8_FLAGS if flag in flags]
+    return f"{platform.machine()}: {' '.join(found) if found else 'no SIMD int8 flags read'}"
 
 
 def _litert_installed() -> bool:
