@@ -35,8 +35,8 @@ def bench(
     policy: Annotated[
         list[str] | None,
         typer.Option(
-            help="Rows to run: local, split, split@K, early+split, early+split@K, best-static, adaptive "
-            "(repeatable; default: all)."
+            help="Rows to run: local, split (every split@K, split@input too), split@K, split@input (the whole "
+            "model on the server), early+split, early+split@K, best-static, adaptive (repeatable; default: all)."
         ),
     ] = None,
     server: Annotated[

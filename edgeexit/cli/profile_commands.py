@@ -45,7 +45,7 @@ def profile(
         Path | None, typer.Option("--json", metavar="PATH", help="Write profile.json (what the policies read) here.")
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Write latency.png and splits.png (needs the [plots] extra).")
+        Path | None, typer.Option(metavar="DIR", help="Write latency.png and splits.png (needs the \\[plots] extra).")
     ] = None,
 ) -> None:
     """Measure a package on this machine: per-segment and exit-check latency (p50/p90/p99 after

@@ -239,7 +239,7 @@ def export(
     tflite: Annotated[
         bool,
         typer.Option(
-            help="Also convert every segment to tflite/k.tflite with litert-torch (the [tflite-export] extra), "
+            help="Also convert every segment to tflite/k.tflite with litert-torch (the \\[tflite-export] extra), "
             "parity-checked against the ONNX segments; run them with `edgeexit run --backend tflite`."
         ),
     ] = False,

@@ -258,3 +258,21 @@ def test_the_daemon_runs_a_tar_and_reloads_a_new_one(
     assert {r.exit for r in after} == {0}
     assert [r.exit for r in after] != [r.exit for r in want]  # so the answers below show the new package
     assert _infer(address, xs) == ([r.prediction for r in after], [r.exit for r in after])
+
+
+# --- help texts the README points at ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("profile", "(needs the [plots] extra)"),  # rich took "[plots]" for markup and printed "the  extra"
+        ("export", "(the [tflite-export] extra)"),
+        ("bench", "split@input"),
+        ("pack", "--name"),
+    ],
+)
+def test_help_shows_what_the_readme_names(cli, command: str, shown: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert shown in " ".join(done.stdout.replace("│", " ").split())
