@@ -498,7 +498,8 @@ def _usable(entry: Path, listing: _Listing, verify_hashes: bool) -> bool:
 def _extract(tar: tarfile.TarFile, listing: _Listing, stage: Path, archive: Path) -> None:
     for directory in sorted(listing.directories):
         (stage / directory).mkdir(parents=True, exist_ok=True)
-    for name in sorted(listing.files):
+    # in the tar's own order: a compressed tar then reads forward only, never rewinds its stream
+    for name in sorted(listing.files, key=lambda n: listing.files[n].offset_data):
         expected = listing.manifest.files[name]
         found = _copy_hashed(tar, listing.files[name], stage / name)
         if found != expected:
