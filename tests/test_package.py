@@ -100,7 +100,8 @@ def test_a_file_that_is_not_a_tar_is_refused(package_copy: Path) -> None:
     """A file is taken for a packed package (``edgeexit pack``); anything else says what was expected."""
     message = refused(package_copy / MANIFEST_FILE)
     assert "is not a tar" in message
-    assert "`edgeexit export`" in message and "`edgeexit pack`" in message
+    assert "`edgeexit export`" in message
+    assert "`edgeexit pack`" in message
 
 
 def test_a_manifest_that_is_not_utf8_is_refused(package_copy: Path) -> None:
