@@ -7,7 +7,6 @@ extras are not installed; CI installs them.
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import subprocess
 from pathlib import Path
@@ -139,11 +138,9 @@ def test_other_weights_fail_the_conversion_and_leave_the_package_as_it_was(
 def test_engine_on_tflite_gives_the_onnx_engine_answers(tflite_package: Path, digits: LabelledData) -> None:
     from edgeexit.runtime import Engine
 
-    if "backend" not in inspect.signature(Engine).parameters:
-        pytest.skip("Engine(backend=...) is not wired yet")
     x = digits.x[200:216]
     onnx = Engine(tflite_package).run_batch(x)
-    lite = Engine(tflite_package, backend="tflite").run_batch(x)  # type: ignore[call-arg]
+    lite = Engine(tflite_package, backend="tflite").run_batch(x)
     assert [(r.prediction, r.exit) for r in lite] == [(r.prediction, r.exit) for r in onnx]
     for a, b in zip(lite, onnx, strict=True):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
