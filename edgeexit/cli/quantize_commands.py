@@ -104,8 +104,9 @@ def quantize(
     A failed run leaves the package as it was.
     """
     from edgeexit.compile.quantize import quantize_package
-    from edgeexit.package import open_package
+    from edgeexit.package import open_package, require_directory
 
+    require_directory(package, "add int8 segments")
     opened = open_package(package)
     kept = _segments(keep_fp32)
     x, y, source = load_labelled(data, split, limit, opened, max_length)
