@@ -2,7 +2,7 @@
 
 ``verify``, ``inspect`` and ``run`` on ``pkg.tar`` answer as on the directory and share one cache
 entry; ``edgeexit serve pkg.tar`` serves the tails (a device offloads to it); the device daemon
-runs a tar named in its TOML and swaps in a new tar on SIGHUP; ``calibrate`` refuses a tar before
+runs a tar named in its TOML and swaps in a new tar on SIGHUP; ``calibrate`` and ``quantize`` refuse a tar before
 running anything. Every process a test starts is stopped in teardown, pass or fail.
 """
 
@@ -123,8 +123,11 @@ def test_verify_inspect_and_run_take_the_tar(cli, digits_package: Path, tar: Pat
     assert [e.name.split("-")[0] for e in entries] == [package_id]  # unpacked once, reused by every command
 
 
-def test_calibrate_refuses_a_tar_before_running(cli, tar: Path, samples: Path, tmp_path: Path) -> None:
-    one_error(cli("calibrate", tar, "--data", samples), "is a packed package", "run this on the package directory")
+@pytest.mark.parametrize("command", ["calibrate", "quantize"])
+def test_commands_that_change_a_package_refuse_a_tar_before_running(
+    cli, tar: Path, samples: Path, tmp_path: Path, command: str
+) -> None:
+    one_error(cli(command, tar, "--data", samples), "is a packed package", "run this on the package directory")
     assert not (tmp_path / "xdg-cache" / "edgeexit" / "packages").exists()
     assert not list(tmp_path.glob("*pareto*"))
 
