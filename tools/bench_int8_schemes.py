@@ -2,6 +2,7 @@
 
     python tools/bench_int8_schemes.py PKG --data digits --limit 400
     python tools/bench_int8_schemes.py TEXT_PKG --data tweets --split validation --limit 300
+    python tools/bench_int8_schemes.py EFFNET_PKG --data unlabelled --limit 200   # fp32 answers as labels
 
 For each scheme (``edgeexit.int8_schemes.SCHEMES``) that fits the package's mode (static QDQ for
 images, dynamic for text encoders), the package is copied and quantized with ``quantize_package``
@@ -53,8 +54,11 @@ def main() -> None:
     manifest = open_package(args.package).manifest
     mode = "dynamic" if manifest.input.context else "static"
     x, y, source = _load(args.data, args.split, args.limit, args.package)
-    if y is None:
-        raise SystemExit("--data must be labelled (or the fp32 answers are used: pass a labelled set)")
+    if y is None:  # unlabelled images: the fp32 model's own answers are the labels ("agreement")
+        from edgeexit.runtime import Engine
+
+        y = Engine(args.package, cache_dir=None, threshold=math.inf).run_full(x, timing_samples=1).logits[-1]
+        y = y.argmax(axis=1)
     print(f"CPU: {Machine.current().describe()}; int8 features: {int8_cpu_features()}")
     print(f"package {manifest.model_name}, {mode} quantization, data: {source}")
     quantize_module.KERNEL_TOLERANCE = math.inf  # measure unsafe schemes too (this script only)

@@ -185,9 +185,9 @@ def test_kernels_off_from_the_oracle_are_refused_and_nothing_is_written(
 
 
 def test_the_engine_runs_each_saturation_free_scheme_close_to_fp32(digits_package: Path, tmp_path: Path) -> None:
-    """Static u8u8 and dynamic u8s8-7bit too: written, checked against the oracle, run."""
-    for scheme, mode in (("u8u8", "static"), ("u8s8-7bit", "dynamic")):
-        root = tmp_path / scheme
+    """Static u8u8 and dynamic u8u8 (a CNN's Convs and Gemm) too: written, checked against the oracle, run."""
+    for scheme, mode in (("u8u8", "static"), ("u8u8", "dynamic")):
+        root = tmp_path / f"{scheme}-{mode}"
         shutil.copytree(digits_package, root)
         x, y = _digits(open_package(root).manifest, "test", 100)
         report = quantize_package(root, x, y, samples=32, timing_samples=2, mode=mode, scheme=scheme)
