@@ -80,6 +80,11 @@ def test_text_encoders_are_quantized_dynamically_by_default(dynamic) -> None:
 
 
 def test_engine_runs_the_int8_text_variant_padded_and_unpadded(dynamic, data) -> None:
+    """The attention mask carries through int8 segments: a padded batch answers as the texts do alone.
+    Not bit for bit: dynamic quantization takes each call's own activation range, and a batch's range
+    spans its other texts. With the u8s8 kernels this test once ran on, an AVX2-only CPU saturated and
+    the two answers drifted 0.05 apart; the default scheme (u8u8) is exact on every CPU, so what is
+    left is the range's rounding."""
     root, _ = dynamic
     tokens, _ = data
     engine = Engine(root, precision="int8", cache_dir=None, threshold=2.0)  # full depth
