@@ -9,7 +9,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ParityCheck:
-    """One output's agreement: passes when |got - ref| <= atol + rtol * |ref| everywhere."""
+    """One output's agreement: passes when |got - ref| <= atol + rtol * max|ref| everywhere.
+
+    The relative part scales with the output's largest magnitude, not each element's: float32
+    reassociation (another CPU's kernels, fused batch norm) errs in proportion to the sums' terms,
+    so an element near zero that came out of a cancellation carries the error of its neighbours.
+    Per element, EfficientNet-Lite0's first boundary (range 44) failed export on an AVX2-only EPYC
+    by 4e-4 at one element of 0.3, while it passed on an AVX-512 Xeon."""
 
     graph: str
     output: str
@@ -34,4 +40,5 @@ def compare(
         keep = mask.astype(bool)
         ref, got = ref[keep], got[keep]
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    return ParityCheck(graph, output, float(diff.max(initial=0.0)), bool(np.all(diff <= atol + rtol * np.abs(ref))))
+    scale = float(np.abs(ref).max(initial=0.0))
+    return ParityCheck(graph, output, float(diff.max(initial=0.0)), bool(np.all(diff <= atol + rtol * scale)))

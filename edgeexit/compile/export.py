@@ -52,7 +52,8 @@ from edgeexit.runtime.sessions import load_session
 
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_THRESHOLD = 0.9
-#: Parity tolerance: |onnx - torch| <= atol + rtol * |torch| for every element of every output.
+#: Parity tolerance: |onnx - torch| <= atol + rtol * max|torch| for every element of every output
+#: (``edgeexit.parity.compare``: the relative part follows each output's range).
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 
