@@ -322,9 +322,9 @@ def quantize_package(
         for c in choices:  # the stage holds only the files the variant names
             if c.precision == "fp32":
                 (stage / f"{c.segment}.onnx").unlink()
+        kernel_record = _record_kernels(kernels, choices, stage, threads, opened)
         # The fp32 segment files keep their hashes: listed again so that replacing a variant that
         # named them (Manifest.with_variant drops the old variant's files) cannot drop them.
-        kernel_record = _record_kernels(kernels, choices, stage, threads, opened)
         hashes = {s.file: manifest.files[s.file] for s in manifest.segments} | {
             name: sha256_file(stage / Path(name).name)
             for name in (*files, INT8_REFERENCE_FILE)
@@ -636,8 +636,9 @@ def _check_kernels(package: Package, segments: Sequence[SegmentSpec], stage: Pat
         raise ExportError(
             f"this CPU's int8 kernels ({int8_cpu_features()}) do not compute what the {scheme.name} graphs specify: "
             f"output {worst} is off from exact integer arithmetic by {kernels.max_error:.1%} of its range "
-            f"(tolerance {KERNEL_TOLERANCE:.0%}). That is u8 x s8 saturation (x86 without VNNI); the package is left "
-            f"as it was. Use a saturation-free scheme: {safe}"
+            f"(tolerance {KERNEL_TOLERANCE:.0%}). On x86 without VNNI that is u8 x s8 saturation; a dynamic u8s8 graph "
+            f"also drifts through DynamicQuantizeMatMul's own rounding. The package is left as it was. Use a "
+            f"saturation-free scheme ({safe}); the defaults are s8s8-7bit (static) and u8u8 (dynamic)"
         )
     return kernels
 

@@ -191,9 +191,9 @@ def _check_int8_kernels(
     return checks, (
         f"DRIFTED: this CPU's int8 kernels ({here}) do not reproduce the exact integer outputs recorded when it was "
         f"quantized (on {record.get('machine', 'an unrecorded machine')}) within {tolerance:.0%} of their range: "
-        f"its answers here are not the ones calibrated. Likely u8 x s8 saturation (x86 without VNNI) on scheme "
-        f"{variant.report.get('scheme', {}).get('name', 'unrecorded')!r}; re-quantize with a saturation-free "
-        "scheme (edgeexit quantize --scheme s8s8-7bit or u8s8-7bit), or run --precision fp32"
+        f"its answers here are not the ones calibrated. On x86 without VNNI, likely u8 x s8 saturation (scheme "
+        f"{variant.report.get('scheme', {}).get('name', 'unrecorded')!r}); re-quantize with a saturation-free "
+        "scheme (edgeexit quantize --scheme s8s8-7bit for images, u8u8 for text), or run --precision fp32"
     )
 
 
