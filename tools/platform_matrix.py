@@ -30,6 +30,8 @@ Why it does more than `pip download --platform`:
   marker override depends on pip's internals, and pip 26 resolves a cell about 2-3x faster than
   pip 23.2 when the index serves no PEP 658 metadata (every resolution then downloads the wheels it
   considers; pip's HTTP cache does not help when the index sends no cache headers).
+- Index files pip could never pick (other versions of a pinned package, sdists) are dropped before
+  pip parses the pages (see _SHIM): the same outcome, in ~5 s a cell instead of ~7-25 s.
 
 The project is not built: the extra's requirements are read from pyproject.toml (self-references such
 as ``edgeexit[export]`` expanded), with ``requires-python`` checked against each target, and given
