@@ -40,13 +40,12 @@ import shutil
 import socket
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from edgeexit.errors import ArchiveError, PackageError
-from edgeexit.fileio import _umask
+from edgeexit.fileio import _umask, atomic_output
 from edgeexit.manifest import MANIFEST_FILE, Manifest
 
 #: Overrides where tars are unpacked (default ``$XDG_CACHE_HOME/edgeexit/packages``).
@@ -135,7 +134,7 @@ def pack(
     entries = [(d, None) for d in directories] + [(f, listed[f]) for f in listed]
     entries.sort(key=lambda entry: entry[0])
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_output(target) as stream, tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_output(target) as stream, tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_info(name, None, mtime))
         tar.addfile(_info(f"{name}/{MANIFEST_FILE}", len(manifest_bytes), mtime), io.BytesIO(manifest_bytes))
         for relative, expected in entries:
@@ -197,22 +196,6 @@ class _HashingReader:
         chunk = self._stream.read(size)
         self.digest.update(chunk)
         return chunk
-
-
-@contextlib.contextmanager
-def _atomic_output(target: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``target``, fsynced and renamed over it only when the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _walk_files(root: Path) -> list[str]:

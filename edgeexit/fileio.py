@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -25,8 +26,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary stream to a temporary file beside ``path``, fsynced and renamed over it only when
+    the block succeeds (removed when it raises), so a reader never sees a partial file.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600, so a
     daemon or container running as another user can read the package.
@@ -37,13 +40,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_output``)."""
+    with atomic_output(path) as stream:
+        stream.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

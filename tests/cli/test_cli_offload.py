@@ -72,17 +72,6 @@ def _check_answers(rows: list[dict], reference: dict[str, list], atol: float = 2
         np.testing.assert_allclose(row["probabilities"], want.probabilities, atol=atol if offloaded else 1e-5)
 
 
-def _clean_error(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr + done.stdout
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 # ---------------------------------------------------------------- offloading
 
 
@@ -215,10 +204,10 @@ def test_without_server_nothing_changes(cli, digits_package: Path, labelled: Pat
 # ---------------------------------------------------------------- mistakes: one line, status 1
 
 
-def test_a_mistake_is_one_clean_line(cli, digits_package: Path, labelled: Path, dead: str) -> None:
+def test_a_mistake_is_one_clean_line(cli, one_error, digits_package: Path, labelled: Path, dead: str) -> None:
     """As a real process: status 1, one ``error:`` line, no traceback (the rest run in-process)."""
     refused = cli("run", digits_package, labelled, "--server", dead, "--split", "2")
-    _clean_error(refused, "boundary 2", "(0..1, or -1: the model input)", "3 segments")
+    one_error(refused, "boundary 2", "(0..1, or -1: the model input)", "3 segments")
 
 
 def _refused(*args: str | Path) -> str:

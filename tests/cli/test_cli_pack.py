@@ -67,17 +67,6 @@ def samples(tmp_path: Path, digits) -> Path:
     return path
 
 
-def one_error(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr + done.stdout
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 # --- pack ---------------------------------------------------------------------------------------------------------
 
 
@@ -93,7 +82,7 @@ def test_pack_prints_the_path_size_sha256_and_package_id(cli, digits_package: Pa
     assert f"{len(manifest.files) + 1} files under {digits_package.name}/" in done.stdout  # tar -xf gives it back
 
 
-def test_pack_refuses_a_corrupt_package(cli, package_copy: Path, tmp_path: Path) -> None:
+def test_pack_refuses_a_corrupt_package(cli, one_error, package_copy: Path, tmp_path: Path) -> None:
     (package_copy / "segments" / "0.onnx").write_bytes(b"not the exported graph")
     one_error(cli("pack", package_copy, tmp_path / "p.tar"), "0.onnx was altered", "no tar was written")
     assert not (tmp_path / "p.tar").exists()
@@ -125,14 +114,14 @@ def test_verify_inspect_and_run_take_the_tar(cli, digits_package: Path, tar: Pat
 
 @pytest.mark.parametrize("command", ["calibrate", "quantize"])
 def test_commands_that_change_a_package_refuse_a_tar_before_running(
-    cli, tar: Path, samples: Path, tmp_path: Path, command: str
+    cli, one_error, tar: Path, samples: Path, tmp_path: Path, command: str
 ) -> None:
     one_error(cli(command, tar, "--data", samples), "is a packed package", "run this on the package directory")
     assert not (tmp_path / "xdg-cache" / "edgeexit" / "packages").exists()
     assert not list(tmp_path.glob("*pareto*"))
 
 
-def test_a_tar_with_a_link_is_one_error_line(cli, tar: Path, tmp_path: Path) -> None:
+def test_a_tar_with_a_link_is_one_error_line(cli, one_error, tar: Path, tmp_path: Path) -> None:
     import tarfile
 
     bad = tmp_path / "bad.tar"
