@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from edgeexit.errors import ArchiveError, PackageError
-from edgeexit.fileio import _umask, atomic_output
+from edgeexit.fileio import _umask, atomic_output, sha256_file
 from edgeexit.manifest import MANIFEST_FILE, Manifest
 
 #: Overrides where tars are unpacked (default ``$XDG_CACHE_HOME/edgeexit/packages``).
@@ -145,7 +145,7 @@ def pack(
     return PackedArchive(
         path=target,
         size=target.stat().st_size,
-        sha256=_sha256_file(target),
+        sha256=sha256_file(target),
         package_id=manifest.package_id,
         model_name=manifest.model_name,
         root_name=name,
@@ -204,14 +204,6 @@ def _walk_files(root: Path) -> list[str]:
         for file in files:
             found.append((Path(directory) / file).relative_to(root).as_posix())
     return sorted(found)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- read and check, before anything is written -----------------------------------------------------------------
@@ -473,7 +465,7 @@ def _usable(entry: Path, listing: _Listing, verify_hashes: bool) -> bool:
         return True
     for name, expected in listing.manifest.files.items():
         file = entry / name
-        if not file.is_file() or _sha256_file(file) != expected:
+        if not file.is_file() or sha256_file(file) != expected:
             return False
     return True
 
