@@ -6,9 +6,10 @@ large (255 x 127 x 2 > 32,767); ONNX Runtime's quantization docs warn of it and 
 weights (``reduce_range``) or U8U8. With VNNI (``VPDPBUSD``, 32-bit sums) and on ARM (``SDOT`` /
 ``UDOT``) nothing saturates. So the same int8 graph gave visibly different answers on an AVX2
 EPYC and an AVX-512 VNNI Xeon. Measured on an AVX2-only EPYC (``tools/bench_int8_schemes.py``):
-u8s8 dynamic MatMuls were off from exact integer arithmetic by 45-164% of their output range
-(the tiny test encoder and all-MiniLM-L6-v2), static s8s8 by about one rounding step, while 7-bit
-weights and u8u8 matched it (0.00% chained through a whole CNN; u8u8 through MiniLM). One catch:
+the old defaults were off from exact integer arithmetic by 17.6% (static s8s8, a small CNN), 31%
+(dynamic u8s8, all-MiniLM-L6-v2) and 121% (s8s8, EfficientNet-Lite0) of an exit output's range,
+while 7-bit weights and u8u8 stayed at rounding level (0.00% on the CNN, u8u8 0.00% on MiniLM,
+at most 2.2% on EfficientNet-Lite0). One catch:
 ONNX Runtime fuses dynamic u8s8 MatMuls into DynamicQuantizeMatMul, which quantizes activations
 with its own rounding, so u8s8-7bit drifted 13% from the oracle on MiniLM though no product
 saturated; u8u8 is not fused that way and stayed exact. The check below is what catches such things.
@@ -50,7 +51,6 @@ class Int8Scheme:
     weights: str  # "int8" or "uint8"
     reduce_range: bool
     saturation_free: bool
-    note: str
 
     def record(self) -> dict[str, Any]:
         """What the manifest keeps: enough to say how the variant was built and to rebuild it."""
@@ -73,17 +73,13 @@ class Int8Scheme:
 SCHEMES: dict[str, Int8Scheme] = {
     scheme.name: scheme
     for scheme in (
-        Int8Scheme("s8s8-7bit", "int8", "int8", True, True,
-                   "int8 activations, 7-bit int8 weights: exact on every CPU (static default)"),
-        Int8Scheme("u8s8-7bit", "uint8", "int8", True, True,
-                   "uint8 activations, 7-bit int8 weights: exact products; but dynamic graphs fuse into "
-                   "DynamicQuantizeMatMul, whose own activation rounding drifted 13% from the oracle on MiniLM"),
-        Int8Scheme("u8u8", "uint8", "uint8", False, True,
-                   "uint8 activations and weights: no VPMADDUBSW, so no saturation (dynamic default)"),
-        Int8Scheme("s8s8", "int8", "int8", False, False,
-                   "int8 activations and weights, 8-bit: may saturate on x86 without VNNI"),
-        Int8Scheme("u8s8", "uint8", "int8", False, False,
-                   "ONNX Runtime's dynamic default: saturates on x86 without VNNI (AVX2, AVX-512 w/o VNNI)"),
+        Int8Scheme("s8s8-7bit", "int8", "int8", True, True),  # static default
+        # exact products, but dynamic graphs fuse into DynamicQuantizeMatMul, whose own activation
+        # rounding drifted 13% from the oracle on MiniLM
+        Int8Scheme("u8s8-7bit", "uint8", "int8", True, True),
+        Int8Scheme("u8u8", "uint8", "uint8", False, True),  # no VPMADDUBSW, so no saturation; dynamic default
+        Int8Scheme("s8s8", "int8", "int8", False, False),  # saturates on x86 without VNNI
+        Int8Scheme("u8s8", "uint8", "int8", False, False),  # ONNX Runtime's dynamic default; saturates likewise
     )
 }  # fmt: skip
 #: Per quantization mode (static QDQ, dynamic): saturation-free schemes, measured in docs/benchmarks.md.

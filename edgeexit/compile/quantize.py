@@ -294,8 +294,8 @@ def quantize_package(
                                       scheme=chosen_scheme, scratch=Path(scratch))
                 )  # fmt: skip
             # Before timing or calibrating anything: int8 graphs this CPU computes wrongly are refused.
-            kernels = _check_kernels(opened, manifest.segments, stage, Path(scratch), chosen_scheme)
-        int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
+            int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
+            kernels = _check_kernels(opened, int8, stage, Path(scratch), chosen_scheme)
         timings = _time_side_by_side(fp32, int8, data, timing_samples, stage, opened)
         alone = _alone_agreement(fp32, int8, manifest, evaluation)
         choices = _choose(timings, alone, keep, auto, min_agreement)
@@ -322,7 +322,7 @@ def quantize_package(
         for c in choices:  # the stage holds only the files the variant names
             if c.precision == "fp32":
                 (stage / f"{c.segment}.onnx").unlink()
-        kernel_record = _record_kernels(kernels, choices, stage, threads, opened)
+        kernel_record = _record_kernels(kernels, fp32, choices, stage)
         # The fp32 segment files keep their hashes: listed again so that replacing a variant that
         # named them (Manifest.with_variant drops the old variant's files) cannot drop them.
         hashes = {s.file: manifest.files[s.file] for s in manifest.segments} | {
@@ -613,18 +613,17 @@ class _Kernels:
     worst: str
 
 
-def _check_kernels(package: Package, segments: Sequence[SegmentSpec], stage: Path, scratch: Path,
+def _check_kernels(package: Package, int8: Sequence[_Graph], stage: Path, scratch: Path,
                    scheme: Int8Scheme) -> _Kernels:  # fmt: skip
     """Run the reference sample through the int8 segments twice, chained: in this machine's integer
     kernels (as the engine runs them) and in the float oracle. Refuse when they differ by more than
     ``KERNEL_TOLERANCE`` of an output's range: then the kernels do not compute what the graph says."""
     x, context = reference_inputs(package.manifest, load_reference(package))
-    int8, oracle = [], []
-    for spec in segments:
-        built = scratch / f"{spec.index}.oracle.onnx"
-        float_oracle(stage / f"{spec.index}.onnx", built)
-        int8.append(_Graph(spec, _load_int8(stage / f"{spec.index}.onnx", spec, 1)))
-        oracle.append(_Graph(spec, load_session(built, 1, optimize=False)))
+    oracle = []
+    for graph in int8:
+        built = scratch / f"{graph.spec.index}.oracle.onnx"
+        float_oracle(stage / f"{graph.spec.index}.onnx", built)
+        oracle.append(_Graph(graph.spec, load_session(built, 1, optimize=False)))
     got, want = _chain(int8, x, context), _chain(oracle, x, context)
     errors = {key: _range_error(got[key], ref) for key, ref in want.items()}
     worst = max(errors, key=errors.__getitem__)
@@ -643,17 +642,14 @@ def _check_kernels(package: Package, segments: Sequence[SegmentSpec], stage: Pat
     return kernels
 
 
-def _record_kernels(kernels: _Kernels, choices: Sequence[SegmentChoice], stage: Path, threads: int,
-                    package: Package) -> dict[str, Any]:  # fmt: skip
+def _record_kernels(kernels: _Kernels, fp32: Sequence[_Graph], choices: Sequence[SegmentChoice],
+                    stage: Path) -> dict[str, Any]:  # fmt: skip
     """Store the variant's oracle outputs on the reference sample (fp32 graphs where a segment stays
     fp32) for verify, and say what was checked here and on which CPU."""
     from edgeexit.profile.record import Machine
     from edgeexit.runtime.verify import int8_cpu_features
 
-    chain = [
-        _Graph(o.spec, load_session(package.path(o.spec.file), threads)) if c.precision == "fp32" else o
-        for o, c in zip(kernels.oracle, choices, strict=True)
-    ]
+    chain = [f if c.precision == "fp32" else o for f, o, c in zip(fp32, kernels.oracle, choices, strict=True)]
     outputs = _chain(chain, kernels.x, kernels.context)
     target = stage / Path(INT8_REFERENCE_FILE).name
     partial = target.with_suffix(".partial.npz")
