@@ -436,7 +436,9 @@ def unpack(
             stage.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the package from a daemon's other users
             _extract(tar, listing, stage, archive)
             if entry.exists():
-                _retire(entry, cache)  # a damaged entry (it failed _usable): out of the way, then replaced
+                if _usable(entry, listing, verify_hashes):  # another unpacker finished while we extracted
+                    return Unpacked(archive, entry, listing.manifest, reused=True)
+                _retire(entry, cache)  # damaged: out of the way, then replaced
             try:
                 os.rename(stage, entry)
             except OSError as err:
