@@ -6,22 +6,44 @@ import it too. Workstation code lives in ``edgeexit.compile``, the device runtim
 """
 
 from edgeexit.errors import (
+    ArchiveError,
+    ConfigError,
     DataError,
     EdgeExitError,
     ExportError,
     InputError,
     ModelError,
+    OffloadError,
+    OffloadRejected,
+    OffloadTimeout,
     PackageError,
+    ProfileError,
+    RequestError,
+    ServerError,
+    ServerUnavailable,
+    UnknownNameError,
+    UsageError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveError",
+    "ConfigError",
     "DataError",
     "EdgeExitError",
     "ExportError",
     "InputError",
     "ModelError",
+    "OffloadError",
+    "OffloadRejected",
+    "OffloadTimeout",
     "PackageError",
+    "ProfileError",
+    "RequestError",
+    "ServerError",
+    "ServerUnavailable",
+    "UnknownNameError",
+    "UsageError",
     "__version__",
 ]

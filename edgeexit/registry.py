@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UnknownNameError, UsageError
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(entry: T) -> T:
             if name in self._entries:
-                raise EdgeExitError(f"{self.kind} {name!r} is registered twice; pick another name")
+                raise UsageError(f"{self.kind} {name!r} is registered twice; pick another name")
             self._entries[name] = entry
             return entry
 
@@ -37,7 +37,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
-            raise EdgeExitError(f"unknown {self.kind} {name!r}; expected one of: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; expected one of: {known}") from None
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))

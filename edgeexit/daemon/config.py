@@ -15,15 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8101"
 LOG_FORMATS = ("json", "text")
 CODECS = ("fp32", "fp16", "int8")
-
-
-class ConfigError(EdgeExitError):
-    """device.toml cannot be used as written; the message names the key."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from edgeexit.errors import EdgeExitError, PackageError
+from edgeexit.errors import EdgeExitError, PackageError, ProfileError
 from edgeexit.fileio import atomic_write_text
 from edgeexit.manifest import Manifest, _parse, _to_plain
 from edgeexit.policy.costs import DeviceCosts
@@ -31,10 +31,6 @@ from edgeexit.profile.radio import get_radio
 PROFILE_FORMAT = "edgeexit-profile"
 PROFILE_VERSION = 1
 PROFILE_FILE = "profile.json"
-
-
-class ProfileError(EdgeExitError):
-    """A profile.json that cannot be read, or that does not fit the package it is used with."""
 
 
 @dataclass(frozen=True)

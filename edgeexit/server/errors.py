@@ -1,4 +1,4 @@
-"""What the tail server raises: a setup problem the operator fixes, or a request the client fixes.
+"""The server's errors live in ``edgeexit.errors``; these helpers build the two most common requests errors.
 
 ``RequestError`` carries the gRPC status code the client receives, so validation, batching and
 the service agree on one mapping (docs/offload.md, "Status codes") without a table in between.
@@ -8,20 +8,9 @@ from __future__ import annotations
 
 import grpc
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import RequestError, ServerError
 
-
-class ServerError(EdgeExitError):
-    """The server cannot start as configured: a port, a certificate, a token file, a model."""
-
-
-class RequestError(EdgeExitError):
-    """One request cannot be served; ``code`` goes on the wire, ``message`` says what was expected."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["RequestError", "ServerError", "invalid", "not_found"]
 
 
 def invalid(message: str) -> RequestError:
