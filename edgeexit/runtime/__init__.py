@@ -11,11 +11,13 @@ result = engine.resume(state)    # finish here: the same Result run() gives
 """
 
 from edgeexit.runtime.engine import BatchProgress, Engine, ExitRule, FullDepth, OffloadInfo, Pending, Result
+from edgeexit.runtime.settings import EngineSettings
 from edgeexit.runtime.verify import VerifyReport, verify_package
 
 __all__ = [
     "BatchProgress",
     "Engine",
+    "EngineSettings",
     "ExitRule",
     "FullDepth",
     "OffloadInfo",

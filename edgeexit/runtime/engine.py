@@ -31,6 +31,7 @@ from edgeexit.package import Package, open_package
 from edgeexit.runtime.backends import BACKENDS, PRECISIONS, Segment, open_segment
 from edgeexit.runtime.ort_backend import BoundChain, OrtSegment
 from edgeexit.runtime.sessions import default_cache_dir
+from edgeexit.runtime.settings import EngineSettings
 
 #: A model input: one array, or for a model with context inputs (a text encoder) a mapping
 #: from the input's name and every context input's name to its array (``input_ids``,
@@ -265,6 +266,12 @@ class Engine:
         if all(isinstance(s, OrtSegment) for s in self.segments) and not self._context_names:
             with contextlib.suppress(ValueError):  # dynamic non-batch axes: plain runs
                 self._chain = BoundChain(self.segments, manifest.input.tensor)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_settings(cls, package: str | Path | Package, settings: EngineSettings) -> Engine:
+        """The engine the CLI, ``device.toml`` and the benchmarks build: one record, one place."""
+        return cls(package, threads=settings.threads, criterion=settings.criterion, threshold=settings.threshold,
+                   cache_dir=settings.cache_dir, backend=settings.backend, precision=settings.precision)  # fmt: skip
 
     @property
     def num_exits(self) -> int:
