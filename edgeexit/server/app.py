@@ -26,9 +26,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from edgeexit.errors import ServerError
 from edgeexit.server.auth import BearerTokenInterceptor
 from edgeexit.server.batching import Batcher
-from edgeexit.server.errors import ServerError
 from edgeexit.server.metrics import ServerMetrics
 from edgeexit.server.models import ModelSet, load_models
 from edgeexit.server.reflection import enable_reflection

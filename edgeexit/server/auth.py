@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from edgeexit.server.errors import ServerError
+from edgeexit.errors import ServerError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 _SCHEME = "bearer"

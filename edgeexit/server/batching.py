@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from edgeexit.server.errors import RequestError
+from edgeexit.errors import RequestError
 
 #: One session run: a batch of inputs → outputs by name, every array batch-first.
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

@@ -22,11 +22,11 @@ import onnxruntime as ort
 
 from edgeexit.codecs import DATATYPES, ORT_TYPES
 from edgeexit.errors import PackageError
+from edgeexit.kserve.status import not_found
 from edgeexit.manifest import MANIFEST_FILE
 from edgeexit.package import open_package
 from edgeexit.repository import PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, RepositoryModel, scan_repository
 from edgeexit.runtime.sessions import load_session
-from edgeexit.server.errors import not_found
 from edgeexit.transport.generated import model_config_pb2 as pb
 
 TAILS_DIR = "tails"

@@ -1,10 +1,9 @@
-"""The KServe v2 ``inference.GRPCInferenceService`` over the loaded tails (grpc.aio).
+"""The tail server's ``inference.GRPCInferenceService`` over the loaded tails (grpc.aio).
 
-Handlers are registered here rather than through the generated ``add_..._to_server`` because
-ModelInfer takes its request as bytes (no deserializer): ``validation.parse_request`` checks the
-size against the server's limit and parses it, so an oversize or unparsable message gets
-INVALID_ARGUMENT with a reason (grpc itself would answer RESOURCE_EXHAUSTED or UNKNOWN). The
-other calls carry a model name at most and use the generated messages as usual.
+The calls every edgeexit server answers alike (health, ServerMetadata, the handler table) are
+``edgeexit.kserve``'s; this module adds what a tail server has of its own: models found by name
+and version in a ``ModelSet``, ModelConfig, and ModelInfer through each model's batching queue
+with the queue and compute times in the response.
 
 Every ModelInfer ends in exactly one ``requests_total`` sample, whatever its status code.
 """
@@ -13,71 +12,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from edgeexit import __version__
-from edgeexit.server.batching import Batcher, BatchResult
-from edgeexit.server.errors import RequestError
-from edgeexit.server.metrics import ServerMetrics
+from edgeexit.errors import RequestError
+from edgeexit.kserve.request import MessageLimit, parse_request
+from edgeexit.kserve.response import add_output, set_parameter
+from edgeexit.kserve.service import SERVICE, KServeService, unary
+from edgeexit.kserve.status import abort
 from edgeexit.server.models import ModelSet, TailModel
-from edgeexit.server.validation import decode, parse_request
+from edgeexit.server.validation import decode
 from edgeexit.transport.generated import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:  # the metrics module needs prometheus-client; the service only calls what it is given
+    from edgeexit.server.batching import Batcher, BatchResult
+    from edgeexit.server.metrics import ServerMetrics
+
+__all__ = ["BATCH_SIZE", "COMPUTE_MS", "QUEUE_MS", "SERVICE", "InferenceService"]
 
 _log = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
-SERVER_NAME = "edgeexit"
-#: The v2 protocol extensions this server implements beyond the core calls.
-EXTENSIONS = ("model_configuration", "parameters")
 #: Response parameters (docs/offload.md): the request's wait for its batch, the batch's run, its size.
 QUEUE_MS = "queue_ms"
 COMPUTE_MS = "compute_ms"
 BATCH_SIZE = "batch_size"
 
 
-class InferenceService:
-    """The v2 calls; ``ready`` is False until the server listens and again once it drains."""
+class InferenceService(KServeService[TailModel]):
+    """The v2 calls of ``edgeexit serve``; ``ready`` is False until the server listens and again once it drains."""
+
+    SERVER_NAME = "edgeexit"
+    EXTENSIONS = ("model_configuration", "parameters")
 
     def __init__(
         self, models: ModelSet, batchers: dict[str, Batcher], metrics: ServerMetrics, *, max_message_bytes: int
     ) -> None:
+        super().__init__()
         self.models = models
         self.batchers = batchers
         self.metrics = metrics
-        self.max_message_bytes = max_message_bytes
-        self.ready = False
+        self.limit = MessageLimit(max_message_bytes, "this server", " (edgeexit serve --max-message-mb)")
 
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
-
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelReadyResponse:
-        """Not ready (rather than an error) for a model this server does not have, as Triton answers."""
-        try:
-            self.models.get(request.name, request.version)
-        except RequestError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.ready)
-
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
+    def find_model(self, name: str, version: str) -> TailModel:
+        return self.models.get(name, version)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = await self._model(request.name, request.version, context)
+        model = await self.model_or_abort(request.name, request.version, context)
         response = pb.ModelMetadataResponse(
             name=model.name,
             versions=[str(v) for v in self.models.versions(model.name)],
@@ -93,7 +77,7 @@ class InferenceService:
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         """The effective configuration: config.pbtxt with the server's flags applied."""
-        model = await self._model(request.name, request.version, context)
+        model = await self.model_or_abort(request.name, request.version, context)
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(model.config)
         return response
@@ -101,7 +85,7 @@ class InferenceService:
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         labels = ("", "")
         try:
-            request = parse_request(data, self.max_message_bytes)
+            request = parse_request(data, self.limit)
             model = self.models.get(request.model_name, request.model_version)
             labels = (model.name, str(model.version))
             decoded = decode(request, model)
@@ -109,47 +93,22 @@ class InferenceService:
             response = _response(request, model, decoded.outputs, result)
         except RequestError as err:
             self.metrics.request(*labels, err.code.name)
-            await context.abort(err.code, err.message)
+            await abort(context, err)
         except asyncio.CancelledError:  # deadline passed or the client went away
             self.metrics.request(*labels, grpc.StatusCode.CANCELLED.name)
             raise
         except Exception as err:  # a bug, not the client's fault: say so, log it, keep serving
             _log.exception("ModelInfer failed")
             self.metrics.request(*labels, grpc.StatusCode.INTERNAL.name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(err).__name__}: {err}")
+            internal = RequestError(grpc.StatusCode.INTERNAL, f"internal server error: {type(err).__name__}: {err}")
+            await abort(context, internal)
         self.metrics.request(*labels, grpc.StatusCode.OK.name)
         return response
 
-    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> TailModel:
-        try:
-            return self.models.get(name, version)
-        except RequestError as err:
-            await context.abort(err.code, err.message)
-            raise  # unreachable: abort raises; keeps type checkers sure a model is returned
-
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        def unary(behaviour: object, request: type, response: type) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=request.FromString, response_serializer=response.SerializeToString
-            )
-
-        return {
-            "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "ModelConfig": unary(self.ModelConfig, pb.ModelConfigRequest, pb.ModelConfigResponse),
-            # bytes in: parse_request checks the size and parses (see the module docstring)
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(
-                self.ModelInfer, request_deserializer=None, response_serializer=pb.ModelInferResponse.SerializeToString
-            ),
+        return super().handlers() | {
+            "ModelConfig": unary(self.ModelConfig, pb.ModelConfigRequest, pb.ModelConfigResponse)
         }
-
-    def register(self, server: grpc.aio.Server) -> None:
-        handlers = self.handlers()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _response(
@@ -159,10 +118,8 @@ def _response(
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
     for name in outputs:
         spec = next(s for s in model.outputs if s.name == name)
-        array = np.ascontiguousarray(result.outputs[name], dtype=spec.dtype)
-        response.outputs.add(name=name, datatype=spec.datatype, shape=list(array.shape))
-        response.raw_output_contents.append(array.tobytes())
-    response.parameters[QUEUE_MS].double_param = result.queue_ms
-    response.parameters[COMPUTE_MS].double_param = result.compute_ms
-    response.parameters[BATCH_SIZE].int64_param = result.batch_size
+        add_output(response, name, spec.datatype, np.asarray(result.outputs[name], dtype=spec.dtype))
+    set_parameter(response.parameters, QUEUE_MS, float(result.queue_ms))
+    set_parameter(response.parameters, COMPUTE_MS, float(result.compute_ms))
+    set_parameter(response.parameters, BATCH_SIZE, int(result.batch_size))
     return response

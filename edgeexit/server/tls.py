@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from edgeexit.server.errors import ServerError
+from edgeexit.errors import ServerError
 
 
 def _read_pem(path: Path, what: str) -> bytes:

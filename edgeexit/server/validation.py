@@ -1,12 +1,11 @@
-"""A ModelInfer request → the numpy arrays a model's session takes, or a ``RequestError``.
+"""A ModelInfer request → the numpy arrays a tail's session takes, or a ``RequestError``.
 
 Every check names what the model expected, so a client author can fix the request from the
 message alone (docs/offload.md, "Status codes"). Nothing here touches the session: a request
-that passes is guaranteed to concatenate with others into one batch and run.
-
-The request arrives as bytes (the service registers ModelInfer without a deserializer): that
-lets the server answer an oversize or unparsable message with INVALID_ARGUMENT and a reason,
-where grpc's own handling would give RESOURCE_EXHAUSTED or UNKNOWN with none.
+that passes is guaranteed to concatenate with others into one batch and run. Parsing the bytes,
+string parameters and the requested outputs are ``edgeexit.kserve.request``'s; what is a tail
+server's own is here: several inputs per the model's config.pbtxt, the ``package_id`` and codec
+a hidden tensor must match, and the int8 scale / zero point sent as request parameters.
 """
 
 from __future__ import annotations
@@ -14,13 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from edgeexit.codecs import SCALE, ZERO_POINT
+from edgeexit.kserve.request import requested_outputs, string_parameter
+from edgeexit.kserve.status import failed_precondition, invalid
 from edgeexit.repository import PARAM_CODEC, PARAM_PACKAGE_ID
-from edgeexit.server.errors import RequestError, invalid
 from edgeexit.server.models import TailModel, TensorSpec
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
@@ -38,25 +36,10 @@ class Decoded:
     outputs: tuple[str, ...]
 
 
-def parse_request(data: bytes, limit: int) -> pb.ModelInferRequest:
-    if len(data) > limit:
-        raise invalid(
-            f"the request is {len(data)} bytes; this server accepts at most {limit} bytes per message "
-            "(edgeexit serve --max-message-mb); send fewer samples per request"
-        )
-    try:
-        return pb.ModelInferRequest.FromString(data)
-    except DecodeError as err:
-        raise invalid(
-            f"the request bytes do not parse as inference.ModelInferRequest ({err}); expected a serialized "
-            "KServe v2 ModelInferRequest"
-        ) from None
-
-
 def decode(request: pb.ModelInferRequest, model: TailModel) -> Decoded:
     """Check ``request`` against ``model`` (parameters, inputs, shapes, bytes) and build its arrays."""
     _check_identity(request, model)
-    outputs = _requested_outputs(request, model)
+    outputs = requested_outputs(request, [spec.name for spec in model.outputs], f"model {model.name!r} returns")
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise invalid(
             f"the request has {len(request.inputs)} inputs but {len(request.raw_input_contents)} "
@@ -101,40 +84,18 @@ def _expected(model: TailModel) -> str:
     )
 
 
-def _string_parameter(request: pb.ModelInferRequest, key: str) -> str | None:
-    if key not in request.parameters:
-        return None
-    parameter = request.parameters[key]
-    if parameter.WhichOneof("parameter_choice") != "string_param":
-        raise invalid(f"request parameter {key!r} must be a string_param")
-    return parameter.string_param
-
-
 def _check_identity(request: pb.ModelInferRequest, model: TailModel) -> None:
     """The package the tensor came from, then its codec: absent means not checked."""
-    package_id = _string_parameter(request, PARAM_PACKAGE_ID)
+    package_id = string_parameter(request, PARAM_PACKAGE_ID)
     if package_id is not None and model.package_id is not None and package_id != model.package_id:
-        raise RequestError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise failed_precondition(
             f"the tensor comes from package_id {package_id!r} but model {model.name!r} belongs to package_id "
             f"{model.package_id!r}; a hidden tensor only fits the weights it came from: deploy the same "
-            "package on the device and the server",
+            "package on the device and the server"
         )
-    codec = _string_parameter(request, PARAM_CODEC)
+    codec = string_parameter(request, PARAM_CODEC)
     if codec is not None and model.codec is not None and codec != model.codec:
         raise invalid(f"the request's codec is {codec!r} but model {model.name!r} takes codec {model.codec!r}")
-
-
-def _requested_outputs(request: pb.ModelInferRequest, model: TailModel) -> tuple[str, ...]:
-    known = [spec.name for spec in model.outputs]
-    asked = [output.name for output in request.outputs]
-    unknown = [name for name in asked if name not in known]
-    if unknown:
-        raise invalid(
-            f"unknown requested output {', '.join(map(repr, unknown))}; model {model.name!r} returns "
-            f"{', '.join(map(repr, known))}"
-        )
-    return tuple(dict.fromkeys(asked)) or tuple(known)
 
 
 def _array(
