@@ -116,44 +116,23 @@ def test_device_extra_offloads_to_a_tail_server(
 
 def test_device_extra_runs_the_device_daemon(device_venv: Path, digits_package: Path, digits, tmp_path: Path) -> None:
     """`edgeexit device` from a [device]-only venv answers the local v2 API and drains on SIGTERM."""
-    import queue
     import signal
-    import threading
 
     import grpc
     import numpy as np
 
+    from edgeexit.daemon.app import READY_PREFIX
+    from edgeexit.procs import ChildProcess
     from edgeexit.runtime import Engine
     from edgeexit.transport.generated import grpc_service_pb2 as pb
     from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 
     config = tmp_path / "device.toml"
     config.write_text(f'package = "{digits_package}"\nlisten = "127.0.0.1:0"\n', encoding="utf-8")
-    daemon = subprocess.Popen(
-        [str(device_venv / "bin" / "edgeexit"), "device", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    log: list[str] = []
-
-    def drain() -> None:
-        assert daemon.stderr is not None
-        for line in daemon.stderr:
-            log.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        address = None
-        while address is None:
-            line = lines.get(timeout=120)
-            assert line is not None, "".join(log)
-            if line.startswith("edgeexit device: listening on "):
-                address = line.removeprefix("edgeexit device: listening on ").strip()
+    command = [str(device_venv / "bin" / "edgeexit"), "device", "--config", str(config)]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with ChildProcess(command, env=env, name="edgeexit device") as daemon:
+        address = daemon.wait_ready(READY_PREFIX)
         x = np.ascontiguousarray(digits.x[:1], dtype="<f4")
         request = pb.ModelInferRequest(model_name="")
         request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
@@ -163,8 +142,4 @@ def test_device_extra_runs_the_device_daemon(device_venv: Path, digits_package: 
         expected = Engine(digits_package, cache_dir=None).run(digits.x[0]).prediction
         assert reply.parameters["prediction"].int64_param == expected
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0, "".join(log)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(timeout=30)
+        assert daemon.wait(timeout=60) == 0, daemon.text()

@@ -53,11 +53,13 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,7 +71,6 @@ CODECS = ("fp32", "fp16", "int8")
 KINDS = ("convfc", "conv")
 MAX_BATCH = 64
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-READY = re.compile(r"edgeexit serve: listening on (?P<address>\S+:\d+)\s*$")
 METRICS = re.compile(r"edgeexit serve: metrics on http://(?P<address>\S+)/metrics")
 MESSAGE_BYTES = 64 << 20
 
@@ -204,11 +205,9 @@ class Server:
     label: str
     max_batch_size: int
     delay_us: int
-    process: subprocess.Popen | None = None
+    child: ChildProcess | None = None
     address: str = ""
     metrics_url: str = ""
-    lines: list[str] = field(default_factory=list)
-    _ready: queue.Queue[str | None] = field(default_factory=queue.Queue)
 
     def launch(self, repo: Path, threads: int) -> Server:
         command = [
@@ -220,62 +219,27 @@ class Server:
             "--metrics-port", "0",
             "--grace-s", "2",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-
-        stream = self.process.stderr
-        assert stream is not None
-
-        def drain() -> None:  # keep reading, or a chatty server would block on a full pipe
-            for line in stream:
-                self.lines.append(line)
-                self._ready.put(line)
-            self._ready.put(None)
-
-        threading.Thread(target=drain, daemon=True).start()
+        self.child = ChildProcess(command, env={**os.environ, "COLUMNS": "200"}, name=f"{self.label}: edgeexit serve")
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> Server:
-        """Until the ready line (``edgeexit serve: listening on HOST:PORT``) gives the address."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while not self.address:
-            try:
-                line = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(
-                    f"{self.label}: no ready line within {timeout:.0f} s:\n{''.join(self.lines)}"
-                ) from None
-            if line is None:
-                raise RuntimeError(
-                    f"{self.label}: edgeexit serve exited ({self.process.wait()}):\n{''.join(self.lines)}"
-                )
+        """Until the ready line (``edgeexit serve: listening on HOST:PORT``) gives the address; the
+        metrics line comes before it."""
+        assert self.child is not None
+        self.address = self.child.wait_ready(SERVE_READY_PREFIX, timeout_s=timeout)
+        for line in self.child.lines:
             if found := METRICS.search(line):
                 self.metrics_url = f"http://{found['address']}/metrics"
-            if found := READY.search(line):
-                self.address = found["address"]
         return self
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        assert self.child is not None
+        return self.child.pid
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+        if self.child is not None:
+            self.child.stop()
 
 
 # ---------------------------------------------------------------- load generator (its own process)

@@ -16,8 +16,7 @@ from typing import Annotated
 import typer
 
 from edgeexit.console import err_console
-
-READY_PREFIX = "edgeexit serve: listening on "
+from edgeexit.procs import SERVE_READY_PREFIX
 
 
 def register(app: typer.Typer) -> None:
@@ -133,4 +132,4 @@ def _announce(server: object) -> None:
         err_console.print(
             f"edgeexit serve: metrics on http://{server.host}:{server.metrics_port}/metrics", highlight=False
         )
-    print(f"{READY_PREFIX}{server.address}", file=sys.stderr, flush=True)
+    print(f"{SERVE_READY_PREFIX}{server.address}", file=sys.stderr, flush=True)

@@ -10,10 +10,7 @@ per sample as the caller sees it, offload included.
 from __future__ import annotations
 
 import os
-import queue
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.device.offload import OffloadRunner
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import ServerError
+from edgeexit.procs import SERVE_READY_PREFIX, START_TIMEOUT_S, ChildProcess
 from edgeexit.runtime.engine import Engine, Result
 from edgeexit.transport.client import TailClient
-
-READY_PREFIX = "edgeexit serve: listening on "
 
 
 @dataclass(frozen=True)
@@ -98,41 +94,13 @@ def compare_offload(
 
 
 @contextmanager
-def local_tail_server(package: str | Path, *, timeout_s: float = 120.0) -> Iterator[str]:
+def local_tail_server(package: str | Path, *, timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
     """``edgeexit serve PACKAGE`` on 127.0.0.1 with an ephemeral port, as a child process; yields
     its address and stops it (SIGTERM, then SIGKILL) on the way out."""
     command = [sys.executable, "-m", "edgeexit", "serve", str(package), "--listen", "127.0.0.1:0"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "160"}
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    log: list[str] = []
-
-    def drain() -> None:  # read stderr to the end: a full pipe would block the server
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise EdgeExitError(f"the tail server did not start ({' '.join(command)}):\n{''.join(log)[-2000:]}")
-            if line.startswith(READY_PREFIX):
-                yield line.removeprefix(READY_PREFIX).strip()
-                return
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+    with ChildProcess(command, env={**os.environ, "COLUMNS": "160"}) as server:
+        try:
+            address = server.wait_ready(SERVE_READY_PREFIX, timeout_s=timeout_s)
+        except ServerError:
+            raise ServerError(f"the tail server did not start ({' '.join(command)}):\n{server.tail()}") from None
+        yield address

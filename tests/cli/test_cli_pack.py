@@ -8,14 +8,11 @@ running anything. Every process a test starts is stopped in teardown, pass or fa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,13 +21,13 @@ import numpy as np
 import pytest
 
 from edgeexit.archive import CACHE_ENV, pack
+from edgeexit.daemon.app import READY_PREFIX as DAEMON_READY_PREFIX
 from edgeexit.fileio import sha256_file
 from edgeexit.package import open_package
+from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
 from edgeexit.runtime import Engine
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
-
-START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
@@ -138,66 +135,24 @@ def test_a_tar_with_a_link_is_one_error_line(cli, one_error, tar: Path, tmp_path
 # --- long-running processes: serve and the device daemon ------------------------------------------------------------
 
 
-class Process:
-    """A subprocess whose stderr lines are read by a thread, so a test can wait for one."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-            cwd=cwd,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._new: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            self._new.put(line.rstrip("\n"))
-        self._new.put(None)
-
-    def wait_for(self, predicate: Callable[[str], bool], what: str) -> str:
-        while True:
-            try:
-                line = self._new.get(timeout=START_TIMEOUT_S)
-            except queue.Empty:
-                pytest.fail(f"no {what} within {START_TIMEOUT_S} s; stderr:\n" + "\n".join(self.lines))
-            if line is None:
-                pytest.fail(f"the process ended ({self.proc.wait()}) before {what}; stderr:\n" + "\n".join(self.lines))
-            if predicate(line):
-                return line
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=30)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-
-
 @pytest.fixture
-def start(edgeexit_cli: list[str], env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    started: list[Process] = []
+def start(edgeexit_cli: list[str], env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ChildProcess]]:
+    """``start(*args)``: an edgeexit command as a child process; stopped in teardown, pass or fail."""
+    started: list[ChildProcess] = []
 
-    def launch(*args: str | Path) -> Process:
-        process = Process([*edgeexit_cli, *map(str, args)], env, tmp_path)
+    def launch(*args: str | Path) -> ChildProcess:
+        process = ChildProcess([*edgeexit_cli, *map(str, args)], env=env, cwd=tmp_path)
         started.append(process)
         return process
 
     yield launch
     for process in started:
-        process.stop()
+        process.stop(grace_s=30)
 
 
 def test_serve_takes_the_tar_and_a_device_offloads_to_it(cli, start, tar: Path, samples: Path) -> None:
     served = start("serve", tar, "--listen", "127.0.0.1:0")
-    ready = served.wait_for(lambda line: line.startswith("edgeexit serve: listening on "), "ready line")
-    address = ready.removeprefix("edgeexit serve: listening on ").strip()
+    address = served.wait_ready(SERVE_READY_PREFIX)
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ModelReady(pb.ModelReadyRequest(name="digits_cnn__from_1__fp16"), timeout=30).ready
@@ -238,13 +193,12 @@ def test_the_daemon_runs_a_tar_and_reloads_a_new_one(
     config = tmp_path / "device.toml"
     config.write_text('package = "v1.tar"\nlisten = "127.0.0.1:0"\nthreads = 1\ngrace_s = 10\n', encoding="utf-8")
     daemon = start("device", "--config", config)
-    ready = daemon.wait_for(lambda line: line.startswith("edgeexit device: listening on "), "ready line")
-    address = ready.removeprefix("edgeexit device: listening on ").strip()
+    address = daemon.wait_ready(DAEMON_READY_PREFIX)
     want = Engine(first, cache_dir=None).run_batch(xs)
     assert _infer(address, xs) == ([r.prediction for r in want], [r.exit for r in want])
 
     config.write_text(config.read_text(encoding="utf-8").replace("v1.tar", "v2.tar"), encoding="utf-8")
-    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda line: '"reloaded"' in line, "reloaded event")
     after = Engine(second, cache_dir=None).run_batch(xs)
     assert {r.exit for r in after} == {0}

@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +16,11 @@ import grpc
 import numpy as np
 import pytest
 
+from edgeexit.daemon.app import READY_PREFIX
+from edgeexit.procs import ChildProcess
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 
-READY_PREFIX = "edgeexit device: listening on "
 START_TIMEOUT_S = 120.0
 
 
@@ -35,71 +32,40 @@ def write_config(path: Path, package: Path, listen: str, *, threads: int = 1, ex
     return path
 
 
-class DaemonProcess:
-    """``edgeexit device --config CONFIG``; stderr read by a thread into ``lines`` and ``events``."""
+class DaemonProcess(ChildProcess):
+    """``edgeexit device --config CONFIG``; its stderr read by a thread into ``lines``, with the
+    daemon's JSON events picked out of them."""
 
     def __init__(self, config: Path) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeexit", "device", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        super().__init__(
+            [sys.executable, "-m", "edgeexit", "device", "--config", str(config)], env=env, name="the daemon"
         )
-        self.lines: list[str] = []
-        self._new: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
         self.address = ""
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            self._new.put(line.rstrip("\n"))
-        self._new.put(None)
-
-    def _next(self, what: str) -> str:
-        try:
-            line = self._new.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            raise AssertionError(f"no {what} from the daemon; stderr:\n" + "\n".join(self.lines)) from None
-        if line is None:
-            raise AssertionError(f"the daemon ended before {what}; stderr:\n" + "\n".join(self.lines))
-        return line
-
-    def wait_ready(self) -> str:
-        while True:
-            line = self._next("ready line")
-            if line.startswith(READY_PREFIX):
-                self.address = line.removeprefix(READY_PREFIX).strip()
-                return self.address
+    def wait_ready(self) -> str:  # type: ignore[override]
+        self.address = super().wait_ready(READY_PREFIX, timeout_s=START_TIMEOUT_S)
+        return self.address
 
     def wait_event(self, name: str) -> dict[str, object]:
-        while True:
-            line = self._next(f"{name!r} event")
-            entry = _event(line)
-            if entry is not None and entry.get("event") == name:
-                return entry
+        line = self.wait_for(lambda text: _is_event(text, name), f"{name!r} event", timeout_s=START_TIMEOUT_S)
+        entry = _event(line)
+        assert entry is not None
+        return entry
 
     def events(self, name: str) -> list[dict[str, object]]:
-        return [e for e in map(_event, list(self.lines)) if e is not None and e.get("event") == name]
+        return [e for e in map(_event, self.lines) if e is not None and e.get("event") == name]
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        self.send_signal(signum)
 
-    def wait(self, timeout: float = 60.0) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return code
+    def wait(self, timeout: float | None = 60.0) -> int:
+        return super().wait(timeout)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
+
+def _is_event(line: str, name: str) -> bool:
+    entry = _event(line)
+    return entry is not None and entry.get("event") == name
 
 
 def _event(line: str) -> dict[str, object] | None:
@@ -131,11 +97,7 @@ def start_daemon() -> Iterator:
 
     yield start
     for daemon in started:
-        with contextlib.suppress(Exception):
-            if daemon.proc.poll() is None:
-                daemon.signal(signal.SIGTERM)
-                daemon.wait(timeout=30)
-        daemon.kill()
+        daemon.stop(grace_s=30)
 
 
 def infer_request(x: np.ndarray, name: str = "input", **parameters: object) -> pb.ModelInferRequest:

@@ -3,58 +3,50 @@ and SIGTERM while requests are in flight (they finish; the process exits 0)."""
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
 import socket
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 
-READY = re.compile(r"^edgeexit serve: listening on (?P<host>[^\s]+):(?P<port>\d+)$")
+READY = re.compile(rf"^{re.escape(SERVE_READY_PREFIX)}(?P<host>[^\s]+):(?P<port>\d+)$")
 METRICS = re.compile(r"edgeexit serve: metrics on http://[^:]+:(?P<port>\d+)/metrics")
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    lines: queue.Queue[str | None]
-    stderr: list[str] = field(default_factory=list)
+class Served(ChildProcess):
+    """One ``edgeexit serve`` process; ``port`` (and ``metrics_port``) once its ready line came."""
+
     port: int = 0
     metrics_port: int | None = None
 
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        return self.proc
+
+    @property
+    def stderr(self) -> list[str]:
+        return self.lines
+
     def read_until(self, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern.pattern!r} within {timeout} s:\n" + "".join(self.stderr))
-            if line is None:
-                pytest.fail(
-                    f"edgeexit serve exited ({self.process.wait()}) before {pattern.pattern!r}:\n"
-                    + "".join(self.stderr)
-                )
-            self.stderr.append(line)
-            found = pattern.search(line.rstrip("\n"))
-            if found:
-                return found
+        line = self.wait_for(lambda text: pattern.search(text) is not None, repr(pattern.pattern), timeout_s=timeout)
+        found = pattern.search(line)
+        assert found is not None
+        return found
 
     def finish(self, timeout: float = 60) -> tuple[int, str]:
         """Wait for exit; return the status and all of stderr."""
-        code = self.process.wait(timeout=timeout)
-        while (line := self.lines.get(timeout=timeout)) is not None:
-            self.stderr.append(line)
-        return code, "".join(self.stderr)
+        code = self.wait(timeout=timeout)
+        return code, self.text()
 
 
 @pytest.fixture
@@ -63,23 +55,7 @@ def serve(edgeexit_cli: list[str], tmp_path: Path) -> Iterator[Callable[..., Ser
     started: list[Served] = []
 
     def start(*args: str, ready: bool = True) -> Served:
-        process = subprocess.Popen(
-            [*edgeexit_cli, "serve", *args],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            assert process.stderr is not None
-            for line in process.stderr:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        served = Served(process, lines)
+        served = Served([*edgeexit_cli, "serve", *args], cwd=tmp_path, name="edgeexit serve")
         started.append(served)
         if ready:
             if "--metrics-port" in args:
@@ -89,9 +65,7 @@ def serve(edgeexit_cli: list[str], tmp_path: Path) -> Iterator[Callable[..., Ser
 
     yield start
     for served in started:
-        if served.process.poll() is None:
-            served.process.kill()
-            served.process.wait(timeout=30)
+        served.kill()
 
 
 def stub_for(port: int) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:

@@ -24,13 +24,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
+
 RATE_SLOW_BPS = 5e6
 RATE_FAST_BPS = 50e6
 CROSSOVER_BPS = 16e6
-READY_PREFIX = "edgeexit serve: listening on "
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -124,38 +122,8 @@ def served(netns: Netns, digits_package: Path) -> Iterator[str]:
     """``edgeexit serve`` inside the server namespace; yields its address."""
     command = [*netns.exec(netns.server_ns), sys.executable, "-m", "edgeexit", "serve", str(digits_package),
                "--listen", f"{netns.server_ip}:0"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    log: list[str] = []
-
-    def drain() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                line = None
-            if line is None:
-                pytest.fail(f"the tail server did not start in the namespace:\n{''.join(log)[-2000:]}")
-            if line.startswith(READY_PREFIX):
-                yield line.removeprefix(READY_PREFIX).strip()
-                break
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+    with ChildProcess(command, name="the tail server in the namespace") as server:
+        yield server.wait_ready(SERVE_READY_PREFIX)
 
 
 DEVICE_SCRIPT = textwrap.dedent(
