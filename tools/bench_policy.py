@@ -130,7 +130,7 @@ def run_link(spec, early, full, address, codec, segment_ms, preset, radio, label
     for name in [*names, "adaptive/energy"]:
         console.print(f"  {spec} / {name}", highlight=False)
         link = EmulatedLink(spec, seed)
-        with TailClient(address, timeout_s=timeout_s, link=link) as client:
+        with TailClient(address, timeout_s=timeout_s, transport=link) as client:
             base = "adaptive" if name == "adaptive/energy" else name
             run = bench._runner(base, early, full, client, codec, spec, segment_ms, preset, radio)
             if name == "adaptive/energy":  # bench's runner, its costs, the energy objective

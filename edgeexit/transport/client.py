@@ -6,6 +6,11 @@ costs more than the caller agreed to wait. Addresses are taken round-robin (the 
 without any coordination), and each has a circuit breaker so a dead server is skipped at once
 instead of costing a deadline per request. Anything that goes wrong, including a reply that does
 not decode, surfaces as one ``OffloadError``: the device layer catches it and finishes locally.
+Its class says what happened (``OffloadTimeout``, ``ServerUnavailable``, ``OffloadRejected``; a
+reply that does not decode is a plain ``OffloadError``).
+
+Each call goes through a ``Transport`` (``edgeexit.transport.rpc``): the real gRPC call by
+default, or an ``EmulatedLink`` wrapping it, so link emulation stays out of the client.
 
 grpc and protobuf only (plus numpy through the codecs): no ONNX Runtime, no torch.
 """
@@ -17,16 +22,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
 from edgeexit.codecs import Encoded
-from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.errors import OffloadError, OffloadRejected, OffloadTimeout, ServerUnavailable, UsageError
 from edgeexit.transport.breaker import CircuitBreaker, State
-from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
-from edgeexit.transport.link_emulation import EmulatedLink
+from edgeexit.transport.rpc import GrpcTransport, Transport
 from edgeexit.transport.wire import SIDE_INPUTS, build_request, parse_reply
 
 #: Default size limit of one message each way: gRPC's own receive default (4 MiB) is smaller than a
@@ -54,7 +59,7 @@ class TlsConfig:
 
     def credentials(self) -> grpc.ChannelCredentials:
         if (self.cert is None) != (self.key is None):
-            raise EdgeExitError(
+            raise UsageError(
                 "TLS client certificate and key go together; got only the "
                 + ("certificate" if self.cert is not None else "key")
                 + ": pass both (--tls-cert and --tls-key) or neither"
@@ -89,9 +94,9 @@ class TailClient:
     address's breaker for ``cooldown_s``. ``keepalive_s``: ping interval on idle connections (None:
     no pings, for servers that refuse them, e.g. Triton with its defaults). ``side_inputs``:
     ``"parameters"`` (edgeexit's server) or ``"tensors"`` (Triton, KServe): how an int8 payload's
-    scale and zero point travel (see ``wire.build_request``). ``link``: an ``EmulatedLink`` whose
-    delay is slept around each attempt's real call, within the deadline; a lost request waits out
-    the attempt's budget and fails like a timeout (``edgeexit.transport.link_emulation``).
+    scale and zero point travel (see ``wire.build_request``). ``transport``: how each call goes
+    out (``edgeexit.transport.rpc``; None: the real gRPC call); pass an ``EmulatedLink`` to send
+    every attempt over an emulated link (``edgeexit.transport.link_emulation``).
     Thread-safe: one client may serve many threads.
     """
 
@@ -108,24 +113,24 @@ class TailClient:
         keepalive_s: float | None = KEEPALIVE_S,
         side_inputs: str = "parameters",
         clock: Callable[[], float] = time.monotonic,
-        link: EmulatedLink | None = None,
+        transport: Transport | None = None,
     ) -> None:
         listed = [addresses] if isinstance(addresses, str) else list(addresses)
         self.addresses: tuple[str, ...] = tuple(dict.fromkeys(a.strip() for a in listed))
         if not self.addresses or any(not _looks_like_address(a) for a in self.addresses):
-            raise EdgeExitError(
+            raise UsageError(
                 f"tail server addresses {list(listed)!r} are not usable; expected one or more HOST:PORT "
                 "(e.g. 127.0.0.1:8001 or [::1]:8001)"
             )
         if not timeout_s > 0:
-            raise EdgeExitError(f"timeout_s is {timeout_s}; expected a deadline above 0 seconds")
+            raise UsageError(f"timeout_s is {timeout_s}; expected a deadline above 0 seconds")
         if side_inputs not in SIDE_INPUTS:
-            raise EdgeExitError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
+            raise UsageError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
         if keepalive_s is not None and not keepalive_s > 0:
-            raise EdgeExitError(f"keepalive_s is {keepalive_s}; expected seconds above 0, or None for no pings")
+            raise UsageError(f"keepalive_s is {keepalive_s}; expected seconds above 0, or None for no pings")
         token = token.strip() if token is not None else None  # a token file's trailing newline is not part of it
         if token is not None and (not token or any(c in token for c in "\r\n")):
-            raise EdgeExitError("the bearer token is empty or spans lines; expected one line of text")
+            raise UsageError("the bearer token is empty or spans lines; expected one line of text")
         self.timeout_s = float(timeout_s)
         self.max_message_bytes = int(max_message_bytes)
         self.side_inputs = side_inputs
@@ -134,7 +139,7 @@ class TailClient:
         self._server_name = tls.server_name if tls is not None else None
         self._keepalive_s = keepalive_s
         self._clock = clock
-        self.link = link
+        self.transport: Transport = transport if transport is not None else GrpcTransport()
         self._lock = threading.Lock()
         self._turn = 0
         self.breakers = {a: CircuitBreaker(failures_to_open=failures_to_open, cooldown_s=cooldown_s, clock=clock)
@@ -146,7 +151,8 @@ class TailClient:
     # ---------------------------------------------------------------- the call
 
     def infer(self, model: str, encoded: Encoded, *, package_id: str, classes: int | None = None) -> TailReply:
-        """Send one encoded batch to ``model`` and return its logits, or raise OffloadError."""
+        """Send one encoded batch to ``model`` and return its logits, or raise OffloadError
+        (the subclass of the attempts' most telling failure: see ``_failure``)."""
         request = build_request(model, encoded, package_id=package_id, side_inputs=self.side_inputs)
         size = request.ByteSize()
         samples = int(encoded.data.shape[0])
@@ -157,32 +163,33 @@ class TailClient:
             )
         started = self._clock()
         deadline = started + self.timeout_s
-        failures: list[str] = []
+        failures: list[_Failure] = []
         attempts = 0
         for address in self._order():
             remaining = deadline - self._clock()
             if remaining <= 0:
-                failures.append(f"{address}: not tried, the {self._budget()} deadline was spent")
+                failures.append(
+                    _Failure(f"{address}: not tried, the {self._budget()} deadline was spent", OffloadTimeout)
+                )
                 break
             breaker = self.breakers[address]
             if not breaker.allow():
-                failures.append(f"{address}: circuit open after repeated failures, next probe in "
-                                f"{breaker.retry_in():.1f} s")  # fmt: skip
+                failures.append(_Failure(f"{address}: circuit open after repeated failures, next probe in "
+                                         f"{breaker.retry_in():.1f} s", ServerUnavailable))  # fmt: skip
                 continue
             attempts += 1
             try:
-                if self.link is None:
-                    reply = self._call(address, request, remaining)
-                else:
-                    reply = self._linked(address, request, size, remaining)
+                reply = self.transport.model_infer(
+                    self._stub(address), request, timeout_s=remaining, metadata=self._metadata
+                )
                 answer = parse_reply(reply, samples=samples, classes=classes)
             except OffloadError as err:
                 breaker.record_failure()
-                failures.append(f"{address}: {err}")
+                failures.append(_Failure(f"{address}: {err}", type(err), getattr(err, "code", None)))
                 continue
             except Exception as err:  # anything else from gRPC or protobuf: still a failed attempt
                 breaker.record_failure()
-                failures.append(f"{address}: {type(err).__name__}: {err}")
+                failures.append(_Failure(f"{address}: {type(err).__name__}: {err}", OffloadError))
                 continue
             breaker.record_success()
             return TailReply(
@@ -194,70 +201,37 @@ class TailClient:
                 compute_ms=answer.compute_ms,
                 attempts=attempts,
             )
-        raise OffloadError(
-            f"offload of {samples} sample(s) to {model} failed: " + "; ".join(failures or ["no server address"]),
-            attempts=attempts,
-            bytes_sent=size * attempts,
-            transfer_ms=(self._clock() - started) * 1e3,
+        message = f"offload of {samples} sample(s) to {model} failed: " + "; ".join(
+            [f.text for f in failures] or ["no server address"]
         )
+        cost: dict[str, Any] = {
+            "attempts": attempts,
+            "bytes_sent": size * attempts,
+            "transfer_ms": (self._clock() - started) * 1e3,
+        }
+        kind, code = _failure(failures)
+        if kind is OffloadRejected:
+            raise OffloadRejected(message, code=code, **cost)
+        raise kind(message, **cost)
 
     def live(self, timeout_s: float) -> tuple[str, float] | None:
         """One ServerLive round trip to the next address the breakers allow: (address, RTT in
         seconds), or None when none answered. A light probe for link estimates: it goes through the
-        emulated link when there is one, and a failure counts on that address's breaker as a failed
-        offload would."""
+        transport like an offload (an emulated link delays it too), and a failure counts on that
+        address's breaker as a failed offload would."""
         for address in self._order():
             breaker = self.breakers[address]
             if not breaker.allow():
                 continue
             started = self._clock()
             try:
-                if self.link is not None:
-                    transfer = self.link.transmit(pb.ServerLiveRequest().ByteSize())
-                    if transfer.lost or transfer.delay_s >= timeout_s:
-                        self.link.sleep(timeout_s)
-                        raise OffloadError("the probe was lost or slower than its deadline on the emulated link")
-                    self.link.sleep(transfer.delay_s)
-                self._stub(address).ServerLive(pb.ServerLiveRequest(), timeout=timeout_s, metadata=self._metadata)
+                self.transport.server_live(self._stub(address), timeout_s=timeout_s, metadata=self._metadata)
             except (grpc.RpcError, OffloadError):
                 breaker.record_failure()
                 continue
             breaker.record_success()
             return address, self._clock() - started
         return None
-
-    def _call(self, address: str, request: pb.ModelInferRequest, timeout: float) -> pb.ModelInferResponse:
-        stub = self._stub(address)
-        try:
-            return stub.ModelInfer(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            code = err.code() if hasattr(err, "code") else None
-            details = err.details() if hasattr(err, "details") else str(err)
-            name = code.name if code is not None else "UNKNOWN"
-            hint = _HINTS.get(name, "")
-            if name == "DEADLINE_EXCEEDED":
-                details = f"no reply within {timeout * 1e3:.0f} ms"
-            raise OffloadError(f"{name}: {details}{hint}") from None
-
-    def _linked(self, address: str, request: pb.ModelInferRequest, size: int, timeout: float) -> pb.ModelInferResponse:
-        """One attempt over the emulated link: its delay slept before the real call (the reply's
-        download after it), all within ``timeout``; a lost request waits out ``timeout`` and fails."""
-        link = self.link
-        assert link is not None
-        transfer = link.transmit(size)
-        if transfer.lost or transfer.delay_s >= timeout:
-            link.sleep(timeout)
-            why = "the request was lost" if transfer.lost else f"its delay is {transfer.delay_s * 1e3:.0f} ms"
-            raise OffloadError(f"DEADLINE_EXCEEDED: no reply within {timeout * 1e3:.0f} ms (emulated link: {why})")
-        link.sleep(transfer.delay_s)
-        reply = self._call(address, request, max(timeout - transfer.delay_s, 1e-3))
-        download = link.download_s(reply.ByteSize())
-        if download:
-            if transfer.delay_s + download >= timeout:
-                link.sleep(max(timeout - transfer.delay_s, 0.0))
-                raise OffloadError(f"DEADLINE_EXCEEDED: no reply within {timeout * 1e3:.0f} ms (emulated downlink)")
-            link.sleep(download)
-        return reply
 
     def _order(self) -> list[str]:
         """Every address once, starting one further along on each request (round-robin)."""
@@ -276,7 +250,7 @@ class TailClient:
         in gRPC's reconnect backoff and would fail the probe without dialling the server at all."""
         with self._lock:
             if self._closed:
-                raise OffloadError("the client is closed")
+                raise ServerUnavailable("the client is closed")
             probing = self.breakers[address].state == "half_open"
             if probing or address not in self._stubs:
                 old = self._channels.pop(address, None)
@@ -332,12 +306,25 @@ class TailClient:
         return f"TailClient({list(self.addresses)!r}, timeout_s={self.timeout_s})"
 
 
-_HINTS = {
-    "UNAVAILABLE": " (is the server running and reachable at that address?)",
-    "UNAUTHENTICATED": " (pass the server's bearer token: --token-file)",
-    "NOT_FOUND": " (the server does not serve this tail: serve the same package's tails/)",
-    "FAILED_PRECONDITION": " (the server's tails come from other weights: serve this package)",
-}
+@dataclass(frozen=True)
+class _Failure:
+    """One address's failure within an ``infer`` call: its line of the message, and its kind."""
+
+    text: str
+    kind: type[OffloadError]
+    code: Any = None
+
+
+def _failure(failures: Sequence[_Failure]) -> tuple[type[OffloadError], Any]:
+    """The class (and status code) of a failed ``infer``, from its attempts' failures: what says the
+    most about the request wins. A server's answer (rejected, then a reply that does not decode)
+    over silence (no reply in time, or the deadline spent before trying) over absence (refused,
+    down, circuit open): with one server slow and the other down, waiting longer may work."""
+    for kind in (OffloadRejected, OffloadError, OffloadTimeout):
+        found = [f for f in failures if f.kind is kind]
+        if found:
+            return kind, found[-1].code
+    return ServerUnavailable, None
 
 
 def _looks_like_address(address: str) -> bool:
@@ -354,4 +341,4 @@ def _read(path: Path | None, what: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as err:
-        raise EdgeExitError(f"cannot read the TLS {what} {path}: {err.strerror or err}; expected a PEM file") from None
+        raise UsageError(f"cannot read the TLS {what} {path}: {err.strerror or err}; expected a PEM file") from None

@@ -1,9 +1,10 @@
 """An emulated uplink in the client path: bandwidth, RTT, jitter and loss, deterministic under a seed.
 
 ``LinkSpec.parse("20mbit,10ms,jitter=2ms,loss=0.01")`` describes a link; ``EmulatedLink(spec, seed)``
-turns each request into a delay to add and a lost/not-lost verdict, and ``TailClient(link=...)``
-sleeps that delay around the real gRPC call (on loopback the real call costs next to nothing, so
-the emulated link dominates).
+turns each request into a delay to add and a lost/not-lost verdict. It is a transport
+(``edgeexit.transport.rpc``) wrapping another one, the real gRPC call by default:
+``TailClient(address, transport=EmulatedLink(spec, seed))`` sleeps that delay around each real call
+(on loopback the real call costs next to nothing, so the emulated link dominates).
 
 The model, per request of ``B`` bytes (one attempt):
 
@@ -17,8 +18,8 @@ The model, per request of ``B`` bytes (one attempt):
 
 Loss (decided): a lost request behaves like a request whose reply never comes. The client waits
 out what is left of its deadline for that attempt and records it as a failed attempt
-(``DEADLINE_EXCEEDED``): the breaker counts it, the client fails over to the next address if any
-budget is left, and otherwise raises ``OffloadError``, so the device finishes the sample locally
+(``DEADLINE_EXCEEDED``, an ``OffloadTimeout``): the breaker counts it, the client fails over to the
+next address if any budget is left, and otherwise raises ``OffloadTimeout``, so the device finishes the sample locally
 (``OffloadRunner``'s fallback). The lost request's bytes still occupied the uplink.
 
 Everything random comes from one ``numpy.random.Generator`` seeded with ``seed``, drawn in request
@@ -36,7 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import OffloadTimeout, UsageError
+from edgeexit.transport.generated import grpc_service_pb2 as pb
+from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
+from edgeexit.transport.rpc import GrpcTransport, Metadata, Transport
 
 _RATE_UNITS = {
     "bit": 1.0, "bps": 1.0, "kbit": 1e3, "kbps": 1e3, "mbit": 1e6, "mbps": 1e6, "gbit": 1e9, "gbps": 1e9,
@@ -53,10 +57,10 @@ def parse_rate(text: str) -> float:
     """``'20mbit'`` -> 20e6 bit/s (tc's spelling; ``mbps`` means megabits too)."""
     match = re.fullmatch(_NUMBER + r"\s*([a-z]+)", text.strip().lower())
     if not match or match.group(2) not in _RATE_UNITS:
-        raise EdgeExitError(f"bandwidth {text!r} is not a rate; expected a number and a unit, e.g. 20mbit or 500kbit")
+        raise UsageError(f"bandwidth {text!r} is not a rate; expected a number and a unit, e.g. 20mbit or 500kbit")
     value = float(match.group(1)) * _RATE_UNITS[match.group(2)]
     if not value > 0:
-        raise EdgeExitError(f"bandwidth {text!r} is not above 0; expected a positive rate, e.g. 20mbit")
+        raise UsageError(f"bandwidth {text!r} is not above 0; expected a positive rate, e.g. 20mbit")
     return value
 
 
@@ -64,7 +68,7 @@ def parse_time(text: str) -> float:
     """``'10ms'`` -> 0.01 s."""
     match = re.fullmatch(_NUMBER + r"\s*([a-z]+)", text.strip().lower())
     if not match or match.group(2) not in _TIME_UNITS:
-        raise EdgeExitError(f"time {text!r} is not a duration; expected a number and a unit, e.g. 10ms, 0.5s, 200us")
+        raise UsageError(f"time {text!r} is not a duration; expected a number and a unit, e.g. 10ms, 0.5s, 200us")
     return float(match.group(1)) * _TIME_UNITS[match.group(2)]
 
 
@@ -88,20 +92,20 @@ class LinkSpec:
 
     def __post_init__(self) -> None:
         if not self.bandwidth_bps > 0:
-            raise EdgeExitError(f"link bandwidth is {self.bandwidth_bps}; expected bit/s above 0")
+            raise UsageError(f"link bandwidth is {self.bandwidth_bps}; expected bit/s above 0")
         if self.rtt_s < 0 or self.jitter_s < 0:
-            raise EdgeExitError(f"link RTT {self.rtt_s} s and jitter {self.jitter_s} s must be >= 0")
+            raise UsageError(f"link RTT {self.rtt_s} s and jitter {self.jitter_s} s must be >= 0")
         if not 0.0 <= self.loss < 1.0:
-            raise EdgeExitError(f"link loss is {self.loss}; expected a fraction in [0, 1), e.g. loss=0.01")
+            raise UsageError(f"link loss is {self.loss}; expected a fraction in [0, 1), e.g. loss=0.01")
         if self.downlink_bps is not None and not self.downlink_bps > 0:
-            raise EdgeExitError(f"link downlink is {self.downlink_bps}; expected bit/s above 0")
+            raise UsageError(f"link downlink is {self.downlink_bps}; expected bit/s above 0")
 
     @classmethod
     def parse(cls, text: str) -> LinkSpec:
         """``"20mbit,10ms[,jitter=2ms][,loss=0.01][,down=50mbit]"``; a bad spec says what was expected."""
         parts = [p.strip() for p in str(text).split(",")]
         if len(parts) < 2 or any(not p for p in parts):
-            raise EdgeExitError(f"link {text!r} is not a link spec; {_EXPECTED}")
+            raise UsageError(f"link {text!r} is not a link spec; {_EXPECTED}")
         try:
             bandwidth = parse_rate(parts[0])
             rtt = parse_time(parts[1])
@@ -110,7 +114,7 @@ class LinkSpec:
                 key, sep, value = part.partition("=")
                 key = key.strip().lower()
                 if not sep or key in extra:
-                    raise EdgeExitError(f"{part!r} is not a KEY=VALUE option (or repeats one)")
+                    raise UsageError(f"{part!r} is not a KEY=VALUE option (or repeats one)")
                 if key == "jitter":
                     extra["jitter_s"] = parse_time(value)
                 elif key == "loss":
@@ -118,14 +122,14 @@ class LinkSpec:
                     try:
                         extra["loss"] = float(loss[:-1]) / 100 if loss.endswith("%") else float(loss)
                     except ValueError:
-                        raise EdgeExitError(f"loss {value!r} is not a fraction (0.01) or a percentage (1%)") from None
+                        raise UsageError(f"loss {value!r} is not a fraction (0.01) or a percentage (1%)") from None
                 elif key in ("down", "downlink"):
                     extra["downlink_bps"] = parse_rate(value)
                 else:
-                    raise EdgeExitError(f"unknown link option {key!r}; known: jitter, loss, down")
+                    raise UsageError(f"unknown link option {key!r}; known: jitter, loss, down")
             return cls(bandwidth, rtt, **extra)
-        except EdgeExitError as err:
-            raise EdgeExitError(f"link {text!r}: {err}; {_EXPECTED}") from None
+        except UsageError as err:
+            raise UsageError(f"link {text!r}: {err}; {_EXPECTED}") from None
 
     def transfer_s(self, request_bytes: int, reply_bytes: int = 0) -> float:
         """The deterministic part of one request on an idle link: upload + RTT (+ download)."""
@@ -167,11 +171,14 @@ class Transfer:
 
 
 class EmulatedLink:
-    """A link's state: when the uplink is next free, and its seeded random stream.
+    """A link's state: when the uplink is next free, and its seeded random stream; and a transport
+    that sends each call over it through ``inner`` (None: the real gRPC call).
 
     ``transmit(request_bytes)`` books the uplink for one request and returns its ``Transfer``;
-    ``download_s(reply_bytes)`` is the reply's time on the downlink. Thread-safe: requests from
-    several threads share the one uplink and queue in the order they book it.
+    ``download_s(reply_bytes)`` is the reply's time on the downlink. ``model_infer`` and
+    ``server_live`` (the ``Transport`` protocol) sleep those around ``inner``'s call, within its
+    deadline. Thread-safe: requests from several threads share the one uplink and queue in the
+    order they book it.
     """
 
     def __init__(
@@ -181,8 +188,10 @@ class EmulatedLink:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        inner: Transport | None = None,
     ) -> None:
         self.spec = LinkSpec.parse(spec) if isinstance(spec, str) else spec
+        self.inner: Transport = inner if inner is not None else GrpcTransport()
         self.seed = seed
         self.clock = clock
         self.sleep = sleep
@@ -195,7 +204,7 @@ class EmulatedLink:
 
     def transmit(self, request_bytes: int) -> Transfer:
         if request_bytes < 0:
-            raise EdgeExitError(f"request_bytes must be >= 0, got {request_bytes}")
+            raise UsageError(f"request_bytes must be >= 0, got {request_bytes}")
         spec = self.spec
         with self._lock:
             # draw both numbers for every request, so one request's loss never shifts the next one's jitter
@@ -216,6 +225,44 @@ class EmulatedLink:
         if self.spec.downlink_bps is None:
             return 0.0
         return reply_bytes * 8.0 / self.spec.downlink_bps
+
+    # ---------------------------------------------------------------- as a transport
+
+    def model_infer(
+        self,
+        stub: pb_grpc.GRPCInferenceServiceStub,
+        request: pb.ModelInferRequest,
+        *,
+        timeout_s: float,
+        metadata: Metadata,
+    ) -> pb.ModelInferResponse:
+        """One attempt over the link: its delay slept before the inner call (the reply's download
+        after it), all within ``timeout_s``; a lost request waits out ``timeout_s`` and times out."""
+        transfer = self.transmit(request.ByteSize())
+        if transfer.lost or transfer.delay_s >= timeout_s:
+            self.sleep(timeout_s)
+            why = "the request was lost" if transfer.lost else f"its delay is {transfer.delay_s * 1e3:.0f} ms"
+            raise OffloadTimeout(f"DEADLINE_EXCEEDED: no reply within {timeout_s * 1e3:.0f} ms (emulated link: {why})")
+        self.sleep(transfer.delay_s)
+        reply = self.inner.model_infer(
+            stub, request, timeout_s=max(timeout_s - transfer.delay_s, 1e-3), metadata=metadata
+        )
+        download = self.download_s(reply.ByteSize())
+        if download:
+            if transfer.delay_s + download >= timeout_s:
+                self.sleep(max(timeout_s - transfer.delay_s, 0.0))
+                raise OffloadTimeout(f"DEADLINE_EXCEEDED: no reply within {timeout_s * 1e3:.0f} ms (emulated downlink)")
+            self.sleep(download)
+        return reply
+
+    def server_live(self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata) -> None:
+        """A liveness probe over the link: its (tiny) request queues and travels like any other."""
+        transfer = self.transmit(pb.ServerLiveRequest().ByteSize())
+        if transfer.lost or transfer.delay_s >= timeout_s:
+            self.sleep(timeout_s)
+            raise OffloadTimeout("the probe was lost or slower than its deadline on the emulated link")
+        self.sleep(transfer.delay_s)
+        self.inner.server_live(stub, timeout_s=timeout_s, metadata=metadata)
 
     def reset(self) -> None:
         """Back to an idle link and the start of the seeded stream."""

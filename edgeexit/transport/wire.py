@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeexit.codecs import DATATYPES, HIDDEN, LOGITS, Encoded, create_codec, datatype_of
-from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.errors import InputError, OffloadError, UsageError
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
 PARAM_PACKAGE_ID = "package_id"
@@ -50,7 +50,7 @@ def build_request(
     tensors the tail's config.pbtxt lists, which is what Triton and KServe need (they do not map
     parameters to inputs). edgeexit's server takes either."""
     if side_inputs not in SIDE_INPUTS:
-        raise EdgeExitError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
+        raise UsageError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
     codec = create_codec(encoded.codec)
     data = np.asarray(encoded.data)
     wire_dtype = DATATYPES[codec.datatype]
@@ -88,7 +88,7 @@ def read_request(request: pb.ModelInferRequest) -> tuple[str, Encoded]:
 
     For tests and stand-in servers; a real server validates far more (docs/offload.md)."""
     if len(request.inputs) != 1 or len(request.raw_input_contents) != 1:
-        raise EdgeExitError("expected one input tensor 'hidden' with its bytes in raw_input_contents")
+        raise InputError("expected one input tensor 'hidden' with its bytes in raw_input_contents")
     tensor = request.inputs[0]
     params = request.parameters
     codec = params[PARAM_CODEC].string_param if PARAM_CODEC in params else ""

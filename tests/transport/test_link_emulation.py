@@ -110,7 +110,7 @@ def test_jitter_never_makes_rtt_negative() -> None:
     assert min(link.transmit(0).rtt_s for _ in range(500)) >= 0.0
 
 
-# ---------------------------------------------------------------- the client hook
+# ---------------------------------------------------------------- as the client's transport
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_client_sleeps_the_emulated_delay_and_answers(stand_in, encoded) -> None
     server = stand_in()
     t = FakeTime()
     link = EmulatedLink("1mbit,40ms", clock=t.clock, sleep=t.sleep)
-    with TailClient(server.address, timeout_s=5.0, link=link) as client:
+    with TailClient(server.address, timeout_s=5.0, transport=link) as client:
         reply = client.infer("m__from_0", encoded, package_id="p")
     assert reply.logits.shape[0] == 2
     assert len(t.slept) == 1
@@ -134,7 +134,7 @@ def test_a_lost_request_fails_like_a_timeout(stand_in, encoded) -> None:
     t = FakeTime()
     link = EmulatedLink("1mbit,40ms,loss=0.999999", clock=t.clock, sleep=t.sleep)
     with (
-        TailClient(server.address, timeout_s=0.5, link=link, clock=t.clock) as client,
+        TailClient(server.address, timeout_s=0.5, transport=link, clock=t.clock) as client,
         pytest.raises(OffloadError) as err,
     ):
         client.infer("m__from_0", encoded, package_id="p")
@@ -148,7 +148,7 @@ def test_a_delay_past_the_deadline_fails_without_calling(stand_in, encoded) -> N
     server = stand_in()
     t = FakeTime()
     link = EmulatedLink("10kbit,40ms", clock=t.clock, sleep=t.sleep)
-    client = TailClient(server.address, timeout_s=0.2, link=link, clock=t.clock)
+    client = TailClient(server.address, timeout_s=0.2, transport=link, clock=t.clock)
     with client, pytest.raises(OffloadError, match="emulated link"):
         client.infer("m__from_0", encoded, package_id="p")
     assert not server.behaviour.seen
