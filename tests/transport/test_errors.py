@@ -102,8 +102,8 @@ def test_a_rejection_says_more_than_a_dead_server(stand_in, boundary) -> None:
     gone = stand_in()
     gone.stop()
     refusing = stand_in(Behaviour(status=grpc.StatusCode.INVALID_ARGUMENT))
-    with TailClient([gone.address, refusing.address], timeout_s=5) as client:
-        with pytest.raises(OffloadRejected) as caught:
-            client.infer(model, encoded, package_id=package_id)
+    client = TailClient([gone.address, refusing.address], timeout_s=5)
+    with client, pytest.raises(OffloadRejected) as caught:
+        client.infer(model, encoded, package_id=package_id)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.attempts == 2
