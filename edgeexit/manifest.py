@@ -23,8 +23,13 @@ FORMAT_NAME = "edgeexit-package"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
-#: Exit criteria a manifest may name. The numpy implementations live in ``edgeexit.criteria``.
-CRITERIA = ("max_prob", "margin", "entropy", "patience", "similarity")
+#: The names an exit's ``criterion`` may take. A plain tuple, so that validating a manifest needs
+#: no criterion code; the implementations are registered under the same names in the registry
+#: ``edgeexit.criteria.CRITERIA`` (tests/criteria checks that the two agree).
+CRITERION_NAMES = ("max_prob", "margin", "entropy", "patience", "similarity")
+#: The old name of ``CRITERION_NAMES``, kept only until compile/export.py and
+#: tests/cli/test_cli_calibrate.py use the new one; it shares its name with the registry.
+CRITERIA = CRITERION_NAMES
 #: Criteria whose score the exported graph computes itself (from the exit's logits).
 IN_GRAPH_CRITERIA = ("max_prob", "margin", "entropy")
 
@@ -313,9 +318,9 @@ class Manifest:
                 raise PackageError(f"exit {position} sits on segment {spec.segment}, which does not exist")
             if self.segments[spec.segment].exit != position:
                 raise PackageError(f"exit {position} and segment {spec.segment} do not point at each other")
-            if spec.criterion not in CRITERIA:
+            if spec.criterion not in CRITERION_NAMES:
                 raise PackageError(
-                    f"exits[{position}].criterion {spec.criterion!r} is unknown; expected one of {CRITERIA}"
+                    f"exits[{position}].criterion {spec.criterion!r} is unknown; expected one of {CRITERION_NAMES}"
                 )
             if spec.head is None and spec.criterion != "similarity":
                 raise PackageError(f"exit {position} has no head, so only the 'similarity' criterion can stop it")

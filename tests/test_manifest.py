@@ -16,7 +16,7 @@ import pytest
 
 from edgeexit.errors import EdgeExitError, PackageError
 from edgeexit.manifest import (
-    CRITERIA,
+    CRITERION_NAMES,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -181,7 +181,7 @@ def _steps(path: str | tuple[str, ...]) -> list[str | int]:
                      id="unknown-nested"),
         pytest.param(_set("checksum", "x"), ["manifest", "unknown field(s) ['checksum']"], id="unknown-top-level"),
         pytest.param(_set("exits[0].criterion", "confidence"), ["exits[0].criterion", "'confidence'", "unknown",
-                     *CRITERIA], id="unknown-criterion"),
+                     *CRITERION_NAMES], id="unknown-criterion"),
         pytest.param(_set("segments[1].index", 7), ["segments[1].index", "expected 1"], id="segment-order"),
         pytest.param(_set("exits[0].logits", "exit_9_logits"), ["segment 0", "'exit_9_logits'"],
                      id="exit-names-missing-output"),

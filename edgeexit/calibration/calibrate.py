@@ -24,8 +24,8 @@ import numpy as np
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
 from edgeexit.calibration.thresholds import Choice, Outcome, choose_thresholds, finite_threshold, pareto_curve, simulate
-from edgeexit.errors import DataError, EdgeExitError
-from edgeexit.manifest import CRITERIA, CalibrationRecord, ExitCalibration, ExitSpec, Manifest
+from edgeexit.errors import DataError, UnknownNameError, UsageError
+from edgeexit.manifest import CRITERION_NAMES, CalibrationRecord, ExitCalibration, ExitSpec, Manifest
 
 if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its numpy record
     from edgeexit.runtime.engine import FullDepth
@@ -63,7 +63,7 @@ def check_labels(labels: object, samples: int, num_classes: int) -> np.ndarray:
 def _exit_costs(manifest: Manifest, segment_ms: tuple[float, ...]) -> np.ndarray:
     """Per exit, the time of the segments between the previous exit and this one."""
     if len(segment_ms) != len(manifest.segments):
-        raise EdgeExitError(
+        raise UsageError(
             f"the full-depth record times {len(segment_ms)} segments; the manifest has {len(manifest.segments)}"
         )
     cumulative = np.cumsum(np.asarray(segment_ms, dtype=np.float64))
@@ -92,11 +92,11 @@ def calibrate_manifest(
     keeps its threshold. The record's per-exit accuracy is among the samples that left there, or,
     where none did, the exit's accuracy over all samples (what it would score if it were used).
     """
-    if criterion is not None and criterion not in CRITERIA:
-        raise EdgeExitError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    if criterion is not None and criterion not in CRITERION_NAMES:
+        raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
     exits = manifest.exits
     if len(full.logits) != len(exits) or len(full.similarity) != len(exits):
-        raise EdgeExitError(
+        raise UsageError(
             f"the full-depth record has {len(full.logits)} exits; the manifest has {len(exits)}: "
             "run Engine.run_full on this package"
         )

@@ -9,14 +9,14 @@ segment k's hidden buffer as segment k+1's input, so a sample flows through with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from edgeexit.errors import PackageError
-from edgeexit.manifest import SegmentSpec, TensorSpec
+from edgeexit.manifest import InputSpec, SegmentSpec, TensorSpec
 from edgeexit.runtime.sessions import load_session
 
 
@@ -79,3 +79,15 @@ class BoundChain:
         """Run segment k on whatever its input buffer holds; returns views of its output buffers."""
         self._segments[k].session.run_with_iobinding(self._bindings[k])
         return self.outputs[k]
+
+
+def bind_chain(segments: Sequence[OrtSegment], input_spec: InputSpec) -> BoundChain | None:
+    """A ``BoundChain`` over ``segments``, or None where fixed buffers cannot be bound: a model
+    with context inputs (a text encoder's mask is fed beside every hidden tensor), or dynamic
+    non-batch axes (then the engine runs segment by segment)."""
+    if input_spec.context:
+        return None
+    try:
+        return BoundChain(list(segments), input_spec.tensor)
+    except ValueError:
+        return None

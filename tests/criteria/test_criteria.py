@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from edgeexit.criteria import Boundary, create_criterion, list_criteria, softmax
-from edgeexit.manifest import CRITERIA as MANIFEST_CRITERIA
+from edgeexit.manifest import CRITERION_NAMES
 
 LOGITS = np.array([[4.0, 1.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, -1.0]], dtype=np.float32)
 
 
 def test_every_manifest_criterion_has_an_implementation() -> None:
-    assert sorted(MANIFEST_CRITERIA) == list_criteria()
+    assert sorted(CRITERION_NAMES) == list_criteria()
 
 
 def test_max_prob_is_the_top_softmax_probability_and_respects_temperature() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgeexit.errors import EdgeExitError, InputError, PackageError
-from edgeexit.manifest import CRITERIA, NEVER_THRESHOLD
+from edgeexit.manifest import CRITERION_NAMES, NEVER_THRESHOLD
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine, FullDepth, Result
 
@@ -397,7 +397,7 @@ def test_similarity_override(digits_package: Path, digits, full: FullDepth, thre
 def test_unknown_criterion_lists_the_known_ones(digits_package: Path) -> None:
     with pytest.raises(EdgeExitError, match="unknown criterion 'confidence'") as caught:
         Engine(digits_package, cache_dir=None, criterion="confidence")
-    for name in CRITERIA:
+    for name in CRITERION_NAMES:
         assert name in str(caught.value)
 
 

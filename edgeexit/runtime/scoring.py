@@ -1,0 +1,133 @@
+"""How an exit decides, and the Result it gives: the rules, the scores, the answer.
+
+An exit's rule (criterion, threshold, temperature) comes from the manifest, or from the
+caller's override for every non-final exit. Scoring uses the graph's own score when it already
+is the answer, else the criterion's numpy code, and computes a softmax only when someone reads
+it. Both walks (one sample, a batch) and a tail server's logits go through the same ``Scorer``,
+so a sample gets the same Result however it was run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeexit.criteria import Boundary, create_criterion, softmax
+from edgeexit.errors import InputError, UnknownNameError
+from edgeexit.manifest import CRITERION_NAMES, IN_GRAPH_CRITERIA, NEVER_THRESHOLD, ExitSpec
+from edgeexit.runtime.results import ExitRule, OffloadInfo, Pending, Result
+
+if TYPE_CHECKING:
+    from edgeexit.runtime.walk import Walk
+
+
+def exit_rules(exits: Sequence[ExitSpec], criterion: str | None, threshold: float | None) -> tuple[ExitRule, ...]:
+    """Each exit's rule: the manifest's, with ``criterion`` / ``threshold`` overriding every
+    non-final exit (the CLI's ``--criterion`` and ``--threshold``)."""
+    return tuple(_rule(spec, criterion, threshold) for spec in exits)
+
+
+def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None) -> ExitRule:
+    chosen = spec.criterion if (criterion is None or spec.final) else criterion
+    if chosen not in CRITERION_NAMES:
+        raise UnknownNameError(f"unknown criterion {chosen!r}; expected one of {', '.join(CRITERION_NAMES)}")
+    if spec.logits is None and chosen != "similarity":
+        chosen = "similarity"  # an exit without a classifier can only stop by similarity
+    limit = spec.threshold if (threshold is None or spec.final) else float(threshold)
+    use_graph = chosen == spec.criterion and chosen in IN_GRAPH_CRITERIA and spec.temperature == 1.0
+    return ExitRule(chosen, limit, spec.temperature, spec.score if use_graph else None, spec.final)
+
+
+class Scorer:
+    """Every exit's rule and criterion, and the package's labels: scores outputs, builds Results.
+
+    ``rules`` may be replaced after construction (a benchmark scoring by the graph's own score);
+    the criteria stay those the rules named at construction."""
+
+    def __init__(self, rules: tuple[ExitRule, ...], exits: Sequence[ExitSpec], labels: Sequence[str], classes: int):
+        self.rules = rules
+        self.criteria = [create_criterion(rule.criterion) for rule in rules]
+        #: Whether any exit reads the earlier exits' predictions (patience): the walks keep them only then.
+        self.keeps_history = any(rule.criterion == "patience" for rule in rules)
+        self._logit_names = tuple(spec.logits for spec in exits)
+        self._labels = tuple(labels)
+        self._classes = classes
+
+    def logits(self, k: int, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        name = self._logit_names[k]
+        return outputs[name] if name else None
+
+    def score(
+        self, k: int, walk: Walk, outputs: dict[str, np.ndarray], logits: np.ndarray | None, hidden: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Exit k's scores on segment k's ``outputs`` at this point of ``walk``, and its
+        probabilities when computing the score produced them; no scores when the exit cannot stop
+        anything: early exit off, or a threshold no score reaches (inf for a full-depth run,
+        ``NEVER_THRESHOLD`` for an exit calibrated to "never"), so such runs compute no softmax
+        over logits nobody reads."""
+        rule = self.rules[k]
+        if not (rule.final or (walk.early_exit and rule.threshold < NEVER_THRESHOLD)):
+            return None, None
+        if rule.graph_score is not None:
+            return outputs[rule.graph_score], None
+        criterion = self.criteria[k]
+        probabilities = None
+        if logits is not None and not criterion.needs_hidden:
+            probabilities = softmax(logits, rule.temperature)  # once: the score and the Result share it
+        if rule.final and (logits is None or criterion.needs_hidden):  # the final exit exits anyway
+            return np.ones(len(logits) if logits is not None else len(hidden), np.float32), None  # type: ignore[arg-type]
+        # the token mask the similarity criterion ignores padding by (a text encoder's attention mask)
+        context = walk.context
+        mask = context.get("attention_mask") if (context and criterion.needs_hidden) else None
+        boundary = Boundary(logits, hidden, walk.previous, tuple(walk.history), rule.temperature, probabilities, mask)
+        return criterion.score(boundary), probabilities
+
+    def result(
+        self,
+        k: int,
+        logits: np.ndarray | None,
+        probabilities: np.ndarray | None,
+        score: np.ndarray,
+        i: int,
+        started: float,
+        times: tuple[float, ...],
+        hidden: np.ndarray | None,
+        offload: OffloadInfo | None = None,
+    ) -> Result:
+        """Sample ``i``'s Result at exit ``k``; its latency counts from ``started`` to now."""
+        latency = (time.perf_counter() - started) * 1e3
+        if logits is None:
+            return Result(None, None, None, k, float(score[i]), latency, times, hidden, offload)
+        row = probabilities[i] if probabilities is not None else softmax(logits[i], self.rules[k].temperature)
+        prediction = int(logits[i].argmax())
+        labels = self._labels
+        label = labels[prediction] if prediction < len(labels) else str(prediction)
+        return Result(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden, offload)
+
+    def tail_results(self, pending: Pending, logits: np.ndarray, offload: OffloadInfo | None) -> list[Result]:
+        """Results from a tail's final logits for ``pending``'s samples: the final exit's rule
+        applied as a local run would."""
+        final = len(self.rules) - 1
+        rule = self.rules[final]
+        logits = np.asarray(logits, dtype=np.float32)
+        classes = self._classes
+        if logits.ndim != 2 or logits.shape[0] != pending.samples or (classes and logits.shape[1] != classes):
+            raise InputError(
+                f"tail logits have shape {tuple(logits.shape)}; expected ({pending.samples}, {classes or 'classes'}) "
+                "for the pending samples: the tail does not belong to this package"
+            )
+        probabilities = softmax(logits, rule.temperature)
+        criterion = self.criteria[final]
+        if criterion.needs_hidden:
+            score = np.ones(len(logits), np.float32)  # as the engine scores a final exit it cannot judge
+        else:  # patience counts the agreeing exits that ran here (the tail's own are not reported)
+            boundary = Boundary(logits, None, None, pending.history, rule.temperature, probabilities)
+            score = criterion.score(boundary)
+        times = pending.segment_ms
+        return [
+            self.result(final, logits, probabilities, score, i, pending.started, times, None, offload)
+            for i in range(pending.samples)
+        ]
