@@ -3,8 +3,9 @@ applications over one package, offloading as configured, with SIGHUP reloads and
 
 ``config`` (device.toml), ``runner`` (one loaded config: Engine + offload runner + worker),
 ``service`` (the v2 calls and the response contract), ``app`` (the process: signals, logs,
-metrics). Never imports torch, onnx or edgeexit.compile; nor ``edgeexit.server`` (which needs
-grpc-health and prometheus-client, absent from ``[device]``).
+metrics). The v2 protocol itself is ``edgeexit.kserve``, shared with ``edgeexit serve``. Never
+imports torch, onnx or edgeexit.compile; nor ``edgeexit.server`` (tails, batching, and the
+grpc-health and prometheus-client that ``[device]`` does not install).
 """
 
 from edgeexit.daemon.config import ConfigError, DaemonConfig, load_config

@@ -39,8 +39,8 @@ import grpc
 
 from edgeexit.daemon.config import DaemonConfig, load_config
 from edgeexit.daemon.runner import Runtime
-from edgeexit.daemon.service import DeviceService, register
-from edgeexit.errors import EdgeExitError
+from edgeexit.daemon.service import DeviceService
+from edgeexit.errors import ConfigError, EdgeExitError, ServerError
 from edgeexit.runtime.engine import Result
 
 log = logging.getLogger("edgeexit.daemon")
@@ -93,7 +93,7 @@ class Metrics:
         try:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ModuleNotFoundError:
-            raise EdgeExitError(
+            raise ConfigError(
                 "metrics_port is set but prometheus-client is not installed; install it "
                 "(pip install prometheus-client) or remove metrics_port from device.toml"
             ) from None
@@ -164,12 +164,12 @@ class DeviceDaemon:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        stop = self._stop = asyncio.Event()
         stop_signal: list[str] = []
 
         def on_stop(signum: int) -> None:
             stop_signal.append(signal.Signals(signum).name)
-            self._stop.set()  # type: ignore[union-attr]
+            stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_stop, signum)
@@ -183,7 +183,7 @@ class DeviceDaemon:
                 self.metrics.generation.set(self.runtime.generation)
             print(f"{READY_PREFIX}{self.address}", file=sys.stderr, flush=True)
             event("listening", address=self.address, metrics_port=self._metrics_port)
-            await self._stop.wait()
+            await stop.wait()
             event("draining", signal=stop_signal[0] if stop_signal else None, grace_s=self.config.grace_s)
             await self._drain()
         finally:
@@ -208,7 +208,7 @@ class DeviceDaemon:
         ]
         server = grpc.aio.server(options=options)
         self._service = DeviceService(self._current, max_message_bytes=MAX_MESSAGE_BYTES, on_request=self._on_request)
-        register(self._service, server)
+        self._service.register(server)
         listen = self.config.listen
         socket = self.config.unix_path
         if socket is not None:
@@ -221,7 +221,7 @@ class DeviceDaemon:
         except RuntimeError:
             port = 0
         if not port:
-            raise EdgeExitError(
+            raise ServerError(
                 f"listen {self.config.listen!r}: cannot bind it (in use, not this machine's, or no permission); "
                 "pick another listen address in device.toml"
             )
