@@ -1,9 +1,16 @@
-"""The layer rule of DESIGN.md: the device path (manifest, package, runtime, data, CLI) never loads
-torch or onnx, which a device does not install.
+"""The layer rules of DESIGN.md as a contract the suite enforces.
 
-Two checks: a fresh interpreter that imports the device modules and verifies a real package, then
-inspects ``sys.modules``; and a static pass over the source, so a top-level ``import torch`` is
-caught in a module that the dynamic check happens not to import.
+- The device path (manifest, package, runtime, data, CLI) never loads torch or onnx, which a
+  device does not install: a fresh interpreter imports the device modules and verifies a real
+  package, then inspects ``sys.modules``; and a static pass over the source catches a top-level
+  ``import torch`` in a module that the dynamic check happens not to import.
+- The library never imports the CLI: no module outside ``edgeexit.cli`` imports it, not even
+  inside a function (``edgeexit/__main__.py``, the CLI's launcher, excepted).
+- The device-side layers (runtime, device, server, daemon, transport, ...) never import
+  ``edgeexit.compile``, torch or onnx, not even lazily inside a function.
+
+The static passes read every ``import`` in the source; only ``if TYPE_CHECKING:`` blocks (never
+run) are left out.
 """
 
 from __future__ import annotations
@@ -82,12 +89,13 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def top_level_imports(source: str, module: str) -> list[tuple[int, str]]:
+def top_level_imports(source: str, module: str, *, lazy: bool = False) -> list[tuple[int, str]]:
     """(line, imported module) for every import that runs when ``module`` is imported.
 
     That is the module body, including ``if``/``try``/``with`` blocks and class bodies, but not
-    function bodies (lazy imports) nor ``if TYPE_CHECKING:`` blocks. Relative imports are resolved
-    against ``module``; ``from a import b`` yields both ``a`` and ``a.b`` (b may be a submodule).
+    function bodies (lazy imports; ``lazy=True`` adds them) nor ``if TYPE_CHECKING:`` blocks.
+    Relative imports are resolved against ``module``; ``from a import b`` yields both ``a`` and
+    ``a.b`` (b may be a submodule).
     """
     package_parts = module.split(".")[:-1]  # a module's package; for "a.b.__init__" that is a.b itself
     found: list[tuple[int, str]] = []
@@ -105,7 +113,8 @@ def top_level_imports(source: str, module: str) -> list[tuple[int, str]]:
                 found.append((node.lineno, base))
                 found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*")
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
+                if lazy:
+                    visit(node.body)
             elif isinstance(node, ast.If):
                 if not _is_type_checking(node.test):
                     visit(node.body)
@@ -193,3 +202,86 @@ def test_manifest_layer_does_not_import_a_runtime(module: str) -> None:
     file = PACKAGE_DIR / module
     imported = [name for _, name in top_level_imports(file.read_text(encoding="utf-8"), f"edgeexit.{file.stem}")]
     assert not [n for n in imported if n.split(".")[0] in ("onnxruntime", "grpc", *HEAVY)], imported
+
+
+# --- the library never imports the CLI; the device side never imports compile, torch or onnx ---------------------
+
+#: The packages and top-level modules a device installs and runs: none may reach for the exporter.
+#: (``int8_schemes`` is a workstation module at the top level: quantize and tools use it, onnx lazily.)
+DEVICE_SIDE_PACKAGES = (
+    "runtime", "device", "server", "daemon", "transport", "policy", "profile", "data", "calibration",
+    "criteria", "codecs", "kserve",
+)  # fmt: skip
+DEVICE_SIDE_MODULES = (
+    "__init__.py", "archive.py", "console.py", "errors.py", "fileio.py", "manifest.py", "package.py",
+    "parity.py", "procs.py", "registry.py", "reports.py", "repository.py",
+)  # fmt: skip
+
+
+def is_cli(name: str) -> bool:
+    return name == "edgeexit.cli" or name.startswith("edgeexit.cli.")
+
+
+def every_import(file: Path) -> list[tuple[int, str]]:
+    """Every import in ``file``, inside functions too (TYPE_CHECKING blocks excepted)."""
+    return top_level_imports(file.read_text(encoding="utf-8"), module_name(file), lazy=True)
+
+
+def offences(files: list[Path], forbidden) -> list[str]:
+    return [
+        f"{file.relative_to(PACKAGE_DIR.parent)}:{line} imports {imported}"
+        for file in files
+        for line, imported in every_import(file)
+        if forbidden(imported)
+    ]
+
+
+def device_side_files() -> list[Path]:
+    files = [f for package in DEVICE_SIDE_PACKAGES for f in sorted((PACKAGE_DIR / package).rglob("*.py"))]
+    return files + [PACKAGE_DIR / name for name in DEVICE_SIDE_MODULES if (PACKAGE_DIR / name).exists()]
+
+
+def test_the_lazy_pass_also_sees_imports_inside_functions() -> None:
+    source = """
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from edgeexit.cli.render import segments_table
+def lazy():
+    from edgeexit.cli import render
+    import torch
+class Thing:
+    def method(self):
+        from ..compile import zoo
+"""
+    module = "edgeexit.device.comparison"
+    assert [name for _, name in top_level_imports(source, module, lazy=True)] == [
+        "typing",
+        "typing.TYPE_CHECKING",  # not: the CLI under TYPE_CHECKING, which never runs
+        "edgeexit.cli",
+        "edgeexit.cli.render",
+        "torch",
+        "edgeexit.compile",  # a method's relative import, resolved against the package
+        "edgeexit.compile.zoo",
+    ]
+    assert [name for _, name in top_level_imports(source, module)] == ["typing", "typing.TYPE_CHECKING"]
+
+
+def test_the_library_never_imports_the_cli() -> None:
+    library = [
+        f
+        for f in sorted(PACKAGE_DIR.rglob("*.py"))
+        if f.relative_to(PACKAGE_DIR).parts[0] != "cli" and f != PACKAGE_DIR / "__main__.py"
+    ]
+    assert PACKAGE_DIR / "compile" / "demo.py" in library
+    found = offences(library, is_cli)
+    assert found == [], "library modules that import the CLI (move what they need out of edgeexit.cli):\n" + "\n".join(
+        found
+    )
+
+
+def test_the_device_side_never_imports_compile_torch_or_onnx() -> None:
+    files = device_side_files()
+    for package in DEVICE_SIDE_PACKAGES:  # a package renamed or removed must update the list above
+        assert (PACKAGE_DIR / package / "__init__.py") in files, package
+    found = offences(files, is_forbidden)
+    assert found == [], "device-side modules that reach for the exporter, even lazily:\n" + "\n".join(found)

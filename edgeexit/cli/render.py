@@ -1,4 +1,5 @@
-"""Tables the commands print, built from the API's records (shared by train, export, demo)."""
+"""Tables the commands print, built from the API's records. The ones ``edgeexit demo`` prints too
+(per-exit accuracy, parity, segments) live in ``edgeexit.reports`` and are imported from there."""
 
 from __future__ import annotations
 
@@ -8,64 +9,7 @@ from rich.table import Table
 
 from edgeexit.console import table
 from edgeexit.manifest import NEVER_THRESHOLD, Manifest
-from edgeexit.parity import ParityCheck
-
-
-def accuracy_table(title: str, rows: Sequence[object]) -> Table:
-    """``rows`` are ExitAccuracy records (from edgeexit.compile.training)."""
-    return table(
-        title,
-        ["exit", "boundary", "head", "accuracy"],
-        [
-            (r.exit, r.boundary, r.head or "(none)", None if r.accuracy is None else f"{100 * r.accuracy:.2f}%")  # type: ignore[attr-defined]
-            for r in rows
-        ],
-    )
-
-
-def parity_table(title: str, checks: Sequence[ParityCheck]) -> Table:
-    return table(
-        title,
-        ["graph", "output", "max |diff|", "ok"],
-        [(c.graph, c.output, f"{c.max_abs_diff:.2e}", "yes" if c.ok else "NO") for c in checks],
-    )
-
-
-def segments_table(manifest: Manifest) -> Table:
-    rows = []
-    for segment in manifest.segments:
-        spec = manifest.exit_of_segment(segment.index)
-        hidden = segment.output(segment.hidden) if segment.hidden else None
-        rows.append(
-            (
-                segment.index,
-                segment.file,
-                "x".join("N" if d is None else str(d) for d in segment.inputs[0].shape),
-                "x".join("N" if d is None else str(d) for d in hidden.shape) if hidden else "-",
-                f"{segment.hidden_bytes / 1024:.1f}" if segment.hidden_bytes else "-",
-                f"{segment.flops / 1e6:.2f}",
-                f"{segment.params:,}",
-                spec.head if spec else "-",
-                spec.criterion if spec else "-",
-                f"{spec.threshold:.3f}" if spec else "-",
-            )
-        )
-    return table(
-        f"{manifest.model_name}  package_id {manifest.package_id}",
-        [
-            "seg",
-            "file",
-            "input",
-            "hidden",
-            "hidden KiB/sample",
-            "MFLOPs",
-            "params",
-            "exit head",
-            "criterion",
-            "threshold",
-        ],
-        rows,
-    )
+from edgeexit.reports import accuracy_table, parity_table, segments_table
 
 
 def tails_table(manifest: Manifest) -> Table:
@@ -173,3 +117,14 @@ def offload_results_table(manifest: Manifest, samples: Sequence[object], results
         [*_RESULT_COLUMNS, "offload", "server", "bytes sent", "transfer ms"],
         rows,
     )
+
+
+__all__ = [
+    "accuracy_table",
+    "calibration_table",
+    "offload_results_table",
+    "parity_table",
+    "results_table",
+    "segments_table",
+    "tails_table",
+]

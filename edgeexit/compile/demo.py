@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 from edgeexit.calibration import calibrate_manifest, digest_data
-from edgeexit.cli.render import accuracy_table, parity_table, segments_table
 from edgeexit.compile.checkpoint import save_checkpoint
 from edgeexit.compile.export import export
 from edgeexit.compile.training import evaluate, train
@@ -23,6 +22,7 @@ from edgeexit.console import console, table
 from edgeexit.data import builtin_images
 from edgeexit.device import TailClient
 from edgeexit.device.comparison import OffloadSummary, compare_offload, local_tail_server
+from edgeexit.reports import accuracy_table, parity_table, segments_table
 from edgeexit.runtime import Engine
 from edgeexit.runtime.evaluation import RunSummary, summarize
 from edgeexit.runtime.verify import verify_package

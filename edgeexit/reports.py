@@ -1,0 +1,77 @@
+"""Tables of what the toolkit measured, built from the API's records: per-exit accuracy, the
+parity of the exported graphs, a package's segments.
+
+A library module, not the CLI's: ``edgeexit demo`` (in ``edgeexit.compile``) prints them as the
+commands do, and the library never imports the CLI. ``edgeexit.cli.render`` builds the
+commands' other tables on the same ``edgeexit.console.table``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from edgeexit.console import table
+from edgeexit.manifest import Manifest
+from edgeexit.parity import ParityCheck
+
+
+def accuracy_table(title: str, rows: Sequence[object]) -> Table:
+    """``rows`` are ExitAccuracy records (from edgeexit.compile.training)."""
+    return table(
+        title,
+        ["exit", "boundary", "head", "accuracy"],
+        [
+            (r.exit, r.boundary, r.head or "(none)", None if r.accuracy is None else f"{100 * r.accuracy:.2f}%")  # type: ignore[attr-defined]
+            for r in rows
+        ],
+    )
+
+
+def parity_table(title: str, checks: Sequence[ParityCheck]) -> Table:
+    return table(
+        title,
+        ["graph", "output", "max |diff|", "ok"],
+        [(c.graph, c.output, f"{c.max_abs_diff:.2e}", "yes" if c.ok else "NO") for c in checks],
+    )
+
+
+def segments_table(manifest: Manifest) -> Table:
+    rows = []
+    for segment in manifest.segments:
+        spec = manifest.exit_of_segment(segment.index)
+        hidden = segment.output(segment.hidden) if segment.hidden else None
+        rows.append(
+            (
+                segment.index,
+                segment.file,
+                "x".join("N" if d is None else str(d) for d in segment.inputs[0].shape),
+                "x".join("N" if d is None else str(d) for d in hidden.shape) if hidden else "-",
+                f"{segment.hidden_bytes / 1024:.1f}" if segment.hidden_bytes else "-",
+                f"{segment.flops / 1e6:.2f}",
+                f"{segment.params:,}",
+                spec.head if spec else "-",
+                spec.criterion if spec else "-",
+                f"{spec.threshold:.3f}" if spec else "-",
+            )
+        )
+    return table(
+        f"{manifest.model_name}  package_id {manifest.package_id}",
+        [
+            "seg",
+            "file",
+            "input",
+            "hidden",
+            "hidden KiB/sample",
+            "MFLOPs",
+            "params",
+            "exit head",
+            "criterion",
+            "threshold",
+        ],
+        rows,
+    )
+
+
+__all__ = ["accuracy_table", "parity_table", "segments_table"]
