@@ -1,4 +1,5 @@
-"""The wire to tail servers: KServe v2 gRPC stubs (``generated``) and the device's tail client.
+"""The wire to tail servers: KServe v2 gRPC stubs (``generated``), the device's tail client, and
+the transports it sends through (``rpc``: the real call; ``link_emulation``: an emulated link).
 
 ``from edgeexit.transport import TailClient`` loads grpc; importing this package alone does not
 (``edgeexit.repository`` reads Triton configs through ``generated`` and must stay light).
@@ -11,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgeexit.transport.breaker import CircuitBreaker
     from edgeexit.transport.client import TailClient, TailReply, TlsConfig
+    from edgeexit.transport.rpc import GrpcTransport, Transport
 
-__all__ = ["CircuitBreaker", "TailClient", "TailReply", "TlsConfig"]
+__all__ = ["CircuitBreaker", "GrpcTransport", "TailClient", "TailReply", "TlsConfig", "Transport"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from edgeexit.transport import client
 
         return getattr(client, name)
+    if name in ("GrpcTransport", "Transport"):
+        from edgeexit.transport import rpc
+
+        return getattr(rpc, name)
     raise AttributeError(f"module 'edgeexit.transport' has no attribute {name!r}")
