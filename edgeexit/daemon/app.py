@@ -16,126 +16,46 @@ Signals:
   calls in flight finish (at most ``grace_s``), the process exits 0.
 
 Logs are JSON lines on stderr (``log_format = "text"``: plain lines); one event per line with
-``event`` naming it. Before serving, the daemon prints ``edgeexit device: listening on ADDRESS``
-on stderr (the bound address: the real port when 0 was asked for; ``unix:PATH`` for a socket).
+``event`` naming it (``edgeexit.daemon.logs``). Before serving, the daemon prints
+``edgeexit device: listening on ADDRESS`` on stderr (the bound address: the real port when 0
+was asked for; ``unix:PATH`` for a socket).
 
-Metrics (``metrics_port``): Prometheus ``/metrics`` on 127.0.0.1 (prometheus-client, which
-``[server]`` brings; a config that asks for metrics without it is refused with the install line).
+Metrics (``metrics_port``): Prometheus ``/metrics`` on 127.0.0.1 (``edgeexit.daemon.metrics``;
+prometheus-client, which ``[server]`` brings: a config that asks for metrics without it is
+refused with the install line).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from edgeexit.daemon.config import DaemonConfig, load_config
+from edgeexit.daemon.logs import configure_logging, event
+from edgeexit.daemon.metrics import DaemonMetrics
 from edgeexit.daemon.runner import Runtime
 from edgeexit.daemon.service import DeviceService
-from edgeexit.errors import ConfigError, EdgeExitError, ServerError
+from edgeexit.errors import EdgeExitError, ServerError
 from edgeexit.runtime.engine import Result
 
-log = logging.getLogger("edgeexit.daemon")
+__all__ = ["MAX_MESSAGE_BYTES", "READY_PREFIX", "DeviceDaemon", "configure_logging"]
+
 READY_PREFIX = "edgeexit device: listening on "
 MAX_MESSAGE_BYTES = 64 << 20
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event/message and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        text = f"{record.levelname.lower()} {record.getMessage()}" + (f" {fields}" if fields else "")
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-def configure_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("edgeexit")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
-def event(name: str, level: int = logging.INFO, **fields: object) -> None:
-    log.log(level, name, extra={"fields": {"event": name, **fields}})
-
-
-class Metrics:
-    """Prometheus series of the daemon, in a registry of its own."""
-
-    def __init__(self) -> None:
-        try:
-            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "metrics_port is set but prometheus-client is not installed; install it "
-                "(pip install prometheus-client) or remove metrics_port from device.toml"
-            ) from None
-        self.registry = CollectorRegistry()
-        self.requests = Counter("edgeexit_device_requests", "ModelInfer calls by status code.", ("code",),
-                                registry=self.registry)  # fmt: skip
-        self.samples = Counter("edgeexit_device_samples", "Samples answered, by exit and route.", ("exit", "route"),
-                               registry=self.registry)  # fmt: skip
-        self.latency = Histogram("edgeexit_device_request_seconds", "Whole ModelInfer time.", registry=self.registry)
-        self.reloads = Counter("edgeexit_device_reloads", "SIGHUP reloads by outcome.", ("outcome",),
-                               registry=self.registry)  # fmt: skip
-        self.generation = Gauge("edgeexit_device_generation", "Generation of the live config.", registry=self.registry)
-        self._http: Any = None
-        self._thread: Any = None
-
-    def request(self, code: str, samples: int, seconds: float, results: list[Result]) -> None:
-        self.requests.labels(code).inc()
-        if code == "OK":
-            self.latency.observe(seconds)
-        for r in results:
-            route = "local" if r.offload is None else "fallback" if r.offload.fallback else "offloaded"
-            self.samples.labels(str(r.exit), route).inc()
-
-    def start_http(self, port: int) -> int:
-        from prometheus_client import start_http_server
-
-        self._http, self._thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        return int(self._http.server_port)
-
-    def stop_http(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._thread.join(timeout=5)
-            self._http = None
 
 
 class DeviceDaemon:
     def __init__(self, config_path: str | Path) -> None:
         self.config_path = Path(config_path)
         self.config: DaemonConfig = load_config(self.config_path)
-        self.metrics = Metrics() if self.config.metrics_port is not None else None
+        self.metrics = DaemonMetrics() if self.config.metrics_port is not None else None
         self.runtime: Runtime | None = None
         self.answered = 0
         self.refused = 0

@@ -36,6 +36,7 @@ attempts.clear()
 import edgeexit.kserve, edgeexit.kserve.request, edgeexit.kserve.response, edgeexit.kserve.service
 import edgeexit.kserve.status
 import edgeexit.daemon, edgeexit.daemon.app, edgeexit.daemon.service, edgeexit.daemon.runner
+import edgeexit.daemon.logs, edgeexit.daemon.metrics
 import edgeexit.cli.daemon_commands
 print(json.dumps({"attempts": attempts, "loaded": sorted(
     m for m in sys.modules
