@@ -114,13 +114,23 @@ class Walker:
 
     def one(self, walk: Walk) -> Result | Pending:
         """One sample from ``walk.start``, stopping at the first confident exit, or with a
-        Pending after segment ``walk.stop``."""
+        Pending after segment ``walk.stop``. The loop of ``steps`` written out: this is the
+        batch-1 hot path, and a generator's resumption per segment costs more than the lines."""
         scorer = self.scorer
         rules = scorer.rules
         times = walk.times
-        for k, outputs, ms in self.steps(walk.source, walk.start, walk.context):
-            times.append(ms)
-            hidden_name = self._hidden_names[k]
+        context = walk.context
+        hidden_names = self._hidden_names
+        chain = self.chain
+        current = walk.source
+        start = walk.start
+        if chain is not None:
+            np.copyto(chain.input if start == 0 else chain.outputs[start - 1][hidden_names[start - 1]], current)  # type: ignore[index]
+        for k in range(start, len(hidden_names)):
+            tick = time.perf_counter()
+            outputs = chain.run_segment(k) if chain is not None else self.segments[k].run(current, context)
+            times.append((time.perf_counter() - tick) * 1e3)
+            hidden_name = hidden_names[k]
             hidden = outputs.get(hidden_name) if hidden_name else None
             logits = scorer.logits(k, outputs)
             score, probabilities = scorer.score(k, walk, outputs, logits, hidden)
@@ -132,8 +142,8 @@ class Walker:
                 walk.history.append(logits.argmax(axis=-1))
             if k == walk.stop:
                 owned = hidden.copy()  # type: ignore[union-attr]  # every non-final segment has a hidden output
-                return walk.pending(k, owned, (0,), {name: value.copy() for name, value in walk.context.items()})
-            walk.previous = hidden
+                return walk.pending(k, owned, (0,), {name: value.copy() for name, value in context.items()})
+            walk.previous = current = hidden  # type: ignore[assignment]
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
     def batch(self, walk: Walk) -> tuple[list[Result | None], Pending | None]:
