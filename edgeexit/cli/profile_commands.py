@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgeexit.console import console, table
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UsageError
 
 if TYPE_CHECKING:
     from edgeexit.profile.record import Profile
@@ -120,7 +120,7 @@ def write_plots(
     if codec is None:
         codec = "fp16" if "fp16" in have else "fp32"
     elif have and codec not in have:
-        raise EdgeExitError(f"the package has no tails for codec {codec!r}; it has {', '.join(sorted(have))}")
+        raise UsageError(f"the package has no tails for codec {codec!r}; it has {', '.join(sorted(have))}")
     directory.mkdir(parents=True, exist_ok=True)
     costs = device_costs(result, manifest, codec=codec, radio=radio)
     curves = split_curves(costs, rtt_ms=rtt_ms, input_bytes=manifest.input.tensor.sample_bytes())

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import PackageError, UsageError
 from edgeexit.manifest import Manifest
 from edgeexit.policy.link import LinkEstimate
 
@@ -97,19 +97,19 @@ class DeviceCosts:
     def __post_init__(self) -> None:
         n = len(self.segment_ms)
         if n == 0:
-            raise EdgeExitError("DeviceCosts needs at least one segment")
+            raise UsageError("DeviceCosts needs at least one segment")
         for name in ("segment_j", "exit_prob", "exit_check_ms", "exit_check_j"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
-                raise EdgeExitError(f"DeviceCosts.{name} has {len(value)} entries; expected one per segment ({n})")
+                raise UsageError(f"DeviceCosts.{name} has {len(value)} entries; expected one per segment ({n})")
         for name in ("encoded_bytes", "server_ms"):
             value = getattr(self, name)
             if value is not None and len(value) != n - 1:
-                raise EdgeExitError(
+                raise UsageError(
                     f"DeviceCosts.{name} has {len(value)} entries; expected one per offload boundary ({n - 1})"
                 )
         if any(p < 0 for p in self.exit_prob) or not math.isclose(sum(self.exit_prob), 1.0, abs_tol=1e-3):
-            raise EdgeExitError(
+            raise UsageError(
                 f"DeviceCosts.exit_prob must be probabilities summing to 1 (the final exit takes the rest), "
                 f"got {self.exit_prob}"
             )
@@ -156,10 +156,10 @@ class DeviceCosts:
         """
         n = len(manifest.segments)
         if len(segment_ms) != n:
-            raise EdgeExitError(f"segment_ms has {len(segment_ms)} entries; the package has {n} segments")
+            raise UsageError(f"segment_ms has {len(segment_ms)} entries; the package has {n} segments")
         if segment_j is None:
             if active_w is None:
-                raise EdgeExitError("give segment_j (measured energy) or active_w (a power model) for the segments")
+                raise UsageError("give segment_j (measured energy) or active_w (a power model) for the segments")
             segment_j = [active_w * ms / 1000.0 for ms in segment_ms]
         probs = [0.0] * n
         if manifest.calibration is None:
@@ -170,7 +170,7 @@ class DeviceCosts:
                 probs[segment_of[record.exit]] += record.exit_rate
             total = sum(probs)
             if total <= 0:
-                raise EdgeExitError("the manifest's calibration record has no exit rates")
+                raise PackageError("the manifest's calibration record has no exit rates")
             probs = [p / total for p in probs]
         sizes: list[int | None] = [None] * (n - 1)
         input_bytes: int | None = None
@@ -216,7 +216,7 @@ def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     """Offloading boundary k's tensor now: RTT + upload + server queue + tail compute; device
     energy = radio (upload and tail) + idle power over the whole wait."""
     if k not in costs.offload_boundaries:
-        raise EdgeExitError(f"no tail to offload to at boundary {k}; boundaries with one: {costs.offload_boundaries}")
+        raise UsageError(f"no tail to offload to at boundary {k}; boundaries with one: {costs.offload_boundaries}")
     if k == -1:  # the input tail: the raw input travels, the whole model runs on the server
         size, compute_ms = costs.input_bytes, costs.input_server_ms or 0.0
     else:
@@ -236,13 +236,13 @@ def remaining(costs: DeviceCosts, k: int, split: int | None, link: LinkEstimate 
     finish locally."""
     end = costs.segments - 1 if split is None else split
     if end < k:
-        raise EdgeExitError(f"cannot plan an offload at boundary {split} from boundary {k}: it is behind")
+        raise UsageError(f"cannot plan an offload at boundary {split} from boundary {k}: it is behind")
     total = ZERO
     for j in range(k + 1, end + 1):
         total = total + costs.step(j).scaled(_reach(costs, j, k))
     if split is not None:
         if link is None:
-            raise EdgeExitError("an offload plan needs a link estimate")
+            raise UsageError("an offload plan needs a link estimate")
         total = total + offload_now(costs, split, link).scaled(_reach(costs, split + 1, k))
     return total
 

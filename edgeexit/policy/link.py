@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UsageError
 
 #: a conservative default when nothing has been measured: a weak Wi-Fi / LTE uplink
 DEFAULT_PRIOR_BANDWIDTH_BPS = 5e6
@@ -127,11 +127,11 @@ class LinkEstimator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if half_life_samples <= 0 or stale_after_s < 0 or decay_half_life_s <= 0:
-            raise EdgeExitError(
+            raise UsageError(
                 "LinkEstimator needs half_life_samples > 0, stale_after_s >= 0 and decay_half_life_s > 0"
             )
         if prior_bandwidth_bps <= 0 or prior_rtt_s < 0:
-            raise EdgeExitError("LinkEstimator needs a positive prior bandwidth and a non-negative prior RTT")
+            raise UsageError("LinkEstimator needs a positive prior bandwidth and a non-negative prior RTT")
         alpha = 1.0 - 0.5 ** (1.0 / half_life_samples)
         self._clock = clock
         self._bandwidth = _Ewma(prior_bandwidth_bps, alpha, stale_after_s, decay_half_life_s)
@@ -142,7 +142,7 @@ class LinkEstimator:
     def observe_probe(self, rtt_s: float) -> None:
         """A light probe (an empty request, a health check): its round trip is the RTT."""
         if rtt_s < 0 or not math.isfinite(rtt_s):
-            raise EdgeExitError(f"a probe's RTT must be a finite number >= 0, got {rtt_s!r}")
+            raise UsageError(f"a probe's RTT must be a finite number >= 0, got {rtt_s!r}")
         now = self._clock()
         self._rtt.update(rtt_s, now)
         self._last = now
@@ -154,7 +154,7 @@ class LinkEstimator:
         reported queue + compute time. ``queue_ms`` (part of ``server_ms``), when given, feeds the
         queue estimate. Returns whether the transfer yielded a bandwidth sample."""
         if nbytes < 0 or seconds < 0 or server_ms < 0:
-            raise EdgeExitError("a transfer needs nbytes, seconds and server_ms >= 0")
+            raise UsageError("a transfer needs nbytes, seconds and server_ms >= 0")
         now = self._clock()
         self._last = now
         if queue_ms is not None:

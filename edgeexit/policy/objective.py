@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UnknownNameError, UsageError
 
 Kind = Literal["latency", "energy"]
 
@@ -40,13 +40,13 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.kind not in ("latency", "energy"):
-            raise EdgeExitError(f"unknown objective {self.kind!r}; expected one of: energy, latency")
+            raise UnknownNameError(f"unknown objective {self.kind!r}; expected one of: energy, latency")
         if self.kind == "latency" and self.latency_slo_ms is not None:
-            raise EdgeExitError("the latency objective takes energy_budget_j; a latency SLO goes with kind='energy'")
+            raise UsageError("the latency objective takes energy_budget_j; a latency SLO goes with kind='energy'")
         if self.kind == "energy" and self.energy_budget_j is not None:
-            raise EdgeExitError("the energy objective takes latency_slo_ms; an energy budget goes with kind='latency'")
+            raise UsageError("the energy objective takes latency_slo_ms; an energy budget goes with kind='latency'")
         if self.low_battery_slack < 0:
-            raise EdgeExitError("low_battery_slack must be >= 0")
+            raise UsageError("low_battery_slack must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +104,7 @@ def choose(
 ) -> tuple[Option, tuple[Option, ...], str]:
     """Pick one option by ``objective``; returns it, the options marked feasible or not, and why."""
     if not options:
-        raise EdgeExitError("a policy needs at least one option to choose from")
+        raise UsageError("a policy needs at least one option to choose from")
     if objective.kind == "latency":
         limit, key, other, what = objective.energy_budget_j, "energy_j", "latency_ms", "energy budget"
     else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UsageError
 from edgeexit.policy.costs import DeviceCosts, remaining, static_split, sunk
 from edgeexit.policy.decision import Decision
 from edgeexit.policy.link import LinkEstimate
@@ -45,7 +45,7 @@ class Policy(ABC):
         """Continue or offload at ``boundary``, for a sample that reached it without exiting.
         ``battery`` is a ``BatteryState``, a level in percent on battery power, or None."""
         if boundary < -1 or (self.costs is not None and boundary >= self.costs.segments):
-            raise EdgeExitError(f"boundary {boundary} is outside the package's segments")
+            raise UsageError(f"boundary {boundary} is outside the package's segments")
         return self._decide(boundary, link, BatteryState.of(battery))
 
     @abstractmethod
@@ -75,9 +75,9 @@ class Policy(ABC):
 
     def _need(self, link: LinkEstimate | None) -> tuple[DeviceCosts, LinkEstimate]:
         if self.costs is None:
-            raise EdgeExitError(f"policy {self.name!r} needs the device's costs (a profile): pass costs=DeviceCosts")
+            raise UsageError(f"policy {self.name!r} needs the device's costs (a profile): pass costs=DeviceCosts")
         if link is None:
-            raise EdgeExitError(f"policy {self.name!r} needs a link estimate (LinkEstimator.estimate())")
+            raise UsageError(f"policy {self.name!r} needs a link estimate (LinkEstimator.estimate())")
         return self.costs, link
 
 
@@ -106,7 +106,7 @@ class SplitPolicy(Policy):
     def __init__(self, k: int, costs: DeviceCosts | None = None, objective: Objective | None = None) -> None:
         super().__init__(costs, objective)
         if costs is not None and k not in costs.offload_boundaries:
-            raise EdgeExitError(
+            raise UsageError(
                 f"split@{split_name(k)}: no tail at boundary {k}; boundaries with one: {costs.offload_boundaries}"
             )
         self.k = k
@@ -187,7 +187,7 @@ def create_policy(name: str, costs: DeviceCosts | None = None, objective: Object
         found = match.group(1)
         return SplitPolicy(-1 if found == "input" else int(found), costs, objective)
     if name.startswith("split@"):
-        raise EdgeExitError(
+        raise UsageError(
             f"policy {name!r}: the split boundary must be a non-negative integer, as in split@1, or input"
         )
     return POLICIES.get(name)(costs, objective)  # type: ignore[call-arg]

@@ -10,11 +10,13 @@ What is here:
 - ``power``: device presets ``rpi4``, ``rpi5``, ``jetson-nano``, ``orin-nano``, ``x86-laptop`` (idle and
   full-load watts, each with its citation in ``source`` and ``estimate`` when unpublished) and
   ``model_energy``: E = idle * wall + (active - idle) * busy * wall, busy from psutil CPU time.
-- ``radio``: ``wifi`` and ``lte`` upload models (power linear in uplink Mbit/s plus a tail, Huang et
-  al. MobiSys 2012), returning ``RadioEnergy`` split into transfer and tail.
+- ``radio``: ``wifi`` and ``lte`` upload presets (power linear in uplink Mbit/s plus a tail, Huang et
+  al. MobiSys 2012), returning ``RadioEnergy`` split into transfer and tail; ``cost_model()`` gives
+  the policies' ``RadioModel`` (watts).
 - ``record``: ``Profile`` (``profile.json``: per-segment latency, exit-check cost and energy, peak RSS,
-  encoded bytes per codec, the machine and thread count), ``save_profile`` / ``load_profile`` and
-  ``device_costs``: a profile as the policies' ``DeviceCosts``.
+  encoded bytes per codec, the machine and thread count), ``save_profile`` / ``load_profile``,
+  ``device_costs``: a profile as the policies' ``DeviceCosts``, and ``modelled_costs``: the same
+  from segment latencies measured on the spot and a power and a radio preset.
 - ``measure``: ``profile_package`` (what ``edgeexit profile`` runs; ONNX Runtime loaded lazily).
 - ``plots``: latency per segment and the split-point picture (matplotlib, lazily: the [plots] extra).
 """
@@ -34,7 +36,7 @@ from edgeexit.profile.meters import (
     best_meter,
 )
 from edgeexit.profile.power import PRESETS, PowerPreset, get_preset, list_presets, model_energy, register_preset
-from edgeexit.profile.radio import RADIOS, RadioEnergy, RadioModel, get_radio, list_radios, register_radio
+from edgeexit.profile.radio import RADIOS, RadioEnergy, RadioPreset, get_radio, list_radios, register_radio
 from edgeexit.profile.record import (
     EncodedSize,
     Machine,
@@ -43,6 +45,7 @@ from edgeexit.profile.record import (
     SegmentProfile,
     device_costs,
     load_profile,
+    modelled_costs,
     save_profile,
 )
 
@@ -61,7 +64,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "RadioEnergy",
-    "RadioModel",
+    "RadioPreset",
     "RaplMeter",
     "SegmentProfile",
     "Skipped",
@@ -73,6 +76,7 @@ __all__ = [
     "list_radios",
     "load_profile",
     "model_energy",
+    "modelled_costs",
     "profile_package",
     "register_preset",
     "register_radio",

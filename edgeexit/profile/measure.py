@@ -32,7 +32,7 @@ import numpy as np
 from edgeexit import __version__
 from edgeexit.codecs import create_codec, list_codecs
 from edgeexit.console import progress_bar
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import PackageError, UsageError
 from edgeexit.profile.meters import best_meter
 from edgeexit.profile.power import get_preset
 from edgeexit.profile.record import EncodedSize, Machine, Profile, SegmentProfile, SkippedSource, now_iso
@@ -86,7 +86,7 @@ def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, Context, str]:
             return x, context, f"{manifest.reference.file} ({x.shape[0]} samples)"
     shape = tuple(1 if dim is None else dim for dim in spec.shape[1:])
     if names or not np.issubdtype(dtype, np.floating):
-        raise EdgeExitError(
+        raise PackageError(
             f"the package has no reference sample with its input and context inputs ({spec.dtype} "
             f"{spec.name}{''.join(', ' + n for n in names)}): random inputs cannot stand in for them; "
             "re-export it with a sample"
@@ -158,9 +158,9 @@ def profile_package(
     from edgeexit.runtime.engine import Engine
 
     if runs < 1:
-        raise EdgeExitError(f"runs must be >= 1, got {runs}")
+        raise UsageError(f"runs must be >= 1, got {runs}")
     if warmup < 0:
-        raise EdgeExitError(f"warmup must be >= 0, got {warmup}")
+        raise UsageError(f"warmup must be >= 0, got {warmup}")
     get_preset(preset)  # an unknown preset fails now, not after the latency runs
     engine = (
         engine_or_path

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import EdgeExitError, UsageError
 from edgeexit.profile.power import PowerPreset, get_preset, model_energy
 
 
@@ -72,7 +72,7 @@ class EnergyMeter(ABC):
 
     def stop(self) -> EnergyReading:
         if self._t0 is None:
-            raise EdgeExitError(f"{type(self).__name__}.stop() called before start()")
+            raise UsageError(f"{type(self).__name__}.stop() called before start()")
         seconds = time.perf_counter() - self._t0
         joules = self._end(seconds)
         self._t0 = None
@@ -207,7 +207,7 @@ class InaRail:
         if self.power_mw is not None:
             return _read_number(self.power_mw) / 1000.0
         if self.current_ma is None or self.voltage_mv is None:
-            raise EdgeExitError(f"INA3221 rail {self.label!r} has neither a power file nor current and voltage")
+            raise UsageError(f"INA3221 rail {self.label!r} has neither a power file nor current and voltage")
         return _read_number(self.current_ma) * _read_number(self.voltage_mv) / 1e6
 
 
@@ -278,7 +278,7 @@ class JetsonInaMeter(EnergyMeter):
     ) -> None:
         super().__init__()
         if interval_s <= 0:
-            raise EdgeExitError(f"interval_s must be > 0, got {interval_s}")
+            raise UsageError(f"interval_s must be > 0, got {interval_s}")
         self.rails = find_ina_rails(root, rails)
         self.interval_s = interval_s
         self._clock = clock

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UsageError
 from edgeexit.registry import Registry
 
 
@@ -34,11 +34,11 @@ class PowerPreset:
 
     def __post_init__(self) -> None:
         if not 0 <= self.idle_w <= self.active_w:
-            raise EdgeExitError(f"power preset {self.name!r}: need 0 <= idle_w <= active_w, got {self}")
+            raise UsageError(f"power preset {self.name!r}: need 0 <= idle_w <= active_w, got {self}")
         if self.cores < 1:
-            raise EdgeExitError(f"power preset {self.name!r}: cores must be >= 1, got {self.cores}")
+            raise UsageError(f"power preset {self.name!r}: cores must be >= 1, got {self.cores}")
         if not self.source.strip():
-            raise EdgeExitError(f"power preset {self.name!r} has no source; every figure must say where it is from")
+            raise UsageError(f"power preset {self.name!r} has no source; every figure must say where it is from")
 
 
 PRESETS: Registry[PowerPreset] = Registry("power preset")
@@ -79,7 +79,7 @@ def model_energy(preset: PowerPreset, wall_s: float, cpu_s: float) -> float:
     user + system time from psutil, so ONNX Runtime's intra-op threads count.
     """
     if wall_s < 0 or cpu_s < 0:
-        raise EdgeExitError(f"wall and CPU time must be >= 0, got wall={wall_s} cpu={cpu_s}")
+        raise UsageError(f"wall and CPU time must be >= 0, got wall={wall_s} cpu={cpu_s}")
     busy = busy_fraction(cpu_s, wall_s, preset.cores)
     return preset.idle_w * wall_s + (preset.active_w - preset.idle_w) * busy * wall_s
 

@@ -11,6 +11,10 @@ with U the uplink throughput in Mbit/s. This is the linear throughput-power mode
 (https://doi.org/10.1145/2307636.2307658), Table 4 (P = alpha_u * t_u + alpha_d * t_d + beta, here
 uplink only) and Table 3 (tail timer and tail power), measured on an HTC Thunderbolt phone.
 
+A preset is the cited source; the offload policy reads the same figures in watts as
+``edgeexit.policy.RadioModel``, which ``RadioPreset.cost_model()`` gives: the one conversion from
+the paper's milliwatts.
+
 The constants below are as the paper reports them to our best reading; the stored copies we could
 search held the paper's abstract, not its tables, so re-check them against the PDF before
 publishing numbers derived from them.
@@ -20,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UsageError
+from edgeexit.policy.costs import RadioModel
 from edgeexit.registry import Registry
 
 HUANG_2012 = "Huang et al., MobiSys 2012, doi:10.1145/2307636.2307658"
@@ -38,8 +43,9 @@ class RadioEnergy:
 
 
 @dataclass(frozen=True)
-class RadioModel:
-    """A linear uplink power model plus a fixed tail, in the paper's units (mW, mW per Mbit/s, s)."""
+class RadioPreset:
+    """A named, cited radio: a linear uplink power model plus a fixed tail, in the paper's units
+    (mW, mW per Mbit/s, s). ``cost_model()`` is the same radio as the policies' ``RadioModel``."""
 
     name: str
     beta_mw: float  # base power while transferring
@@ -56,11 +62,20 @@ class RadioModel:
     def tail_j(self) -> float:
         return self.tail_mw / 1000.0 * self.tail_s
 
+    def cost_model(self) -> RadioModel:
+        """This radio in the policy's units (W, W per Mbit/s, J), with its name."""
+        return RadioModel(
+            tx_w_per_mbps=self.alpha_up_mw_per_mbps / 1000.0,
+            tx_base_w=self.beta_mw / 1000.0,
+            tail_j=self.tail_j(),
+            name=self.name,
+        )
+
     def energy(self, nbytes: int, uplink_mbps: float, *, tail: bool = True) -> RadioEnergy:
         """Energy to send ``nbytes`` at ``uplink_mbps``; ``tail=False`` when the radio is kept busy
         by other traffic anyway (back-to-back offloads share one tail), so charge it once."""
         if nbytes < 0:
-            raise EdgeExitError(f"nbytes must be >= 0, got {nbytes}")
+            raise UsageError(f"nbytes must be >= 0, got {nbytes}")
         if nbytes == 0:  # nothing sent: the radio never leaves idle
             return RadioEnergy(0.0, 0.0, 0.0, 0.0, f"radio:{self.name}")
         seconds = nbytes * 8 / (_positive(uplink_mbps, "uplink_mbps") * 1e6)
@@ -71,20 +86,20 @@ class RadioModel:
 
 def _positive(value: float, what: str) -> float:
     if not value > 0:
-        raise EdgeExitError(f"{what} must be > 0, got {value}")
+        raise UsageError(f"{what} must be > 0, got {value}")
     return value
 
 
-RADIOS: Registry[RadioModel] = Registry("radio model")
+RADIOS: Registry[RadioPreset] = Registry("radio model")
 
 
-def register_radio(model: RadioModel) -> RadioModel:
-    return RADIOS.register(model.name)(model)
+def register_radio(preset: RadioPreset) -> RadioPreset:
+    return RADIOS.register(preset.name)(preset)
 
 
-def get_radio(name: str | RadioModel) -> RadioModel:
-    """A radio model by name (``wifi``, ``lte``); an unknown name lists the known ones."""
-    return name if isinstance(name, RadioModel) else RADIOS.get(name)
+def get_radio(name: str | RadioPreset) -> RadioPreset:
+    """A radio preset by name (``wifi``, ``lte``); an unknown name lists the known ones."""
+    return name if isinstance(name, RadioPreset) else RADIOS.get(name)
 
 
 def list_radios(pattern: str = "*") -> list[str]:
@@ -92,7 +107,7 @@ def list_radios(pattern: str = "*") -> list[str]:
 
 
 register_radio(
-    RadioModel(
+    RadioPreset(
         name="lte",
         # Huang et al. 2012, Table 4: LTE alpha_u = 438.39 mW/Mbps, beta = 1288.04 mW.
         # Table 3: LTE RRC_CONNECTED tail timer T_tail = 11.576 s at P_tail = 1060.04 mW (DRX on). Note the tail
@@ -106,7 +121,7 @@ register_radio(
 )
 
 register_radio(
-    RadioModel(
+    RadioPreset(
         name="wifi",
         # Huang et al. 2012, Table 4: WiFi alpha_u = 283.17 mW/Mbps, beta = 132.86 mW.
         # Table 3: WiFi tail 238.1 ms at 119.3 mW (PSM re-entry) -- small, as expected of 802.11.

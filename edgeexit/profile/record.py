@@ -6,7 +6,8 @@ is a ``ProfileError`` naming the file and the JSON path). A profile belongs to o
 says little about a Raspberry Pi, so the profile records where it came from.
 
 ``device_costs`` turns a profile plus the package's manifest into the ``DeviceCosts`` the policies
-(``edgeexit.policy``) decide with.
+(``edgeexit.policy``) decide with; ``modelled_costs`` does the same without a profile, from segment
+latencies measured where the runner is built and a power and a radio preset.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from edgeexit.errors import EdgeExitError, PackageError, ProfileError
+from edgeexit.errors import PackageError, ProfileError, UnknownNameError
 from edgeexit.fileio import atomic_write_text
 from edgeexit.manifest import Manifest, _parse, _to_plain
-from edgeexit.policy.costs import DeviceCosts
-from edgeexit.policy.costs import RadioModel as CostRadio
-from edgeexit.profile.power import get_preset
-from edgeexit.profile.radio import RadioModel as RadioPreset
-from edgeexit.profile.radio import get_radio
+from edgeexit.policy.costs import DeviceCosts, RadioModel
+from edgeexit.profile.power import PowerPreset, get_preset
+from edgeexit.profile.radio import RadioPreset, get_radio
 
 PROFILE_FORMAT = "edgeexit-profile"
 PROFILE_VERSION = 1
@@ -202,17 +202,28 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     return Profile.from_json(text, source=str(file))
 
 
-def cost_radio(radio: str | RadioPreset | CostRadio) -> CostRadio:
-    """A radio preset (``wifi``, ``lte``; mW units, with its citation) as the policy's plain model (W)."""
-    if isinstance(radio, CostRadio):
+def cost_radio(radio: str | RadioPreset | RadioModel) -> RadioModel:
+    """A radio preset (``wifi``, ``lte``, by name or as it is) as the policy's ``RadioModel``."""
+    if isinstance(radio, RadioModel):
         return radio
-    preset = get_radio(radio)
-    return CostRadio(
-        tx_w_per_mbps=preset.alpha_up_mw_per_mbps / 1000.0,
-        tx_base_w=preset.beta_mw / 1000.0,
-        tail_j=preset.tail_j(),
-        name=preset.name,
-    )
+    return get_radio(radio).cost_model()
+
+
+def modelled_costs(
+    manifest: Manifest,
+    segment_ms: Sequence[float],
+    *,
+    codec: str,
+    power: str | PowerPreset = "rpi4",
+    radio: str | RadioPreset | RadioModel = "wifi",
+) -> DeviceCosts:
+    """The ``DeviceCosts`` of a device with no profile: ``segment_ms`` measured on the spot, energy
+    = the power preset's active watts x that latency, its idle watts while waiting, the radio
+    preset's upload energy, exit rates from the manifest. What ``edgeexit run --policy`` assumes
+    without ``--profile``, and what ``edgeexit bench`` models."""
+    preset = get_preset(power) if isinstance(power, str) else power
+    return DeviceCosts.from_manifest(manifest, segment_ms, codec=codec, active_w=preset.active_w,
+                                     idle_w=preset.idle_w, radio=cost_radio(radio))  # fmt: skip
 
 
 def device_costs(
@@ -220,7 +231,7 @@ def device_costs(
     manifest: Manifest,
     *,
     codec: str = "fp32",
-    radio: str | RadioPreset | CostRadio | None = "wifi",
+    radio: str | RadioPreset | RadioModel | None = "wifi",
     idle_w: float | None = None,
 ) -> DeviceCosts:
     """The ``DeviceCosts`` the policies read: latency and energy per segment and exit check from
@@ -242,7 +253,7 @@ def device_costs(
     if idle_w is None:
         try:
             idle_w = get_preset(profile.device_preset).idle_w
-        except EdgeExitError:
+        except UnknownNameError:
             idle_w = 0.0  # a preset this edgeexit does not know: no idle term
     check_j = [
         s.energy_j * s.exit_check_mean_ms / s.latency_mean_ms if s.latency_mean_ms > 0 else 0.0
