@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from edgeexit.console import console
+from edgeexit.console import console, err_console
 
 if TYPE_CHECKING:
-    from edgeexit.policy import DeviceCosts, Policy
+    from edgeexit.device.settings import OffloadSettings
+    from edgeexit.policy import DeviceCosts
     from edgeexit.runtime.engine import Engine, Result
     from edgeexit.runtime.inputs import Sample
-    from edgeexit.transport.client import TlsConfig
 
 PackageArg = Annotated[
     Path, typer.Argument(help="Package directory written by `edgeexit export`, or a tar of one (`edgeexit pack`).")
@@ -38,7 +38,7 @@ PrecisionOpt = Annotated[
 ]
 #: Without --profile, segment energy is this preset's active power times the measured latency.
 DEFAULT_POWER_PRESET = "rpi4"
-#: Without --profile, the radio preset the costs assume (when edgeexit.profile.record has it).
+#: Without --profile, the radio preset the costs assume.
 DEFAULT_RADIO = "wifi"
 
 
@@ -128,24 +128,28 @@ def run(
     failure (unreachable, past --timeout-ms, refused, a bad reply) finishes them on this device.
     With --policy, a policy decides at each boundary whether to offload (see --profile).
     """
+    from edgeexit.device.settings import OffloadFlags
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.inputs import load_samples
+    from edgeexit.runtime.settings import EngineSettings
 
     if bool(inputs) == bool(texts):
         raise typer.BadParameter("give input files, or --text for a package with a tokenizer (not both)")
-    split_at = _parse_split(split)
-    _check_policy_options(policy, split, server, profile, objective, energy_budget_j, latency_slo_ms, decision_log)
-    offload = _offload_settings(server, split, codec, token_file, tls_ca, tls_cert, tls_key, policy=policy)
-    engine = Engine(package, threads=threads, criterion=criterion, threshold=threshold, backend=backend,
-                    precision=precision)  # fmt: skip
+    offload = OffloadFlags(
+        server=tuple(server or ()), split=split, codec=codec, timeout_ms=timeout_ms, token_file=token_file,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, policy=policy, profile=profile, objective=objective,
+        energy_budget_j=energy_budget_j, latency_slo_ms=latency_slo_ms, decision_log=decision_log,
+    ).settings()  # fmt: skip
+    settings = EngineSettings(threads=threads, criterion=criterion, threshold=threshold, backend=backend,
+                              precision=precision)  # fmt: skip
+    engine = Engine.from_settings(package, settings)
     if texts:
-        if offload is not None or policy is not None:
+        if offload is not None:
             raise typer.BadParameter("text models run on the device only: offload of context inputs is not built yet")
         samples, results = _run_texts(engine, texts, batch)
     else:
         samples = load_samples(inputs or [], engine.manifest.input)
-        results = _run_samples(engine, samples, batch, offload, policy, server, split_at, codec, timeout_ms, profile,
-                               objective, energy_budget_j, latency_slo_ms, decision_log)  # fmt: skip
+        results = _run_samples(engine, samples, batch, offload)
     labels = engine.manifest.labels
     if json_output:
         rows = []
@@ -156,7 +160,7 @@ def run(
             rows.append(row)
         typer.echo(json.dumps(rows, indent=2))
         return
-    if offload is not None:
+    if offload is not None and offload.servers:
         from edgeexit.cli.render import offload_results_table
 
         console.print(offload_results_table(engine.manifest, samples, results))
@@ -167,35 +171,49 @@ def run(
     console.print(results_table(engine.manifest, samples, results))
 
 
-def _run_samples(
-    engine: Engine,
-    samples: list[Sample],
-    batch: bool,
-    offload: tuple[str | None, TlsConfig | None] | None,
-    policy: str | None,
-    server: list[str] | None,
-    split_at: int | None,
-    codec: str | None,
-    timeout_ms: float,
-    profile: Path | None,
-    objective: str,
-    energy_budget_j: float | None,
-    latency_slo_ms: float | None,
-    decision_log: Path | None,
-) -> list[Result]:
-    """Files' samples: locally, offloaded at a fixed split, or boundary by boundary under a policy."""
-    if policy is not None:
-        token, tls = offload if offload is not None else (None, None)
-        chosen = _policy(engine, samples, policy, profile, codec, objective, energy_budget_j, latency_slo_ms)
-        return _run_policy(engine, samples, server, chosen, codec, timeout_ms, decision_log, token=token, tls=tls)
-    if offload is not None and server and split_at is not None:
-        token, tls = offload
-        return _run_offloaded(engine, samples, batch, server, split_at, codec, timeout_ms, token=token, tls=tls)
-    if batch:
-        import numpy as np
+def _run_samples(engine: Engine, samples: list[Sample], batch: bool, offload: OffloadSettings | None) -> list[Result]:
+    """Files' samples: locally, offloaded at a fixed split, or boundary by boundary under a policy
+    (``--batch`` too: a policy decides per input)."""
+    import numpy as np
 
-        return engine.run_batch(np.stack([s.x for s in samples]))
-    return [engine.run(s.x) for s in samples]
+    from edgeexit.device import PolicyRunner
+    from edgeexit.device.factory import build_runner
+
+    if offload is None:
+        if batch:
+            return engine.run_batch(np.stack([s.x for s in samples]))
+        return [engine.run(s.x) for s in samples]
+    with build_runner(engine, offload, costs=_measured_costs(engine, samples, offload)) as device:
+        runner = device.runner
+        if isinstance(runner, PolicyRunner):
+            if device.client is not None and offload.policy is not None and offload.policy.probes_first:
+                runner.probe()  # one light round trip first: the RTT estimate starts from this link
+            results = [runner.run(s.x, sample_id=s.name) for s in samples]
+        elif batch:
+            results = device.run_batch(np.stack([s.x for s in samples]))
+        else:
+            results = [device.run(s.x) for s in samples]
+    reasons = Counter(r.offload.reason or "unknown" for r in results if r.offload is not None and r.offload.fallback)
+    for reason, count in reasons.items():  # on stderr: --json keeps stdout pure JSON
+        err_console.print(f"[yellow]fallback:[/] {count} input(s) finished on this device: {escape(reason)}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+    return results
+
+
+def _measured_costs(engine: Engine, samples: list[Sample], offload: OffloadSettings) -> DeviceCosts | None:
+    """A policy that weighs costs without --profile: segment latency measured here on the inputs,
+    energy from the power and radio presets (None: the policy needs none, or reads its profile)."""
+    import numpy as np
+
+    from edgeexit.device.tails import default_codec
+    from edgeexit.profile.record import modelled_costs
+
+    policy = offload.policy
+    if policy is None or not policy.weighs_costs or policy.profile is not None:
+        return None
+    segment_ms = engine.segment_latency(np.stack([s.x for s in samples[:16]]))
+    return modelled_costs(engine.manifest, segment_ms, codec=default_codec(engine.manifest, offload.codec),
+                          power=DEFAULT_POWER_PRESET, radio=DEFAULT_RADIO)  # fmt: skip
 
 
 def _run_texts(engine: Engine, texts: list[str], batch: bool) -> tuple[list[Sample], list[Result]]:
@@ -211,224 +229,6 @@ def _run_texts(engine: Engine, texts: list[str], batch: bool) -> tuple[list[Samp
     if batch:
         return samples, engine.run_batch(encoder.encode(texts))
     return samples, [engine.run(encoder.encode([text])) for text in texts]
-
-
-def _parse_split(split: str | None) -> int | None:
-    """``--split``: a boundary K, or ``input`` (boundary -1: the input tail runs the whole model)."""
-    from edgeexit.errors import EdgeExitError
-
-    if split is None:
-        return None
-    text = split.strip().lower()
-    if text == "input":
-        return -1
-    if not text.isdigit():
-        raise EdgeExitError(f"--split {split!r}: expected a boundary K (0, 1, ...) or 'input'")
-    return int(text)
-
-
-def _check_policy_options(
-    policy: str | None,
-    split: str | None,
-    server: list[str] | None,
-    profile: Path | None,
-    objective: str,
-    energy_budget_j: float | None,
-    latency_slo_ms: float | None,
-    decision_log: Path | None,
-) -> None:
-    from edgeexit.errors import EdgeExitError
-
-    if policy is None:
-        given = {
-            "--profile": profile,
-            "--energy-budget-j": energy_budget_j,
-            "--latency-slo-ms": latency_slo_ms,
-            "--decision-log": decision_log,
-            "--objective": None if objective == "latency" else objective,
-        }
-        extra = [name for name, value in given.items() if value is not None]
-        if extra:
-            verb = "applies" if len(extra) == 1 else "apply"
-            raise EdgeExitError(f"{', '.join(extra)} only {verb} with --policy (local, split@K, best-static, adaptive)")
-        return
-    if split is not None:
-        raise EdgeExitError(f"--split {split} and --policy {policy} both choose where to offload: give one "
-                            f"(--split {split} is --policy split@{split})")  # fmt: skip
-    if not server and policy.strip() != "local":
-        raise EdgeExitError(
-            f"--policy {policy} offloads to a tail server, but no --server HOST:PORT was given: add --server "
-            "(e.g. --server 127.0.0.1:8001, where `edgeexit serve PACKAGE` listens) or use --policy local"
-        )
-
-
-def _policy(
-    engine: Engine,
-    samples: list[Sample],
-    name: str,
-    profile: Path | None,
-    codec: str | None,
-    objective: str,
-    energy_budget_j: float | None,
-    latency_slo_ms: float | None,
-) -> Policy:
-    """The policy by name, with the device's costs when it weighs them (or a profile was given)."""
-    from edgeexit.policy import Objective, create_policy
-
-    goal = Objective(kind=objective, energy_budget_j=energy_budget_j, latency_slo_ms=latency_slo_ms)  # type: ignore[arg-type]
-    needs_costs = name.strip() in ("best-static", "adaptive") or profile is not None
-    costs = _device_costs(engine, samples, profile, _policy_codec(engine, codec)) if needs_costs else None
-    return create_policy(name, costs, goal)
-
-
-def _policy_codec(engine: Engine, codec: str | None) -> str:
-    from edgeexit.device.tails import PREFERRED_CODECS
-
-    if codec is not None:
-        return codec
-    have = {t.codec for t in engine.manifest.tails}
-    return next((c for c in PREFERRED_CODECS if c in have), "fp16")
-
-
-def _device_costs(engine: Engine, samples: list[Sample], profile: Path | None, codec: str) -> DeviceCosts:
-    """From ``--profile`` (edgeexit.profile.record), else measured here with a power preset."""
-    from edgeexit.errors import EdgeExitError
-
-    if profile is not None:
-        try:
-            from edgeexit.profile.record import device_costs, load_profile
-        except ImportError as err:
-            raise EdgeExitError(
-                f"--profile needs edgeexit.profile.record, which this installation lacks ({err}); "
-                "drop --profile to measure the segments here"
-            ) from None
-        return device_costs(load_profile(profile), engine.manifest, codec=codec)
-    import numpy as np
-
-    from edgeexit.policy import DeviceCosts
-    from edgeexit.profile.power import get_preset
-
-    preset = get_preset(DEFAULT_POWER_PRESET)
-    segment_ms = engine.segment_latency(np.stack([s.x for s in samples[:16]]))
-    radio = None
-    try:
-        from edgeexit.profile.record import cost_radio
-
-        radio = cost_radio(DEFAULT_RADIO)
-    except (ImportError, EdgeExitError):
-        pass  # no radio model: the upload's energy counts only the idle power while waiting
-    return DeviceCosts.from_manifest(engine.manifest, segment_ms, codec=codec, active_w=preset.active_w,
-                                     idle_w=preset.idle_w, radio=radio)  # fmt: skip
-
-
-def _run_policy(
-    engine: Engine,
-    samples: list[Sample],
-    server: list[str] | None,
-    policy: Policy,
-    codec: str | None,
-    timeout_ms: float,
-    decision_log: Path | None,
-    *,
-    token: str | None,
-    tls: TlsConfig | None,
-) -> list[Result]:
-    """Every input through a PolicyRunner (``--batch``: still decided per input)."""
-    from contextlib import ExitStack
-
-    from edgeexit.console import err_console
-    from edgeexit.device import PolicyRunner, TailClient
-
-    with ExitStack() as stack:
-        client = None
-        if server:
-            client = stack.enter_context(TailClient(server, timeout_s=timeout_ms / 1e3, token=token, tls=tls))
-        runner = stack.enter_context(
-            PolicyRunner(engine, client, policy, codec=_policy_codec(engine, codec), decision_log=decision_log)
-        )
-        if client is not None and policy.name in ("best-static", "adaptive"):
-            runner.probe()  # one light round trip first: the RTT estimate starts from this link
-        results = [runner.run(s.x, sample_id=s.name) for s in samples]  # --batch too: decisions are per input
-    reasons = Counter(r.offload.reason or "unknown" for r in results if r.offload is not None and r.offload.fallback)
-    for reason, count in reasons.items():  # on stderr: --json keeps stdout pure JSON
-        err_console.print(f"[yellow]fallback:[/] {count} input(s) finished on this device: {escape(reason)}",
-                          highlight=False, soft_wrap=True)  # fmt: skip
-    return results
-
-
-def _offload_settings(
-    server: list[str] | None,
-    split: str | None,
-    codec: str | None,
-    token_file: Path | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    *,
-    policy: str | None = None,
-) -> tuple[str | None, TlsConfig | None] | None:
-    """Check the offload options together, before loading anything: (token, TLS), or None when
-    not offloading."""
-    from edgeexit.errors import EdgeExitError
-
-    given = {"--codec": codec, "--token-file": token_file, "--tls-ca": tls_ca, "--tls-cert": tls_cert,
-             "--tls-key": tls_key}  # fmt: skip
-    if not server:
-        if split is not None:
-            raise EdgeExitError(
-                f"--split {split} offloads to a tail server, but no --server HOST:PORT was given: add --server "
-                "(e.g. --server 127.0.0.1:8001, where `edgeexit serve PACKAGE` listens) or drop --split"
-            )
-        extra = [name for name, value in given.items() if value is not None]
-        if extra:
-            verb = "applies" if len(extra) == 1 else "apply"
-            raise EdgeExitError(f"{', '.join(extra)} only {verb} when offloading: add --server HOST:PORT and --split K")
-        return None
-    if split is None and policy is None:
-        raise EdgeExitError(
-            "--server needs --split K: the boundary after which inputs not yet exited are offloaded "
-            "(0 .. segments-2; `edgeexit inspect PACKAGE` lists the segments and tails)"
-        )
-    token = None
-    if token_file is not None:
-        try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            reason = getattr(err, "strerror", None) or err
-            raise EdgeExitError(f"cannot read the token file {token_file}: {reason}; expected the token") from None
-    tls = None
-    if any(p is not None for p in (tls_ca, tls_cert, tls_key)):
-        from edgeexit.transport.client import TlsConfig
-
-        tls = TlsConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
-    return token, tls
-
-
-def _run_offloaded(
-    engine: Engine,
-    samples: list[Sample],
-    batch: bool,
-    server: list[str],
-    split: int,
-    codec: str | None,
-    timeout_ms: float,
-    *,
-    token: str | None,
-    tls: TlsConfig | None,
-) -> list[Result]:
-    import numpy as np
-
-    from edgeexit.console import err_console
-    from edgeexit.device import OffloadRunner, TailClient
-
-    with TailClient(server, timeout_s=timeout_ms / 1e3, token=token, tls=tls) as client:
-        runner = OffloadRunner(engine, client, split=split, codec=codec)
-        results = runner.run_batch(np.stack([s.x for s in samples])) if batch else [runner.run(s.x) for s in samples]
-    reasons = Counter(r.offload.reason or "unknown" for r in results if r.offload is not None and r.offload.fallback)
-    for reason, count in reasons.items():  # on stderr: --json keeps stdout pure JSON
-        err_console.print(f"[yellow]fallback:[/] {count} input(s) finished on this device: {escape(reason)}",
-                          highlight=False, soft_wrap=True)  # fmt: skip
-    return results
 
 
 def _offload_summary(results: list[Result]) -> str:

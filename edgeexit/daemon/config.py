@@ -1,8 +1,13 @@
 """``device.toml``: what ``edgeexit device`` serves and how; frozen dataclasses, one error per mistake.
 
+The engine's options are an ``EngineSettings`` and ``[offload]`` is an ``OffloadSettings``, the
+records ``edgeexit run`` builds from its flags: the daemon builds its runner with the same factory
+(``edgeexit.device.factory.build_runner``), so the file can say whatever the command line can.
+
 Every error names the TOML key and what was expected, so the operator fixes the file from the
-message alone. Relative paths (``package``, ``offload.token_file``, ``offload.tls.*``) are taken
-relative to the config file's directory, so a config and its package can move together.
+message alone. Relative paths (``package``, ``offload.token_file``, ``offload.profile``,
+``offload.decision_log``, ``offload.tls.*``) are taken relative to the config file's directory, so
+a config and its package can move together.
 
 TOML is read with ``tomllib`` (Python 3.11+); on 3.10 the daemon uses ``tomli`` when it is
 installed and otherwise says to install it (or to use Python 3.11+).
@@ -11,42 +16,34 @@ installed and otherwise says to install it (or to use Python 3.11+).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeexit.errors import ConfigError
+from edgeexit.device.settings import AUTO_BATTERY, COST_POLICIES, OffloadSettings, PolicySettings, TlsSettings
+from edgeexit.errors import ConfigError, EdgeExitError
+from edgeexit.policy import Objective
+from edgeexit.runtime.backends import BACKENDS, PRECISIONS
+from edgeexit.runtime.settings import EngineSettings
+
+__all__ = ["ConfigError", "DaemonConfig", "OffloadSettings", "PolicySettings", "TlsSettings", "load_config"]
 
 DEFAULT_LISTEN = "127.0.0.1:8101"
 LOG_FORMATS = ("json", "text")
 CODECS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None
-
-
-@dataclass(frozen=True)
-class OffloadSettings:
-    servers: tuple[str, ...]
-    split: int | None = None
-    policy: str | None = None
-    codec: str | None = None
-    timeout_ms: float = 200.0
-    token_file: Path | None = None
-    tls: TlsSettings | None = None
-    profile: Path | None = None  # profile.json (edgeexit profile): the costs best-static / adaptive weigh
+OBJECTIVES = ("latency", "energy")
+#: The [offload] keys that only a policy reads.
+POLICY_KEYS = ("profile", "objective", "energy_budget_j", "latency_slo_ms", "decision_log", "probe_interval_s",
+               "battery")  # fmt: skip
+#: The daemon's offload deadline when the file sets none (the CLI's is 1000 ms).
+DEFAULT_TIMEOUT_MS = 200.0
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
     package: Path
     listen: str = DEFAULT_LISTEN
-    threads: int = 1
+    engine: EngineSettings = field(default_factory=EngineSettings)
     max_batch: int = 64
     grace_s: float = 10.0
     metrics_port: int | None = None
@@ -54,6 +51,10 @@ class DaemonConfig:
     log_level: str = "info"
     offload: OffloadSettings | None = None
     source: Path | None = None  # the file it was read from
+
+    @property
+    def threads(self) -> int:
+        return self.engine.threads
 
     @property
     def unix_path(self) -> Path | None:
@@ -98,7 +99,13 @@ def parse_config(data: dict[str, Any], *, base: Path, source: Path | None = None
     config = DaemonConfig(
         package=table.path("package", required=True),  # type: ignore[arg-type]
         listen=table.listen("listen"),
-        threads=table.integer("threads", 1, minimum=1),
+        engine=EngineSettings(
+            threads=table.integer("threads", 1, minimum=1),
+            criterion=table.optional_string("criterion"),
+            threshold=table.optional_number("threshold", minimum=0.0),
+            backend=table.choice("backend", "onnxruntime", BACKENDS),
+            precision=table.choice("precision", "fp32", PRECISIONS),
+        ),
         max_batch=table.integer("max_batch", 64, minimum=1),
         grace_s=table.number("grace_s", 10.0, minimum=0.0),
         metrics_port=table.optional_integer("metrics_port", minimum=0, maximum=65535),
@@ -118,7 +125,7 @@ def _offload(table: _Table | None) -> OffloadSettings | None:
     if not servers:
         raise ConfigError("offload.servers is empty; expected at least one tail server address, e.g. ['10.0.0.5:8001']")
     split = table.optional_integer("split", minimum=0)
-    policy = table.optional_string("policy")
+    policy = _policy(table)
     if (split is None) == (policy is None):
         raise ConfigError(
             "[offload] needs exactly one of offload.split (the boundary K after which inputs are offloaded) "
@@ -144,18 +151,50 @@ def _offload(table: _Table | None) -> OffloadSettings | None:
         split=split,
         policy=policy,
         codec=codec,
-        timeout_ms=table.number("timeout_ms", 200.0, minimum=1.0),
+        timeout_ms=table.number("timeout_ms", DEFAULT_TIMEOUT_MS, minimum=1.0),
         token_file=table.path("token_file"),
         tls=tls,
-        profile=table.path("profile"),
     )
-    if settings.policy is not None and settings.policy.strip() in ("best-static", "adaptive") and not settings.profile:
-        raise ConfigError(
-            f"offload.policy {settings.policy!r} weighs this device's costs: set offload.profile to the "
-            "profile.json written by `edgeexit profile` on this device (or use 'local' / 'split@K')"
-        )
     table.no_extras()
     return settings
+
+
+def _policy(table: _Table) -> PolicySettings | None:
+    """``offload.policy`` and the keys only a policy reads (one of those without it is an error)."""
+    name = table.optional_string("policy")
+    profile = table.path("profile")  # read (and so allowed) beside a split too, as it always was
+    if name is None:
+        given = [table.name(key) for key in POLICY_KEYS if key in table.data and key != "profile"]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigError(
+                f"{', '.join(given)} only {verb} with offload.policy (local, split@K, best-static, adaptive)"
+            )
+        return None
+    if name.strip() in COST_POLICIES and profile is None:
+        raise ConfigError(
+            f"offload.policy {name!r} weighs this device's costs: set offload.profile to the "
+            "profile.json written by `edgeexit profile` on this device (or use 'local' / 'split@K')"
+        )
+    try:
+        objective = Objective(
+            kind=table.choice("objective", "latency", OBJECTIVES),  # type: ignore[arg-type]
+            energy_budget_j=table.optional_number("energy_budget_j", minimum=0.0),
+            latency_slo_ms=table.optional_number("latency_slo_ms", minimum=0.0),
+        )
+    except ConfigError:
+        raise
+    except EdgeExitError as err:
+        raise ConfigError(f"offload.objective: {err}") from None
+    battery = table.battery("battery")
+    probe_interval_s = table.optional_number("probe_interval_s", minimum=0.0)
+    if probe_interval_s == 0:
+        raise table.wrong("probe_interval_s", probe_interval_s, "seconds above 0")
+    try:
+        return PolicySettings(name, objective, profile=profile, decision_log=table.path("decision_log"),
+                              probe_interval_s=probe_interval_s, battery=battery)  # fmt: skip
+    except EdgeExitError as err:
+        raise ConfigError(f"offload.policy {name!r}: {err}") from None
 
 
 class _Table:
@@ -174,7 +213,7 @@ class _Table:
     def name(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
-    def _wrong(self, key: str, value: Any, expected: str) -> ConfigError:
+    def wrong(self, key: str, value: Any, expected: str) -> ConfigError:
         return ConfigError(f"{self.name(key)} is {value!r} ({type(value).__name__}); expected {expected}")
 
     def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -189,17 +228,30 @@ class _Table:
         if maximum is not None:
             bounds += f" and <= {maximum}"
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._wrong(key, value, bounds)
+            raise self.wrong(key, value, bounds)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise self._wrong(key, value, bounds)
+            raise self.wrong(key, value, bounds)
         return value
 
     def number(self, key: str, default: float, *, minimum: float) -> float:
+        value = self.optional_number(key, minimum=minimum)
+        return default if value is None else value
+
+    def optional_number(self, key: str, *, minimum: float) -> float | None:
         value = self._get(key)
         if value is None:
-            return default
+            return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise self._wrong(key, value, f"a number >= {minimum:g}")
+            raise self.wrong(key, value, f"a number >= {minimum:g}")
+        return float(value)
+
+    def battery(self, key: str) -> float | str | None:
+        """``"auto"`` (read the battery per sample) or a level in percent on battery power."""
+        value = self._get(key)
+        if value is None or value == AUTO_BATTERY:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise self.wrong(key, value, f"{AUTO_BATTERY!r} or a battery level in percent (0 to 100)")
         return float(value)
 
     def optional_string(self, key: str) -> str | None:
@@ -207,7 +259,7 @@ class _Table:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise self._wrong(key, value, "a non-empty string")
+            raise self.wrong(key, value, "a non-empty string")
         return value.strip()
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -223,7 +275,7 @@ class _Table:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise self._wrong(key, value, "a list of HOST:PORT strings")
+            raise self.wrong(key, value, "a list of HOST:PORT strings")
         return tuple(v.strip() for v in value)
 
     def path(self, key: str, *, required: bool = False) -> Path | None:
@@ -257,7 +309,7 @@ class _Table:
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise self._wrong(key, value, "a table")
+            raise self.wrong(key, value, "a table")
         return _Table(value, f"{self.name(key)}.", self.base)
 
     def no_extras(self) -> None:

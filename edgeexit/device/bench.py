@@ -14,12 +14,14 @@ answers requests:
   Their ``DeviceCosts`` come from this run: segment latencies measured on the first samples at
   full depth, exit rates from the package's calibration, energy from the power model.
 
-Every offload goes through a ``TailClient`` with an ``EmulatedLink`` (a fresh client and a reset
-link per row, so each row sees the same seeded delays and losses). Latency is wall time per sample,
+Every row's runner is what ``edgeexit.device.factory.build_runner`` builds for the same settings
+on a device, over a ``TailClient`` whose transport is an ``EmulatedLink`` (a fresh client and a
+reset link per row, so each row sees the same seeded delays and losses). Latency is wall time per sample,
 emulated delay included. Energy is modelled, never measured here: device compute time (the
 Result's segment times) x the preset's active watts, the wait for the server x its idle watts, and
 the radio's transmit energy for the bytes sent at the link's rate (``edgeexit.profile.radio``),
 plus one radio tail per row (back-to-back requests keep the radio up, so its tail is paid once).
+The policies weigh the same presets (``edgeexit.profile.record.modelled_costs``).
 """
 
 from __future__ import annotations
@@ -28,15 +30,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.device.offload import OffloadRunner
-from edgeexit.device.tails import select_tail
-from edgeexit.errors import EdgeExitError
+from edgeexit.device.factory import build_runner
+from edgeexit.device.settings import OffloadSettings, PolicySettings
+from edgeexit.device.tails import default_codec
+from edgeexit.errors import DataError, PackageError, UnknownNameError, UsageError
 from edgeexit.runtime.engine import Engine, Result
+from edgeexit.runtime.settings import EngineSettings
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.link_emulation import EmulatedLink, LinkSpec
+
+if TYPE_CHECKING:
+    from edgeexit.profile.power import PowerPreset
+    from edgeexit.profile.radio import RadioPreset
 
 DEFAULT_POLICIES = ("local", "split", "early+split", "best-static", "adaptive")
 
@@ -73,7 +82,8 @@ class EnergyModel:
     device: str = "rpi4"
     radio: str = "wifi"
 
-    def presets(self):  # (PowerPreset, RadioModel), imported lazily
+    def presets(self) -> tuple[PowerPreset, RadioPreset]:
+        """The power and radio presets, by name (an unknown one lists the known ones)."""
         from edgeexit.profile.power import get_preset
         from edgeexit.profile.radio import get_radio
 
@@ -103,7 +113,7 @@ def resolve_policies(names: Sequence[str] | None, boundaries: Sequence[int], *, 
             k = name.rpartition("@")[2]
             at = -1 if k == "input" and name == "split@input" else (int(k) if k.isdigit() else None)
             if at is None or at not in boundaries:
-                raise EdgeExitError(
+                raise UsageError(
                     f"policy {raw!r}: the package has tails at boundaries {list(boundaries)} (-1: split@input)"
                 )
             rows.append(name)
@@ -111,9 +121,9 @@ def resolve_policies(names: Sequence[str] | None, boundaries: Sequence[int], *, 
             if have_policy_runner:
                 rows.append(name)
             elif names:
-                raise EdgeExitError(f"policy {raw!r} needs edgeexit.device.policy_runner, which is not installed")
+                raise UsageError(f"policy {raw!r} needs edgeexit.device.policy_runner, which is not installed")
         else:
-            raise EdgeExitError(f"unknown bench policy {raw!r}; expected one of: {known}")
+            raise UnknownNameError(f"unknown bench policy {raw!r}; expected one of: {known}")
     return list(dict.fromkeys(rows))
 
 
@@ -141,15 +151,15 @@ def run_bench(
 ) -> list[BenchRow]:
     """Every (link, policy) row; ``server`` a tail server's ``HOST:PORT``."""
     if len(x) == 0:
-        raise EdgeExitError("the bench data has no samples")
+        raise DataError("the bench data has no samples")
     energy = energy or EnergyModel()
     preset, radio = energy.presets()
-    early = Engine(package, cache_dir=None)
-    full = Engine(package, threshold=float("inf"), cache_dir=None)
+    early = Engine.from_settings(package, EngineSettings(cache_dir=None))
+    full = Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None))
     boundaries = sorted({t.boundary for t in early.manifest.tails})
     if not boundaries:
-        raise EdgeExitError(f"{package} has no tails to offload to: export it with tails (edgeexit export --codecs)")
-    codec = codec or select_tail(early.manifest, boundaries[0]).codec
+        raise PackageError(f"{package} has no tails to offload to: export it with tails (edgeexit export --codecs)")
+    codec = default_codec(early.manifest, codec)
     names = resolve_policies(policies, boundaries, have_policy_runner=_has_policy_runner())
     segment_ms = _segment_ms(full, x[: min(len(x), 32)])
     rows: list[BenchRow] = []
@@ -158,7 +168,7 @@ def run_bench(
             if progress:
                 progress(f"{spec} / {name}")
             link = EmulatedLink(spec, seed)
-            with TailClient(server, timeout_s=timeout_s, link=link) as client:
+            with TailClient(server, timeout_s=timeout_s, transport=link) as client:
                 run = _runner(name, early, full, client, codec, spec, segment_ms, preset, radio)
                 rows.append(_measure(str(spec), name, run, x, y, spec, preset, radio, energy.label))
     return rows
@@ -172,26 +182,25 @@ def _segment_ms(engine: Engine, xs: np.ndarray) -> list[float]:
 
 
 def _runner(name, early, full, client, codec, spec, segment_ms, preset, radio) -> Callable[[np.ndarray], Result]:
+    """One row's runner, built by the device factory over the row's client (its emulated link):
+    ``split@K`` on the full-depth engine with no early exit, ``early+split@K`` with it, and the
+    policies with costs from this run's segment latencies and the energy model's presets."""
     if name == "local":
         return early.run
-    if name == "split@input":  # the whole model on the server: nothing runs here first
-        return OffloadRunner(full, client, split=-1, codec=codec, early_exit=False).run
-    if name.startswith("split@"):
-        return OffloadRunner(full, client, split=int(name[6:]), codec=codec, early_exit=False).run
-    if name.startswith("early+split@"):
-        return OffloadRunner(early, client, split=int(name[12:]), codec=codec, early_exit=True).run
-    from edgeexit.device.policy_runner import PolicyRunner
-    from edgeexit.policy import DeviceCosts, LinkEstimator, create_policy
-    from edgeexit.policy import RadioModel as PolicyRadio
+    if name.startswith(("split@", "early+split@")):
+        early_exit = name.startswith("early+")
+        at = name.rpartition("@")[2]
+        split = OffloadSettings(servers=client.addresses, split=-1 if at == "input" else int(at), codec=codec,
+                                early_exit=early_exit)  # fmt: skip
+        return build_runner(early if early_exit else full, split, client=client).runner.run
+    from edgeexit.policy import LinkEstimator
+    from edgeexit.profile.record import modelled_costs
 
-    costs = DeviceCosts.from_manifest(
-        early.manifest, segment_ms, codec=codec, active_w=preset.active_w, idle_w=preset.idle_w,
-        radio=PolicyRadio(tx_w_per_mbps=radio.alpha_up_mw_per_mbps / 1e3, tx_base_w=radio.beta_mw / 1e3,
-                          tail_j=radio.tail_j(), name=radio.name),
-    )  # fmt: skip
+    costs = modelled_costs(early.manifest, segment_ms, codec=codec, power=preset, radio=radio)
     estimator = LinkEstimator()
     estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
-    return PolicyRunner(early, client, create_policy(name, costs), codec=codec, estimator=estimator).run
+    policy = OffloadSettings(servers=client.addresses, policy=PolicySettings(name), codec=codec)
+    return build_runner(early, policy, client=client, costs=costs, estimator=estimator).runner.run
 
 
 def _measure(link, name, run, x, y, spec: LinkSpec, preset, radio, energy_label: str) -> BenchRow:

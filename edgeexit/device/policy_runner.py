@@ -32,7 +32,7 @@ import numpy as np
 from edgeexit.codecs import Codec, create_codec
 from edgeexit.device.offload import offload_or_resume
 from edgeexit.device.tails import select_tail
-from edgeexit.errors import EdgeExitError, OffloadError
+from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
 from edgeexit.runtime.engine import Engine, Pending, Result
@@ -90,10 +90,10 @@ class PolicyRunner:
         if isinstance(policy, SplitPolicy) and policy.k not in self.tails:
             select_tail(engine.manifest, policy.k, codec)  # raises the error that lists what the package has
         if isinstance(battery, str) and battery != "auto":
-            raise EdgeExitError(f"battery is {battery!r}; expected None, 'auto', a percentage or a BatteryState")
+            raise UsageError(f"battery is {battery!r}; expected None, 'auto', a percentage or a BatteryState")
         self.battery = battery
         if probe_interval_s is not None and not probe_interval_s > 0:
-            raise EdgeExitError(f"probe_interval_s is {probe_interval_s}; expected seconds above 0, or None")
+            raise UsageError(f"probe_interval_s is {probe_interval_s}; expected seconds above 0, or None")
         self.probe_interval_s = probe_interval_s
         self._clock = clock
         self._last_probe: float | None = None

@@ -15,6 +15,15 @@ from edgeexit.manifest import Manifest, TailSpec
 PREFERRED_CODECS = ("fp16", "fp32", "int8")
 
 
+def default_codec(manifest: Manifest, codec: str | None = None) -> str:
+    """``codec`` when given, else the first of PREFERRED_CODECS that any of the package's tails
+    has (fp16 when it has none): the one codec a policy offloads with at every boundary."""
+    if codec is not None:
+        return codec
+    have = {t.codec for t in manifest.tails}
+    return next((c for c in PREFERRED_CODECS if c in have), PREFERRED_CODECS[0])
+
+
 def select_tail(manifest: Manifest, boundary: int, codec: str | None = None) -> TailSpec:
     """The manifest's tail from ``boundary`` with ``codec`` (None: the first of PREFERRED_CODECS
     the package has there). Boundary -1 is the model input: its tail runs the whole model."""
