@@ -14,24 +14,38 @@ Policies decide per sample at each boundary (edgeexit.policy: local, split@K, be
     runner = PolicyRunner(engine, client, create_policy("adaptive", costs), decision_log="decisions.jsonl")
     result = runner.run(x)            # result.decisions: every Decision taken, with its inputs
 
+Or from settings, as ``edgeexit run``, the device daemon and ``edgeexit bench`` build theirs:
+
+    settings = OffloadSettings(servers=("10.0.0.5:8001",), policy=PolicySettings("adaptive", profile=path))
+    with build_runner(engine, settings) as device:   # opens the TailClient, closes it with the runner
+        result = device.run(x)
+
 Never imports torch, onnx or edgeexit.compile.
 """
 
+from edgeexit.device.factory import DeviceRunner, build_runner
 from edgeexit.device.offload import OffloadRunner, offload_or_resume
 from edgeexit.device.policy_runner import PolicyRunner
-from edgeexit.device.tails import select_tail
+from edgeexit.device.settings import OffloadSettings, PolicySettings, TlsSettings
+from edgeexit.device.tails import default_codec, select_tail
 from edgeexit.errors import OffloadError
 from edgeexit.runtime.engine import OffloadInfo
 from edgeexit.transport.client import TailClient, TailReply, TlsConfig
 
 __all__ = [
+    "DeviceRunner",
     "OffloadError",
     "OffloadInfo",
     "OffloadRunner",
+    "OffloadSettings",
     "PolicyRunner",
+    "PolicySettings",
     "TailClient",
     "TailReply",
     "TlsConfig",
+    "TlsSettings",
+    "build_runner",
+    "default_codec",
     "offload_or_resume",
     "select_tail",
 ]
