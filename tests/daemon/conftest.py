@@ -21,8 +21,6 @@ from edgeexit.procs import ChildProcess
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 
-START_TIMEOUT_S = 120.0
-
 
 def write_config(path: Path, package: Path, listen: str, *, threads: int = 1, extra: str = "") -> Path:
     path.write_text(
@@ -44,11 +42,11 @@ class DaemonProcess(ChildProcess):
         self.address = ""
 
     def wait_ready(self) -> str:  # type: ignore[override]
-        self.address = super().wait_ready(READY_PREFIX, timeout_s=START_TIMEOUT_S)
+        self.address = super().wait_ready(READY_PREFIX)
         return self.address
 
     def wait_event(self, name: str) -> dict[str, object]:
-        line = self.wait_for(lambda text: _is_event(text, name), f"{name!r} event", timeout_s=START_TIMEOUT_S)
+        line = self.wait_for(lambda text: _is_event(text, name), f"{name!r} event")
         entry = _event(line)
         assert entry is not None
         return entry
