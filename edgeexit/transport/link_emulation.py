@@ -18,9 +18,10 @@ The model, per request of ``B`` bytes (one attempt):
 
 Loss (decided): a lost request behaves like a request whose reply never comes. The client waits
 out what is left of its deadline for that attempt and records it as a failed attempt
-(``DEADLINE_EXCEEDED``, an ``OffloadTimeout``): the breaker counts it, the client fails over to the
-next address if any budget is left, and otherwise raises ``OffloadTimeout``, so the device finishes the sample locally
-(``OffloadRunner``'s fallback). The lost request's bytes still occupied the uplink.
+(``DEADLINE_EXCEEDED``, an ``OffloadTimeout``): the breaker counts it, the client fails over to
+the next address if any budget is left, and otherwise raises (``OffloadTimeout`` when every
+attempt was lost or late), so the device finishes the sample locally (``OffloadRunner``'s
+fallback). The lost request's bytes still occupied the uplink.
 
 Everything random comes from one ``numpy.random.Generator`` seeded with ``seed``, drawn in request
 order, so the same seed and the same request sequence give the same delays and losses. ``clock``
