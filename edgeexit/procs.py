@@ -67,6 +67,7 @@ class ChildProcess:
             cwd=cwd,
         )
         self._kept: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self._kept_lock = threading.Lock()  # copying a deque while the reader appends would fail
         self._unread: queue.Queue[str | None] = queue.Queue()
         self._ended = False
         self._reader = threading.Thread(target=self._read, name=f"stderr of {self.proc.pid}", daemon=True)
@@ -77,7 +78,8 @@ class ChildProcess:
         assert stream is not None
         for line in stream:
             line = line.rstrip("\n")
-            self._kept.append(line)
+            with self._kept_lock:
+                self._kept.append(line)
             self._unread.put(line)
         self._unread.put(None)
 
@@ -86,11 +88,12 @@ class ChildProcess:
     @property
     def lines(self) -> list[str]:
         """The stderr lines read so far (the last ``keep_lines`` of them)."""
-        return list(self._kept)
+        with self._kept_lock:
+            return list(self._kept)
 
     def text(self) -> str:
         """What the child has printed so far, one line each."""
-        return "".join(f"{line}\n" for line in self._kept)
+        return "".join(f"{line}\n" for line in self.lines)
 
     def tail(self, chars: int = TAIL_CHARS) -> str:
         return self.text()[-chars:]
