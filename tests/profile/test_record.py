@@ -23,6 +23,7 @@ from edgeexit.profile.record import (
     SkippedSource,
     cost_radio,
     cpu_model,
+    modelled_costs,
 )
 
 
@@ -123,6 +124,34 @@ def test_cost_radio_converts_units() -> None:
     assert wifi.name == "wifi"
     assert wifi.tx_w_per_mbps == pytest.approx(0.28317)
     assert wifi.tail_j > 0
+
+
+def test_one_radio_two_units() -> None:
+    """A preset (mW, cited) and the policy's RadioModel (W) are one radio: the preset's upload
+    energy is the cost model's transmit energy, tail included."""
+    from edgeexit.profile import get_radio
+
+    for name in ("wifi", "lte"):
+        preset = get_radio(name)
+        model = preset.cost_model()
+        assert model == cost_radio(name) == cost_radio(preset) == cost_radio(model)
+        upload = preset.energy(50_000, 20.0)
+        assert model.transmit_j(upload.seconds, 20e6) == pytest.approx(upload.joules)
+
+
+def test_modelled_costs_are_the_presets(digits_package: Path) -> None:
+    """Without a profile (edgeexit run --policy, edgeexit bench): latency measured on the spot,
+    energy from a power preset's watts, the radio from a radio preset."""
+    from edgeexit.profile import get_preset, get_radio
+
+    manifest = open_package(digits_package).manifest
+    segment_ms = [2.0] * len(manifest.segments)
+    costs = modelled_costs(manifest, segment_ms, codec="fp16", power="rpi5", radio="lte")
+    rpi5 = get_preset("rpi5")
+    assert costs.segment_j == pytest.approx([rpi5.active_w * 2.0 / 1000] * len(segment_ms))
+    assert costs.idle_w == rpi5.idle_w
+    assert costs.radio == get_radio("lte").cost_model()
+    assert costs == modelled_costs(manifest, segment_ms, codec="fp16", power=rpi5, radio=get_radio("lte"))
 
 
 def test_device_costs_feed_best_static(digits_package: Path) -> None:
