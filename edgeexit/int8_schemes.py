@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import UnknownNameError, UsageError
 
 __all__ = ["DEFAULT_SCHEMES", "SCHEMES", "Int8Scheme", "float_oracle", "get_scheme"]
 
@@ -93,11 +93,11 @@ def get_scheme(name: str | None, mode: str) -> Int8Scheme:
     (``DynamicQuantizeLinear`` makes them), so a scheme with int8 activations is refused there."""
     chosen = name if name is not None else DEFAULT_SCHEMES[mode]
     if chosen not in SCHEMES:
-        raise EdgeExitError(f"unknown int8 scheme {chosen!r}; expected one of: {', '.join(SCHEMES)}")
+        raise UnknownNameError(f"unknown int8 scheme {chosen!r}; expected one of: {', '.join(SCHEMES)}")
     scheme = SCHEMES[chosen]
     if mode == "dynamic" and scheme.activations != "uint8":
         dynamic = ", ".join(n for n, s in SCHEMES.items() if s.activations == "uint8")
-        raise EdgeExitError(
+        raise UsageError(
             f"int8 scheme {chosen!r} has int8 activations, but dynamic quantization always makes uint8 ones; "
             f"expected one of: {dynamic}"
         )

@@ -103,7 +103,7 @@ def quantize(
     machine's kernels are checked against it and the exact outputs stored for `edgeexit verify`.
     A failed run leaves the package as it was.
     """
-    from edgeexit.compile.quantize import quantize_package
+    from edgeexit.compile.quantize import QuantizeOptions, quantize_package
     from edgeexit.package import open_package, require_directory
 
     require_directory(package, "add int8 segments")
@@ -114,11 +114,12 @@ def quantize(
     eval_source = None
     if eval_data is not None:
         eval_x, eval_y, eval_source = load_labelled(eval_data, eval_split, limit, opened, max_length)
-    report = quantize_package(
-        opened, x, y, eval_x=eval_x, eval_y=eval_y, samples=samples, per_channel=per_channel, max_drop=max_drop,
-        criterion=criterion, margin=margin, threads=threads, data_source=source, eval_source=eval_source,
-        keep_fp32=kept, auto=auto, min_agreement=min_agreement, mode=mode, scheme=scheme,
+    options = QuantizeOptions(
+        samples=samples, per_channel=per_channel, max_drop=max_drop, criterion=criterion, margin=margin,
+        threads=threads, data_source=source, eval_source=eval_source, keep_fp32=kept, auto=auto,
+        min_agreement=min_agreement, mode=mode, scheme=scheme,
     )  # fmt: skip
+    report = quantize_package(opened, x, y, options, eval_x=eval_x, eval_y=eval_y)
     console.print(accuracy_change_table(report))
     console.print(f"accuracy measured on: {escape(report.eval_source)}", highlight=False)
     console.print(latency_table(report))
@@ -141,14 +142,14 @@ def quantize(
 
 def _segments(text: str | None) -> tuple[int, ...]:
     """``--keep-fp32 0,2`` as segment indices."""
-    from edgeexit.errors import EdgeExitError
+    from edgeexit.errors import UsageError
 
     if not text:
         return ()
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise EdgeExitError(
+        raise UsageError(
             f"--keep-fp32 {text!r} is not a list of segment indices; expected e.g. --keep-fp32 0,1"
         ) from None
 

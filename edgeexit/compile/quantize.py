@@ -51,23 +51,21 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 
 from edgeexit.calibration import Choice, calibrate_manifest, check_labels, digest_data
-from edgeexit.errors import DataError, EdgeExitError, ExportError
-from edgeexit.fileio import atomic_write_text, sha256_file
+from edgeexit.errors import DataError, ExportError, InputError, PackageError, UnknownNameError, UsageError
+from edgeexit.fileio import _umask, atomic_write_text, sha256_file
 from edgeexit.int8_schemes import SCHEMES, Int8Scheme, float_oracle, get_scheme
-from edgeexit.manifest import CRITERIA, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
+from edgeexit.manifest import CRITERION_NAMES, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
-from edgeexit.runtime.engine import FullDepth, full_depth_outputs
+from edgeexit.runtime.full_depth import full_depth_outputs
+from edgeexit.runtime.results import FullDepth, Inputs
 from edgeexit.runtime.sessions import load_session
+from edgeexit.runtime.validation import InputCheck
 from edgeexit.runtime.verify import INT8_REFERENCE_FILE, KERNEL_TOLERANCE, load_reference, reference_inputs
-
-#: A model input as the engine takes it: one array, or for a text encoder a mapping from the
-#: input's name and every context input's name (``input_ids``, ``attention_mask``) to (N, L) arrays.
-Inputs: TypeAlias = "np.ndarray | Mapping[str, np.ndarray]"
 
 #: Samples whose activations set the quantization ranges (MinMax needs few; more costs time).
 DEFAULT_SAMPLES = 128
@@ -203,49 +201,73 @@ class _Graph:
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How ``quantize_package`` quantizes, calibrates and measures: what a user configures (the
+    CLI's flags build one).
+
+    ``samples`` of the data calibrate the activation ranges (static mode). ``max_drop``,
+    ``criterion`` and ``margin`` default to the manifest's calibration record (else 1 point, each
+    exit's own criterion, 1 standard error), so the int8 thresholds meet the target the fp32 ones
+    were chosen for. ``op_types`` limits the quantized op types (default: all the quantizer
+    supports for image models, ``TRANSFORMER_OP_TYPES`` for text encoders). ``mode``
+    (``MODES``) defaults to static for image models and dynamic for text encoders, whose
+    activation ranges then need no calibration (the thresholds still do). ``scheme`` names an
+    ``Int8Scheme`` (default: the mode's saturation-free one). ``keep_fp32`` lists segments the
+    variant runs in fp32; ``auto`` adds those whose int8 graph is not faster at batch 1 or alone
+    drops the final exit's agreement with fp32 below ``min_agreement``. ``threads`` and
+    ``timing_samples`` set how segments are timed (batch 1); ``data_source`` / ``eval_source``
+    name the data in messages and in the variant's report."""
+
+    samples: int = DEFAULT_SAMPLES
+    per_channel: bool = True
+    max_drop: float | None = None
+    criterion: str | None = None
+    margin: float | None = None
+    threads: int = 1
+    timing_samples: int = 32
+    data_source: str = "calibration data"
+    eval_source: str | None = None
+    op_types: tuple[str, ...] | None = None
+    mode: str | None = None
+    keep_fp32: tuple[int, ...] = ()
+    auto: bool = False
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    scheme: str | None = None
+
+
 def quantize_package(
     package: str | os.PathLike[str] | Package,
     x: Inputs,
     y: np.ndarray,
+    options: QuantizeOptions | None = None,
     *,
     eval_x: Inputs | None = None,
     eval_y: np.ndarray | None = None,
-    samples: int = DEFAULT_SAMPLES,
-    per_channel: bool = True,
-    max_drop: float | None = None,
-    criterion: str | None = None,
-    margin: float | None = None,
-    threads: int = 1,
-    timing_samples: int = 32,
-    data_source: str = "calibration data",
-    eval_source: str | None = None,
-    op_types: Sequence[str] | None = None,
-    mode: str | None = None,
-    keep_fp32: Sequence[int] = (),
-    auto: bool = False,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    scheme: str | None = None,
+    **settings: Any,
 ) -> QuantizeReport:
     """Quantize the segments of ``package`` to int8 and add them as its ``int8`` variant.
 
     ``x`` / ``y`` are labelled model-ready inputs (``edgeexit.runtime.inputs.prepare_dataset``, or
-    for a text encoder the mapping ``TextEncoder.encode`` gives): the first ``samples`` of them
-    calibrate the activation ranges, all of them the int8 exits' thresholds. ``eval_x`` /
-    ``eval_y`` (default: ``x`` / ``y``) measure each exit's accuracy in fp32 and int8. ``max_drop``,
-    ``criterion`` and ``margin`` default to the manifest's calibration record (else 1 point, each
-    exit's own criterion, 1 standard error), so the int8 thresholds meet the target the fp32 ones
-    were chosen for. ``op_types`` limits the quantized op types (default: all the quantizer
-    supports for image models, ``TRANSFORMER_OP_TYPES`` for text encoders). ``mode`` (``MODES``)
-    defaults to static for image models and dynamic for text encoders, whose activation ranges
-    then need no calibration (the thresholds still do). ``scheme`` names an ``Int8Scheme``
-    (default: the mode's saturation-free one); a scheme whose kernels on this machine do not
-    compute what its graphs specify is refused, and nothing is written.
+    for a text encoder the mapping ``TextEncoder.encode`` gives): the first ``options.samples`` of
+    them calibrate the activation ranges, all of them the int8 exits' thresholds. ``eval_x`` /
+    ``eval_y`` (default: ``x`` / ``y``) measure each exit's accuracy in fp32 and int8. A scheme
+    whose kernels on this machine do not compute what its graphs specify is refused, and nothing
+    is written. Every segment is quantized and measured, kept in fp32 or not, so the report says
+    what each would cost. Replaces an existing ``int8`` variant.
 
-    ``keep_fp32`` lists segments the variant runs in fp32; ``auto`` adds those whose int8 graph is
-    not faster at batch 1 or alone drops the final exit's agreement with fp32 (on the evaluation
-    data) below ``min_agreement``. Every segment is still quantized and measured, so the report
-    says what each would cost. Replaces an existing ``int8`` variant.
+    ``settings`` are ``QuantizeOptions``' fields as keywords (``samples=16``), the form the
+    benchmarks and tests call it in; give them or ``options``, not both.
     """
+    if settings:
+        if options is not None:
+            raise UsageError(
+                f"give quantize options as a QuantizeOptions or as keywords, not both ({sorted(settings)})"
+            )
+        options = _options(settings)
+    chosen = options if options is not None else QuantizeOptions()
+    samples, criterion, min_agreement, mode = chosen.samples, chosen.criterion, chosen.min_agreement, chosen.mode
+    data_source, eval_source, threads = chosen.data_source, chosen.eval_source, chosen.threads
     opened = package if isinstance(package, Package) else open_package(package)
     manifest = opened.manifest
     data = _check_inputs(x, manifest, data_source)
@@ -259,24 +281,24 @@ def quantize_package(
         eval_y = check_labels(eval_y, len(evaluation), manifest.num_classes)
     if samples < 1:
         raise DataError(f"samples is {samples}; expected at least 1 calibration sample")
-    if criterion is not None and criterion not in CRITERIA:
-        raise EdgeExitError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
-    keep = _check_keep(keep_fp32, len(manifest.segments), auto)
+    if criterion is not None and criterion not in CRITERION_NAMES:
+        raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
+    keep = _check_keep(chosen.keep_fp32, len(manifest.segments), chosen.auto)
     if not 0.0 <= min_agreement <= 1.0:
-        raise EdgeExitError(f"min_agreement is {min_agreement}; expected a fraction in [0, 1]")
+        raise UsageError(f"min_agreement is {min_agreement}; expected a fraction in [0, 1]")
     text = bool(manifest.input.context)
     chosen_mode = mode if mode is not None else ("dynamic" if text else "static")
     if chosen_mode not in MODES:
-        raise EdgeExitError(f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}")
-    chosen_ops = tuple(op_types) if op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
-    chosen_scheme = get_scheme(scheme, chosen_mode)
+        raise UnknownNameError(f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}")
+    chosen_ops = chosen.op_types if chosen.op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
+    chosen_scheme = get_scheme(chosen.scheme, chosen_mode)
     if manifest.reference is None:
-        raise EdgeExitError(
+        raise PackageError(
             "the package has no reference sample (reference.npz) to check the int8 kernels on; re-export it"
         )
     record = manifest.calibration
-    target_drop = max_drop if max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
-    target_margin = margin if margin is not None else (record.margin if record else DEFAULT_MARGIN)
+    target_drop = chosen.max_drop if chosen.max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
+    target_margin = chosen.margin if chosen.margin is not None else (record.margin if record else DEFAULT_MARGIN)
 
     fp32 = [_Graph(s, load_session(opened.path(s.file), threads)) for s in manifest.segments]
     ranges = 0 if chosen_mode == "dynamic" else min(samples, len(data))  # dynamic: no calibrated ranges
@@ -290,17 +312,17 @@ def quantize_package(
             for segment, batches in zip(manifest.segments, inputs, strict=True):
                 shape_inference.append(
                     _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
-                                      per_channel=per_channel, op_types=chosen_ops, mode=chosen_mode,
+                                      per_channel=chosen.per_channel, op_types=chosen_ops, mode=chosen_mode,
                                       scheme=chosen_scheme, scratch=Path(scratch))
                 )  # fmt: skip
             # Before timing or calibrating anything: int8 graphs this CPU computes wrongly are refused.
             int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
             kernels = _check_kernels(opened, int8, stage, Path(scratch), chosen_scheme)
-        timings = _time_side_by_side(fp32, int8, data, timing_samples, stage, opened)
+        timings = _time_side_by_side(fp32, int8, data, chosen.timing_samples, stage, opened)
         alone = _alone_agreement(fp32, int8, manifest, evaluation)
-        choices = _choose(timings, alone, keep, auto, min_agreement)
+        choices = _choose(timings, alone, keep, chosen.auto, min_agreement)
         if all(c.precision == "fp32" for c in choices):
-            raise EdgeExitError(
+            raise UsageError(
                 "every segment would stay fp32 (" + "; ".join(f"{c.segment}: {c.reason}" for c in choices) + "): "
                 "the int8 variant would be the fp32 model; the package is left as it was (lower --min-agreement "
                 "or drop --auto / --keep-fp32 to write it anyway)"
@@ -331,7 +353,7 @@ def quantize_package(
             if name.startswith(f"{VARIANT_NAME}/")
         }
         report = _variant_report(
-            per_channel, ranges, data, y, data_source, eval_source, len(eval_y), timings, changes, choices,
+            chosen.per_channel, ranges, data, y, data_source, eval_source, len(eval_y), timings, changes, choices,
             chosen_ops, shape_inference, chosen_mode,
         )  # fmt: skip
         report |= {
@@ -378,9 +400,9 @@ def _check_keep(keep_fp32: Sequence[int], segments: int, auto: bool) -> frozense
     keep = frozenset(int(k) for k in keep_fp32)
     bad = sorted(k for k in keep if not 0 <= k < segments)
     if bad:
-        raise EdgeExitError(f"keep_fp32 names segment(s) {bad}; the package has segments 0..{segments - 1}")
+        raise UsageError(f"keep_fp32 names segment(s) {bad}; the package has segments 0..{segments - 1}")
     if len(keep) == segments:
-        raise EdgeExitError(
+        raise UsageError(
             f"keep_fp32 names every segment ({sorted(keep)}): the int8 variant would be the fp32 model; "
             "keep fewer segments in fp32"
         )
@@ -388,56 +410,32 @@ def _check_keep(keep_fp32: Sequence[int], segments: int, auto: bool) -> frozense
 
 
 def _check_inputs(x: object, manifest: Manifest, source: str) -> _Batch:
-    spec = manifest.input
-    names = [spec.name, *(c.name for c in spec.context)]
-    if isinstance(x, Mapping):
-        if sorted(x) != sorted(names):
-            raise DataError(f"{source} has inputs {sorted(x)}; the package {manifest.model_name} takes {names}")
-        if not spec.context:
-            return _check_array(x[spec.name], manifest, source)
-        return _check_tokens(x, names, source)
-    if spec.context:
-        raise DataError(
-            f"{source} is a {type(x).__name__}; the package {manifest.model_name} takes several inputs {names}: "
-            "pass a mapping from each name to its (N, L) array (edgeexit.runtime.text.TextEncoder.encode gives it)"
-        )
-    return _check_array(x, manifest, source)
+    """``x`` checked as the engine checks a batch (``runtime.validation``: one set of rules), a
+    mismatch reported as a data set that does not fit the package."""
+    check = InputCheck(manifest.input, manifest.segments)
+    try:
+        array, context = check.inputs(x, batched=True)
+    except InputError as err:
+        if manifest.input.context:
+            wanted = (
+                f"takes {list(check.names)}: pass a mapping from each name to its (N, L) array "
+                "(edgeexit.runtime.text.TextEncoder.encode gives it)"
+            )
+        else:
+            shape = f"{check.expected_shape()} ({manifest.input.layout})"
+            wanted = f"expects {shape}: pass labelled data prepared for this model"
+        raise DataError(f"{source} does not fit: {err}; the package {manifest.model_name} {wanted}") from err
+    return _Batch(array, context)
 
 
-def _check_tokens(x: Mapping[str, object], names: Sequence[str], source: str) -> _Batch:
-    arrays: dict[str, np.ndarray] = {}
-    for name in names:
-        value = x[name]
-        if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.integer):
-            found = f"a {value.dtype} array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
-            raise DataError(f"{source}: input {name!r} is {found}; expected integer (N, L) token ids or a 0/1 mask")
-        if value.ndim != 2 or 0 in value.shape:
-            raise DataError(f"{source}: input {name!r} has shape {tuple(value.shape)}; expected (N, L) with N, L >= 1")
-        arrays[name] = np.ascontiguousarray(value, dtype=np.int64)
-    shapes = {name: a.shape for name, a in arrays.items()}
-    if len(set(shapes.values())) != 1:
-        raise DataError(f"{source}: inputs have different shapes {shapes}; expected one (N, L) shape for all")
-    primary = arrays.pop(names[0])
-    return _Batch(primary, arrays)
-
-
-def _check_array(x: object, manifest: Manifest, source: str) -> _Batch:
-    spec = manifest.input
-    shape = "x".join("N" if d is None else str(d) for d in spec.shape)
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-        found = f"{x.dtype} array" if isinstance(x, np.ndarray) else type(x).__name__
-        raise DataError(f"{source} is a {found}; expected float32 model-ready inputs shaped {shape}")
-    fits = x.ndim == len(spec.shape) and all(
-        w is None or w == g for w, g in zip(spec.shape[1:], x.shape[1:], strict=True)
-    )
-    if not fits:
-        raise DataError(
-            f"{source} has samples shaped {tuple(x.shape[1:])} (array {tuple(x.shape)}); the package "
-            f"{manifest.model_name} expects {shape} ({spec.layout}): pass data prepared for this model"
-        )
-    if len(x) == 0:
-        raise DataError(f"{source} has no samples; expected labelled data to calibrate and evaluate on")
-    return _Batch(np.ascontiguousarray(x))
+def _options(settings: Mapping[str, Any]) -> QuantizeOptions:
+    """``QuantizeOptions`` from its fields as keywords, sequences made tuples (the record is frozen)."""
+    fields = dict(settings)
+    if fields.get("op_types") is not None:
+        fields["op_types"] = tuple(fields["op_types"])
+    if "keep_fp32" in fields:
+        fields["keep_fp32"] = tuple(fields["keep_fp32"])
+    return QuantizeOptions(**fields)
 
 
 # ---------------------------------------------------------------- fp32 boundaries
@@ -470,10 +468,6 @@ class _Reader:
 
 # ---------------------------------------------------------------- quantization
 
-#: Quantize only the MatMuls that have a weight (an initializer) in text encoders, leaving the
-#: attention's activation-by-activation products (Q.K^T, P.V) in float.
-_WEIGHT_MATMULS_ONLY = False
-
 
 def _quantize_segment(
     source: Path,
@@ -499,8 +493,6 @@ def _quantize_segment(
         if not node.name:
             node.name = f"edgeexit_node_{i}"  # the quantizer excludes nodes by name
     excluded = _score_nodes(model, spec)
-    if _WEIGHT_MATMULS_ONLY and op_types is not None:
-        excluded += _activation_products(model)
     onnx.save(model, str(prepared))
     activations, weights = scheme.quant_types()
     try:
@@ -579,13 +571,6 @@ def _score_nodes(model: Any, spec: SegmentSpec) -> list[str]:
             excluded.append(node.name)
             tainted.update(node.output)
     return excluded
-
-
-def _activation_products(model: Any) -> list[str]:
-    """MatMul nodes whose operands are both activations (no initializer): attention's products."""
-    weights = {i.name for i in model.graph.initializer}
-    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
 
 
 def _load_int8(path: Path, spec: SegmentSpec, threads: int) -> Any:
@@ -834,8 +819,6 @@ def _variant_report(
     float_nodes = "the exits' score subgraphs (softmax onwards)"
     if op_types is not None:
         float_nodes += f"; every op but {', '.join(op_types)}"
-        if _WEIGHT_MATMULS_ONLY:
-            float_nodes += "; MatMuls of two activations"
     return {
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}: quant_pre_process, quantize_{mode}",
         "mode": mode,
@@ -873,12 +856,6 @@ def _variant_report(
 # ---------------------------------------------------------------- commit
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _commit(root: Path, stage: Path, manifest: Manifest) -> None:
     """Move the staged ``int8/`` in and the manifest after it; on any failure, put back what was there.
 
@@ -912,6 +889,7 @@ __all__ = [
     "TRANSFORMER_OP_TYPES",
     "ExitChange",
     "Inputs",
+    "QuantizeOptions",
     "QuantizeReport",
     "SegmentChoice",
     "SegmentTiming",

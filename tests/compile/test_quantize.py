@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeexit.compile.quantize import QuantizeReport, quantize_package
+from edgeexit.compile.quantize import QuantizeOptions, QuantizeReport, quantize_package
 from edgeexit.data import LabelledData, load_dataset
-from edgeexit.errors import DataError, EdgeExitError, PackageError
+from edgeexit.errors import DataError, EdgeExitError, PackageError, UsageError
 from edgeexit.fileio import sha256_file
 from edgeexit.package import open_package
 from edgeexit.runtime.inputs import prepare_dataset
@@ -41,7 +41,8 @@ def quantized(digits_package: Path, tmp_path_factory: pytest.TempPathFactory) ->
     manifest = open_package(root).manifest
     x, y = _data(manifest, "test")
     eval_x, eval_y = _data(manifest, "train", 400)
-    report = quantize_package(root, x, y, eval_x=eval_x, eval_y=eval_y, samples=64, timing_samples=8)
+    options = QuantizeOptions(samples=64, timing_samples=8)
+    report = quantize_package(root, x, y, options, eval_x=eval_x, eval_y=eval_y)
     return root, report
 
 
@@ -288,3 +289,5 @@ def test_keep_fp32_is_checked(package_copy: Path) -> None:
         quantize_package(package_copy, x, y, keep_fp32=(0, 1, 2))
     with pytest.raises(EdgeExitError, match="unknown quantization mode"):
         quantize_package(package_copy, x, y, mode="fp4")
+    with pytest.raises(UsageError, match="not both"):
+        quantize_package(package_copy, x, y, QuantizeOptions(), samples=8)
