@@ -23,6 +23,7 @@ from edgeexit.errors import ExportError, InputError
 from edgeexit.package import open_package
 from edgeexit.profile import load_profile
 from edgeexit.runtime import Engine
+from edgeexit.runtime.backends import bind_chain
 from edgeexit.runtime.engine import Pending
 
 
@@ -112,6 +113,12 @@ def test_similarity_exit_without_a_head(tmp_path: Path) -> None:
     result = engine.run(_tokens(1, 8, seed=2))
     assert result.exit == 0  # exit 0 has a head; similarity at exit 0 compares with nothing before it
     assert engine.manifest.exits[1].head is None
+
+
+def test_no_chain_is_bound_beside_context_inputs(text_package: Path) -> None:
+    """The mask is fed beside every hidden tensor, so ONNX Runtime's fixed-buffer chain does not apply."""
+    engine = Engine(text_package, cache_dir=None)
+    assert bind_chain("onnxruntime", engine.segments, engine.manifest.input) is None
 
 
 def test_wrong_inputs_say_what_was_expected(text_package: Path) -> None:

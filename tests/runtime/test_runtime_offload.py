@@ -16,6 +16,7 @@ import pytest
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime import BatchProgress, Engine, OffloadInfo, Pending, Result
+from edgeexit.runtime.backends import bind_chain
 
 N = 120
 
@@ -185,6 +186,14 @@ def test_resume_without_a_bound_chain(mixed: Engine, digits) -> None:
         state = plain.run_until(x, 0)
         finished = state if isinstance(state, Result) else plain.resume(state)
         _close(finished, mixed.run(x))
+
+
+def test_the_backend_says_whether_it_binds_a_chain(mixed: Engine) -> None:
+    """The engine asks its backend for a copy-free chain instead of checking segment types: ONNX
+    Runtime binds one for fixed shapes, a backend without one answers None."""
+    manifest = mixed.manifest
+    assert bind_chain("onnxruntime", mixed.segments, manifest.input) is not None
+    assert bind_chain("tflite", mixed.segments, manifest.input) is None
 
 
 # ---------------------------------------------------------------- batches
