@@ -176,13 +176,13 @@ def _run_samples(engine: Engine, samples: list[Sample], batch: bool, offload: Of
     (``--batch`` too: a policy decides per input)."""
     import numpy as np
 
-    from edgeexit.device import PolicyRunner
-    from edgeexit.device.factory import build_runner
-
     if offload is None:
         if batch:
             return engine.run_batch(np.stack([s.x for s in samples]))
         return [engine.run(s.x) for s in samples]
+    from edgeexit.device.factory import build_runner  # grpc: only when offloading
+    from edgeexit.device.policy_runner import PolicyRunner
+
     with build_runner(engine, offload, costs=_measured_costs(engine, samples, offload)) as device:
         runner = device.runner
         if isinstance(runner, PolicyRunner):

@@ -23,14 +23,52 @@ Or from settings, as ``edgeexit run``, the device daemon and ``edgeexit bench`` 
 Never imports torch, onnx or edgeexit.compile.
 """
 
-from edgeexit.device.factory import DeviceRunner, build_runner
-from edgeexit.device.offload import OffloadRunner, offload_or_resume
-from edgeexit.device.policy_runner import PolicyRunner
-from edgeexit.device.settings import OffloadSettings, PolicySettings, TlsSettings
-from edgeexit.device.tails import default_codec, select_tail
-from edgeexit.errors import OffloadError
-from edgeexit.runtime.engine import OffloadInfo
-from edgeexit.transport.client import TailClient, TailReply, TlsConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeexit.device.factory import DeviceRunner, build_runner
+    from edgeexit.device.offload import OffloadRunner, offload_or_resume
+    from edgeexit.device.policy_runner import PolicyRunner
+    from edgeexit.device.settings import OffloadSettings, PolicySettings, TlsSettings
+    from edgeexit.device.tails import default_codec, select_tail
+    from edgeexit.errors import OffloadError
+    from edgeexit.runtime.engine import OffloadInfo
+    from edgeexit.transport.client import TailClient, TailReply, TlsConfig
+
+#: Where each name lives. Imported on first use, so reading settings (``edgeexit run`` without
+#: offloading, a device.toml) loads no grpc: only the runners and the client need it.
+_HOMES = {
+    "DeviceRunner": "edgeexit.device.factory",
+    "build_runner": "edgeexit.device.factory",
+    "OffloadRunner": "edgeexit.device.offload",
+    "offload_or_resume": "edgeexit.device.offload",
+    "PolicyRunner": "edgeexit.device.policy_runner",
+    "OffloadSettings": "edgeexit.device.settings",
+    "PolicySettings": "edgeexit.device.settings",
+    "TlsSettings": "edgeexit.device.settings",
+    "default_codec": "edgeexit.device.tails",
+    "select_tail": "edgeexit.device.tails",
+    "OffloadError": "edgeexit.errors",
+    "OffloadInfo": "edgeexit.runtime.engine",
+    "TailClient": "edgeexit.transport.client",
+    "TailReply": "edgeexit.transport.client",
+    "TlsConfig": "edgeexit.transport.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'edgeexit.device' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "DeviceRunner",
