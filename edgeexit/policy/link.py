@@ -127,9 +127,7 @@ class LinkEstimator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if half_life_samples <= 0 or stale_after_s < 0 or decay_half_life_s <= 0:
-            raise UsageError(
-                "LinkEstimator needs half_life_samples > 0, stale_after_s >= 0 and decay_half_life_s > 0"
-            )
+            raise UsageError("LinkEstimator needs half_life_samples > 0, stale_after_s >= 0 and decay_half_life_s > 0")
         if prior_bandwidth_bps <= 0 or prior_rtt_s < 0:
             raise UsageError("LinkEstimator needs a positive prior bandwidth and a non-negative prior RTT")
         alpha = 1.0 - 0.5 ** (1.0 / half_life_samples)

@@ -187,9 +187,7 @@ def create_policy(name: str, costs: DeviceCosts | None = None, objective: Object
         found = match.group(1)
         return SplitPolicy(-1 if found == "input" else int(found), costs, objective)
     if name.startswith("split@"):
-        raise UsageError(
-            f"policy {name!r}: the split boundary must be a non-negative integer, as in split@1, or input"
-        )
+        raise UsageError(f"policy {name!r}: the split boundary must be a non-negative integer, as in split@1, or input")
     return POLICIES.get(name)(costs, objective)  # type: ignore[call-arg]
 
 
