@@ -151,33 +151,44 @@ class Walker:
         compacted and carried on; after segment ``walk.stop`` they come back as a Pending."""
         scorer = self.scorer
         rules = scorer.rules
+        segments = self.segments
+        hidden_names = self._hidden_names
         times = walk.times
+        started = walk.started
+        keep_hidden = walk.keep_hidden
         current = walk.source
         found: list[Result | None] = [None] * current.shape[0]
         active = np.arange(current.shape[0])
-        for k in range(walk.start, len(self.segments)):
+        for k in range(walk.start, len(segments)):
             tick = time.perf_counter()
-            outputs = self.segments[k].run(current, walk.context)
+            outputs = segments[k].run(current, walk.context)
             times.append((time.perf_counter() - tick) * 1e3)
-            hidden_name = self._hidden_names[k]
+            hidden_name = hidden_names[k]
             hidden = outputs.get(hidden_name) if hidden_name else None
             logits = scorer.logits(k, outputs)
             score, probabilities = scorer.score(k, walk, outputs, logits, hidden)
-            if rules[k].final:
-                leaving = np.ones(len(active), bool)
+            rule = rules[k]
+            if rule.final:  # every sample left answers here: no masks to build
+                leaving = range(len(active))
+                if probabilities is None and logits is not None:
+                    probabilities = softmax(logits, rule.temperature)
             else:
-                leaving = score >= rules[k].threshold if score is not None else np.zeros(len(active), bool)
-            if probabilities is None and logits is not None and leaving.any():
-                probabilities = softmax(logits, rules[k].temperature)
-            for i in np.flatnonzero(leaving):
-                kept = hidden[i : i + 1].copy() if (walk.keep_hidden and hidden is not None) else None
-                found[active[i]] = scorer.result(k, logits, probabilities, score, i, walk.started, tuple(times), kept)
-            staying = ~leaving
+                mask = score >= rule.threshold if score is not None else np.zeros(len(active), bool)
+                if probabilities is None and logits is not None and mask.any():
+                    probabilities = softmax(logits, rule.temperature)
+                leaving = np.flatnonzero(mask)
+            for i in leaving:
+                kept = hidden[i : i + 1].copy() if (keep_hidden and hidden is not None) else None
+                found[active[i]] = scorer.result(k, logits, probabilities, score, i, started, tuple(times), kept)
+            if rule.final:
+                return found, None
+            staying = ~mask
             if not staying.any():
                 return found, None
+            history = walk.history
             if logits is not None:
-                walk.history.append(logits.argmax(axis=-1))
-            walk.history = [h[staying] for h in walk.history]
+                history.append(logits.argmax(axis=-1))
+            walk.history = [h[staying] for h in history]
             active = active[staying]
             current = np.ascontiguousarray(hidden[staying])  # type: ignore[index]  # a copy: owned
             walk.context = {name: value[staying] for name, value in walk.context.items()}  # copies: owned
