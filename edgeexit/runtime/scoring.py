@@ -47,7 +47,9 @@ class Scorer:
     ``rules`` may be replaced after construction (a benchmark scoring by the graph's own score);
     the criteria stay those the rules named at construction."""
 
-    def __init__(self, rules: tuple[ExitRule, ...], exits: Sequence[ExitSpec], labels: Sequence[str], classes: int):
+    def __init__(
+        self, rules: tuple[ExitRule, ...], exits: Sequence[ExitSpec], labels: Sequence[str], classes: int
+    ) -> None:
         self.rules = rules
         self.criteria = [create_criterion(rule.criterion) for rule in rules]
         #: Whether any exit reads the earlier exits' predictions (patience): the walks keep them only then.
