@@ -236,6 +236,19 @@ class QuantizeOptions:
     scheme: str | None = None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The options resolved against the package: what this run does (``QuantizeOptions`` says
+    what the user asked for, None meaning "the package's default")."""
+
+    mode: str
+    op_types: tuple[str, ...] | None
+    scheme: Int8Scheme
+    keep: frozenset[int]
+    max_drop: float
+    margin: float
+
+
 def quantize_package(
     package: str | os.PathLike[str] | Package,
     x: Inputs,
@@ -265,9 +278,9 @@ def quantize_package(
                 f"give quantize options as a QuantizeOptions or as keywords, not both ({sorted(settings)})"
             )
         options = _options(settings)
-    chosen = options if options is not None else QuantizeOptions()
-    samples, criterion, min_agreement, mode = chosen.samples, chosen.criterion, chosen.min_agreement, chosen.mode
-    data_source, eval_source, threads = chosen.data_source, chosen.eval_source, chosen.threads
+    if options is None:
+        options = QuantizeOptions()
+    data_source, eval_source, threads = options.data_source, options.eval_source, options.threads
     opened = package if isinstance(package, Package) else open_package(package)
     manifest = opened.manifest
     data = _check_inputs(x, manifest, data_source)
@@ -279,29 +292,9 @@ def quantize_package(
     else:
         evaluation = _check_inputs(eval_x, manifest, eval_source or "evaluation data")
         eval_y = check_labels(eval_y, len(evaluation), manifest.num_classes)
-    if samples < 1:
-        raise DataError(f"samples is {samples}; expected at least 1 calibration sample")
-    if criterion is not None and criterion not in CRITERION_NAMES:
-        raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
-    keep = _check_keep(chosen.keep_fp32, len(manifest.segments), chosen.auto)
-    if not 0.0 <= min_agreement <= 1.0:
-        raise UsageError(f"min_agreement is {min_agreement}; expected a fraction in [0, 1]")
-    text = bool(manifest.input.context)
-    chosen_mode = mode if mode is not None else ("dynamic" if text else "static")
-    if chosen_mode not in MODES:
-        raise UnknownNameError(f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}")
-    chosen_ops = chosen.op_types if chosen.op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
-    chosen_scheme = get_scheme(chosen.scheme, chosen_mode)
-    if manifest.reference is None:
-        raise PackageError(
-            "the package has no reference sample (reference.npz) to check the int8 kernels on; re-export it"
-        )
-    record = manifest.calibration
-    target_drop = chosen.max_drop if chosen.max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
-    target_margin = chosen.margin if chosen.margin is not None else (record.margin if record else DEFAULT_MARGIN)
-
+    plan = _plan(options, manifest)
     fp32 = [_Graph(s, load_session(opened.path(s.file), threads)) for s in manifest.segments]
-    ranges = 0 if chosen_mode == "dynamic" else min(samples, len(data))  # dynamic: no calibrated ranges
+    ranges = 0 if plan.mode == "dynamic" else min(options.samples, len(data))  # dynamic: no calibrated ranges
     inputs = _segment_inputs(fp32, data.rows(0, ranges)) if ranges else [[] for _ in fp32]
     root = opened.root
     stage = Path(tempfile.mkdtemp(prefix=f".{VARIANT_NAME}.", suffix=".partial", dir=root))
@@ -312,15 +305,15 @@ def quantize_package(
             for segment, batches in zip(manifest.segments, inputs, strict=True):
                 shape_inference.append(
                     _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
-                                      per_channel=chosen.per_channel, op_types=chosen_ops, mode=chosen_mode,
-                                      scheme=chosen_scheme, scratch=Path(scratch))
+                                      per_channel=options.per_channel, op_types=plan.op_types, mode=plan.mode,
+                                      scheme=plan.scheme, scratch=Path(scratch))
                 )  # fmt: skip
             # Before timing or calibrating anything: int8 graphs this CPU computes wrongly are refused.
             int8 = [_Graph(s, _load_int8(stage / f"{s.index}.onnx", s, threads)) for s in manifest.segments]
-            kernels = _check_kernels(opened, int8, stage, Path(scratch), chosen_scheme)
-        timings = _time_side_by_side(fp32, int8, data, chosen.timing_samples, stage, opened)
+            kernels = _check_kernels(opened, int8, stage, Path(scratch), plan.scheme)
+        timings = _time_side_by_side(fp32, int8, data, options.timing_samples, stage, opened)
         alone = _alone_agreement(fp32, int8, manifest, evaluation)
-        choices = _choose(timings, alone, keep, chosen.auto, min_agreement)
+        choices = _choose(timings, alone, plan.keep, options.auto, options.min_agreement)
         if all(c.precision == "fp32" for c in choices):
             raise UsageError(
                 "every segment would stay fp32 (" + "; ".join(f"{c.segment}: {c.reason}" for c in choices) + "): "
@@ -333,8 +326,8 @@ def quantize_package(
         )
         full_int8 = _full_depth(mixed, manifest, data, segment_ms)
         calibrated, choice = calibrate_manifest(
-            manifest, full_int8, y, criterion=criterion, max_drop=target_drop, data_sha256=data.digest(y),
-            margin=target_margin,
+            manifest, full_int8, y, criterion=options.criterion, max_drop=plan.max_drop, data_sha256=data.digest(y),
+            margin=plan.margin,
         )  # fmt: skip
         changes = _exit_changes(fp32, mixed, manifest, evaluation, eval_y)
         files = tuple(
@@ -353,17 +346,16 @@ def quantize_package(
             if name.startswith(f"{VARIANT_NAME}/")
         }
         report = _variant_report(
-            chosen.per_channel, ranges, data, y, data_source, eval_source, len(eval_y), timings, changes, choices,
-            chosen_ops, shape_inference, chosen_mode,
-        )  # fmt: skip
+            options, plan, ranges, data, y, eval_source, len(eval_y), timings, changes, choices, shape_inference
+        )
         report |= {
-            "scheme": chosen_scheme.record(),
+            "scheme": plan.scheme.record(),
             "activations": (
-                f"{chosen_scheme.activations} (asymmetric, MinMax)" if chosen_mode == "static"
+                f"{plan.scheme.activations} (asymmetric, MinMax)" if plan.mode == "static"
                 else "uint8, range of each call's own tensor"
             ),
-            "weights": f"{chosen_scheme.weights} ({'7-bit, ' if chosen_scheme.reduce_range else ''}symmetric)"
-            if chosen_scheme.weights == "int8" else "uint8 (asymmetric)",
+            "weights": f"{plan.scheme.weights} ({'7-bit, ' if plan.scheme.reduce_range else ''}symmetric)"
+            if plan.scheme.weights == "int8" else "uint8 (asymmetric)",
             "kernel_check": kernel_record,
         }  # fmt: skip
         variant = SegmentVariant(
@@ -394,6 +386,33 @@ def quantize_package(
 
 
 # ---------------------------------------------------------------- checks
+
+
+def _plan(options: QuantizeOptions, manifest: Manifest) -> _Plan:
+    """``options`` checked and resolved against ``manifest``, before any work: a wrong option
+    costs nothing."""
+    if options.samples < 1:
+        raise DataError(f"samples is {options.samples}; expected at least 1 calibration sample")
+    criterion = options.criterion
+    if criterion is not None and criterion not in CRITERION_NAMES:
+        raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
+    keep = _check_keep(options.keep_fp32, len(manifest.segments), options.auto)
+    if not 0.0 <= options.min_agreement <= 1.0:
+        raise UsageError(f"min_agreement is {options.min_agreement}; expected a fraction in [0, 1]")
+    text = bool(manifest.input.context)
+    mode = options.mode if options.mode is not None else ("dynamic" if text else "static")
+    if mode not in MODES:
+        raise UnknownNameError(f"unknown quantization mode {options.mode!r}; expected one of {', '.join(MODES)}")
+    op_types = options.op_types if options.op_types is not None else (TRANSFORMER_OP_TYPES if text else None)
+    scheme = get_scheme(options.scheme, mode)
+    if manifest.reference is None:
+        raise PackageError(
+            "the package has no reference sample (reference.npz) to check the int8 kernels on; re-export it"
+        )
+    record = manifest.calibration
+    max_drop = options.max_drop if options.max_drop is not None else (record.max_drop if record else DEFAULT_MAX_DROP)
+    margin = options.margin if options.margin is not None else (record.margin if record else DEFAULT_MARGIN)
+    return _Plan(mode, op_types, scheme, keep, max_drop, margin)
 
 
 def _check_keep(keep_fp32: Sequence[int], segments: int, auto: bool) -> frozenset[int]:
@@ -800,22 +819,21 @@ def _exit_changes(
 
 
 def _variant_report(
-    per_channel: bool,
+    options: QuantizeOptions,
+    plan: _Plan,
     samples: int,
     data: _Batch,
     y: np.ndarray,
-    data_source: str,
     eval_source: str | None,
     eval_samples: int,
     timings: Sequence[SegmentTiming],
     changes: Sequence[ExitChange],
     choices: Sequence[SegmentChoice],
-    op_types: Sequence[str] | None,
     shape_inference: Sequence[str],
-    mode: str,
 ) -> dict[str, Any]:
     import onnxruntime
 
+    mode, op_types, data_source = plan.mode, plan.op_types, options.data_source
     float_nodes = "the exits' score subgraphs (softmax onwards)"
     if op_types is not None:
         float_nodes += f"; every op but {', '.join(op_types)}"
@@ -823,7 +841,7 @@ def _variant_report(
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}: quant_pre_process, quantize_{mode}",
         "mode": mode,
         "format": "QDQ" if mode == "static" else "QOperator (DynamicQuantizeLinear, MatMulInteger)",
-        "per_channel": per_channel,
+        "per_channel": options.per_channel,
         "op_types": list(op_types) if op_types is not None else "all supported",
         "float_nodes": float_nodes,
         "fp32_segments": [c.segment for c in choices if c.precision == "fp32"],
