@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from edgeexit.errors import ArchiveError, PackageError
-from edgeexit.fileio import _umask, atomic_output, sha256_file
+from edgeexit.fileio import atomic_output, current_umask, sha256_file
 from edgeexit.manifest import MANIFEST_FILE, Manifest
 
 #: Overrides where tars are unpacked (default ``$XDG_CACHE_HOME/edgeexit/packages``).
@@ -433,7 +433,7 @@ def unpack(
         _remove_dead_stages(cache)
         stage = Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=cache))
         try:
-            stage.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the package from a daemon's other users
+            stage.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the package from a daemon's other users
             _extract(tar, listing, stage, archive)
             if entry.exists():
                 if _usable(entry, listing, verify_hashes):  # another unpacker finished while we extracted

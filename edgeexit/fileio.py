@@ -20,7 +20,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask: os.umask only sets, so read it by setting and restoring (files staged
+    in a private temp dir then get the mode a plain ``open`` would have given them)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -38,7 +40,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as stream:
             yield stream
             stream.flush()
@@ -72,7 +74,7 @@ def staged_directory(target: str | os.PathLike[str], *, overwrite: bool) -> Iter
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        stage.chmod(0o777 & ~_umask())
+        stage.chmod(0o777 & ~current_umask())
         yield stage
         if final.exists():
             retired = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -27,9 +27,6 @@ MANIFEST_FILE = "manifest.json"
 #: no criterion code; the implementations are registered under the same names in the registry
 #: ``edgeexit.criteria.CRITERIA`` (tests/criteria checks that the two agree).
 CRITERION_NAMES = ("max_prob", "margin", "entropy", "patience", "similarity")
-#: The old name of ``CRITERION_NAMES``, kept only until compile/export.py and
-#: tests/cli/test_cli_calibrate.py use the new one; it shares its name with the registry.
-CRITERIA = CRITERION_NAMES
 #: Criteria whose score the exported graph computes itself (from the exit's logits).
 IN_GRAPH_CRITERIA = ("max_prob", "margin", "entropy")
 

@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--mode", default=None, help="static or dynamic (default: static images, dynamic text)")
     args = parser.parse_args()
 
-    from edgeexit.compile.quantize import quantize_package
+    from edgeexit.compile.quantize import QuantizeOptions, quantize_package
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         root = args.package if args.in_place else Path(tmp) / "pkg"
@@ -184,10 +184,9 @@ def main() -> None:
         if not (args.reuse and any(v.name == "int8" for v in open_package(root).manifest.variants)):
             began = time.perf_counter()
             keep = tuple(int(k) for k in args.keep_fp32.split(",") if k.strip())
-            report = quantize_package(
-                root, x, y, samples=args.samples, data_source=source, keep_fp32=keep, auto=args.auto,
-                min_agreement=args.min_agreement, mode=args.mode,
-            )  # fmt: skip
+            options = QuantizeOptions(samples=args.samples, data_source=source, keep_fp32=keep, auto=args.auto,
+                                      min_agreement=args.min_agreement, mode=args.mode)  # fmt: skip
+            report = quantize_package(root, x, y, options)
             print(f"quantized {len(report.variant.files)} segments in {time.perf_counter() - began:.1f} s "
                   f"({report.variant.report['mode']}); fp32 kept: {list(report.kept_fp32) or 'none'}")  # fmt: skip
             for choice in report.choices:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import _load
 
 from edgeexit.compile import quantize as quantize_module
-from edgeexit.compile.quantize import quantize_package
+from edgeexit.compile.quantize import QuantizeOptions, quantize_package
 from edgeexit.int8_schemes import DEFAULT_SCHEMES, SCHEMES
 from edgeexit.package import open_package
 from edgeexit.profile.record import Machine
@@ -70,7 +70,10 @@ def main() -> None:
             root = Path(work) / "pkg"
             shutil.copytree(args.package, root)
             report = quantize_package(
-                root, x, y, samples=args.samples, timing_samples=args.timing_samples, mode=mode, scheme=name
+                root,
+                x,
+                y,
+                QuantizeOptions(samples=args.samples, timing_samples=args.timing_samples, mode=mode, scheme=name),
             )
         error = report.variant.report["kernel_check"]["max_error_here"]
         agreement = report.exits[-1].agreement

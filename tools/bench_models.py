@@ -288,7 +288,7 @@ def bench_efficientnet(args: argparse.Namespace, workdir: Path) -> None:
 
 def _int8(package, calibration, calibration_y, test_items, test_y, args: argparse.Namespace) -> None:
     try:
-        from edgeexit.compile.quantize import quantize_package
+        from edgeexit.compile.quantize import QuantizeOptions, quantize_package
     except ImportError as err:
         print(f"(e) int8: skipped ({err})")
         return
@@ -296,7 +296,8 @@ def _int8(package, calibration, calibration_y, test_items, test_y, args: argpars
 
     started = time.perf_counter()
     try:
-        package = quantize_package(package, calibration, calibration_y, samples=min(128, len(calibration_y))).package
+        options = QuantizeOptions(samples=min(128, len(calibration_y)))
+        package = quantize_package(package, calibration, calibration_y, options).package
     except EdgeExitError as err:
         print(f"(e) int8: quantize failed: {err}")
         return

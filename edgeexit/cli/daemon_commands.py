@@ -23,7 +23,8 @@ def device(
     ],
 ) -> None:
     """Run the device daemon: a local KServe v2 API over one package, offloading as configured."""
-    from edgeexit.daemon.app import DeviceDaemon, configure_logging
+    from edgeexit.daemon.app import DeviceDaemon
+    from edgeexit.daemon.logs import configure_logging
 
     daemon = DeviceDaemon(config)  # a config error is one line and status 1, before anything binds
     configure_logging(daemon.config.log_format, daemon.config.log_level)

@@ -33,7 +33,7 @@ from edgeexit.compile.tails import BoundaryTensors, Tail, check_codecs, tail_fai
 from edgeexit.errors import ExportError, ModelError
 from edgeexit.fileio import atomic_write_text, sha256_file, staged_directory
 from edgeexit.manifest import (
-    CRITERIA,
+    CRITERION_NAMES,
     IN_GRAPH_CRITERIA,
     MANIFEST_FILE,
     ExitSpec,
@@ -96,8 +96,8 @@ def export(
     """
     if not isinstance(model, MultiExitModel):
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
-    if criterion not in CRITERIA:
-        raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    if criterion not in CRITERION_NAMES:
+        raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERION_NAMES}")
     if codecs is None:
         codecs = () if model.context_names else ("fp32",)
     if model.context_names and codecs:

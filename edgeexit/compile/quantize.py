@@ -57,7 +57,7 @@ import numpy as np
 
 from edgeexit.calibration import Choice, calibrate_manifest, check_labels, digest_data
 from edgeexit.errors import DataError, ExportError, InputError, PackageError, UnknownNameError, UsageError
-from edgeexit.fileio import _umask, atomic_write_text, sha256_file
+from edgeexit.fileio import atomic_write_text, current_umask, sha256_file
 from edgeexit.int8_schemes import SCHEMES, Int8Scheme, float_oracle, get_scheme
 from edgeexit.manifest import CRITERION_NAMES, MANIFEST_FILE, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
@@ -257,7 +257,6 @@ def quantize_package(
     *,
     eval_x: Inputs | None = None,
     eval_y: np.ndarray | None = None,
-    **settings: Any,
 ) -> QuantizeReport:
     """Quantize the segments of ``package`` to int8 and add them as its ``int8`` variant.
 
@@ -268,18 +267,8 @@ def quantize_package(
     whose kernels on this machine do not compute what its graphs specify is refused, and nothing
     is written. Every segment is quantized and measured, kept in fp32 or not, so the report says
     what each would cost. Replaces an existing ``int8`` variant.
-
-    ``settings`` are ``QuantizeOptions``' fields as keywords (``samples=16``), the form the
-    benchmarks and tests call it in; give them or ``options``, not both.
     """
-    if settings:
-        if options is not None:
-            raise UsageError(
-                f"give quantize options as a QuantizeOptions or as keywords, not both ({sorted(settings)})"
-            )
-        options = _options(settings)
-    if options is None:
-        options = QuantizeOptions()
+    options = options or QuantizeOptions()
     data_source, eval_source, threads = options.data_source, options.eval_source, options.threads
     opened = package if isinstance(package, Package) else open_package(package)
     manifest = opened.manifest
@@ -299,7 +288,7 @@ def quantize_package(
     root = opened.root
     stage = Path(tempfile.mkdtemp(prefix=f".{VARIANT_NAME}.", suffix=".partial", dir=root))
     try:
-        stage.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide int8/ from a daemon running as another user
+        stage.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide int8/ from a daemon running as another user
         shape_inference: list[str] = []
         with tempfile.TemporaryDirectory(prefix="edgeexit-quantize-") as scratch:
             for segment, batches in zip(manifest.segments, inputs, strict=True):
@@ -445,16 +434,6 @@ def _check_inputs(x: object, manifest: Manifest, source: str) -> _Batch:
             wanted = f"expects {shape}: pass labelled data prepared for this model"
         raise DataError(f"{source} does not fit: {err}; the package {manifest.model_name} {wanted}") from err
     return _Batch(array, context)
-
-
-def _options(settings: Mapping[str, Any]) -> QuantizeOptions:
-    """``QuantizeOptions`` from its fields as keywords, sequences made tuples (the record is frozen)."""
-    fields = dict(settings)
-    if fields.get("op_types") is not None:
-        fields["op_types"] = tuple(fields["op_types"])
-    if "keep_fp32" in fields:
-        fields["keep_fp32"] = tuple(fields["keep_fp32"])
-    return QuantizeOptions(**fields)
 
 
 # ---------------------------------------------------------------- fp32 boundaries

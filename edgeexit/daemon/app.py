@@ -38,14 +38,14 @@ from pathlib import Path
 import grpc
 
 from edgeexit.daemon.config import DaemonConfig, load_config
-from edgeexit.daemon.logs import configure_logging, event
+from edgeexit.daemon.logs import event
 from edgeexit.daemon.metrics import DaemonMetrics
 from edgeexit.daemon.runner import Runtime
 from edgeexit.daemon.service import DeviceService
 from edgeexit.errors import EdgeExitError, ServerError
 from edgeexit.runtime.engine import Result
 
-__all__ = ["MAX_MESSAGE_BYTES", "READY_PREFIX", "DeviceDaemon", "configure_logging"]
+__all__ = ["MAX_MESSAGE_BYTES", "READY_PREFIX", "DeviceDaemon"]
 
 READY_PREFIX = "edgeexit device: listening on "
 MAX_MESSAGE_BYTES = 64 << 20

@@ -18,7 +18,7 @@ from PIL import Image
 from edgeexit.calibration import digest_data
 from edgeexit.data import LabelledData, load_dataset
 from edgeexit.fileio import sha256_file
-from edgeexit.manifest import CRITERIA, MANIFEST_FILE, Manifest
+from edgeexit.manifest import CRITERION_NAMES, MANIFEST_FILE, Manifest
 from edgeexit.runtime import Engine
 from edgeexit.runtime.inputs import prepare_dataset
 
@@ -233,7 +233,7 @@ def test_unknown_criterion_is_refused(cli: Runner, package_copy: Path, digits: L
     digits.save_npz(tmp_path / "val.npz")
     before = (package_copy / MANIFEST_FILE).read_bytes()
     line = _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--criterion", "nonsense"), "'nonsense'")
-    for name in CRITERIA:
+    for name in CRITERION_NAMES:
         assert name in line
     assert (package_copy / MANIFEST_FILE).read_bytes() == before
     assert not (tmp_path / "pkg-pareto.png").exists()

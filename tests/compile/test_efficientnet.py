@@ -225,13 +225,13 @@ def test_int8_with_the_first_segment_kept_fp32(
 ) -> None:
     import shutil
 
-    from edgeexit.compile.quantize import quantize_package
+    from edgeexit.compile.quantize import QuantizeOptions, quantize_package
 
     _, root, sample = effnet_package
     copy = tmp_path / "pkg"
     shutil.copytree(root, copy)
     labels = Engine(copy, cache_dir=None).run_full(sample, timing_samples=1).logits[-1].argmax(axis=1)
-    report = quantize_package(copy, sample, labels, samples=6, keep_fp32=(0,), timing_samples=2)
+    report = quantize_package(copy, sample, labels, QuantizeOptions(samples=6, keep_fp32=(0,), timing_samples=2))
     variant = report.package.manifest.variant("int8")
     assert variant.files[0] == "segments/0.onnx"  # kept fp32: measured slower and least accurate in int8
     assert variant.files[1:] == ("int8/1.onnx", "int8/2.onnx")

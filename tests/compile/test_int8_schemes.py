@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeexit.compile import quantize as quantize_module
-from edgeexit.compile.quantize import quantize_package
+from edgeexit.compile.quantize import QuantizeOptions, quantize_package
 from edgeexit.data import load_dataset
 from edgeexit.errors import EdgeExitError, ExportError
 from edgeexit.fileio import sha256_file
@@ -101,7 +101,7 @@ def quantized(digits_package: Path, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("int8") / "pkg"
     shutil.copytree(digits_package, root)
     x, y = _digits(open_package(root).manifest, "test", 200)
-    quantize_package(root, x, y, samples=32, timing_samples=2)
+    quantize_package(root, x, y, QuantizeOptions(samples=32, timing_samples=2))
     return root
 
 
@@ -180,7 +180,7 @@ def test_kernels_off_from_the_oracle_are_refused_and_nothing_is_written(
     before = {p: p.read_bytes() for p in sorted(package_copy.rglob("*")) if p.is_file()}
     x, y = _digits(open_package(package_copy).manifest, "test", 64)
     with pytest.raises(ExportError, match=r"do not compute what the s8s8-7bit graphs specify.*saturation-free scheme"):
-        quantize_package(package_copy, x, y, samples=16, timing_samples=2)
+        quantize_package(package_copy, x, y, QuantizeOptions(samples=16, timing_samples=2))
     assert {p: p.read_bytes() for p in sorted(package_copy.rglob("*")) if p.is_file()} == before
 
 
@@ -190,7 +190,7 @@ def test_the_engine_runs_each_saturation_free_scheme_close_to_fp32(digits_packag
         root = tmp_path / f"{scheme}-{mode}"
         shutil.copytree(digits_package, root)
         x, y = _digits(open_package(root).manifest, "test", 100)
-        report = quantize_package(root, x, y, samples=32, timing_samples=2, mode=mode, scheme=scheme)
+        report = quantize_package(root, x, y, QuantizeOptions(samples=32, timing_samples=2, mode=mode, scheme=scheme))
         assert report.variant.report["scheme"]["name"] == scheme
         assert report.variant.report["kernel_check"]["max_error_here"] <= KERNEL_TOLERANCE
         fp32 = Engine(root, cache_dir=None, threshold=2.0).run_batch(x[:32])

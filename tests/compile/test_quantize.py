@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from edgeexit.compile.quantize import QuantizeOptions, QuantizeReport, quantize_package
 from edgeexit.data import LabelledData, load_dataset
-from edgeexit.errors import DataError, EdgeExitError, PackageError, UsageError
+from edgeexit.errors import DataError, EdgeExitError, PackageError
 from edgeexit.fileio import sha256_file
 from edgeexit.package import open_package
 from edgeexit.runtime.inputs import prepare_dataset
@@ -140,12 +140,12 @@ def test_a_failure_after_staging_leaves_the_previous_int8_variant(
 
     monkeypatch.setattr(quantize, "calibrate_manifest", fail_in_calibration)
     with pytest.raises(EdgeExitError, match="injected"):
-        quantize_package(root, x, y, samples=16)
+        quantize_package(root, x, y, QuantizeOptions(samples=16))
     assert staged == [["0.onnx", "1.onnx", "2.onnx"]]  # it failed with new int8 graphs staged
     assert _snapshot(root) == before
     assert verify_package(root).ok
     with pytest.raises(EdgeExitError, match="unknown criterion 'bogus'"):  # options are checked before any work
-        quantize_package(root, x, y, criterion="bogus")
+        quantize_package(root, x, y, QuantizeOptions(criterion="bogus"))
 
 
 def test_engine_runs_the_int8_segments_with_their_thresholds(quantized) -> None:
@@ -209,7 +209,7 @@ import numpy as np
 
 data = np.load(sys.argv[3])  # scikit-learn's digits, prepared by the test (scipy misbehaves with torch absent)
 x, y = data["x"], data["y"]
-report = module.quantize_package(sys.argv[2], x, y, samples=8, timing_samples=2)
+report = module.quantize_package(sys.argv[2], x, y, module.QuantizeOptions(samples=8, timing_samples=2))
 loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] == "torch")
 print("QUANTIZED", len(report.variant.files), loaded)
 """
@@ -236,7 +236,7 @@ def test_kept_segments_run_their_fp32_graph_and_the_package_verifies(quantized, 
     shutil.copytree(quantized[0], root)  # it has an all-int8 variant: this one replaces it
     manifest = open_package(root).manifest
     x, y = _data(manifest, "test", 200)
-    report = quantize_package(root, x, y, samples=32, timing_samples=4, keep_fp32=(0,))
+    report = quantize_package(root, x, y, QuantizeOptions(samples=32, timing_samples=4, keep_fp32=(0,)))
     manifest = open_package(root).manifest  # every file hashed and unaltered
     variant = manifest.variant("int8")
     assert variant.files == ("segments/0.onnx", "int8/1.onnx", "int8/2.onnx")
@@ -254,7 +254,7 @@ def test_kept_segments_run_their_fp32_graph_and_the_package_verifies(quantized, 
     assert len(engine.run_batch(x)) == len(y)
 
     # replacing this variant (which names segments/0.onnx) by an all-int8 one keeps segment 0 hashed
-    quantize_package(root, x, y, samples=16, timing_samples=2)
+    quantize_package(root, x, y, QuantizeOptions(samples=16, timing_samples=2))
     manifest = open_package(root).manifest
     assert manifest.variant("int8").files == ("int8/0.onnx", "int8/1.onnx", "int8/2.onnx")
     assert "segments/0.onnx" in manifest.files
@@ -266,7 +266,9 @@ def test_auto_keeps_fp32_where_int8_is_slower_or_disagrees(package_copy: Path) -
     before = _snapshot(package_copy)
     failure = ""
     try:  # which segments stay fp32 depends on this machine's timings: check the rule, not the outcome
-        report = quantize_package(package_copy, x, y, samples=32, timing_samples=8, auto=True, min_agreement=0.99)
+        report = quantize_package(
+            package_copy, x, y, QuantizeOptions(samples=32, timing_samples=8, auto=True, min_agreement=0.99)
+        )
     except EdgeExitError as err:  # int8 paid nowhere: nothing written
         failure = str(err)
     if failure:
@@ -284,10 +286,8 @@ def test_auto_keeps_fp32_where_int8_is_slower_or_disagrees(package_copy: Path) -
 def test_keep_fp32_is_checked(package_copy: Path) -> None:
     x, y = _data(open_package(package_copy).manifest, "test", 20)
     with pytest.raises(EdgeExitError, match=r"segment\(s\) \[3\]"):
-        quantize_package(package_copy, x, y, keep_fp32=(3,))
+        quantize_package(package_copy, x, y, QuantizeOptions(keep_fp32=(3,)))
     with pytest.raises(EdgeExitError, match="every segment"):
-        quantize_package(package_copy, x, y, keep_fp32=(0, 1, 2))
+        quantize_package(package_copy, x, y, QuantizeOptions(keep_fp32=(0, 1, 2)))
     with pytest.raises(EdgeExitError, match="unknown quantization mode"):
-        quantize_package(package_copy, x, y, mode="fp4")
-    with pytest.raises(UsageError, match="not both"):
-        quantize_package(package_copy, x, y, QuantizeOptions(), samples=8)
+        quantize_package(package_copy, x, y, QuantizeOptions(mode="fp4"))

@@ -17,7 +17,7 @@ import torch
 
 from edgeexit.compile import export
 from edgeexit.compile.model import MultiExitModel
-from edgeexit.compile.quantize import TRANSFORMER_OP_TYPES, QuantizeReport, quantize_package
+from edgeexit.compile.quantize import TRANSFORMER_OP_TYPES, QuantizeOptions, QuantizeReport, quantize_package
 from edgeexit.compile.zoo import tiny_text
 from edgeexit.compile.zoo import tiny_text_tokens as _tokens
 from edgeexit.errors import DataError
@@ -56,7 +56,7 @@ def _copy(source: Path, target: Path) -> Path:
 def dynamic(text_package: Path, data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, QuantizeReport]:
     root = _copy(text_package, tmp_path_factory.mktemp("dynamic") / "pkg")
     tokens, y = data
-    return root, quantize_package(root, tokens, y, samples=32, timing_samples=4)
+    return root, quantize_package(root, tokens, y, QuantizeOptions(samples=32, timing_samples=4))
 
 
 def test_text_encoders_are_quantized_dynamically_by_default(dynamic) -> None:
@@ -98,7 +98,7 @@ def test_engine_runs_the_int8_text_variant_padded_and_unpadded(dynamic, data) ->
 def test_static_mode_feeds_every_segment_its_hidden_tensor_and_the_mask(text_package: Path, data, tmp_path) -> None:
     root = _copy(text_package, tmp_path / "pkg")
     tokens, y = data
-    report = quantize_package(root, tokens, y, samples=24, timing_samples=2, mode="static")
+    report = quantize_package(root, tokens, y, QuantizeOptions(samples=24, timing_samples=2, mode="static"))
     assert report.variant.report["mode"] == "static"
     assert report.calibration_samples == 24
     assert [s["shape_inference"] for s in report.variant.report["segments"]] != []

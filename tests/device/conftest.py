@@ -6,22 +6,19 @@ the same port. Every process started here is killed on teardown, continued first
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
 from edgeexit.runtime import Engine, Result
 
-READY = re.compile(r"edgeexit serve: listening on (\S+)")
 START_TIMEOUT_S = 60
 
 
@@ -29,9 +26,12 @@ START_TIMEOUT_S = 60
 class ServeProcess:
     """One ``edgeexit serve`` process; ``address`` is HOST:PORT with the real port."""
 
-    process: subprocess.Popen[str]
-    address: str
-    log: list[str] = field(default_factory=list)
+    child: ChildProcess
+    address: str = ""
+
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        return self.child.proc
 
     @property
     def port(self) -> int:
@@ -60,35 +60,15 @@ class ServeProcess:
         os.kill(self.process.pid, signal.SIGCONT)
 
 
-def _drain(stream, lines: queue.Queue[str | None], log: list[str]) -> None:
-    """Read the server's stderr to the end: a full pipe would block the server."""
-    for line in stream:
-        log.append(line)
-        lines.put(line)
-    lines.put(None)
-
-
 def start_server(package: Path, cache: Path, started: list[ServeProcess], *args: str, port: int = 0) -> ServeProcess:
     """Start ``edgeexit serve`` for ``package`` and wait for its ready line (registered in ``started``
     first, so teardown kills it even when it never gets ready)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
     command = [sys.executable, "-m", "edgeexit", "serve", str(package), "--listen", f"127.0.0.1:{port}", *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    server = ServeProcess(process, "")
+    server = ServeProcess(ChildProcess(command, env=env, name="edgeexit serve"))
     started.append(server)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_drain, args=(process.stderr, lines, server.log), daemon=True).start()
-    while True:
-        try:
-            line = lines.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            pytest.fail(f"edgeexit serve printed no ready line within {START_TIMEOUT_S} s: {''.join(server.log)}")
-        if line is None:
-            pytest.fail(f"edgeexit serve exited with {process.wait()}: {''.join(server.log)}")
-        found = READY.search(line)
-        if found:
-            server.address = found.group(1)
-            return server
+    server.address = server.child.wait_ready(SERVE_READY_PREFIX, timeout_s=START_TIMEOUT_S)
+    return server
 
 
 @pytest.fixture
