@@ -17,6 +17,7 @@ how to fix it, so the CLI prints it as-is (no traceback).
     ├── PackageError           a package on disk is missing, altered, of an unknown version, invalid
     │   └── ArchiveError         a package tar is unsafe or does not match its manifest
     ├── ProfileError           a device profile (profile.json) cannot be used with this package
+    ├── MeterUnavailable       this machine has no such energy meter (no RAPL / INA files, not readable)
     ├── ServerError            a server cannot start as configured (port, certificate, token, model)
     ├── RequestError           one request to a server cannot be served (``code`` goes on the wire)
     └── OffloadError           offloading to a tail server failed; the device finishes locally
@@ -89,6 +90,11 @@ class ProfileError(EdgeExitError):
     """A profile.json cannot be used: unreadable, malformed, or measured on another package."""
 
 
+class MeterUnavailable(EdgeExitError):
+    """This energy source cannot be used here; the message says why (no such files, not readable...).
+    ``best_meter`` then falls back to the next source, the power model last."""
+
+
 # -- serving ---------------------------------------------------------------------------------------------------
 
 
@@ -153,6 +159,7 @@ __all__ = [
     "EdgeExitError",
     "ExportError",
     "InputError",
+    "MeterUnavailable",
     "ModelError",
     "OffloadError",
     "OffloadRejected",

@@ -28,12 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from edgeexit.errors import EdgeExitError, UsageError
+from edgeexit.errors import MeterUnavailable, UsageError
 from edgeexit.profile.power import PowerPreset, get_preset, model_energy
-
-
-class MeterUnavailable(EdgeExitError):
-    """This energy source cannot be used here; the message says why (no such files, not readable...)."""
 
 
 @dataclass(frozen=True)
