@@ -13,12 +13,15 @@ small IDX files written here, or Debian's directory, skipping with the reason wh
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,6 +100,30 @@ def edgeexit_cli() -> list[str]:
     return [sys.executable, "-m", "edgeexit"]
 
 
+#: The preamble of a fresh interpreter on which some modules cannot be imported (an extra not
+#: installed): ``BLOCKED`` (a JSON list in argv[1]) fail with ModuleNotFoundError, and every attempt
+#: is recorded in ``attempts``. grpc probes for grpc_health / grpc_reflection itself when imported
+#: and carries on without them, so it is imported first and its probes are not counted.
+BLOCKER = r"""
+import importlib.abc, json, sys
+
+BLOCKED = tuple(json.loads(sys.argv.pop(1)))
+attempts = []
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+if BLOCKED:
+    sys.meta_path.insert(0, Block())
+import grpc
+attempts.clear()
+"""
+
+
 @pytest.fixture(scope="session")
 def cli_without() -> Callable[[str], list[str]]:
     """``cli_without(module)``: the CLI as a subprocess command on a Python that cannot import
@@ -105,18 +132,26 @@ def cli_without() -> Callable[[str], list[str]]:
 
 
 def _cli_without(module: str) -> list[str]:
-    script = f"""
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == {module!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-sys.meta_path.insert(0, Block())
+    script = (
+        BLOCKER
+        + """
 from edgeexit.cli import main
 sys.argv = ["edgeexit", *sys.argv[1:]]
 main()
 """
-    return [sys.executable, "-c", script]
+    )
+    return [sys.executable, "-c", script, json.dumps([module])]
+
+
+@pytest.fixture(scope="session")
+def python_without() -> Callable[..., Any]:
+    """``python_without(body, blocked, *args)``: run ``body`` after ``BLOCKER`` in a fresh
+    interpreter that cannot import ``blocked``; the JSON of the last line it prints."""
+
+    def run(body: str, blocked: Sequence[str], *args: str) -> Any:
+        command = [sys.executable, "-c", BLOCKER + body, json.dumps(list(blocked)), *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return run

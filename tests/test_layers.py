@@ -16,8 +16,6 @@ run) are left out.
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,22 +25,6 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "edgeexit"  # the source tre
 HEAVY = ("torch", "onnx", "onnxscript")  # onnxruntime is the device's runtime; "onnx" is the exporter's library
 
 DEVICE_SCRIPT = r"""
-import importlib.abc, json, sys
-
-blocked = sys.argv[2] == "blocked"
-attempts = []
-
-class Block(importlib.abc.MetaPathFinder):
-    # a device without torch/onnx: importing them fails, and the attempt is recorded
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "onnx", "onnxscript"):
-            attempts.append(name)
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-if blocked:
-    sys.meta_path.insert(0, Block())
-
 import edgeexit, edgeexit.manifest, edgeexit.package, edgeexit.runtime, edgeexit.runtime.verify
 import edgeexit.data, edgeexit.cli
 import edgeexit.server, edgeexit.server.app  # the tail server: grpc, ORT, no torch
@@ -57,26 +39,17 @@ loaded = sorted(
     m for m in sys.modules
     if m.split(".")[0] in ("torch", "onnx", "onnxscript") or m.split(".")[:2] == ["edgeexit", "compile"]
 )
-print("LAYERS " + json.dumps({"loaded": loaded, "attempts": attempts}))
+print(json.dumps({"loaded": loaded, "attempts": attempts}))
 """
 
 
-def run_device_script(package: Path, mode: str) -> dict[str, list[str]]:
-    result = subprocess.run(
-        [sys.executable, "-c", DEVICE_SCRIPT, str(package), mode], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("LAYERS "))
-    return json.loads(line.removeprefix("LAYERS "))
-
-
-def test_device_path_loads_no_torch_or_onnx(digits_package: Path) -> None:
-    found = run_device_script(digits_package, "plain")
+def test_device_path_loads_no_torch_or_onnx(digits_package: Path, python_without) -> None:
+    found = python_without(DEVICE_SCRIPT, (), str(digits_package))
     assert found["loaded"] == [], f"the device path loaded {found['loaded']}"
 
 
-def test_device_path_works_when_torch_and_onnx_cannot_be_imported(digits_package: Path) -> None:
-    found = run_device_script(digits_package, "blocked")
+def test_device_path_works_when_torch_and_onnx_cannot_be_imported(digits_package: Path, python_without) -> None:
+    found = python_without(DEVICE_SCRIPT, HEAVY, str(digits_package))  # a device without torch/onnx
     assert found == {"loaded": [], "attempts": []}
 
 
@@ -285,3 +258,29 @@ def test_the_device_side_never_imports_compile_torch_or_onnx() -> None:
         assert (PACKAGE_DIR / package / "__init__.py") in files, package
     found = offences(files, is_forbidden)
     assert found == [], "device-side modules that reach for the exporter, even lazily:\n" + "\n".join(found)
+
+
+#: What edgeexit.kserve may import (besides the standard library): the daemon runs it under the
+#: ``[device]`` extra, which has grpc and protobuf but no grpc-health and no prometheus-client.
+KSERVE_ALLOWED = (
+    "grpc",
+    "google.protobuf",
+    "numpy",
+    "edgeexit.__version__",
+    "edgeexit.errors",
+    "edgeexit.kserve",
+    "edgeexit.transport.generated",
+)
+
+
+def test_kserve_imports_only_grpc_protobuf_numpy_and_edgeexit_errors() -> None:
+    files = sorted((PACKAGE_DIR / "kserve").glob("*.py"))
+    assert files
+
+    def forbidden(name: str) -> bool:
+        root = name.split(".")[0]
+        if root in sys.stdlib_module_names or root == "__future__" or name == "edgeexit":  # edgeexit: its __version__
+            return False
+        return not any(name == allowed or name.startswith(f"{allowed}.") for allowed in KSERVE_ALLOWED)
+
+    assert offences(files, forbidden) == []
