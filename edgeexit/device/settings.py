@@ -160,12 +160,7 @@ class OffloadFlags:
                 "--decision-log": self.decision_log,
                 "--objective": None if self.objective == "latency" else self.objective,
             }
-            extra = [name for name, value in given.items() if value is not None]
-            if extra:
-                verb = "applies" if len(extra) == 1 else "apply"
-                raise UsageError(
-                    f"{', '.join(extra)} only {verb} with --policy (local, split@K, best-static, adaptive)"
-                )
+            _refuse_given(given, "with --policy (local, split@K, best-static, adaptive)")
             return
         if self.split is not None:
             raise UsageError(f"--split {self.split} and --policy {self.policy} both choose where to offload: give one "
@@ -185,12 +180,7 @@ class OffloadFlags:
                     f"--split {self.split} offloads to a tail server, but no --server HOST:PORT was given: add "
                     "--server (e.g. --server 127.0.0.1:8001, where `edgeexit serve PACKAGE` listens) or drop --split"
                 )
-            extra = [name for name, value in given.items() if value is not None]
-            if extra:
-                verb = "applies" if len(extra) == 1 else "apply"
-                raise UsageError(
-                    f"{', '.join(extra)} only {verb} when offloading: add --server HOST:PORT and --split K"
-                )
+            _refuse_given(given, "when offloading: add --server HOST:PORT and --split K")
             return
         if self.split is None and self.policy is None:
             raise UsageError(
@@ -209,3 +199,11 @@ def parse_split(split: str | None) -> int | None:
     if not text.isdigit():
         raise UsageError(f"--split {split!r}: expected a boundary K (0, 1, ...) or 'input'")
     return int(text)
+
+
+def _refuse_given(given: dict[str, object], needs: str) -> None:
+    """UsageError naming every flag in ``given`` that was set, which only applies ``needs``."""
+    extra = [name for name, value in given.items() if value is not None]
+    if extra:
+        verb = "applies" if len(extra) == 1 else "apply"
+        raise UsageError(f"{', '.join(extra)} only {verb} {needs}")
