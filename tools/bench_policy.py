@@ -122,22 +122,20 @@ def test_data(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
 # ---------------------------------------------------------------- rows
 
 
-def run_link(spec, early, full, address, codec, segment_ms, preset, radio, label, x, y, slo_ms, seed, timeout_s):
+def run_link(setup: bench.BenchSetup, spec, address: str, x, y, slo_ms: float, seed: int, timeout_s: float):
     """Every row over one link, through edgeexit.device.bench's runners and measurement."""
-    boundaries = sorted({t.boundary for t in early.manifest.tails})
+    boundaries = sorted({t.boundary for t in setup.early.manifest.tails})
     names = bench.resolve_policies(["local", "split", "best-static", "adaptive"], boundaries, have_policy_runner=True)
     rows = {}
     for name in [*names, "adaptive/energy"]:
         console.print(f"  {spec} / {name}", highlight=False)
-        link = EmulatedLink(spec, seed)
-        with TailClient(address, timeout_s=timeout_s, transport=link) as client:
-            base = "adaptive" if name == "adaptive/energy" else name
-            run = bench._runner(base, early, full, client, codec, spec, segment_ms, preset, radio)
+        with TailClient(address, timeout_s=timeout_s, transport=EmulatedLink(spec, seed)) as client:
+            run = setup.runner("adaptive" if name == "adaptive/energy" else name, client, spec)
             if name == "adaptive/energy":  # bench's runner, its costs, the energy objective
                 runner = run.__self__
                 objective = Objective("energy", latency_slo_ms=slo_ms)
                 runner.policy = create_policy("adaptive", runner.policy.costs, objective)
-            rows[name] = bench._measure(str(spec), name, run, x, y, spec, preset, radio, label)
+            rows[name] = setup.measure(name, run, x, y, spec)
     return rows
 
 
@@ -189,10 +187,9 @@ def main() -> None:
         early = slow_down(Engine(package, cache_dir=None), args.slowdown)
         full = slow_down(Engine(package, threshold=math.inf, cache_dir=None), args.slowdown)
         select_tail(early.manifest, 0, args.codec)  # the codec's tail must exist
-        energy = bench.EnergyModel()
-        preset, radio = energy.presets()
-        fast_ms = bench._segment_ms(Engine(package, threshold=math.inf, cache_dir=None), x[:32])
-        segment_ms = bench._segment_ms(full, x[:32])
+        fast_ms = bench.segment_ms(Engine(package, threshold=math.inf, cache_dir=None), x[:32])
+        setup = bench.BenchSetup(early, full, args.codec, bench.segment_ms(full, x[:32]), bench.EnergyModel())
+        segment_ms = setup.segment_ms
         console.print(f"package {package}; data: {source}; {len(x)} test samples (seed {args.seed})", highlight=False)
         console.print(
             f"device: x86 segments {[round(v, 3) for v in fast_ms]} ms -> slowed x{args.slowdown:g} "
@@ -205,11 +202,10 @@ def main() -> None:
         with local_tail_server(package) as address:
             for spec in specs:
                 if slo_ms is None:  # the SLO: slo_factor x all-local mean latency (link-independent)
-                    local = bench._measure("-", "local", early.run, x, y, spec, preset, radio, energy.label)
+                    local = setup.measure("local", early.run, x, y, spec)
                     slo_ms = args.slo_factor * local.mean_ms
                     console.print(f"latency SLO {slo_ms:.2f} ms = {args.slo_factor} x all-local {local.mean_ms:.2f} ms")
-                rows = run_link(spec, early, full, address, args.codec, segment_ms, preset, radio, energy.label,
-                                x, y, slo_ms, args.seed, args.timeout)  # fmt: skip
+                rows = run_link(setup, spec, address, x, y, slo_ms, args.seed, args.timeout)
                 results[str(spec)] = (rows, summarize(rows, slo_ms))
         # the server is stopped (SIGTERM, then SIGKILL) when local_tail_server exits
 

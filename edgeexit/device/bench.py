@@ -152,58 +152,79 @@ def run_bench(
     """Every (link, policy) row; ``server`` a tail server's ``HOST:PORT``."""
     if len(x) == 0:
         raise DataError("the bench data has no samples")
-    energy = energy or EnergyModel()
-    preset, radio = energy.presets()
-    early = Engine.from_settings(package, EngineSettings(cache_dir=None))
-    full = Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None))
-    boundaries = sorted({t.boundary for t in early.manifest.tails})
+    setup = BenchSetup.load(package, x[: min(len(x), 32)], codec=codec, energy=energy)
+    boundaries = sorted({t.boundary for t in setup.early.manifest.tails})
     if not boundaries:
         raise PackageError(f"{package} has no tails to offload to: export it with tails (edgeexit export --codecs)")
-    codec = default_codec(early.manifest, codec)
     names = resolve_policies(policies, boundaries, have_policy_runner=_has_policy_runner())
-    segment_ms = _segment_ms(full, x[: min(len(x), 32)])
     rows: list[BenchRow] = []
     for spec in links:
         for name in names:
             if progress:
                 progress(f"{spec} / {name}")
-            link = EmulatedLink(spec, seed)
-            with TailClient(server, timeout_s=timeout_s, transport=link) as client:
-                run = _runner(name, early, full, client, codec, spec, segment_ms, preset, radio)
-                rows.append(_measure(str(spec), name, run, x, y, spec, preset, radio, energy.label))
+            with TailClient(server, timeout_s=timeout_s, transport=EmulatedLink(spec, seed)) as client:
+                rows.append(setup.measure(name, setup.runner(name, client, spec), x, y, spec))
     return rows
 
 
-def _segment_ms(engine: Engine, xs: np.ndarray) -> list[float]:
+def segment_ms(engine: Engine, xs: np.ndarray) -> list[float]:
     """Mean per-segment latency at full depth (warm-up first)."""
     engine.run(xs[0])
     times = np.array([engine.run(sample).segment_ms for sample in xs], dtype=np.float64)
     return [float(v) for v in times.mean(axis=0)]
 
 
-def _runner(name, early, full, client, codec, spec, segment_ms, preset, radio) -> Callable[[np.ndarray], Result]:
-    """One row's runner, built by the device factory over the row's client (its emulated link):
-    ``split@K`` on the full-depth engine with no early exit, ``early+split@K`` with it, and the
-    policies with costs from this run's segment latencies and the energy model's presets."""
-    if name == "local":
-        return early.run
-    if name.startswith(("split@", "early+split@")):
-        early_exit = name.startswith("early+")
-        at = name.rpartition("@")[2]
-        split = OffloadSettings(servers=client.addresses, split=-1 if at == "input" else int(at), codec=codec,
-                                early_exit=early_exit)  # fmt: skip
-        return build_runner(early if early_exit else full, split, client=client).runner.run
-    from edgeexit.policy import LinkEstimator
-    from edgeexit.profile.record import modelled_costs
+@dataclass(frozen=True)
+class BenchSetup:
+    """What every row of a bench shares: the package's two engines (``early`` with its calibrated
+    exits, ``full`` with none), the codec offloads use, the segment latencies the policies' costs
+    are built from, and the energy model rows are charged with."""
 
-    costs = modelled_costs(early.manifest, segment_ms, codec=codec, power=preset, radio=radio)
-    estimator = LinkEstimator()
-    estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
-    policy = OffloadSettings(servers=client.addresses, policy=PolicySettings(name), codec=codec)
-    return build_runner(early, policy, client=client, costs=costs, estimator=estimator).runner.run
+    early: Engine
+    full: Engine
+    codec: str
+    segment_ms: Sequence[float]
+    energy: EnergyModel
+
+    @classmethod
+    def load(cls, package: str | Path, xs: np.ndarray, *, codec: str | None = None,
+             energy: EnergyModel | None = None) -> BenchSetup:  # fmt: skip
+        """Both engines from ``package``; segment latencies measured at full depth on ``xs``."""
+        early = Engine.from_settings(package, EngineSettings(cache_dir=None))
+        full = Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None))
+        return cls(early, full, default_codec(early.manifest, codec), segment_ms(full, xs), energy or EnergyModel())
+
+    def runner(self, name: str, client: TailClient, spec: LinkSpec) -> Callable[[np.ndarray], Result]:
+        """One row's runner, built by the device factory over the row's client (its emulated link):
+        ``split@K`` on the full-depth engine with no early exit, ``early+split@K`` with it, and the
+        policies with costs from this run's segment latencies and the energy model's presets."""
+        if name == "local":
+            return self.early.run
+        if name.startswith(("split@", "early+split@")):
+            early_exit = name.startswith("early+")
+            at = name.rpartition("@")[2]
+            split = OffloadSettings(servers=client.addresses, split=-1 if at == "input" else int(at),
+                                    codec=self.codec, early_exit=early_exit)  # fmt: skip
+            return build_runner(self.early if early_exit else self.full, split, client=client).runner.run
+        from edgeexit.policy import LinkEstimator
+        from edgeexit.profile.record import modelled_costs
+
+        preset, radio = self.energy.presets()
+        costs = modelled_costs(self.early.manifest, self.segment_ms, codec=self.codec, power=preset, radio=radio)
+        estimator = LinkEstimator()
+        estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
+        policy = OffloadSettings(servers=client.addresses, policy=PolicySettings(name), codec=self.codec)
+        return build_runner(self.early, policy, client=client, costs=costs, estimator=estimator).runner.run
+
+    def measure(self, name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray,
+                spec: LinkSpec) -> BenchRow:  # fmt: skip
+        """``run`` over every sample, one at a time: the row for ``name`` over ``spec``."""
+        return _measure(name, run, x, y, spec, self.energy)
 
 
-def _measure(link, name, run, x, y, spec: LinkSpec, preset, radio, energy_label: str) -> BenchRow:
+def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray, spec: LinkSpec,
+             energy: EnergyModel) -> BenchRow:  # fmt: skip
+    preset, radio = energy.presets()
     latencies, predictions, exits = [], [], []
     sent = offloaded = fallbacks = 0
     compute_s = wait_s = emulated_s = 0.0
@@ -230,7 +251,7 @@ def _measure(link, name, run, x, y, spec: LinkSpec, preset, radio, energy_label:
     energy_j = compute_s * preset.active_w + wait_s * preset.idle_w + radio_j
     names, counts = np.unique(np.array(exits), return_counts=True)
     return BenchRow(
-        link=link,
+        link=str(spec),
         policy=name,
         samples=n,
         accuracy=float(np.mean(np.array(predictions) == np.asarray(y))),
@@ -242,7 +263,7 @@ def _measure(link, name, run, x, y, spec: LinkSpec, preset, radio, energy_label:
         bytes_sent=int(sent),
         fallbacks=fallbacks,
         emulated_ms=emulated_s / n * 1e3,
-        energy_source=energy_label,
+        energy_source=energy.label,
     )
 
 
