@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeexit.device.settings import AUTO_BATTERY, COST_POLICIES, OffloadSettings, PolicySettings, TlsSettings
+from edgeexit.device.settings import AUTO_BATTERY, COST_POLICIES, OffloadSettings, PolicySettings
 from edgeexit.errors import ConfigError, EdgeExitError
 from edgeexit.policy import Objective
 from edgeexit.runtime.backends import BACKENDS, PRECISIONS
 from edgeexit.runtime.settings import EngineSettings
+from edgeexit.transport.tls import TlsSettings
 
 __all__ = ["ConfigError", "DaemonConfig", "OffloadSettings", "PolicySettings", "TlsSettings", "load_config"]
 

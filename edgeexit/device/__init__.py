@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     from edgeexit.device.factory import DeviceRunner, build_runner
     from edgeexit.device.offload import OffloadRunner, offload_or_resume
     from edgeexit.device.policy_runner import PolicyRunner
-    from edgeexit.device.settings import OffloadSettings, PolicySettings, TlsSettings
+    from edgeexit.device.settings import OffloadSettings, PolicySettings
     from edgeexit.device.tails import default_codec, select_tail
     from edgeexit.errors import OffloadError
     from edgeexit.runtime.engine import OffloadInfo
-    from edgeexit.transport.client import TailClient, TailReply, TlsConfig
+    from edgeexit.transport.client import TailClient, TailReply
+    from edgeexit.transport.tls import TlsSettings
 
 #: Where each name lives. Imported on first use, so reading settings (``edgeexit run`` without
 #: offloading, a device.toml) loads no grpc: only the runners and the client need it.
@@ -48,14 +49,13 @@ _HOMES = {
     "PolicyRunner": "edgeexit.device.policy_runner",
     "OffloadSettings": "edgeexit.device.settings",
     "PolicySettings": "edgeexit.device.settings",
-    "TlsSettings": "edgeexit.device.settings",
+    "TlsSettings": "edgeexit.transport.tls",
     "default_codec": "edgeexit.device.tails",
     "select_tail": "edgeexit.device.tails",
     "OffloadError": "edgeexit.errors",
     "OffloadInfo": "edgeexit.runtime.engine",
     "TailClient": "edgeexit.transport.client",
     "TailReply": "edgeexit.transport.client",
-    "TlsConfig": "edgeexit.transport.client",
 }
 
 
@@ -80,7 +80,6 @@ __all__ = [
     "PolicySettings",
     "TailClient",
     "TailReply",
-    "TlsConfig",
     "TlsSettings",
     "build_runner",
     "default_codec",

@@ -118,14 +118,8 @@ def build_runner(
 
 def open_client(settings: OffloadSettings) -> TailClient:
     """A TailClient to ``settings.servers`` with their deadline, token and TLS."""
-    from edgeexit.transport.client import TlsConfig
-
     token = read_token(settings.token_file) if settings.token_file is not None else None
-    tls = None
-    if settings.tls is not None:
-        t = settings.tls
-        tls = TlsConfig(ca=t.ca, cert=t.cert, key=t.key, server_name=t.server_name)
-    return TailClient(list(settings.servers), timeout_s=settings.timeout_s, token=token, tls=tls)
+    return TailClient(list(settings.servers), timeout_s=settings.timeout_s, token=token, tls=settings.tls)
 
 
 def read_token(path: Path) -> str:

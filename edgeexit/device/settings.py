@@ -20,26 +20,12 @@ from typing import Literal
 
 from edgeexit.errors import UsageError
 from edgeexit.policy import Objective, create_policy
+from edgeexit.transport.tls import TlsSettings
 
 #: The policies that weigh this device's costs (a profile, or costs measured where the runner is built).
 COST_POLICIES = ("best-static", "adaptive")
 #: What ``battery`` may be besides a level: read it from the operating system (psutil) per sample.
 AUTO_BATTERY = "auto"
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """TLS for the tail channel: ``ca`` verifies the server (None: the system's roots); ``cert`` and
-    ``key`` (together) are this device's certificate for mutual TLS; ``server_name`` is the name
-    checked in the server's certificate when dialling an address it does not list.
-
-    The transport's ``TlsConfig`` holds the same fields, but importing it loads grpc: a setting
-    must be readable on a device that only runs locally."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None
 
 
 @dataclass(frozen=True)

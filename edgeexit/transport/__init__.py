@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeexit.transport.breaker import CircuitBreaker
-    from edgeexit.transport.client import TailClient, TailReply, TlsConfig
+    from edgeexit.transport.client import TailClient, TailReply
     from edgeexit.transport.rpc import GrpcTransport, Transport
+    from edgeexit.transport.tls import TlsSettings
 
-__all__ = ["CircuitBreaker", "GrpcTransport", "TailClient", "TailReply", "TlsConfig", "Transport"]
+__all__ = ["CircuitBreaker", "GrpcTransport", "TailClient", "TailReply", "TlsSettings", "Transport"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,7 +23,11 @@ def __getattr__(name: str) -> Any:
         from edgeexit.transport.breaker import CircuitBreaker
 
         return CircuitBreaker
-    if name in ("TailClient", "TailReply", "TlsConfig"):
+    if name == "TlsSettings":
+        from edgeexit.transport.tls import TlsSettings
+
+        return TlsSettings
+    if name in ("TailClient", "TailReply"):
         from edgeexit.transport import client
 
         return getattr(client, name)

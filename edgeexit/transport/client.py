@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +31,7 @@ from edgeexit.errors import OffloadError, OffloadRejected, OffloadTimeout, Serve
 from edgeexit.transport.breaker import CircuitBreaker, State
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 from edgeexit.transport.rpc import GrpcTransport, Transport
+from edgeexit.transport.tls import TlsSettings
 from edgeexit.transport.wire import SIDE_INPUTS, build_request, parse_reply
 
 #: Default size limit of one message each way: gRPC's own receive default (4 MiB) is smaller than a
@@ -44,31 +44,6 @@ KEEPALIVE_S = 30.0
 KEEPALIVE_TIMEOUT_S = 10.0
 #: Reconnect backoff caps: gRPC's default backoff grows to 120 s, far past a breaker's cool-down.
 MAX_RECONNECT_BACKOFF_S = 2.0
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS for the tail channel: ``ca`` verifies the server (None: the system's roots); ``cert`` and
-    ``key`` (together) are the device's own certificate for mutual TLS; ``server_name`` overrides
-    the name checked in the server's certificate (when dialling an IP the certificate does not list)."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if (self.cert is None) != (self.key is None):
-            raise UsageError(
-                "TLS client certificate and key go together; got only the "
-                + ("certificate" if self.cert is not None else "key")
-                + ": pass both (--tls-cert and --tls-key) or neither"
-            )
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "CA certificate"),
-            private_key=_read(self.key, "private key"),
-            certificate_chain=_read(self.cert, "certificate"),
-        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +65,7 @@ class TailClient:
 
     ``addresses``: ``host:port`` strings (one or more). ``timeout_s``: the deadline of a whole
     ``infer`` call, failover included. ``token``: sent as ``authorization: Bearer <token>``.
-    ``tls``: a TlsConfig (None: plaintext). ``failures_to_open`` consecutive failures open an
+    ``tls``: a TlsSettings (None: plaintext). ``failures_to_open`` consecutive failures open an
     address's breaker for ``cooldown_s``. ``keepalive_s``: ping interval on idle connections (None:
     no pings, for servers that refuse them, e.g. Triton with its defaults). ``side_inputs``:
     ``"parameters"`` (edgeexit's server) or ``"tensors"`` (Triton, KServe): how an int8 payload's
@@ -106,7 +81,7 @@ class TailClient:
         *,
         timeout_s: float = 1.0,
         token: str | None = None,
-        tls: TlsConfig | None = None,
+        tls: TlsSettings | None = None,
         failures_to_open: int = 3,
         cooldown_s: float = 5.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -333,12 +308,3 @@ def _looks_like_address(address: str) -> bool:
         return True
     host, sep, port = address.rpartition(":")
     return bool(sep and host and port.isdigit())
-
-
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read the TLS {what} {path}: {err.strerror or err}; expected a PEM file") from None

@@ -12,7 +12,7 @@ import pytest
 
 from edgeexit.codecs import create_codec
 from edgeexit.errors import EdgeExitError, OffloadError
-from edgeexit.transport import TailClient, TlsConfig
+from edgeexit.transport import TailClient, TlsSettings
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
 from .conftest import CLASSES, Behaviour, fake_logits, logits_reply
@@ -249,7 +249,7 @@ def test_tls_and_mutual_tls(stand_in, tmp_path: Path) -> None:
     encoded, expected = _payload()
 
     tls_server = stand_in(credentials=grpc.ssl_server_credentials([(key, chain)]))
-    with TailClient(tls_server.address, timeout_s=5, tls=TlsConfig(ca=tmp_path / "ca.pem")) as client:
+    with TailClient(tls_server.address, timeout_s=5, tls=TlsSettings(ca=tmp_path / "ca.pem")) as client:
         np.testing.assert_array_equal(client.infer(MODEL, encoded, package_id="p").logits, expected)
     with TailClient(tls_server.address, timeout_s=2) as plain, pytest.raises(OffloadError, match="UNAVAILABLE"):
         plain.infer(MODEL, encoded, package_id="p")  # plaintext to a TLS server never gets through
@@ -259,19 +259,19 @@ def test_tls_and_mutual_tls(stand_in, tmp_path: Path) -> None:
             [(key, chain)], root_certificates=ca.cert_pem.bytes(), require_client_auth=True
         )
     )
-    mutual = TlsConfig(ca=tmp_path / "ca.pem", cert=tmp_path / "device.pem", key=tmp_path / "device.key")
+    mutual = TlsSettings(ca=tmp_path / "ca.pem", cert=tmp_path / "device.pem", key=tmp_path / "device.key")
     with TailClient(mtls_server.address, timeout_s=5, tls=mutual) as client:
         np.testing.assert_array_equal(client.infer(MODEL, encoded, package_id="p").logits, expected)
-    server_only = TlsConfig(ca=tmp_path / "ca.pem")
+    server_only = TlsSettings(ca=tmp_path / "ca.pem")
     with TailClient(mtls_server.address, timeout_s=2, tls=server_only) as client, pytest.raises(OffloadError):
         client.infer(MODEL, encoded, package_id="p")  # no client certificate: refused
 
 
 def test_tls_settings_are_checked_up_front(tmp_path: Path) -> None:
     with pytest.raises(EdgeExitError, match="certificate and key go together"):
-        TailClient("127.0.0.1:1", tls=TlsConfig(cert=tmp_path / "c.pem"))
+        TailClient("127.0.0.1:1", tls=TlsSettings(cert=tmp_path / "c.pem"))
     with pytest.raises(EdgeExitError, match=r"cannot read the TLS CA certificate .*nowhere\.pem"):
-        TailClient("127.0.0.1:1", tls=TlsConfig(ca=tmp_path / "nowhere.pem"))
+        TailClient("127.0.0.1:1", tls=TlsSettings(ca=tmp_path / "nowhere.pem"))
 
 
 @pytest.mark.parametrize(
