@@ -5,47 +5,9 @@ import it too. Workstation code lives in ``edgeexit.compile``, the device runtim
 ``edgeexit.runtime``.
 """
 
-from edgeexit.errors import (
-    ArchiveError,
-    ConfigError,
-    DataError,
-    EdgeExitError,
-    ExportError,
-    InputError,
-    MeterUnavailable,
-    ModelError,
-    OffloadError,
-    OffloadRejected,
-    OffloadTimeout,
-    PackageError,
-    ProfileError,
-    RequestError,
-    ServerError,
-    ServerUnavailable,
-    UnknownNameError,
-    UsageError,
-)
+from edgeexit import errors as _errors
+from edgeexit.errors import *  # noqa: F403  every public error, as edgeexit.<Name>
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArchiveError",
-    "ConfigError",
-    "DataError",
-    "EdgeExitError",
-    "ExportError",
-    "InputError",
-    "MeterUnavailable",
-    "ModelError",
-    "OffloadError",
-    "OffloadRejected",
-    "OffloadTimeout",
-    "PackageError",
-    "ProfileError",
-    "RequestError",
-    "ServerError",
-    "ServerUnavailable",
-    "UnknownNameError",
-    "UsageError",
-    "__version__",
-]
+__all__ = [*_errors.__all__, "__version__"]
