@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from edgeexit.compile.adapters.bert import PooledHead, masked_mean
 from edgeexit.compile.model import MultiExitModel
+from edgeexit.compile.training import ExitAccuracy
 from edgeexit.data.tweets import TextData
 from edgeexit.errors import ModelError
 from edgeexit.runtime.text import TextEncoder
@@ -51,14 +52,6 @@ class FrozenFeatures:
 
 
 @dataclass(frozen=True)
-class TextExitAccuracy:
-    exit: int
-    boundary: str
-    head: str | None
-    accuracy: float | None  # None for an exit without a classifier
-
-
-@dataclass(frozen=True)
 class TextTrainReport:
     samples: int
     epochs: int
@@ -67,7 +60,7 @@ class TextTrainReport:
     precompute_cpu_seconds: float  # the same, CPU time of this process
     train_seconds: float  # the heads, wall clock
     final_loss: float
-    accuracy: tuple[TextExitAccuracy, ...]  # on the validation texts
+    accuracy: tuple[ExitAccuracy, ...]  # on the validation texts
     similarity: dict[str, tuple[float, ...]]  # mean validation similarity per boundary
 
 
@@ -263,7 +256,7 @@ def fit_text_heads(
         train_seconds=seconds,
         final_loss=loss,
         accuracy=tuple(
-            TextExitAccuracy(k, info.boundary, info.head, acc)
+            ExitAccuracy(k, info.boundary, info.head, acc)
             for k, (info, acc) in enumerate(zip(model.infos, accuracy, strict=True))
         ),
         similarity={
