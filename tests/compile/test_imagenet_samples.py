@@ -57,7 +57,10 @@ def test_exported_efficientnet_classifies_imagenet_as_pytorch_does(samples, tmp_
     full = Engine(tmp_path / "pkg", threshold=float("inf"), cache_dir=None).run_full(samples.x, timing_samples=1)
     got = full.logits[-1]
     np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-3)
-    assert got.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-2  # a near-tie may flip between CPUs' kernels; none did here
+    assert clear.sum() >= 18
+    assert got.argmax(axis=1)[clear].tolist() == expected.argmax(axis=1)[clear].tolist()
     for logits in (expected, got):
         assert top_k_hits(logits, samples.y, 1) >= TOP1_AT_LEAST
         assert top_k_hits(logits, samples.y, 5) >= TOP5_AT_LEAST
