@@ -261,7 +261,7 @@ def test_the_device_side_never_imports_compile_torch_or_onnx() -> None:
 
 
 #: What edgeexit.kserve may import (besides the standard library): the daemon runs it under the
-#: ``[device]`` extra, which has grpc and protobuf but no grpc-health and no prometheus-client.
+#: ``[device]`` extra, which has grpc and protobuf but no grpc-health.
 KSERVE_ALLOWED = (
     "grpc",
     "google.protobuf",

@@ -5,8 +5,8 @@ applications over one package, offloading as configured, with SIGHUP reloads and
 ``service`` (the v2 calls and the response contract), ``logs`` (JSON event lines), ``metrics``
 (Prometheus), ``app`` (the process: listening, signals, reloads, drains). The v2 protocol
 itself is ``edgeexit.kserve``, shared with ``edgeexit serve``. Never imports torch, onnx or
-edgeexit.compile; nor ``edgeexit.server`` (tails, batching, and the grpc-health and
-prometheus-client that ``[device]`` does not install).
+edgeexit.compile; nor ``edgeexit.server`` (tails, batching, and the grpc-health that
+``[device]`` does not install).
 """
 
 from edgeexit.daemon.config import DaemonConfig, load_config

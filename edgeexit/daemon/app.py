@@ -21,8 +21,8 @@ Logs are JSON lines on stderr (``log_format = "text"``: plain lines); one event 
 was asked for; ``unix:PATH`` for a socket).
 
 Metrics (``metrics_port``): Prometheus ``/metrics`` on 127.0.0.1 (``edgeexit.daemon.metrics``;
-prometheus-client, which ``[server]`` brings: a config that asks for metrics without it is
-refused with the install line).
+prometheus-client, which ``[device]`` and ``[server]`` bring: a config that asks for metrics
+without it is refused with the install line).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Prometheus series of the device daemon (``metrics_port``), served on 127.0.0.1.
 
-prometheus-client comes with ``[server]``, not ``[device]``: it is imported only when a config
-asks for metrics, and a config that does without it installed is refused with the install line.
+prometheus-client comes with ``[device]`` and ``[server]``, but it is imported only when a config
+asks for metrics, so a trimmed install runs without it; a config that asks for metrics without it
+installed is refused with the install line.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ decoding. For ``N > 1`` the per-sample values are in the output tensors only.
 
 The calls every edgeexit server answers alike (health, ServerMetadata, the handler table) and the
 request parsing are ``edgeexit.kserve``'s, which needs grpc and protobuf only (``[device]`` has no
-grpc-health nor prometheus-client); what is here is the daemon's own contract: one model, its one
+grpc-health); what is here is the daemon's own contract: one model, its one
 input checked against the manifest, and the answer as the columns above.
 """
 

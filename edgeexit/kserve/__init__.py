@@ -12,7 +12,8 @@ lives here, once:
   services extend with their own ModelInfer and ModelMetadata.
 
 It needs grpc, protobuf and numpy only (plus ``edgeexit.errors`` and the generated stubs): the
-daemon runs it under the ``[device]`` extra, which has no grpc-health and no prometheus-client.
+daemon runs it under the ``[device]`` extra, which has no grpc-health, and imports
+prometheus-client only when metrics are asked for.
 """
 
 from edgeexit.kserve.request import MessageLimit, parse_request, requested_outputs, string_parameter
