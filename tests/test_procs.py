@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
@@ -42,7 +41,5 @@ def test_stop_kills_a_child_that_ignores_sigterm() -> None:
     code = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', file=sys.stderr, flush=True); time.sleep(60)"  # noqa: E501
     child = ChildProcess(python(code))
     child.wait_for(lambda line: line == "up", "start")
-    began = time.monotonic()
-    assert child.stop(grace_s=0.5) == -9  # SIGKILL after the grace
+    assert child.stop(grace_s=0.5) == -9  # SIGKILL after the grace: SIGTERM alone would never end it
     assert child.stop() == -9  # idempotent
-    assert time.monotonic() - began < 30
