@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.data.records import LabelledData
+from edgeexit.data.wheels import shipped_files
 from edgeexit.errors import DataError
 
 FOOLBOX_PIP = "pip install --no-deps foolbox==3.3.4"
@@ -26,23 +27,15 @@ IMAGENET_CLASSES = 1000
 
 def imagenet_sample_files() -> list[Path]:
     """The 20 JPEGs inside the installed foolbox wheel, in their index order, found without importing it."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("foolbox")
-    except metadata.PackageNotFoundError:
-        raise DataError(
-            f"the ImageNet sample images ship in the foolbox wheel, which is not installed: {FOOLBOX_PIP}"
-        ) from None
-    found = []
-    for file in dist.files or ():
-        match = _NAME.search(file.name)
-        path = Path(str(dist.locate_file(file)))
-        if match and file.parent.name == "data" and path.is_file():
-            found.append((int(match.group(1)), path))
+    found = shipped_files(
+        "foolbox",
+        lambda path: path.parent.name == "data" and _NAME.search(path.name) is not None,
+        what="the ImageNet sample images",
+        pip=FOOLBOX_PIP,
+    )
     if not found:
         raise DataError(f"the installed foolbox has no data/imagenet_*.jpg; reinstall it: {FOOLBOX_PIP}")
-    return [path for _, path in sorted(found)]
+    return sorted(found, key=lambda path: int(_NAME.search(path.name).group(1)))  # type: ignore[union-attr]
 
 
 def imagenet_samples(size: int = 224, resize: int = 256) -> LabelledData:

