@@ -50,6 +50,14 @@ def bench(
     timeout: Annotated[float, typer.Option(min=0.001, help="Deadline of one offload in seconds, link included.")] = 2.0,
     device: Annotated[str, typer.Option(help="Power preset of the energy model (edgeexit.profile.power).")] = "rpi4",
     radio: Annotated[str, typer.Option(help="Radio model of the energy model: wifi or lte.")] = "wifi",
+    device_speed: Annotated[
+        str,
+        typer.Option(
+            help="Emulate a slower device: a preset (rpi4: a Raspberry Pi 4, from a published measurement; host: "
+            "this machine) or a slowdown factor (e.g. 4.5). Device segments and decisions take that many times "
+            "their time here; the tail server runs at this machine's speed."
+        ),
+    ] = "host",
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of mean latency per policy per link.")] = None,
     json_output: Annotated[
         Path | None, typer.Option("--json", help="Also write every row as JSON to this file.")
@@ -61,34 +69,39 @@ def bench(
     from edgeexit.data import load_dataset
     from edgeexit.device.bench import EnergyModel, plot_latency, run_bench
     from edgeexit.device.comparison import local_tail_server
+    from edgeexit.profile.device_speed import get_device_speed
     from edgeexit.transport.link_emulation import LinkSpec
 
     specs = [LinkSpec.parse(text) for text in (link or DEFAULT_LINKS)]
     energy = EnergyModel(device=device, radio=radio)
     energy.presets()  # an unknown preset is an error before anything runs
+    speed = get_device_speed(device_speed)  # so is an unknown device speed
     labelled = load_dataset(data, split="test")  # a path ignores the split; a built-in name takes its test split
     x, y = labelled.x, labelled.y
     if samples is not None:
         x, y = x[:samples], y[:samples]
     context = nullcontext(server) if server else local_tail_server(package)
     with context as address:
-        err_console.print(f"bench: {len(x)} samples, tail server {address}", highlight=False)
+        err_console.print(f"bench: {len(x)} samples, tail server {address}, device speed {speed.label}: "
+                          f"{speed.source}", highlight=False)  # fmt: skip
         rows = run_bench(
             package, address, x, y, specs, policies=policy, codec=codec, seed=seed, timeout_s=timeout,
             energy=energy, progress=lambda what: err_console.print(f"  running {what}", highlight=False),
+            device_speed=speed,
         )  # fmt: skip
     for spec in specs:
         mine = [r for r in rows if r.link == str(spec)]
         heads = sorted({h for r in mine for h in r.exit_rates}, key=lambda h: (h == "server", h))
-        columns = ["policy", "accuracy", "mean ms", "p99 ms", f"energy mJ ({energy.label})",
+        columns = ["policy", "accuracy", "mean ms", "p99 ms", "decide ms", f"energy mJ ({energy.label})",
                    *(f"{h} %" for h in heads), "offload %", "bytes sent", "fallbacks"]  # fmt: skip
         body = [
-            [r.policy, f"{r.accuracy:.3f}", f"{r.mean_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.energy_mj:.2f}",
-             *(f"{100 * r.exit_rates.get(h, 0.0):.0f}" for h in heads), f"{100 * r.offload_rate:.0f}",
-             f"{r.bytes_sent:,}", r.fallbacks]
+            [r.policy, f"{r.accuracy:.3f}", f"{r.mean_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.decide_ms:.3f}",
+             f"{r.energy_mj:.2f}", *(f"{100 * r.exit_rates.get(h, 0.0):.0f}" for h in heads),
+             f"{100 * r.offload_rate:.0f}", f"{r.bytes_sent:,}", r.fallbacks]
             for r in mine
         ]  # fmt: skip
-        console.print(table(f"link {spec} ({len(x)} samples)", columns, body))
+        title = f"link {spec}, device {speed.label} ({len(x)} samples)"
+        console.print(table(title, columns, body))
     if "best-static" not in {r.policy for r in rows} and not policy:
         err_console.print("bench: best-static and adaptive need edgeexit.device.policy_runner; not run")
     if plot is not None:

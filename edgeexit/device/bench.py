@@ -22,6 +22,13 @@ Result's segment times) x the preset's active watts, the wait for the server x i
 the radio's transmit energy for the bytes sent at the link's rate (``edgeexit.profile.radio``),
 plus one radio tail per row (back-to-back requests keep the radio up, so its tail is paid once).
 The policies weigh the same presets (``edgeexit.profile.record.modelled_costs``).
+
+``device_speed`` (``--device-speed rpi4``, or a factor): the device's segments run at that speed
+(``edgeexit.device.speed``: each waits ``factor - 1`` x its time inside the engine's timing), so
+latency, device energy and the policies' costs are those of the slower device; the policies'
+decisions are slowed too (they run on the device). The tail server is not. Every row says which
+speed it ran at, and what the policy's decisions cost per sample (``decide_ms``, included in
+``mean_ms``).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import numpy as np
 
 from edgeexit.device.factory import build_runner
 from edgeexit.device.settings import OffloadSettings, PolicySettings
+from edgeexit.device.speed import emulate_device_speed, slow_policy
 from edgeexit.device.tails import default_codec
 from edgeexit.errors import DataError, PackageError, UnknownNameError, UsageError
+from edgeexit.profile.device_speed import DeviceSpeed, get_device_speed
 from edgeexit.runtime.engine import Engine, Result
 from edgeexit.runtime.settings import EngineSettings
 from edgeexit.transport.client import TailClient
@@ -70,6 +79,9 @@ class BenchRow:
     emulated_ms: float
     energy_source: str = "modelled"
     extra: dict[str, object] = field(default_factory=dict)
+    #: the policy's own decisions, per sample (time in ``Policy.decide`` at the device's speed)
+    decide_ms: float = 0.0
+    device_speed: str = "host (x1)"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -148,11 +160,13 @@ def run_bench(
     timeout_s: float = 2.0,
     energy: EnergyModel | None = None,
     progress: Callable[[str], None] | None = None,
+    device_speed: DeviceSpeed | str | float | None = None,
 ) -> list[BenchRow]:
-    """Every (link, policy) row; ``server`` a tail server's ``HOST:PORT``."""
+    """Every (link, policy) row; ``server`` a tail server's ``HOST:PORT``; ``device_speed`` the
+    device emulated (None: this machine's own speed)."""
     if len(x) == 0:
         raise DataError("the bench data has no samples")
-    setup = BenchSetup.load(package, x[: min(len(x), 32)], codec=codec, energy=energy)
+    setup = BenchSetup.load(package, x[: min(len(x), 32)], codec=codec, energy=energy, speed=device_speed)
     boundaries = sorted({t.boundary for t in setup.early.manifest.tails})
     if not boundaries:
         raise PackageError(f"{package} has no tails to offload to: export it with tails (edgeexit export --codecs)")
@@ -185,14 +199,20 @@ class BenchSetup:
     codec: str
     segment_ms: Sequence[float]
     energy: EnergyModel
+    speed: DeviceSpeed = field(default_factory=lambda: get_device_speed("host"))
 
     @classmethod
-    def load(cls, package: str | Path, xs: np.ndarray, *, codec: str | None = None,
-             energy: EnergyModel | None = None) -> BenchSetup:  # fmt: skip
-        """Both engines from ``package``; segment latencies measured at full depth on ``xs``."""
-        early = Engine.from_settings(package, EngineSettings(cache_dir=None))
-        full = Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None))
-        return cls(early, full, default_codec(early.manifest, codec), segment_ms(full, xs), energy or EnergyModel())
+    def load(cls, package: str | Path, xs: np.ndarray, *, codec: str | None = None, energy: EnergyModel | None = None,
+             speed: DeviceSpeed | str | float | None = None) -> BenchSetup:  # fmt: skip
+        """Both engines from ``package`` at ``speed`` (None: this machine's); segment latencies
+        measured at full depth on ``xs``, at that speed."""
+        found = get_device_speed(speed)
+        early = emulate_device_speed(Engine.from_settings(package, EngineSettings(cache_dir=None)), found)
+        full = emulate_device_speed(
+            Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None)), found
+        )
+        codec = default_codec(early.manifest, codec)
+        return cls(early, full, codec, segment_ms(full, xs), energy or EnergyModel(), found)
 
     def runner(self, name: str, client: TailClient, spec: LinkSpec) -> Callable[[np.ndarray], Result]:
         """One row's runner, built by the device factory over the row's client (its emulated link):
@@ -214,26 +234,28 @@ class BenchSetup:
         estimator = LinkEstimator()
         estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
         policy = OffloadSettings(servers=client.addresses, policy=PolicySettings(name), codec=self.codec)
-        return build_runner(self.early, policy, client=client, costs=costs, estimator=estimator).runner.run
+        runner = build_runner(self.early, policy, client=client, costs=costs, estimator=estimator).runner
+        return slow_policy(runner, self.speed).run  # type: ignore[arg-type]  # a policy makes a PolicyRunner
 
     def measure(self, name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray,
                 spec: LinkSpec) -> BenchRow:  # fmt: skip
         """``run`` over every sample, one at a time: the row for ``name`` over ``spec``."""
-        return _measure(name, run, x, y, spec, self.energy)
+        return _measure(name, run, x, y, spec, self.energy, self.speed)
 
 
 def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray, spec: LinkSpec,
-             energy: EnergyModel) -> BenchRow:  # fmt: skip
+             energy: EnergyModel, speed: DeviceSpeed | None = None) -> BenchRow:  # fmt: skip
     preset, radio = energy.presets()
     latencies, predictions, exits = [], [], []
     sent = offloaded = fallbacks = 0
-    compute_s = wait_s = emulated_s = 0.0
+    compute_s = wait_s = emulated_s = decide_s = 0.0
     for sample in x:
         tick = time.perf_counter()
         result = run(sample)
         latencies.append((time.perf_counter() - tick) * 1e3)
         predictions.append(-1 if result.prediction is None else result.prediction)
         compute_s += sum(result.segment_ms) / 1e3
+        decide_s += sum(getattr(d, "decide_ms", 0.0) for d in result.decisions) / 1e3
         info = result.offload
         if info is not None:
             sent += info.bytes_sent
@@ -248,7 +270,8 @@ def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: n
     radio_j = 0.0
     if sent:
         radio_j = radio.energy(sent, spec.bandwidth_bps / 1e6, tail=False).joules + radio.tail_j()
-    energy_j = compute_s * preset.active_w + wait_s * preset.idle_w + radio_j
+    # the decisions are device compute too: charged at active power like the segments
+    energy_j = (compute_s + decide_s) * preset.active_w + wait_s * preset.idle_w + radio_j
     names, counts = np.unique(np.array(exits), return_counts=True)
     return BenchRow(
         link=str(spec),
@@ -264,6 +287,8 @@ def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: n
         fallbacks=fallbacks,
         emulated_ms=emulated_s / n * 1e3,
         energy_source=energy.label,
+        decide_ms=decide_s / n * 1e3,
+        device_speed=(speed or get_device_speed("host")).label,
     )
 
 

@@ -7,7 +7,15 @@ boundary's tensor to its tail exactly as ``OffloadRunner`` does (the same code: 
 finishes the sample here from that boundary, so no request is lost); ``continue`` advances to the
 next boundary, and after the last one the sample finishes locally. Every transfer feeds the
 ``LinkEstimator``; so do light probes (``probe()``, a ServerLive round trip). Every decision is
-kept on the Result (``Result.decisions``) and can be logged, one JSON line each, with its inputs.
+kept on the Result (``Result.decisions``) with what taking it cost (``Decision.decide_ms``), and
+can be logged, one JSON line each, with its inputs.
+
+``run_batch`` handles a batch as a batch: the batch runs to the first boundary together (early
+exits retire), the policy decides once for the survivors at each boundary, and an ``offload``
+sends them in one request (``max_batch`` per request, the tail's ``max_batch_size``). Nothing
+about a sample enters a decision (the policies weigh expected costs and the link estimate), so
+with the same estimate a batch gets the answers and the decisions its samples would get one by
+one; the link estimate is updated once per request instead of once per sample.
 
 When the package has an input tail (``__from_input``, boundary -1: the whole model on the server)
 for the codec, the first decision is at boundary -1, before segment 0 runs ("offload at the
@@ -23,18 +31,20 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from edgeexit.codecs import Codec, create_codec
-from edgeexit.device.offload import offload_or_resume
+from edgeexit.device.batch_walk import advance_batch
+from edgeexit.device.offload import _configured_max_batch, offload_or_resume
 from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
+from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
 from edgeexit.transport.client import TailClient
 
@@ -99,6 +109,7 @@ class PolicyRunner:
         self._last_probe: float | None = None
         self._classes = engine.manifest.num_classes or None
         self._counter = itertools.count()
+        self._batch_limits: dict[str, int] = {}
         self._log_file: IO[str] | None = None
         self._log_call: Callable[[Any, Decision], None] | None = None
         if isinstance(decision_log, (str, Path)):
@@ -131,17 +142,53 @@ class PolicyRunner:
         return dataclasses.replace(state, decisions=tuple(decisions)) if decisions else state
 
     def run_batch(self, xs: np.ndarray, *, keep_hidden: bool = False) -> list[Result]:
-        """Every sample of ``xs`` on its own (each decides for itself); Results in input order."""
-        return [self.run(x, keep_hidden=keep_hidden) for x in xs]
+        """A batch as a batch: one decision per boundary for the samples still going, the
+        survivors offloaded together; Results in input order, each carrying the decisions taken
+        at the boundaries it reached (shared by the samples that reached them together)."""
+        if self.last_boundary < 0:
+            return self.engine.run_batch(xs, keep_hidden=keep_hidden)
+        battery = self._battery()
+        first = -1 if -1 in self.tails else 0
+        progress = self.engine.run_batch_until(xs, first, early_exit=self.early_exit, keep_hidden=keep_hidden)
+        results: list[Result | None] = list(progress.results)
+        ids = [next(self._counter) for _ in results]
+        pending = progress.pending
+        decisions: list[Decision] = []
+        while pending is not None:
+            decision = self.decide(pending.boundary, battery)
+            decisions.append(decision)
+            self._record([ids[row] for row in pending.rows], decision)
+            taken = tuple(decisions)
+            if decision.action == "offload":
+                finished, pending_rows, pending = self._offload_batch(pending), pending.rows, None
+                self._place(results, pending_rows, finished, taken)
+            elif pending.boundary >= self.last_boundary:
+                self._place(results, pending.rows, self.engine.resume_batch(pending), taken)
+                pending = None
+            else:
+                done, pending = advance_batch(self.engine, pending, pending.boundary + 1)
+                for row, result in done.items():
+                    results[row] = dataclasses.replace(result, decisions=taken)
+        return results  # type: ignore[return-value]  # every row is answered once nothing is pending
+
+    @staticmethod
+    def _place(results: list[Result | None], rows: Sequence[int], finished: Sequence[Result],
+               decisions: tuple[Decision, ...]) -> None:  # fmt: skip
+        for row, result in zip(rows, finished, strict=True):
+            results[row] = dataclasses.replace(result, decisions=decisions)
 
     def decide(self, boundary: int, battery: BatteryState | float | None = None) -> Decision:
         """The policy's decision at ``boundary`` with the current link estimate (probing first
-        when ``probe_interval_s`` says the last probe is too old)."""
+        when ``probe_interval_s`` says the last probe is too old); ``decide_ms`` on it is what
+        the policy took to decide (the estimate and the options, the probe not included)."""
         if self.probe_interval_s is not None and (
             self._last_probe is None or self._clock() - self._last_probe >= self.probe_interval_s
         ):
             self.probe()
-        return self.policy.decide(boundary, self.estimator.estimate(), battery)
+        tick = time.perf_counter()
+        decision = self.policy.decide(boundary, self.estimator.estimate(), battery)
+        spent = (time.perf_counter() - tick) * 1e3
+        return dataclasses.replace(decision, decide_ms=spent)
 
     def _offload(self, pending: Pending) -> Result:
         tail = self.tails.get(pending.boundary)
@@ -149,14 +196,37 @@ class PolicyRunner:
             log.warning("policy %s offloads at boundary %d: no %s tail there, continuing locally",
                         self.policy.name, pending.boundary, self.codec_name)  # fmt: skip
             return self.engine.resume(pending)
-        result = offload_or_resume(self.engine, self.client, tail, self.codec, pending, classes=self._classes)[0]
-        info = result.offload
+        return self._send(tail, pending)[0]
+
+    def _offload_batch(self, pending: Pending) -> list[Result]:
+        """The survivors of a batch from their boundary: one request per ``max_batch`` of them."""
+        tail = self.tails.get(pending.boundary)
+        if tail is None:
+            log.warning("policy %s offloads at boundary %d: no %s tail there, continuing locally",
+                        self.policy.name, pending.boundary, self.codec_name)  # fmt: skip
+            return self.engine.resume_batch(pending)
+        step = self._max_batch(tail)
+        finished: list[Result] = []
+        for start in range(0, pending.samples, step):
+            part = pending if pending.samples <= step else pending.select(start, start + step)
+            finished += self._send(tail, part)
+        return finished
+
+    def _send(self, tail: TailSpec, pending: Pending) -> list[Result]:
+        """One request (or its local fallback); a delivered one feeds the link estimator once."""
+        results = offload_or_resume(self.engine, self.client, tail, self.codec, pending, classes=self._classes)
+        info = results[0].offload
         if info is not None and info.offloaded:
             server_ms = (info.queue_ms or 0.0) + (info.compute_ms or 0.0)
-            self.estimator.observe_transfer(
-                info.bytes_sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=info.queue_ms
-            )
-        return result
+            sent = sum(r.offload.bytes_sent for r in results if r.offload is not None)  # the shares sum to the request
+            self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=info.queue_ms)
+        return results
+
+    def _max_batch(self, tail: TailSpec) -> int:
+        found = self._batch_limits.get(tail.model)
+        if found is None:
+            found = self._batch_limits[tail.model] = _configured_max_batch(self.engine, tail.model) or DEFAULT_MAX_BATCH
+        return found
 
     # ---------------------------------------------------------------- probes
 

@@ -23,6 +23,8 @@ class Decision:
 
     ``options`` are what the policy compared (empty for ``local`` and ``split@K`` without a
     profile); ``chosen`` names the winning option (None when nothing was compared).
+    ``decide_ms`` is what taking the decision cost on the device (set by the runner that timed
+    it; 0 when nobody did): a policy is only worth its decisions if they cost less than they save.
     """
 
     policy: str
@@ -34,6 +36,7 @@ class Decision:
     link: LinkEstimate | None
     battery: BatteryState | None
     reason: str
+    decide_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class Decision:
             "link": None if self.link is None else self.link.to_dict(),
             "battery": None if self.battery is None else asdict(self.battery),
             "reason": self.reason,
+            "decide_ms": self.decide_ms,
         }
 
     def to_json(self) -> str:
@@ -63,6 +67,7 @@ class Decision:
             link=None if raw["link"] is None else LinkEstimate.from_dict(raw["link"]),
             battery=None if raw["battery"] is None else BatteryState(**raw["battery"]),
             reason=raw["reason"],
+            decide_ms=float(raw.get("decide_ms", 0.0)),
         )
 
     @classmethod

@@ -82,3 +82,25 @@ def test_bench_rejects_an_unknown_policy(cli, digits_package: Path, labelled: Pa
     done = cli("bench", digits_package, "--data", labelled, "--policy", "sometimes", "--server", "127.0.0.1:1")
     assert done.returncode == 1
     assert "unknown bench policy 'sometimes'" in done.stderr
+
+
+def test_bench_at_a_device_speed_shows_it_and_the_decision_cost(cli, digits_package: Path, labelled: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "rows.json"
+    done = cli("bench", digits_package, "--data", labelled, "--link", FAST, "--policy", "local", "--policy",
+               "adaptive", "--device-speed", "2", "--json", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"link {FAST}, device x2 (x2)" in done.stdout  # every table names the speed it ran at
+    assert "decide ms" in done.stdout
+    rows = {r["policy"]: r for r in json.loads(out.read_text())}
+    assert {r["device_speed"] for r in rows.values()} == {"x2 (x2)"}
+    assert rows["local"]["decide_ms"] == 0.0  # the engine alone decides nothing
+    assert rows["adaptive"]["decide_ms"] > 0.0  # the policy's decisions are counted
+
+
+def test_bench_rejects_an_unknown_device_speed(cli, digits_package: Path, labelled: Path) -> None:
+    done = cli("bench", digits_package, "--data", labelled, "--device-speed", "rpi9")
+    assert done.returncode == 1
+    assert "unknown device speed 'rpi9'" in done.stderr
+    assert "rpi4" in done.stderr
+    assert "Traceback" not in done.stderr

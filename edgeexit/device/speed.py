@@ -1,0 +1,134 @@
+"""Run this machine as a slower device: every device segment takes ``factor`` x its measured time.
+
+What a benchmark of offloading needs from a workstation standing in for a Raspberry Pi is the Pi's
+compute time on the device side and this machine's on the server side. ``emulate_device_speed``
+wraps an Engine's loaded segments (and its batch-1 chain) so that right after a segment runs, the
+device waits ``(factor - 1)`` x the time it took, inside the engine's own segment timing. So
+everything downstream sees a slow device with no change of its own: wall latency, the Result's
+``segment_ms`` (hence the device energy a benchmark charges at active power), the segment
+latencies the policies' costs are measured from, and a PolicyRunner's decision time (its
+``policy.decide`` is wrapped too: the decision is device work).
+
+The wait sleeps most of the way and spins the last fraction of a millisecond (``wait_until``):
+sleeping alone overshoots short waits, spinning alone would take a core from the tail server on a
+small machine. The tail server is a separate process and is never slowed.
+
+The engine is changed in place (its segment list and chain are the walker's), once: a second
+call is refused rather than compounding the factor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeexit.errors import UsageError
+from edgeexit.profile.device_speed import DeviceSpeed, get_device_speed
+
+if TYPE_CHECKING:
+    from edgeexit.device.policy_runner import PolicyRunner
+    from edgeexit.runtime.engine import Engine
+
+#: Below this much time left, spin instead of sleeping (the scheduler's wake-up slack is larger).
+SPIN_S = 0.0005
+
+
+def wait_until(deadline: float) -> None:
+    """Return at ``time.perf_counter() >= deadline``: sleep most of the way, then spin."""
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        if left > SPIN_S:
+            time.sleep(left - SPIN_S)
+
+
+def slowed(fn: Callable[..., Any], factor: float) -> Callable[..., Any]:
+    """``fn`` taking ``factor`` x its own time: after it returns, wait ``(factor - 1)`` x what it took."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tick = time.perf_counter()
+        out = fn(*args, **kwargs)
+        done = time.perf_counter()
+        wait_until(done + (done - tick) * (factor - 1.0))
+        return out
+
+    run.__wrapped__ = fn  # type: ignore[attr-defined]
+    return run
+
+
+class SlowedSegment:
+    """A loaded segment whose ``run`` takes ``factor`` x as long; everything else is the segment's."""
+
+    def __init__(self, segment: Any, factor: float) -> None:
+        self._segment = segment
+        self.spec = segment.spec
+        self.calls = 0  # how many runs went through the emulation (tests check the wiring with it)
+        self._run = slowed(segment.run, factor)
+
+    def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self._run(x, context)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._segment, name)
+
+
+class SlowedChain:
+    """A batch-1 chain whose ``run_segment`` takes ``factor`` x as long; its buffers are the chain's."""
+
+    def __init__(self, chain: Any, factor: float) -> None:
+        self._chain = chain
+        self.calls = 0
+        self._run = slowed(chain.run_segment, factor)
+
+    @property
+    def input(self) -> np.ndarray:
+        return self._chain.input  # type: ignore[no-any-return]
+
+    @property
+    def outputs(self) -> list[dict[str, np.ndarray]]:
+        return self._chain.outputs  # type: ignore[no-any-return]
+
+    def run_segment(self, k: int) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self._run(k)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+
+def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None) -> Engine:
+    """Slow ``engine``'s segments to ``speed`` (a preset name, a factor, or a ``DeviceSpeed``), in
+    place; returns the engine. ``host`` (factor 1) changes nothing."""
+    found = get_device_speed(speed)
+    if getattr(engine, "device_speed", None) is not None:
+        raise UsageError(
+            f"this engine already runs at device speed {engine.device_speed.label}; "  # type: ignore[attr-defined]
+            "emulate on a fresh Engine instead of compounding the factor"
+        )
+    engine.device_speed = found  # type: ignore[attr-defined]
+    if found.factor == 1.0:
+        return engine
+    engine.segments[:] = [SlowedSegment(s, found.factor) for s in engine.segments]  # the walker's list too
+    chain = getattr(engine, "_chain", None)
+    if chain is not None:
+        engine._chain = SlowedChain(chain, found.factor)
+    return engine
+
+
+def slow_policy(runner: PolicyRunner, speed: DeviceSpeed | str | float | None) -> PolicyRunner:
+    """Make ``runner``'s policy decide at ``speed`` too: the decision runs on the device."""
+    found = get_device_speed(speed)
+    if found.factor != 1.0:
+        policy = runner.policy
+        policy.decide = slowed(policy.decide, found.factor)  # type: ignore[method-assign]
+    return runner
+
+
+def device_speed_of(engine: Engine) -> DeviceSpeed:
+    """The speed ``engine`` was set to run at (``host`` when it was never emulated)."""
+    return getattr(engine, "device_speed", None) or get_device_speed("host")

@@ -1,0 +1,148 @@
+"""PolicyRunner.run_batch handles a batch as a batch, against the real tail server (in-process
+``TailServer`` on 127.0.0.1): one decision per boundary for the samples still going, the survivors
+sent in one request, and the answers and decisions its samples get one by one through ``run``.
+Also: a device emulated at a slower speed answers exactly as before, through the emulation.
+Deterministic: link estimates primed far apart, fixed costs; no wall-clock assertions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeexit.device import PolicyRunner, TailClient
+from edgeexit.device.speed import SlowedChain, SlowedSegment, emulate_device_speed, slow_policy
+from edgeexit.errors import EdgeExitError, UnknownNameError
+from edgeexit.policy import DeviceCosts, LinkEstimator, create_policy
+from edgeexit.profile.device_speed import get_device_speed, list_speeds
+from edgeexit.runtime import Engine, Result
+
+from .test_offload import TOLERANCE
+
+N = 40
+CODEC = "fp16"
+
+
+@pytest.fixture(scope="module")
+def engine(digits_package: Path) -> Engine:
+    return Engine(digits_package, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def server(digits_package: Path) -> Iterator[str]:
+    from edgeexit.server import ServerOptions, TailServer
+
+    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as running:
+        yield f"127.0.0.1:{running.port}"
+
+
+@pytest.fixture(scope="module")
+def costs(engine: Engine) -> DeviceCosts:
+    """A slow device (1 s per segment): offloading wins on any real link, loses on a 1 bit/s one."""
+    return DeviceCosts.from_manifest(engine.manifest, (1000.0,) * len(engine.segments), codec=CODEC, active_w=5.0,
+                                     idle_w=1.0)  # fmt: skip
+
+
+def link(fast: bool) -> LinkEstimator:
+    found = LinkEstimator()
+    found.observe_probe(1e-5 if fast else 1.0)
+    assert found.observe_transfer(10**9, 0.01) if fast else found.observe_transfer(10, 100.0)
+    return found
+
+
+def _same(one: Result, batched: Result) -> None:
+    assert (batched.exit, batched.prediction) == (one.exit, one.prediction)
+    assert (batched.offload is None) == (one.offload is None)
+    tolerance = 1e-6
+    if one.offload is not None:
+        assert batched.offload is not None
+        assert (batched.offload.offloaded, batched.offload.boundary) == (one.offload.offloaded, one.offload.boundary)
+        tolerance = TOLERANCE[CODEC]
+    assert batched.probabilities is not None
+    assert one.probabilities is not None
+    assert np.allclose(batched.probabilities, one.probabilities, atol=tolerance)
+    assert [(d.boundary, d.action, d.chosen) for d in batched.decisions] == [
+        (d.boundary, d.action, d.chosen) for d in one.decisions
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "fast"),
+    [("local", True), ("split@1", True), ("split@input", True), ("adaptive", True), ("adaptive", False)],
+)
+def test_a_batch_answers_as_its_samples_do_one_by_one(engine: Engine, server: str, digits, costs: DeviceCosts,
+                                                      policy: str, fast: bool) -> None:  # fmt: skip
+    xs = digits.x[:N]
+    with TailClient([server], timeout_s=5.0) as client:
+        single = PolicyRunner(engine, client, create_policy(policy, costs), codec=CODEC, estimator=link(fast))
+        one_by_one = [single.run(x) for x in xs]
+        estimator = link(fast)
+        before = estimator.estimate().samples
+        batch = PolicyRunner(engine, client, create_policy(policy, costs), codec=CODEC, estimator=estimator)
+        batched = batch.run_batch(xs)
+    assert len(batched) == N
+    for one, result in zip(one_by_one, batched, strict=True):
+        _same(one, result)
+    sent = [r for r in batched if r.offload is not None]
+    if policy == "local" or not fast:
+        assert not sent
+        return
+    assert sent
+    assert {r.offload.batch for r in sent} == {len(sent)}  # type: ignore[union-attr]  # the survivors: one request
+    assert estimator.estimate().samples == before + 1  # one transfer observed, not one per sample
+
+
+def test_one_decision_per_boundary_for_the_whole_batch(engine: Engine, server: str, digits, tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    with (
+        TailClient([server], timeout_s=5.0) as client,
+        PolicyRunner(engine, client, create_policy("split@1"), codec=CODEC, decision_log=path) as runner,
+    ):
+        results = runner.run_batch(digits.x[:N])
+    logged = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["boundary"] for row in logged] == [-1, 0, 1]  # once per boundary, not once per sample
+    reached = [set(row["sample"]) for row in logged]
+    assert reached[0] == set(range(N))
+    assert reached[0] >= reached[1] >= reached[2]  # the exits in between retire samples
+    assert {i for i, r in enumerate(results) if r.offload is not None} == reached[2]
+    assert all(row["decide_ms"] >= 0 for row in logged)
+
+
+def test_a_slowed_device_answers_as_before_through_the_emulation(digits_package: Path, engine: Engine,
+                                                                 digits) -> None:  # fmt: skip
+    slow = emulate_device_speed(Engine(digits_package, cache_dir=None), 1.5)
+    assert all(isinstance(s, SlowedSegment) for s in slow.segments)
+    chain = slow._chain
+    for x in digits.x[:10]:
+        mine, reference = slow.run(x), engine.run(x)
+        assert (mine.exit, mine.prediction) == (reference.exit, reference.prediction)
+        assert np.array_equal(mine.probabilities, reference.probabilities)  # type: ignore[arg-type]
+    through = chain.calls if isinstance(chain, SlowedChain) else sum(s.calls for s in slow.segments)
+    assert through > 0  # the walk went through the emulation, whichever path the engine took
+    batch = slow.run_batch(digits.x[:10])
+    assert [r.exit for r in batch] == [engine.run(x).exit for x in digits.x[:10]]
+    assert sum(s.calls for s in slow.segments) > 0  # the batched walk too
+    with pytest.raises(EdgeExitError, match="already runs at device speed"):
+        emulate_device_speed(slow, 2.0)
+    runner = slow_policy(PolicyRunner(slow, None, create_policy("local"), codec=CODEC), 1.5)
+    assert hasattr(runner.policy.decide, "__wrapped__")
+    assert runner.run(digits.x[0]).prediction == engine.run(digits.x[0]).prediction
+
+
+def test_device_speed_presets_and_factors() -> None:
+    assert {"host", "rpi4"} <= set(list_speeds())
+    rpi4 = get_device_speed("rpi4")
+    assert rpi4.target_ms is not None
+    assert rpi4.reference_ms is not None
+    assert rpi4.factor == pytest.approx(rpi4.target_ms / rpi4.reference_ms)
+    assert "XNNPACK" in rpi4.source
+    assert get_device_speed(None).factor == 1.0
+    assert get_device_speed("4.5").factor == 4.5
+    assert get_device_speed(2).label == "x2 (x2)"
+    with pytest.raises(UnknownNameError, match="rpi4"):
+        get_device_speed("rpi9")
+    with pytest.raises(EdgeExitError, match="faster than this machine"):
+        get_device_speed("0.5")
