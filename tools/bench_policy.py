@@ -1,39 +1,39 @@
-"""Offload policies vs. static splits on a Pi-like device, over emulated links of 1..100 Mbit/s.
+"""Offloading where it pays: static plans vs. the policies, on a device emulated at a Raspberry Pi 4's
+speed, over emulated links of 1-500 Mbit/s with RTTs of 5-50 ms.
 
-For each link (default 1, 5, 20, 100 Mbit/s, 20 ms RTT, no jitter, seeded) the same test samples
-run one at a time through ``edgeexit.device.bench`` (its runners, its measurement, its energy
-model: nothing here re-implements them) with these rows:
+Every row is ``edgeexit.device.bench``'s (its runners, its measurement, its energy model, its
+``--device-speed`` emulation: nothing here re-implements them). Per link:
 
-- ``local``: early exit on the device alone;
-- ``split@input``: every input sent as it is to the input tail (the whole model on the server):
-  the *all-offload* row, when the package has that tail (else ``split@0``, the earliest offload);
-- ``split@K``: every sample offloaded at boundary K, ``early_exit=False``;
-- ``best-static``: the policy's model-based static choice (for reference);
-- ``adaptive``: PolicyRunner + LinkEstimator fed by its own emulated transfers, latency objective;
-- ``adaptive/energy``: the same under ``Objective("energy", latency_slo_ms=SLO)``.
+- static plans: ``local`` (early exit on the device alone), ``split@input`` (all-offload: the
+  input sent to the input tail), ``split@K`` (Neurosurgeon: every sample offloaded at K, no early
+  exit) and ``early+split@K`` (early exit up to K, the survivors offloaded at K);
+- the policies: ``best-static`` (model-based choice of one plan, for reference), ``adaptive``
+  (PolicyRunner deciding at each boundary, latency objective) and ``adaptive/energy`` (least
+  device energy under the latency SLO).
 
-The *oracle* best static split is chosen after the fact from the measured rows (``local`` and
-every ``split@K``): lowest mean latency; for energy, lowest mean energy among the rows whose
-measured mean latency meets the SLO (none does: the fastest row, the policy's own fallback rule).
+The oracle is the static plan with the lowest measured median latency (for energy: the lowest
+median energy among the plans whose median latency meets the SLO), picked after the fact.
+Noise: every row runs ``--rounds`` times, rounds interleaved (round 1 of every row of every link,
+then round 2, ... with the row order rotated each round); a row's figure is the median of its
+round means and its noise the spread (max - min) of those means. "Never worse than a baseline by
+more than the noise" compares the medians with the larger of the two rows' spreads.
 
-Pi-like device: the x86 core here is slowed by a factor (``--slowdown``, default 8, an ASSUMPTION,
-see ``SLOWDOWN_BASIS``): after each segment runs, the device spins/sleeps until ``factor x`` its
-measured time has passed, inside the engine's own segment timing. So the measured wall latency,
-the Result's segment times (hence modelled energy), and the DeviceCosts the policies use (measured
-on the slowed engine) all include it. The tail server (one, on loopback, for the whole run) is not
-slowed. Energy is modelled as ``edgeexit bench`` does: rpi4 power preset + wifi radio.
+The device runs at ``--device-speed`` (default ``rpi4``: ``edgeexit.profile.device_speed``); the
+tail server (one, on loopback, for the whole run) at this machine's speed. The SLO is
+``--slo-factor`` x the all-local median latency.
 
-    python tools/bench_policy.py            # 300 samples, 1/5/20/100 Mbit/s
-    python tools/bench_policy.py --quick    # smoke run
+    python tools/bench_policy.py --package PKG --markdown /tmp/figures.md    # the sweep
+    python tools/bench_policy.py --package PKG --quick                       # smoke run
+    python tools/bench_policy.py --measure-reference PKG224                  # the rpi4 preset's reference
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import tempfile
+import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,203 +41,220 @@ import numpy as np
 from edgeexit.console import console, table
 from edgeexit.device import bench
 from edgeexit.device.comparison import local_tail_server
-from edgeexit.device.tails import select_tail
-from edgeexit.policy import Objective, create_policy
+from edgeexit.policy import Objective
+from edgeexit.profile.device_speed import get_device_speed
 from edgeexit.runtime.engine import Engine
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.link_emulation import EmulatedLink, LinkSpec
 
-DEFAULT_PACKAGE = Path("/tmp/fresh_demo/edgeexit-demo/package")
-DEFAULT_SLOWDOWN = 8.0
-SLOWDOWN_BASIS = (
-    "ASSUMPTION, not measured on a Pi: a Raspberry Pi 4 Cortex-A72 core at 1.5 GHz scores ~4-5x below "
-    "a current x86 server/desktop core in per-core general benchmarks (Geekbench 5 single-core ~250 vs "
-    "~1000-1300), and DNN conv kernels widen the gap (128-bit NEON vs AVX2/AVX-512 in ONNX Runtime's "
-    "MLAS), so 8x per segment, single thread on both sides (Engine threads=1)"
-)
+DEFAULT_LINKS = "1mbit,50ms;5mbit,50ms;20mbit,20ms;100mbit,10ms;500mbit,5ms;500mbit,50ms;20mbit,5ms"
+QUICK_LINKS = "1mbit,50ms;500mbit,5ms"
 SLO_FACTOR = 1.25
 TARGET_ORACLE = 1.05
-TARGET_BASELINE = 1.0
 
 
-# ---------------------------------------------------------------- the Pi-like device
+# ---------------------------------------------------------------- the preset's reference measurement
 
 
-def _spin_until(deadline: float) -> None:
-    """Sleep most of the way, then spin: sub-millisecond waits need to be accurate."""
-    while True:
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            return
-        if left > 0.002:
-            time.sleep(left - 0.001)
-
-
-def slow_down(engine: Engine, factor: float) -> Engine:
-    """Make every segment of ``engine`` take ``factor`` x its measured time (the extra is waited
-    inside the engine's own timing, so ``Result.segment_ms`` includes it)."""
-
-    def wrap(fn):
-        def slowed(*args, **kwargs):
-            tick = time.perf_counter()
-            out = fn(*args, **kwargs)
-            _spin_until(tick + (time.perf_counter() - tick) * factor)
-            return out
-
-        return slowed
-
-    if factor > 1.0:
-        if engine._chain is not None:
-            engine._chain.run_segment = wrap(engine._chain.run_segment)
-        for segment in engine.segments:
-            segment.run = wrap(segment.run)
-    return engine
-
-
-# ---------------------------------------------------------------- package and data
-
-
-def resolve_package(path: Path | None, workdir: Path) -> Path:
-    """--package, else the demo package on this machine, else a quick `edgeexit demo` (1 epoch on
-    6,000 Fashion-MNIST training images, codecs fp32/fp16/int8, calibrated) into ``workdir``."""
-    if path is not None:
-        return path
-    if (DEFAULT_PACKAGE / "manifest.json").is_file():
-        return DEFAULT_PACKAGE
-    from edgeexit.compile.demo import run_demo
-
-    console.print("[bold]no package given and none at the default path: training the demo (1 epoch, 6k images)[/]")
-    run_demo(workdir, epochs=1, limit=6000)
-    return workdir / "package"
-
-
-def test_data(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from edgeexit.data import builtin_images
-
-    data = builtin_images("test")
-    order = np.random.default_rng(seed).permutation(len(data.x))[:samples]
-    return data.x[order], data.y[order], data.source
+def measure_reference(package: Path, rounds: int, runs: int) -> None:
+    """Full-depth latency of ``package`` here, batch 1, 1 ONNX Runtime thread: the denominator of a
+    device speed preset. Median of ``rounds`` round means, each over ``runs`` runs."""
+    engine = Engine(package, threads=1, threshold=float("inf"), cache_dir=None)
+    shape = tuple(d or 1 for d in engine.manifest.input.shape[1:])
+    rng = np.random.default_rng(0)
+    xs = rng.random((runs, *shape), dtype=np.float32)
+    for x in xs[:5]:
+        engine.run(x)
+    means, walls = [], []
+    for _ in range(rounds):
+        tick = time.perf_counter()
+        means.append(statistics.fmean(sum(engine.run(x).segment_ms) for x in xs))
+        walls.append((time.perf_counter() - tick) / runs * 1e3)
+    console.print(
+        f"{package}: input {shape}, {len(engine.segments)} segments, full depth, 1 thread: segments "
+        f"median {statistics.median(means):.2f} ms (rounds {min(means):.2f}-{max(means):.2f}), wall per run "
+        f"median {statistics.median(walls):.2f} ms",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------- rows
 
 
-def run_link(setup: bench.BenchSetup, spec, address: str, x, y, slo_ms: float, seed: int, timeout_s: float):
-    """Every row over one link, through edgeexit.device.bench's runners and measurement."""
-    boundaries = sorted({t.boundary for t in setup.early.manifest.tails})
-    names = bench.resolve_policies(["local", "split", "best-static", "adaptive"], boundaries, have_policy_runner=True)
-    rows = {}
-    for name in [*names, "adaptive/energy"]:
-        console.print(f"  {spec} / {name}", highlight=False)
-        with TailClient(address, timeout_s=timeout_s, transport=EmulatedLink(spec, seed)) as client:
-            run = setup.runner("adaptive" if name == "adaptive/energy" else name, client, spec)
-            if name == "adaptive/energy":  # bench's runner, its costs, the energy objective
-                runner = run.__self__
-                objective = Objective("energy", latency_slo_ms=slo_ms)
-                runner.policy = create_policy("adaptive", runner.policy.costs, objective)
-            rows[name] = setup.measure(name, run, x, y, spec)
-    return rows
+def row_names(setup: bench.BenchSetup, quick: bool) -> list[str]:
+    boundaries = sorted({t.boundary for t in setup.early.manifest.tails if t.codec == setup.codec})
+    wanted = ["local", "split", "early+split", "best-static", "adaptive"]
+    names = bench.resolve_policies(wanted, boundaries, have_policy_runner=True)
+    if quick:
+        names = [n for n in names if not n.startswith("split@") or n == "split@input"]
+    return [*names, "adaptive/energy"]
 
 
-def summarize(rows, slo_ms: float) -> dict[str, object]:
-    statics = {n: r for n, r in rows.items() if n == "local" or n.startswith("split@")}
-    oracle_lat = min(statics, key=lambda n: statics[n].mean_ms)
-    within = [n for n in statics if statics[n].mean_ms <= slo_ms]
-    oracle_en = min(within, key=lambda n: statics[n].energy_mj) if within else oracle_lat
-    a, e = rows["adaptive"], rows["adaptive/energy"]
-    offload = rows["split@input"] if "split@input" in rows else rows["split@0"]  # all-offload
-    return {
-        "oracle_latency": oracle_lat,
-        "oracle_energy": oracle_en,
-        "lat_vs_oracle": a.mean_ms / statics[oracle_lat].mean_ms,
-        "lat_vs_local": a.mean_ms / rows["local"].mean_ms,
-        "lat_vs_offload": a.mean_ms / offload.mean_ms,
-        "en_vs_oracle": e.energy_mj / statics[oracle_en].energy_mj,
-        "en_vs_local": e.energy_mj / rows["local"].energy_mj,
-        "en_vs_offload": e.energy_mj / offload.energy_mj,
-        "energy_row_meets_slo": e.mean_ms <= slo_ms,
-    }
+def static(name: str) -> bool:
+    return name == "local" or name.startswith(("split@", "early+split@"))
 
 
-def _ratio(value: float, target: float) -> str:
-    return f"{value:.3f} ({'met' if value <= target + 1e-12 else 'MISSED'})"
+def measure(setup: bench.BenchSetup, name: str, spec: LinkSpec, address: str, x, y, slo_ms: float | None,
+            seed: int, timeout_s: float) -> bench.BenchRow:  # fmt: skip
+    with TailClient(address, timeout_s=timeout_s, transport=EmulatedLink(spec, seed)) as client:
+        if name == "adaptive/energy":
+            run = setup.runner("adaptive", client, spec, Objective("energy", latency_slo_ms=slo_ms))
+        else:
+            run = setup.runner(name, client, spec)
+        return setup.measure(name, run, x, y, spec)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def med(rows: Sequence[bench.BenchRow], what: str) -> float:
+    return statistics.median(getattr(r, what) for r in rows)
+
+
+def spread(rows: Sequence[bench.BenchRow], what: str) -> float:
+    values = [getattr(r, what) for r in rows]
+    return max(values) - min(values)
+
+
+def summarize(rows: dict[str, list[bench.BenchRow]], slo_ms: float) -> dict[str, object]:
+    statics = [n for n in rows if static(n)]
+    oracle = min(statics, key=lambda n: med(rows[n], "mean_ms"))
+    within = [n for n in statics if med(rows[n], "mean_ms") <= slo_ms]
+    oracle_energy = min(within, key=lambda n: med(rows[n], "energy_mj")) if within else oracle
+    offload = "split@input" if "split@input" in rows else min(
+        (n for n in statics if n.startswith("split@")), key=lambda n: int(n.rpartition("@")[2])
+    )  # fmt: skip
+    found: dict[str, object] = {"oracle": oracle, "oracle_energy": oracle_energy, "all_offload": offload}
+    for objective, row, what, best in (("latency", "adaptive", "mean_ms", oracle),
+                                       ("energy", "adaptive/energy", "energy_mj", oracle_energy)):  # fmt: skip
+        mine = med(rows[row], what)
+        checks = {"oracle": (best, TARGET_ORACLE * med(rows[best], what))}
+        for base in ("local", offload):
+            noise = max(spread(rows[row], what), spread(rows[base], what))
+            checks[base] = (base, med(rows[base], what) + noise)
+        found[objective] = {
+            key: {"row": ref, "ratio": mine / med(rows[ref], what), "limit": limit, "met": mine <= limit}
+            for key, (ref, limit) in checks.items()
+        }
+    found["energy_row_latency_ms"] = med(rows["adaptive/energy"], "mean_ms")
+    found["energy_row_meets_slo"] = found["energy_row_latency_ms"] <= slo_ms  # type: ignore[operator]
+    return found
+
+
+def markdown(results, slo_ms: float, meta: dict[str, object]) -> str:
+    links = list(results)
+    names = list(next(iter(results.values()))[0])
+    out = [f"Device {meta['device_speed']}; package {meta['package']}; {meta['samples']} samples x "
+           f"{meta['rounds']} interleaved rounds; codec {meta['codec']}; SLO {slo_ms:.2f} ms.", ""]  # fmt: skip
+    for what, unit in (("mean_ms", "ms"), ("energy_mj", "mJ")):
+        out += [f"Median {'mean latency' if what == 'mean_ms' else 'device energy'} per sample ({unit}; "
+                "spread over rounds in brackets; **bold**: the oracle static plan):", ""]  # fmt: skip
+        out += ["| link | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+        for link in links:
+            rows, summary = results[link]
+            best = summary["oracle" if what == "mean_ms" else "oracle_energy"]
+            cells = []
+            for n in names:
+                text = f"{med(rows[n], what):.2f} ({spread(rows[n], what):.2f})"
+                cells.append(f"**{text}**" if n == best else text)
+            out.append(f"| {link} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["Adaptive vs. the targets (median ratios; a baseline's limit adds the larger spread of the two rows):", "",
+            "| link | objective | oracle | / oracle (<= 1.05) | / local (<= 1 + noise) | / all-offload (<= 1 + noise) "
+            "| decide ms/sample | offload % | energy row latency vs SLO |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for link in links:
+        rows, summary = results[link]
+        for objective, row in (("latency", "adaptive"), ("energy", "adaptive/energy")):
+            checks = summary[objective]
+            cells = [f"{c['ratio']:.3f} {'met' if c['met'] else '**missed**'}" for c in checks.values()]
+            verdict = "met" if summary["energy_row_meets_slo"] else "**missed**"
+            slo = f"{summary['energy_row_latency_ms']:.2f} ms {verdict}" if objective == "energy" else ""
+            oracle = summary["oracle" if objective == "latency" else "oracle_energy"]
+            tail = f"{med(rows[row], 'decide_ms'):.3f} | {100 * med(rows[row], 'offload_rate'):.0f} | {slo}"
+            out.append(f"| {link} | {objective} | {oracle} | " + " | ".join(cells) + f" | {tail} |")
+    out.append("")
+    out.append("Accuracy (median over rounds): " + ", ".join(
+        f"{n} {med(next(iter(results.values()))[0][n], 'accuracy'):.3f}" for n in names))  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def load_data(package: Path, data: str | None, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``--data`` (an .npz with x and y, or a built-in name; its test split), else the built-in
+    images' test split; ``samples`` of them in a seeded order."""
+    from edgeexit.data import builtin_images, load_dataset
+
+    found = load_dataset(data, split="test") if data else builtin_images("test")
+    order = np.random.default_rng(seed).permutation(len(found.x))[:samples]
+    return found.x[order], found.y[order], found.source
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--package", type=Path, default=None)
-    parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--links", default="1,5,20,100", help="uplink Mbit/s, comma-separated")
-    parser.add_argument("--rtt", default="20ms")
-    parser.add_argument("--slowdown", type=float, default=DEFAULT_SLOWDOWN)
+    parser.add_argument("--package", type=Path)
+    parser.add_argument("--data", default=None, help="labelled data (default: the built-in images' test split)")
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--links", default=DEFAULT_LINKS, help="';'-separated BANDWIDTH,RTT links")
+    parser.add_argument("--device-speed", default="rpi4")
     parser.add_argument("--codec", default="fp16")
     parser.add_argument("--slo-factor", type=float, default=SLO_FACTOR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 40 samples, 1 and 100 Mbit/s")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 samples, 1 round, 2 links, fewer rows")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
+    parser.add_argument("--measure-reference", type=Path, default=None, metavar="PKG",
+                        help="only measure PKG's full-depth latency here (a device speed's reference)")  # fmt: skip
     args = parser.parse_args()
+    if args.measure_reference is not None:
+        measure_reference(args.measure_reference, rounds=5, runs=40)
+        return
+    if args.package is None:
+        parser.error("--package is required (a package with tails, e.g. from `edgeexit export --codecs fp16`)")
     if args.quick:
-        args.samples, args.links = 40, "1,100"
-    np.random.seed(args.seed)
-
-    with tempfile.TemporaryDirectory(prefix="bench_policy_") as tmp:
-        package = resolve_package(args.package, Path(tmp))
-        x, y, source = test_data(args.samples, args.seed)
-        early = slow_down(Engine(package, cache_dir=None), args.slowdown)
-        full = slow_down(Engine(package, threshold=math.inf, cache_dir=None), args.slowdown)
-        select_tail(early.manifest, 0, args.codec)  # the codec's tail must exist
-        fast_ms = bench.segment_ms(Engine(package, threshold=math.inf, cache_dir=None), x[:32])
-        setup = bench.BenchSetup(early, full, args.codec, bench.segment_ms(full, x[:32]), bench.EnergyModel())
-        segment_ms = setup.segment_ms
-        console.print(f"package {package}; data: {source}; {len(x)} test samples (seed {args.seed})", highlight=False)
-        console.print(
-            f"device: x86 segments {[round(v, 3) for v in fast_ms]} ms -> slowed x{args.slowdown:g} "
-            f"{[round(v, 3) for v in segment_ms]} ms ({SLOWDOWN_BASIS})",
-            highlight=False,
-        )
-        specs = [LinkSpec.parse(f"{mbit}mbit,{args.rtt}") for mbit in args.links.split(",")]
-        results = {}
-        slo_ms = None
-        with local_tail_server(package) as address:
+        args.samples, args.rounds, args.links = 20, 1, QUICK_LINKS
+    speed = get_device_speed(args.device_speed)
+    x, y, source = load_data(args.package, args.data, args.samples, args.seed)
+    setup = bench.BenchSetup.load(args.package, x[:32], codec=args.codec, speed=speed)
+    specs = [LinkSpec.parse(text) for text in args.links.split(";")]
+    names = row_names(setup, args.quick)
+    console.print(f"package {args.package}; data {source}; {len(x)} samples x {args.rounds} rounds; rows {names}",
+                  highlight=False)  # fmt: skip
+    console.print(f"device {speed.label}: {speed.source}", highlight=False)
+    console.print(f"device segments {[round(v, 3) for v in setup.segment_ms]} ms at that speed", highlight=False)
+    results: dict[str, tuple[dict[str, list[bench.BenchRow]], dict[str, object]]] = {}
+    collected: dict[str, dict[str, list[bench.BenchRow]]] = {str(s): {n: [] for n in names} for s in specs}
+    with local_tail_server(args.package) as address:
+        local = setup.measure("local", setup.early.run, x, y, specs[0])
+        slo_ms = args.slo_factor * local.mean_ms
+        console.print(f"latency SLO {slo_ms:.2f} ms = {args.slo_factor} x all-local {local.mean_ms:.2f} ms")
+        for r in range(args.rounds):
             for spec in specs:
-                if slo_ms is None:  # the SLO: slo_factor x all-local mean latency (link-independent)
-                    local = setup.measure("local", early.run, x, y, spec)
-                    slo_ms = args.slo_factor * local.mean_ms
-                    console.print(f"latency SLO {slo_ms:.2f} ms = {args.slo_factor} x all-local {local.mean_ms:.2f} ms")
-                rows = run_link(setup, spec, address, x, y, slo_ms, args.seed, args.timeout)
-                results[str(spec)] = (rows, summarize(rows, slo_ms))
-        # the server is stopped (SIGTERM, then SIGKILL) when local_tail_server exits
-
-    for link, (rows, _) in results.items():
-        body = [
-            [n, f"{r.accuracy:.3f}", f"{r.mean_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.energy_mj:.2f}",
-             f"{100 * r.offload_rate:.0f}", r.fallbacks]
-            for n, r in rows.items()
-        ]  # fmt: skip
-        console.print(table(f"link {link}, {len(x)} samples", ["row", "acc", "mean ms", "p99 ms", "energy mJ",
-                                                                "offload %", "fallbacks"], body))  # fmt: skip
-    lat_body = [
-        [link, s["oracle_latency"], _ratio(s["lat_vs_oracle"], TARGET_ORACLE), _ratio(s["lat_vs_local"], 1.0),
-         _ratio(s["lat_vs_offload"], 1.0)]
-        for link, (_, s) in results.items()
-    ]  # fmt: skip
-    console.print(table("adaptive (latency objective): mean latency ratios", ["link", "oracle",
-                        "/ oracle (<=1.05)", "/ local (<=1.0)", "/ all-offload (<=1.0)"], lat_body))  # fmt: skip
-    en_body = [
-        [link, s["oracle_energy"], _ratio(s["en_vs_oracle"], TARGET_ORACLE), _ratio(s["en_vs_local"], 1.0),
-         _ratio(s["en_vs_offload"], 1.0), f"{rows['adaptive/energy'].mean_ms:.2f} ms "
-         f"({'met' if s['energy_row_meets_slo'] else 'MISSED'})"]
-        for link, (rows, s) in results.items()
-    ]  # fmt: skip
-    console.print(table(f"adaptive (energy objective, SLO {slo_ms:.2f} ms): mean energy ratios", ["link",
-                        "oracle", "/ oracle (<=1.05)", "/ local (<=1.0)", "/ all-offload (<=1.0)",
-                        "adaptive latency vs SLO"], en_body))  # fmt: skip
+                order = names[r % len(names) :] + names[: r % len(names)]  # rotated: no row always runs first
+                for name in order:
+                    console.print(f"  round {r + 1} {spec} / {name}", highlight=False)
+                    row = measure(setup, name, spec, address, x, y, slo_ms, args.seed, args.timeout)
+                    collected[str(spec)][name].append(row)
+    for link, rows in collected.items():
+        results[link] = (rows, summarize(rows, slo_ms))
+        body = [[n, f"{med(rs, 'accuracy'):.3f}", f"{med(rs, 'mean_ms'):.2f}", f"{spread(rs, 'mean_ms'):.2f}",
+                 f"{med(rs, 'decide_ms'):.3f}", f"{med(rs, 'energy_mj'):.2f}", f"{100 * med(rs, 'offload_rate'):.0f}",
+                 sum(r.fallbacks for r in rs)] for n, rs in rows.items()]  # fmt: skip
+        console.print(table(f"link {link}, device {speed.label}, {len(x)} samples x {args.rounds} rounds",
+                            ["row", "acc", "median ms", "spread ms", "decide ms", "energy mJ", "offload %",
+                             "fallbacks"], body))  # fmt: skip
+    meta = {"device_speed": speed.label, "package": str(args.package), "samples": len(x), "rounds": args.rounds,
+            "codec": args.codec, "slo_ms": slo_ms, "segment_ms": list(setup.segment_ms),
+            "source": speed.source}  # fmt: skip
+    text = markdown(results, slo_ms, meta)
+    console.print(text, highlight=False, markup=False)
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
     if args.json is not None:
-        dump = {link: {"rows": {n: r.to_dict() for n, r in rows.items()}, "summary": s}
+        dump = {link: {"rows": {n: [r.to_dict() for r in rs] for n, rs in rows.items()}, "summary": s}
                 for link, (rows, s) in results.items()}  # fmt: skip
-        dump["_meta"] = {"slowdown": args.slowdown, "basis": SLOWDOWN_BASIS, "slo_ms": slo_ms,
-                         "samples": len(x), "codec": args.codec}  # fmt: skip
+        dump["_meta"] = meta
         args.json.write_text(json.dumps(dump, indent=2, default=str) + "\n", encoding="utf-8")
 
 

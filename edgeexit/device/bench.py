@@ -33,6 +33,7 @@ speed it ran at, and what the policy's decisions cost per sample (``decide_ms``,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ from edgeexit.device.settings import OffloadSettings, PolicySettings
 from edgeexit.device.speed import emulate_device_speed, slow_policy
 from edgeexit.device.tails import default_codec
 from edgeexit.errors import DataError, PackageError, UnknownNameError, UsageError
+from edgeexit.policy.objective import Objective
 from edgeexit.profile.device_speed import DeviceSpeed, get_device_speed
 from edgeexit.runtime.engine import Engine, Result
 from edgeexit.runtime.settings import EngineSettings
@@ -207,17 +209,24 @@ class BenchSetup:
         """Both engines from ``package`` at ``speed`` (None: this machine's); segment latencies
         measured at full depth on ``xs``, at that speed."""
         found = get_device_speed(speed)
-        early = emulate_device_speed(Engine.from_settings(package, EngineSettings(cache_dir=None)), found)
+        early = emulate_device_speed(Engine.from_settings(package, EngineSettings(cache_dir=None)), found, xs[:8])
         full = emulate_device_speed(
-            Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None)), found
+            Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None)), found, xs[:8]
         )
         codec = default_codec(early.manifest, codec)
         return cls(early, full, codec, segment_ms(full, xs), energy or EnergyModel(), found)
 
-    def runner(self, name: str, client: TailClient, spec: LinkSpec) -> Callable[[np.ndarray], Result]:
+    def runner(self, name: str, client: TailClient, spec: LinkSpec,
+               objective: Objective | None = None) -> Callable[[np.ndarray], Result]:  # fmt: skip
         """One row's runner, built by the device factory over the row's client (its emulated link):
         ``split@K`` on the full-depth engine with no early exit, ``early+split@K`` with it, and the
-        policies with costs from this run's segment latencies and the energy model's presets."""
+        policies (under ``objective``, default: latency) with costs from this run's segment
+        latencies, the tails' compute at this machine's speed and the energy model's presets.
+
+        A policy's link estimate starts from one modelled probe over the emulated link: an RTT and
+        one transfer of the largest tensor it may send (what a device learns from one probe
+        request), so that it does not start from the estimator's 5 Mbit/s prior, which would keep
+        it from ever trying a fast link."""
         if name == "local":
             return self.early.run
         if name.startswith(("split@", "early+split@")):
@@ -231,9 +240,17 @@ class BenchSetup:
 
         preset, radio = self.energy.presets()
         costs = modelled_costs(self.early.manifest, self.segment_ms, codec=self.codec, power=preset, radio=radio)
+        host = getattr(self.full, "calibrated_segment_ms", None) or [ms / self.speed.factor for ms in self.segment_ms]
+        # the tail server runs at this machine's speed: the tails' compute is the segments' here
+        costs = dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
+                                    input_server_ms=sum(host))  # fmt: skip
         estimator = LinkEstimator()
         estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
-        policy = OffloadSettings(servers=client.addresses, policy=PolicySettings(name), codec=self.codec)
+        probe = max((size for size in (*costs.encoded_bytes, costs.input_bytes) if size), default=0)
+        if probe:
+            estimator.observe_transfer(probe, spec.transfer_s(probe))
+        chosen = PolicySettings(name, objective or Objective())
+        policy = OffloadSettings(servers=client.addresses, policy=chosen, codec=self.codec)
         runner = build_runner(self.early, policy, client=client, costs=costs, estimator=estimator).runner
         return slow_policy(runner, self.speed).run  # type: ignore[arg-type]  # a policy makes a PolicyRunner
 

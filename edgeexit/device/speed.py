@@ -9,6 +9,13 @@ everything downstream sees a slow device with no change of its own: wall latency
 latencies the policies' costs are measured from, and a PolicyRunner's decision time (its
 ``policy.decide`` is wrapped too: the decision is device work).
 
+On a shared machine a segment's measured time carries other processes' load, and a factor
+multiplies it: five times the contention is not a Pi. So when given calibration samples,
+``emulate_device_speed`` first measures each segment's uncontended batch-1 time here (the lowest
+of a few rounds of mean latency) and then makes every run of segment k take ``factor`` x that
+time per sample (``rows`` x it for a batch), waiting only for what the run itself did not take:
+the device's speed is then a constant of the emulation, not of the neighbours' load.
+
 The wait sleeps most of the way and spins the last fraction of a millisecond (``wait_until``):
 sleeping alone overshoots short waits, spinning alone would take a core from the tail server on a
 small machine. The tail server is a separate process and is never slowed.
@@ -20,7 +27,7 @@ call is refused rather than compounding the factor.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,17 +68,24 @@ def slowed(fn: Callable[..., Any], factor: float) -> Callable[..., Any]:
 
 
 class SlowedSegment:
-    """A loaded segment whose ``run`` takes ``factor`` x as long; everything else is the segment's."""
+    """A loaded segment whose ``run`` takes ``factor`` x as long (``target_ms`` per sample when
+    calibrated: the run is padded to ``rows x target_ms``); everything else is the segment's."""
 
-    def __init__(self, segment: Any, factor: float) -> None:
+    def __init__(self, segment: Any, factor: float, target_ms: float | None = None) -> None:
         self._segment = segment
         self.spec = segment.spec
         self.calls = 0  # how many runs went through the emulation (tests check the wiring with it)
-        self._run = slowed(segment.run, factor)
+        self._target_s = None if target_ms is None else target_ms / 1e3
+        self._run = slowed(segment.run, factor) if target_ms is None else segment.run
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         self.calls += 1
-        return self._run(x, context)  # type: ignore[no-any-return]
+        if self._target_s is None:
+            return self._run(x, context)  # type: ignore[no-any-return]
+        tick = time.perf_counter()
+        out = self._run(x, context)
+        wait_until(tick + self._target_s * (x.shape[0] if x.ndim else 1))
+        return out  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._segment, name)
@@ -80,10 +94,11 @@ class SlowedSegment:
 class SlowedChain:
     """A batch-1 chain whose ``run_segment`` takes ``factor`` x as long; its buffers are the chain's."""
 
-    def __init__(self, chain: Any, factor: float) -> None:
+    def __init__(self, chain: Any, factor: float, target_ms: Sequence[float] | None = None) -> None:
         self._chain = chain
         self.calls = 0
-        self._run = slowed(chain.run_segment, factor)
+        self._target_s = None if target_ms is None else [t / 1e3 for t in target_ms]
+        self._run = slowed(chain.run_segment, factor) if target_ms is None else chain.run_segment
 
     @property
     def input(self) -> np.ndarray:
@@ -95,15 +110,24 @@ class SlowedChain:
 
     def run_segment(self, k: int) -> dict[str, np.ndarray]:
         self.calls += 1
-        return self._run(k)  # type: ignore[no-any-return]
+        if self._target_s is None:
+            return self._run(k)  # type: ignore[no-any-return]
+        tick = time.perf_counter()
+        out = self._run(k)
+        wait_until(tick + self._target_s[k])
+        return out  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._chain, name)
 
 
-def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None) -> Engine:
+def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None,
+                         calibration: np.ndarray | None = None, rounds: int = 5) -> Engine:  # fmt: skip
     """Slow ``engine``'s segments to ``speed`` (a preset name, a factor, or a ``DeviceSpeed``), in
-    place; returns the engine. ``host`` (factor 1) changes nothing."""
+    place; returns the engine. ``host`` (factor 1) changes nothing. ``calibration``: samples to
+    measure each segment's uncontended time on first (the lowest of ``rounds`` rounds of mean
+    batch-1 latency); each segment then takes ``factor`` x that per sample. None: ``factor`` x
+    whatever each run takes."""
     found = get_device_speed(speed)
     if getattr(engine, "device_speed", None) is not None:
         raise UsageError(
@@ -113,10 +137,18 @@ def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None
     engine.device_speed = found  # type: ignore[attr-defined]
     if found.factor == 1.0:
         return engine
-    engine.segments[:] = [SlowedSegment(s, found.factor) for s in engine.segments]  # the walker's list too
+    target: list[float] | None = None
+    if calibration is not None:
+        base = np.min([engine.segment_latency(calibration) for _ in range(rounds)], axis=0)
+        target = [float(found.factor * ms) for ms in base]
+        engine.calibrated_segment_ms = tuple(float(ms) for ms in base)  # type: ignore[attr-defined]
+    segments = engine.segments
+    segments[:] = [  # in place: the walker's list too
+        SlowedSegment(s, found.factor, None if target is None else target[k]) for k, s in enumerate(segments)
+    ]
     chain = getattr(engine, "_chain", None)
     if chain is not None:
-        engine._chain = SlowedChain(chain, found.factor)
+        engine._chain = SlowedChain(chain, found.factor, target)
     return engine
 
 

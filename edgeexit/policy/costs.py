@@ -215,7 +215,8 @@ def sunk(costs: DeviceCosts, k: int) -> Cost:
 def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     """Offloading boundary k's tensor now: RTT + upload + server queue + tail compute; device
     energy = radio (upload and tail) + idle power over the whole wait."""
-    if k not in costs.offload_boundaries:
+    if not (k == -1 and costs.input_bytes is not None) and not (0 <= k < len(costs.encoded_bytes)
+                                                                  and costs.encoded_bytes[k] is not None):  # fmt: skip
         raise UsageError(f"no tail to offload to at boundary {k}; boundaries with one: {costs.offload_boundaries}")
     if k == -1:  # the input tail: the raw input travels, the whole model runs on the server
         size, compute_ms = costs.input_bytes, costs.input_server_ms or 0.0

@@ -109,9 +109,14 @@ def choose(
         limit, key, other, what = objective.energy_budget_j, "energy_j", "latency_ms", "energy budget"
     else:
         limit, key, other, what = objective.latency_slo_ms, "latency_ms", "energy_j", "latency SLO"
-    marked = tuple(
-        replace(o, feasible=limit is None or getattr(o, key) <= limit + 1e-12 * max(1.0, abs(limit))) for o in options
-    )
+    if limit is None:  # every option is feasible: nothing to mark (copies cost more than the rest of a decision)
+        marked = tuple(o if o.feasible else replace(o, feasible=True) for o in options)
+    else:
+        bound = limit + 1e-12 * max(1.0, abs(limit))
+        marked = tuple(
+            o if o.feasible == (getattr(o, key) <= bound) else replace(o, feasible=getattr(o, key) <= bound)
+            for o in options
+        )
     feasible = [o for o in marked if o.feasible]
     if not feasible:
         best = min(marked, key=lambda o: (getattr(o, key), getattr(o, other)))

@@ -165,3 +165,26 @@ def test_the_policy_layer_imports_no_torch_onnxruntime_or_grpc() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("link", [SLOW, FAST])
+def test_the_plan_table_sums_what_sunk_plus_remaining_does(toy: DeviceCosts, link: LinkEstimate) -> None:
+    """The precomputed table a decision reads (so it costs microseconds, not a segment's worth)
+    gives every plan the expected totals of the reference formulas, from every boundary."""
+    import dataclasses
+
+    from edgeexit.policy import remaining, static_split, sunk
+    from edgeexit.policy.policies import PlanTable
+
+    costs = dataclasses.replace(toy, input_bytes=3_000, input_server_ms=9.0)
+    table, plain = PlanTable(costs), PlanTable(costs, with_sunk=False)
+    for k in range(-1, costs.segments - 1):
+        options = table.options(k, link)
+        assert [o.split for o in options] == [None, *(s for s in costs.offload_boundaries if s >= k)]
+        for option in options:
+            expected = sunk(costs, k) + remaining(costs, k, option.split, link)
+            assert option.latency_ms == pytest.approx(expected.latency_ms, rel=1e-12)
+            assert option.energy_j == pytest.approx(expected.energy_j, rel=1e-12)
+    for option in plain.options(-1, link):
+        expected = static_split(costs, option.split, link)
+        assert (option.latency_ms, option.energy_j) == pytest.approx((expected.latency_ms, expected.energy_j))
