@@ -24,9 +24,10 @@ plus one radio tail per row (back-to-back requests keep the radio up, so its tai
 The policies weigh the same presets (``edgeexit.profile.record.modelled_costs``).
 
 ``device_speed`` (``--device-speed rpi4``, or a factor): the device's segments run at that speed
-(``edgeexit.device.speed``: each waits ``factor - 1`` x its time inside the engine's timing), so
-latency, device energy and the policies' costs are those of the slower device; the policies'
-decisions are slowed too (they run on the device). The tail server is not. Every row says which
+(``edgeexit.device.speed``: each takes ``factor`` x its uncontended time here, measured once at
+setup, padded inside the engine's timing), so latency, device energy and the policies' costs are
+those of the slower device; the policies' decisions are slowed too (they run on the device). The
+tail server is not. Every row says which
 speed it ran at, and what the policy's decisions cost per sample (``decide_ms``, included in
 ``mean_ms``).
 """

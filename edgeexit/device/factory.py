@@ -52,8 +52,8 @@ class DeviceRunner:
         return self.runner.run(x)
 
     def run_batch(self, xs: np.ndarray) -> list[Result]:
-        """A batch: early exits retire together; the survivors travel in one request at a fixed
-        split, and decide one by one under a policy."""
+        """A batch: early exits retire together; the survivors travel in one request, at a fixed
+        split or where a policy decides (once per boundary for the batch)."""
         return list(self.runner.run_batch(xs))
 
     def close(self) -> None:
