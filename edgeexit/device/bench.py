@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeexit.device.factory import build_runner
+from edgeexit.device.policy_runner import PolicyRunner
 from edgeexit.device.settings import OffloadSettings, PolicySettings
 from edgeexit.device.speed import emulate_device_speed, slow_policy
 from edgeexit.device.tails import default_codec
@@ -224,10 +225,11 @@ class BenchSetup:
         policies (under ``objective``, default: latency) with costs from this run's segment
         latencies, the tails' compute at this machine's speed and the energy model's presets.
 
-        A policy's link estimate starts from one modelled probe over the emulated link: an RTT and
-        one transfer of the largest tensor it may send (what a device learns from one probe
-        request), so that it does not start from the estimator's 5 Mbit/s prior, which would keep
-        it from ever trying a fast link."""
+        A policy's link estimate starts from one real ServerLive probe over the emulated link (its
+        RTT with this machine's gRPC overhead) and one modelled probe transfer of the largest
+        tensor it may send (the link's delay for those bytes plus the probe's overhead): what a
+        device learns from one probe request, so that it does not start from the estimator's
+        5 Mbit/s prior, which would keep it from ever trying a fast link."""
         if name == "local":
             return self.early.run
         if name.startswith(("split@", "early+split@")):
@@ -246,14 +248,16 @@ class BenchSetup:
         costs = dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
                                     input_server_ms=sum(host))  # fmt: skip
         estimator = LinkEstimator()
-        estimator.observe_probe(spec.rtt_s)  # a modelled probe over the emulated link
-        probe = max((size for size in (*costs.encoded_bytes, costs.input_bytes) if size), default=0)
-        if probe:
-            estimator.observe_transfer(probe, spec.transfer_s(probe))
         chosen = PolicySettings(name, objective or Objective())
         policy = OffloadSettings(servers=client.addresses, policy=chosen, codec=self.codec)
         runner = build_runner(self.early, policy, client=client, costs=costs, estimator=estimator).runner
-        return slow_policy(runner, self.speed).run  # type: ignore[arg-type]  # a policy makes a PolicyRunner
+        assert isinstance(runner, PolicyRunner)  # a policy makes one
+        rtt = runner.probe()  # a real ServerLive over the emulated link: its RTT plus this stack's overhead
+        overhead = max(0.0, (spec.rtt_s if rtt is None else rtt) - spec.rtt_s)
+        probe = max((size for size in (*costs.encoded_bytes, costs.input_bytes) if size), default=0)
+        if probe:  # one probe request of the largest tensor it may send (modelled: the link's delay + that overhead)
+            estimator.observe_transfer(probe, spec.transfer_s(probe) + overhead)
+        return slow_policy(runner, self.speed).run
 
     def measure(self, name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray,
                 spec: LinkSpec) -> BenchRow:  # fmt: skip
