@@ -63,8 +63,9 @@ class PolicyRunner:
     to offload there). ``estimator``: the LinkEstimator fed by every transfer and probe (None: a
     fresh one with its conservative prior). ``decision_log``: a callable ``(sample_id, decision)``
     or a path to a JSON-lines file opened for append (one line per decision: ``sample`` plus
-    ``Decision.to_dict()``). ``battery``: None (no battery), ``"auto"`` (psutil, read once per
-    sample), a level in percent on battery power, or a ``BatteryState``. ``probe_interval_s``:
+    ``Decision.to_dict()``; for a batch's decision, ``sample`` is the list of the samples it was
+    taken for). ``battery``: None (no battery), ``"auto"`` (psutil, read once per sample or
+    batch), a level in percent on battery power, or a ``BatteryState``. ``probe_interval_s``:
     before a decision, probe the server when the last probe is older than that (None: never on
     its own; ``probe()`` is always available). ``client`` None: an ``offload`` decision falls back.
     """
