@@ -81,10 +81,13 @@ def measure_reference(package: Path, rounds: int, runs: int) -> None:
 # ---------------------------------------------------------------- rows
 
 
-def row_names(setup: bench.BenchSetup, quick: bool) -> list[str]:
+def row_names(setup: bench.BenchSetup, quick: bool, rows: str | None = None) -> list[str]:
+    """The rows to run: ``rows`` (comma-separated bench policy names), else every static plan and
+    policy (``quick``: no ``split@K`` without early exit but ``split@input``); always
+    ``local``, ``adaptive`` and ``adaptive/energy``, which the targets compare."""
     boundaries = sorted({t.boundary for t in setup.early.manifest.tails if t.codec == setup.codec})
-    wanted = ["local", "split", "early+split", "best-static", "adaptive"]
-    names = bench.resolve_policies(wanted, boundaries, have_policy_runner=True)
+    wanted = rows.split(",") if rows else ["local", "split", "early+split", "best-static", "adaptive"]
+    names = bench.resolve_policies(["local", *wanted, "adaptive"], boundaries, have_policy_runner=True)
     if quick:
         names = [n for n in names if not n.startswith("split@") or n == "split@input"]
     return [*names, "adaptive/energy"]
@@ -201,6 +204,7 @@ def main() -> None:
     parser.add_argument("--slo-factor", type=float, default=SLO_FACTOR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--rows", default=None, help="bench policies to run, comma-separated (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 samples, 1 round, 2 links, fewer rows")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
@@ -218,7 +222,7 @@ def main() -> None:
     x, y, source = load_data(args.package, args.data, args.samples, args.seed)
     setup = bench.BenchSetup.load(args.package, x[:32], codec=args.codec, speed=speed)
     specs = [LinkSpec.parse(text) for text in args.links.split(";")]
-    names = row_names(setup, args.quick)
+    names = row_names(setup, args.quick, args.rows)
     console.print(f"package {args.package}; data {source}; {len(x)} samples x {args.rounds} rounds; rows {names}",
                   highlight=False)  # fmt: skip
     console.print(f"device {speed.label}: {speed.source}", highlight=False)
