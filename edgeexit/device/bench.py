@@ -216,7 +216,11 @@ class BenchSetup:
             Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None)), found, xs[:8]
         )
         codec = default_codec(early.manifest, codec)
-        return cls(early, full, codec, segment_ms(full, xs), energy or EnergyModel(), found)
+        calibrated = getattr(full, "calibrated_segment_ms", None)
+        # at an emulated speed the device's segments take exactly factor x their calibrated time (a
+        # quiet device's profile); a mean measured here would carry the neighbours' stalls into the costs
+        measured = [found.factor * ms for ms in calibrated] if calibrated else segment_ms(full, xs)
+        return cls(early, full, codec, measured, energy or EnergyModel(), found)
 
     def runner(self, name: str, client: TailClient, spec: LinkSpec,
                objective: Objective | None = None) -> Callable[[np.ndarray], Result]:  # fmt: skip
