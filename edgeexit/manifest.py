@@ -113,8 +113,14 @@ class ExitSpec:
     """An exit at the end of segment ``segment``.
 
     ``logits`` and ``score`` name that segment's outputs; ``score`` is computed in the graph
-    for the exit's default criterion at temperature 1 where the criterion allows (max_prob,
-    margin, entropy). ``head`` is None for an exit without a classifier (similarity only).
+    for the exit's default criterion where the criterion allows (max_prob, margin, entropy).
+    ``temperature_input`` names the segment graph's input (shape (1,), default 1 when not fed)
+    that the score's logits are divided by, so the runtime feeds ``temperature`` and reads the
+    score with no numpy pass; None (packages before it): the graph scores at temperature 1 and
+    the runtime rescores in numpy when ``temperature`` is not 1. ``probabilities`` names the
+    output holding the same softmax (at the fed temperature) the score came from, which the
+    runtime's Result reports as is. ``head`` is None for an exit without a classifier
+    (similarity only).
     """
 
     index: int
@@ -126,6 +132,8 @@ class ExitSpec:
     threshold: float
     temperature: float = 1.0
     final: bool = False
+    temperature_input: str | None = None
+    probabilities: str | None = None
 
 
 #: "Never exit here" as a manifest stores it (JSON cannot hold inf): no criterion scores this

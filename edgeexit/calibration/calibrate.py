@@ -7,9 +7,11 @@ Exits without a classifier: the engine scores them by similarity whatever the cr
 answer they give is no prediction at all, which calibration counts as a wrong answer. They may
 exit only when the requested criterion is ``similarity``; otherwise their threshold is ``NEVER``.
 
-The engine uses the graph's own score output when an exit keeps its exported criterion at
-temperature exactly 1.0; calibration scores in numpy, so its prediction is bit-exact whenever the
-fitted temperature differs from 1.0 (which degenerate data alone leaves at 1.0).
+The engine uses the graph's own score output when an exit keeps its exported criterion (fed the
+calibrated temperature where the graph takes it as an input, else only at temperature 1.0);
+calibration scores in numpy, and the engine recomputes in numpy any in-graph score within
+``NEAR_THRESHOLD`` of its threshold, so the decisions calibration simulates are the ones taken.
+An exit calibrated to another criterion than its graph computes loses its in-graph ``score``.
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ def calibrate_manifest(
         else:
             threshold = finite_threshold(choice.thresholds[k])
             changes: dict[str, object] = {"criterion": scored[k], "threshold": threshold}
+            if scored[k] != spec.criterion:  # the graph's score output computes the old criterion
+                changes["score"] = None
             changes["temperature"] = temperatures[k]
             updated = dataclasses.replace(spec, **changes)
         new_exits.append(updated)

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 import edgeexit
-from edgeexit.compile.exporter import export_graph
+from edgeexit.compile.exporter import export_graph, expose_initializer
 from edgeexit.compile.graphs import (
+    TEMPERATURE_BUFFER,
     MonolithicGraph,
     SegmentGraph,
     monolithic_output_names,
     segment_input_name,
     segment_output_names,
+    temperature_input,
 )
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.compile.tails import BoundaryTensors, Tail, check_codecs, tail_failure, write_tails
@@ -176,6 +178,9 @@ def _write_package(
             graph, [x_torch, *context], stage / relative, [in_name, *context_names], out_names, f"segment {k}",
             dynamic_sequence=sequence,
         )  # fmt: skip
+        temperature = temperature_input(k) if graph.scores_in_graph else None
+        if temperature is not None:
+            expose_initializer(stage / relative, TEMPERATURE_BUFFER, temperature, f"segment {k}")
         session = load_session(stage / relative)
         isolated = session.run(out_names, {in_name: x_torch.numpy(), **context_feeds})
         chained = session.run(out_names, {in_name: x_onnx, **context_feeds})
@@ -210,6 +215,8 @@ def _write_package(
                 head=info.head,
                 logits=f"exit_{k}_logits" if head is not None else None,
                 score=f"exit_{k}_score" if head is not None and graph_criterion else None,
+                temperature_input=temperature,
+                probabilities=f"exit_{k}_probabilities" if temperature is not None else None,
                 criterion=criterion if head is not None else "similarity",
                 threshold=0.0 if final else threshold,
                 final=final,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgeexit.errors import ExportError
+from edgeexit.fileio import atomic_write_bytes
 
 
 def export_graph(
@@ -82,3 +83,29 @@ def _dynamic_shapes(graph: nn.Module, count: int, axes: dict[int, object]) -> tu
     if count <= fixed or not any(p.kind == p.VAR_POSITIONAL for p in parameters):
         return tuple(dict(axes) for _ in range(count))
     return (*(dict(axes) for _ in range(fixed)), tuple(dict(axes) for _ in range(count - fixed)))
+
+
+def expose_initializer(path: Path, initializer: str, input_name: str, what: str) -> None:
+    """Rename the constant ``initializer`` of the graph at ``path`` to ``input_name`` and list it
+    as a graph input too: an overridable initializer, fed when a caller has a value for it and
+    its stored value otherwise (ONNX IR >= 4). Every consumer that does not know the input
+    (verify, quantization, Triton, an older runtime) runs the graph unchanged at the default."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    found = next((t for t in graph.initializer if t.name == initializer), None)
+    if found is None:
+        raise ExportError(
+            f"{what}: the exported graph has no constant {initializer!r} to expose as input {input_name!r}; "
+            f"expected the exporter to keep the module's buffer (found {[t.name for t in graph.initializer][:8]})"
+        )
+    found.name = input_name
+    for node in graph.node:
+        node.input[:] = [input_name if name == initializer else name for name in node.input]
+    graph.input.append(onnx.helper.make_tensor_value_info(input_name, found.data_type, list(found.dims)))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as err:
+        raise ExportError(f"onnx.checker rejected {what} after exposing {input_name!r}: {err}") from None
+    atomic_write_bytes(path, proto.SerializeToString())

@@ -16,10 +16,24 @@ from torch import nn
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.errors import ModelError
 
+#: The buffer a segment's exit score divides its logits by; export turns it into the graph input
+#: ``temperature_input(k)`` with a default of 1 (``exporter.expose_initializer``), so a calibrated
+#: temperature is fed at run time and the score never has to be recomputed in numpy on the device.
+TEMPERATURE_BUFFER = "exit_temperature"
+
+
+def temperature_input(k: int) -> str:
+    """The graph input of segment ``k`` that sets its exit score's temperature."""
+    return f"exit_{k}_temperature"
+
 
 def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
-    """Confidence of one exit at temperature 1 (the runtime rescales for calibrated temperatures)."""
-    probs = torch.softmax(logits, dim=-1)
+    """Confidence of one exit from (temperature-scaled) logits."""
+    return score_from_probabilities(torch.softmax(logits, dim=-1), criterion)
+
+
+def score_from_probabilities(probs: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Confidence of one exit from its softmax."""
     if criterion == "max_prob":
         return probs.max(dim=-1).values
     if criterion == "margin":
@@ -36,7 +50,7 @@ def segment_output_names(model: MultiExitModel, k: int, criterion: str | None) -
     if model.head(k) is not None:
         names.append(f"exit_{k}_logits")
         if criterion is not None:
-            names.append(f"exit_{k}_score")
+            names += [f"exit_{k}_score", f"exit_{k}_probabilities"]
     return names
 
 
@@ -45,7 +59,10 @@ def segment_input_name(k: int, model_input: str) -> str:
 
 
 class SegmentGraph(nn.Module):
-    """Segment ``k`` with its exit head: (input, *context) -> (hidden_k?, exit_k_logits?, exit_k_score?).
+    """Segment ``k`` with its exit head: (input, *context) -> (hidden_k?, exit_k_logits?,
+    exit_k_score?, exit_k_probabilities?).
+
+    Score and probabilities come from the logits divided by the temperature buffer (1 unless fed).
 
     Context inputs (a transformer's attention mask) go to the body and the head of every segment."""
 
@@ -55,6 +72,14 @@ class SegmentGraph(nn.Module):
         self.head = model.head(k)
         self.last = k == model.num_exits - 1
         self.criterion = criterion
+        if self.head is not None and criterion is not None:
+            # a constant 1 here (and in TFLite graphs); an overridable graph input in ONNX ones
+            self.register_buffer(TEMPERATURE_BUFFER, torch.ones(1))
+
+    @property
+    def scores_in_graph(self) -> bool:
+        """Whether this segment's graph computes its exit's score (and so has a temperature)."""
+        return self.head is not None and self.criterion is not None
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.body(x, *context)
@@ -63,7 +88,9 @@ class SegmentGraph(nn.Module):
             logits = self.head(hidden, *context)
             outputs.append(logits)
             if self.criterion is not None:
-                outputs.append(exit_score(logits, self.criterion))
+                # the softmax the score needs is an output too: the runtime's Result reads it
+                probabilities = torch.softmax(logits / getattr(self, TEMPERATURE_BUFFER), dim=-1)
+                outputs += [score_from_probabilities(probabilities, self.criterion), probabilities]
         return tuple(outputs)
 
 

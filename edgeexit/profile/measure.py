@@ -116,6 +116,8 @@ class _ExitCheck:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # as the walks: the earlier exits' predictions are kept only for a criterion that reads them
+        self.keeps_history = any(rule.criterion == "patience" for rule in engine.rules)
 
     def __call__(
         self,
@@ -125,13 +127,13 @@ class _ExitCheck:
         history: list[np.ndarray],
         context: Context,
     ) -> np.ndarray | None:
-        """Returns the exit's predictions (for patience's history), or None without a classifier."""
+        """Returns the exit's predictions when patience reads them, else None."""
         engine = self.engine
         score = engine.exit_score(k, outputs, previous, history, context)
         if score is not None:
             bool(score[0] >= engine.rules[k].threshold)
         logits = engine.exits[k].logits
-        return outputs[logits].argmax(axis=-1) if logits else None
+        return outputs[logits].argmax(axis=-1) if (logits and self.keeps_history) else None
 
 
 def profile_package(

@@ -27,9 +27,18 @@ class Segment(Protocol):
     """One loaded segment graph, named as the manifest names its tensors."""
 
     spec: SegmentSpec
+    #: Optional graph inputs fed with the same value on every run (an exit's temperature), set
+    #: by the engine before it binds a chain; the arrays are updated in place, never replaced,
+    #: so a bound chain sees new values.
+    constants: dict[str, np.ndarray]
+
+    def accepts(self, name: str) -> bool:
+        """Whether the graph has the optional input ``name`` (else it keeps its built-in value)."""
+        ...
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Outputs by manifest name for input ``x`` (batch first) and the request's context inputs."""
+        """Outputs by manifest name for input ``x`` (batch first), the request's context inputs
+        and the segment's ``constants``."""
         ...
 
 

@@ -85,10 +85,28 @@ class Engine:
             open_segment(backend, self.package.path(f), s, threads=threads, cache_dir=cache, sha256=manifest.files[f])
             for f, s in zip(files, manifest.segments, strict=True)
         ]
-        rules = exit_rules(self.exits, criterion, threshold)
+        self._temperatures = self._temperature_feeds()
+        rules = exit_rules(self.exits, criterion, threshold, tempered=self._temperatures)
         self._scorer = Scorer(rules, self.exits, manifest.labels, manifest.num_classes)
+        self._feed_temperatures()
         self._inputs = InputCheck(manifest.input, manifest.segments)
         self._walker = Walker(self.segments, self._scorer, bind_chain(backend, self.segments, manifest.input))
+        self._scoring_walk = Walk.for_scoring(None, (), None)
+
+    def _temperature_feeds(self) -> dict[int, np.ndarray]:
+        """Per exit whose graph takes its temperature as an input, the one-value array fed there
+        (registered as the segment's constant, so the bound chain binds it once): the in-graph
+        score is then right at the calibrated temperature, and no exit check runs softmax in numpy."""
+        feeds: dict[int, np.ndarray] = {}
+        for spec in self.exits:
+            segment = self.segments[spec.segment]
+            if spec.temperature_input is not None and segment.accepts(spec.temperature_input):
+                feeds[spec.index] = segment.constants.setdefault(spec.temperature_input, np.ones(1, np.float32))
+        return feeds
+
+    def _feed_temperatures(self) -> None:
+        for k, value in self._temperatures.items():
+            value[0] = self.rules[k].temperature  # in place: bound chains share the array
 
     @classmethod
     def from_settings(cls, package: str | Path | Package, settings: EngineSettings) -> Engine:
@@ -108,6 +126,7 @@ class Engine:
     @rules.setter
     def rules(self, rules: tuple[ExitRule, ...]) -> None:
         self._scorer.rules = rules
+        self._feed_temperatures()
 
     @property
     def _chain(self) -> Chain | None:
@@ -246,7 +265,8 @@ class Engine:
         (patience). What ``edgeexit profile`` times as the exit check."""
         hidden_name = self.segments[k].spec.hidden
         hidden = outputs[hidden_name] if hidden_name else None
-        walk = Walk.for_scoring(previous, history, context)
+        walk = self._scoring_walk  # one record re-aimed per call: the timed check builds nothing the walk does not
+        walk.previous, walk.history, walk.context = previous, list(history), context or {}
         return self._scorer.score(k, walk, outputs, self._scorer.logits(k, outputs), hidden)[0]
 
 

@@ -76,6 +76,8 @@ class LiteRtSegment:
         self.spec = spec
         self.path = Path(path)
         self.interpreter = load_interpreter(self.path, threads)
+        #: Never fed: a TFLite graph's exit temperature is a built-in constant (1).
+        self.constants: dict[str, np.ndarray] = {}
         #: Per token length, the signature that runs it (text graphs with ``tokens_<L>`` signatures).
         self._runners: dict[int, Any] = {}
         self._runner_names: tuple[list[str], list[str]] = ([], [])
@@ -159,6 +161,9 @@ class LiteRtSegment:
             self.interpreter.resize_tensor_input(index, list(shape), strict=True)
         self.interpreter.allocate_tensors()
         self._shapes = key
+
+    def accepts(self, name: str) -> bool:
+        return False  # TFLite graphs take only the model's own inputs
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         values = [x, *self._context(context)]

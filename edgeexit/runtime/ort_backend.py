@@ -9,7 +9,8 @@ segment k's hidden buffer as segment k+1's input, so a sample flows through with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,17 @@ class OrtSegment:
         found = [o.name for o in self.session.get_outputs()]
         if sorted(found) != sorted(self.output_names):
             raise PackageError(f"{path} has outputs {found}; the manifest declares {self.output_names}")
+        self.constants: dict[str, np.ndarray] = {}
+        # inputs with a stored default (ONNX "overridable initializers"): the exit temperature
+        self._optional = frozenset(i.name for i in self.session.get_overridable_initializers())
+
+    def accepts(self, name: str) -> bool:
+        return name in self._optional
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         feeds = {self.input_name: x, **context} if context else {self.input_name: x}
+        if self.constants:
+            feeds.update(self.constants)
         values = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values, strict=True))
 
@@ -58,11 +67,14 @@ class BoundChain:
         self.input = np.zeros(shape, dtype=_NUMPY[input_spec.dtype])
         self.outputs: list[dict[str, np.ndarray]] = []
         self._bindings: list[ort.IOBinding] = []
+        self._runs: list[Callable[[], object]] = []
         self._segments = segments
         source = self.input
         for segment in segments:
             binding = segment.session.io_binding()
             binding.bind_ortvalue_input(segment.input_name, ort.OrtValue.ortvalue_from_numpy(source))
+            for name, value in segment.constants.items():  # shares the array: in-place updates apply
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
             buffers: dict[str, np.ndarray] = {}
             for spec in segment.spec.outputs:
                 out_shape = _static_shape(spec)
@@ -71,14 +83,29 @@ class BoundChain:
                 buffers[spec.name] = np.zeros(out_shape, dtype=_NUMPY[spec.dtype])
                 binding.bind_ortvalue_output(spec.name, ort.OrtValue.ortvalue_from_numpy(buffers[spec.name]))
             self._bindings.append(binding)
+            self._runs.append(_direct_run(segment.session, binding))
             self.outputs.append(buffers)
             if segment.spec.hidden is not None:
                 source = buffers[segment.spec.hidden]
 
     def run_segment(self, k: int) -> dict[str, np.ndarray]:
         """Run segment k on whatever its input buffer holds; returns views of its output buffers."""
-        self._segments[k].session.run_with_iobinding(self._bindings[k])
+        self._runs[k]()
         return self.outputs[k]
+
+
+def _direct_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], object]:
+    """``session.run_with_iobinding(binding)`` without the Python wrapper's per-call WebGPU
+    graph-capture bookkeeping (ONNX Runtime 1.2x+), which a CPU session never uses and which cost
+    about a microsecond per segment, several when the interpreter's caches are cold between
+    segments. The wrapper's own call is the fallback where the binding's internals differ."""
+    native = getattr(session, "_sess", None)
+    handle = getattr(binding, "_iobinding", None)
+    if native is None or handle is None or not hasattr(native, "run_with_iobinding"):
+        return functools.partial(session.run_with_iobinding, binding)
+    if session.get_providers() != ["CPUExecutionProvider"]:
+        return functools.partial(session.run_with_iobinding, binding)
+    return functools.partial(native.run_with_iobinding, handle, None)
 
 
 def bind_chain(segments: Sequence[OrtSegment], input_spec: InputSpec) -> BoundChain | None:

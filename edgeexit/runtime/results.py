@@ -175,13 +175,15 @@ class BatchProgress:
 @dataclass(frozen=True)
 class ExitRule:
     """How one exit decides: criterion, threshold, temperature, and the in-graph score to use
-    when it already is the answer (same criterion, temperature 1)."""
+    when it already is the answer (same criterion, at the temperature the graph is fed or 1),
+    with the in-graph softmax it came from (None: numpy computes it when a Result needs it)."""
 
     criterion: str
     threshold: float
     temperature: float
     graph_score: str | None
     final: bool
+    graph_probabilities: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,7 @@ so a sample gets the same Result however it was run.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,21 +24,39 @@ if TYPE_CHECKING:
     from edgeexit.runtime.walk import Walk
 
 
-def exit_rules(exits: Sequence[ExitSpec], criterion: str | None, threshold: float | None) -> tuple[ExitRule, ...]:
+def exit_rules(
+    exits: Sequence[ExitSpec], criterion: str | None, threshold: float | None, tempered: Container[int] = ()
+) -> tuple[ExitRule, ...]:
     """Each exit's rule: the manifest's, with ``criterion`` / ``threshold`` overriding every
-    non-final exit (the CLI's ``--criterion`` and ``--threshold``)."""
-    return tuple(_rule(spec, criterion, threshold) for spec in exits)
+    non-final exit (the CLI's ``--criterion`` and ``--threshold``). ``tempered`` holds the exits
+    whose graph is fed the exit's temperature: their in-graph score holds at any temperature
+    (without it, only at 1)."""
+    return tuple(_rule(spec, criterion, threshold, spec.index in tempered) for spec in exits)
 
 
-def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None) -> ExitRule:
+def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None, tempered: bool) -> ExitRule:
     chosen = spec.criterion if (criterion is None or spec.final) else criterion
     if chosen not in CRITERION_NAMES:
         raise UnknownNameError(f"unknown criterion {chosen!r}; expected one of {', '.join(CRITERION_NAMES)}")
     if spec.logits is None and chosen != "similarity":
         chosen = "similarity"  # an exit without a classifier can only stop by similarity
     limit = spec.threshold if (threshold is None or spec.final) else float(threshold)
-    use_graph = chosen == spec.criterion and chosen in IN_GRAPH_CRITERIA and spec.temperature == 1.0
-    return ExitRule(chosen, limit, spec.temperature, spec.score if use_graph else None, spec.final)
+    at_graph_temperature = tempered or spec.temperature == 1.0
+    use_graph = chosen == spec.criterion and chosen in IN_GRAPH_CRITERIA and at_graph_temperature
+    if not use_graph:
+        return ExitRule(chosen, limit, spec.temperature, None, spec.final)
+    return ExitRule(chosen, limit, spec.temperature, spec.score, spec.final, spec.probabilities)
+
+
+#: How close to its threshold an in-graph score must be to be recomputed in numpy (scores are in
+#: [0, 1]; the graph's and numpy's float32 softmax differ by about 1e-7).
+NEAR_THRESHOLD = 1e-5
+
+
+def _near(score: np.ndarray, threshold: float) -> bool:
+    if score.shape[0] == 1:  # batch 1: plain floats, no numpy calls
+        return abs(float(score[0]) - threshold) <= NEAR_THRESHOLD
+    return bool((np.abs(score - np.float32(threshold)) <= NEAR_THRESHOLD).any())
 
 
 class Scorer:
@@ -74,7 +92,13 @@ class Scorer:
         if not (rule.final or (walk.early_exit and rule.threshold < NEVER_THRESHOLD)):
             return None, None
         if rule.graph_score is not None:
-            return outputs[rule.graph_score], None
+            score = outputs[rule.graph_score]
+            if rule.final or not _near(score, rule.threshold):
+                probabilities = rule.graph_probabilities
+                return score, outputs[probabilities] if probabilities is not None else None
+            # Calibration chose the threshold from numpy's scores; ONNX Runtime's float32 softmax
+            # can differ from numpy's by an ulp or two, so a score this close to the threshold is
+            # recomputed as calibration computed it, and the decisions it simulated are the ones taken.
         criterion = self.criteria[k]
         probabilities = None
         if logits is not None and not criterion.needs_hidden:

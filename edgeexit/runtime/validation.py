@@ -25,6 +25,9 @@ class InputCheck:
         self.context_names = tuple(c.name for c in spec.context)
         self.names = (spec.name, *self.context_names)
         self._segments = tuple(segments)
+        #: The sample shape when no axis but the batch is dynamic: one tuple comparison then
+        #: checks an input (the batch-1 hot path), else None and ``_fits`` checks axis by axis.
+        self._sample_shape = None if any(d is None for d in spec.shape[1:]) else tuple(spec.shape[1:])
 
     def inputs(self, x: object, *, batched: bool) -> tuple[np.ndarray, Context]:
         """The model input as one batch-first array, and the context inputs (rows aligned)."""
@@ -98,7 +101,9 @@ class InputCheck:
         sample_rank = len(spec.shape) - 1
         if not batched and x.ndim == sample_rank:
             x = x[None]
-        if x.ndim == len(spec.shape) and (batched or x.shape[0] == 1) and self._fits(x.shape):
+        shape = x.shape
+        fits = shape[1:] == self._sample_shape and shape[0] > 0 if self._sample_shape is not None else self._fits(shape)
+        if fits and len(shape) == len(spec.shape) and (batched or shape[0] == 1):
             return x if x.flags.c_contiguous else np.ascontiguousarray(x)  # the hot path: no messages built
         expected = self.expected_shape()
         if x.ndim != len(spec.shape) or (not batched and x.shape[0] != 1):

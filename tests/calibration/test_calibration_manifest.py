@@ -62,6 +62,10 @@ def test_the_engine_reproduces_the_simulated_accuracy_and_exits(
     np.testing.assert_array_equal(exits, exit_index(scores, [s.threshold for s in new.exits]))
     one_by_one = [engine.run(x).exit for x in digits.x[:150]]  # the batch-1 bound chain agrees too
     assert one_by_one == exits[:150].tolist()
+    # the graphs score max_prob: an exit calibrated to another criterion must not read that score
+    kept = [spec.score is not None for spec in new.exits[:-1]]
+    assert kept == [criterion == "max_prob"] * (len(new.exits) - 1)
+    assert all(spec.probabilities is not None for spec in new.exits)  # the softmax holds for any criterion
 
 
 def test_max_prob_calibration_saves_compute_on_digits(

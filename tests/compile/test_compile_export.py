@@ -111,7 +111,8 @@ def test_graphs_have_a_dynamic_batch_axis(package: Package) -> None:
     for spec in manifest.segments:
         graph = onnx.load(str(package.path(spec.file))).graph
         declared = {t.name: t for t in [*spec.inputs, *spec.outputs]}
-        values = [*graph.input, *graph.output]
+        temperature = manifest.exits[spec.exit].temperature_input
+        values = [v for v in [*graph.input, *graph.output] if v.name != temperature]  # shape (1,): no batch
         assert sorted(v.name for v in values) == sorted(declared)
         for value in values:
             dims = value.type.tensor_type.shape.dim
@@ -137,6 +138,22 @@ def test_segments_match_torch_at_any_batch(
         close(got[f"exit_{k}_logits"], logits[k])
         close(got[f"exit_{k}_score"], np_max_prob(logits[k]))
         close(got[f"exit_{k}_score"], np_max_prob(got[f"exit_{k}_logits"]))
+        close(got[f"exit_{k}_probabilities"], softmax(got[f"exit_{k}_logits"]))
+
+
+@pytest.mark.parametrize("temperature", [0.25, 3.0])
+def test_the_temperature_input_rescales_score_and_probabilities(
+    package: Package, digits: LabelledData, temperature: float
+) -> None:
+    """Fed, the exit's temperature divides the logits before the softmax, as calibration means it."""
+    x = digits.x[:9]
+    spec = package.manifest.segments[0]
+    names = [o.name for o in spec.outputs]
+    feed = {spec.inputs[0].name: x, "exit_0_temperature": np.array([temperature], np.float32)}
+    got = dict(zip(names, session(package.path(spec.file)).run(names, feed), strict=True))
+    expected = softmax(got["exit_0_logits"] / temperature)
+    close(got["exit_0_probabilities"], expected)
+    close(got["exit_0_score"], expected.max(axis=-1))
 
 
 def test_outputs_are_what_the_manifest_says(package: Package) -> None:
@@ -144,7 +161,8 @@ def test_outputs_are_what_the_manifest_says(package: Package) -> None:
     assert manifest.input.name == "input"
     assert manifest.input.shape == (None, 1, 8, 8)
     for k, spec in enumerate(manifest.segments):
-        expected = ([f"hidden_{k}"] if k < 2 else []) + [f"exit_{k}_logits", f"exit_{k}_score"]
+        exit_outputs = [f"exit_{k}_logits", f"exit_{k}_score", f"exit_{k}_probabilities"]
+        expected = ([f"hidden_{k}"] if k < 2 else []) + exit_outputs
         assert [o.name for o in spec.outputs] == expected
         assert spec.inputs[0].name == ("input" if k == 0 else f"hidden_{k - 1}")
         assert spec.hidden == (f"hidden_{k}" if k < 2 else None)
@@ -153,6 +171,8 @@ def test_outputs_are_what_the_manifest_says(package: Package) -> None:
             assert spec.inputs[0] == previous.output(previous.hidden)
         sess = session(package.path(spec.file))
         assert [i.name for i in sess.get_inputs()] == [spec.inputs[0].name]
+        # the exit temperature: an input with a stored default of 1, fed by the engine
+        assert [i.name for i in sess.get_overridable_initializers()] == [f"exit_{k}_temperature"]
         assert [o.name for o in sess.get_outputs()] == expected
         for out, declared in zip(sess.get_outputs(), spec.outputs, strict=True):
             assert out.type == "tensor(float)"
@@ -161,6 +181,10 @@ def test_outputs_are_what_the_manifest_says(package: Package) -> None:
             assert tuple(out.shape[1:]) == declared.shape[1:]
         exit_spec = manifest.exits[k]
         assert (exit_spec.logits, exit_spec.score) == (f"exit_{k}_logits", f"exit_{k}_score")
+        assert (exit_spec.temperature_input, exit_spec.probabilities) == (
+            f"exit_{k}_temperature",
+            f"exit_{k}_probabilities",
+        )
         assert exit_spec.criterion == "max_prob"
         assert exit_spec.final == (k == 2)
         assert exit_spec.threshold == (0.0 if k == 2 else 0.9)
@@ -171,7 +195,7 @@ def test_chained_segments_equal_the_monolithic_graph(package: Package, digits: L
     chained = run_chain(package, x)
     mono = session(package.path(package.manifest.monolithic))
     names = [o.name for o in mono.get_outputs()]
-    assert names == [f"exit_{k}_{kind}" for k in range(3) for kind in ("logits", "score")]
+    assert names == [f"exit_{k}_{kind}" for k in range(3) for kind in ("logits", "score", "probabilities")]
     for name, value in zip(names, mono.run(names, {"input": x}), strict=True):
         np.testing.assert_allclose(value, chained[name], rtol=1e-5, atol=1e-5)
 
@@ -215,7 +239,7 @@ def test_manifest_records_costs_labels_identity_and_parity(
         for name in [o.name for o in spec.outputs]
     }
     assert {r.output for r in rows if r.graph == "monolithic"} == {
-        f"exit_{k}_{c}" for k in range(3) for c in ("logits", "score")
+        f"exit_{k}_{c}" for k in range(3) for c in ("logits", "score", "probabilities")
     }
     assert all(r.ok for r in rows)
     # int8 tails move the logits by design (held to top-1 agreement): every other row is float rounding

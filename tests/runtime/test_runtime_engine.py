@@ -401,10 +401,12 @@ def test_unknown_criterion_lists_the_known_ones(digits_package: Path) -> None:
         assert name in str(caught.value)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_manifest_temperature_is_applied_in_numpy(
-    package_copy: Path, digits, full: FullDepth, temperature: float
+@pytest.mark.parametrize(("temperature", "fed"), [(0.5, True), (2.0, True), (2.0, False)])
+def test_manifest_temperature_is_applied(
+    package_copy: Path, digits, full: FullDepth, temperature: float, fed: bool
 ) -> None:
+    """Fed to the graph as its temperature input (the graph's score is used), or, for a package
+    whose manifest predates the input (``fed`` False), applied in numpy: the same decisions."""
     tempered = _scores("max_prob", list(full.logits), list(full.similarity), temperature)
     plain = _scores("max_prob", list(full.logits), list(full.similarity))
     # A threshold halfway between the two scores of the sample the temperature moves most, so
@@ -417,11 +419,14 @@ def test_manifest_temperature_is_applied_in_numpy(
         spec if spec.final else dataclasses.replace(spec, temperature=temperature, threshold=threshold)
         for spec in manifest.exits
     )
+    if not fed:
+        exits = tuple(dataclasses.replace(spec, temperature_input=None, probabilities=None) for spec in exits)
     package.save_manifest(manifest.with_exits(exits, manifest.calibration))
 
     engine = Engine(package_copy, cache_dir=None)
     assert [r.temperature for r in engine.rules[:-1]] == [temperature] * (engine.num_exits - 1)
-    assert all(r.graph_score is None for r in engine.rules[:-1])  # the in-graph score is for T=1
+    graph_scored = [r.graph_score is not None for r in engine.rules[:-1]]
+    assert graph_scored == [fed] * (engine.num_exits - 1)  # unfed, the in-graph score holds at T=1 only
 
     thresholds = [threshold] * (engine.num_exits - 1) + [0.0]
     expected, clear = _first_exits(tempered, thresholds)
@@ -432,6 +437,21 @@ def test_manifest_temperature_is_applied_in_numpy(
         k = results[i].exit
         t = temperature if k < engine.num_exits - 1 else 1.0
         np.testing.assert_allclose(results[i].probabilities, _softmax(full.logits[k][i], t), atol=1e-5)
+
+
+def test_new_rules_feed_their_temperature_to_the_bound_graphs(digits_package: Path, digits, full: FullDepth) -> None:
+    """The temperature a rule names is what the graph is fed, one sample through the bound chain
+    or a batch, also after the rules are replaced (the chain shares the fed array)."""
+    engine = Engine(digits_package, cache_dir=None, threshold=math.inf)  # every sample runs to the final exit
+    final = engine.num_exits - 1
+    for temperature in (1.0, 0.3, 4.0):
+        engine.rules = tuple(dataclasses.replace(rule, temperature=temperature) for rule in engine.rules)
+        assert engine.rules[final].graph_score is not None  # scored by the graph, not numpy
+        expected = _softmax(full.logits[final][:5], temperature)
+        single = np.stack([engine.run(x).probabilities for x in digits.x[:5]])
+        batched = np.stack([r.probabilities for r in engine.run_batch(digits.x[:5])])
+        np.testing.assert_allclose(single, expected, atol=1e-5)
+        np.testing.assert_allclose(batched, expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- 4. run_full

@@ -25,9 +25,9 @@ def test_load_session_uses_the_cpu_provider_only(digits_package: Path) -> None:
     session = load_session(digits_package / "segments/0.onnx")
     assert session.get_providers() == ["CPUExecutionProvider"]
     x = np.zeros((3, 1, 8, 8), np.float32)  # the batch axis is dynamic
-    hidden, logits, score = session.run(None, {"input": x})
+    hidden, logits, score, probabilities = session.run(None, {"input": x})
     assert hidden.shape[0] == logits.shape[0] == score.shape[0] == 3
-    assert logits.shape == (3, 10)
+    assert logits.shape == probabilities.shape == (3, 10)
 
 
 def test_load_session_of_a_missing_file_names_it(tmp_path: Path) -> None:
