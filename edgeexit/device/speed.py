@@ -54,13 +54,16 @@ def wait_until(deadline: float) -> None:
 
 
 def slowed(fn: Callable[..., Any], factor: float) -> Callable[..., Any]:
-    """``fn`` taking ``factor`` x its own time: after it returns, wait ``(factor - 1)`` x what it took."""
+    """``fn`` taking ``factor`` x its own time: after it returns, wait ``(factor - 1)`` x the CPU
+    time it took on this thread (not its wall time: a scheduling stall on a shared machine is
+    not the device's work, and multiplying it would make the emulated device stall ``factor`` x
+    as long). ONNX Runtime with one intra-op thread and the policies run on the calling thread."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        tick = time.perf_counter()
+        tick = time.thread_time()
         out = fn(*args, **kwargs)
-        done = time.perf_counter()
-        wait_until(done + (done - tick) * (factor - 1.0))
+        spent = time.thread_time() - tick
+        wait_until(time.perf_counter() + spent * (factor - 1.0))
         return out
 
     run.__wrapped__ = fn  # type: ignore[attr-defined]
