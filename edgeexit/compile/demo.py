@@ -6,50 +6,95 @@ thresholds on a validation split, then the held-out test split through the torch
 full depth vs. early exit, one sample at a time and batched. Last, a tail server on loopback
 (``edgeexit serve`` as a child process) and the split-inference story: all local, split at each
 boundary with each codec, and early exit + offload, side by side.
+
+``--model efficientnet_lite0`` runs the same story on a real pretrained network: EfficientNet-Lite0
+with its ImageNet weights, fine-tuned with exits on the same images (``edgeexit.compile.finetune``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeexit.calibration import calibrate_manifest, digest_data
 from edgeexit.compile.checkpoint import save_checkpoint
 from edgeexit.compile.export import export
+from edgeexit.compile.model import MultiExitModel
 from edgeexit.compile.training import evaluate, train
 from edgeexit.compile.zoo import demo_cnn
 from edgeexit.console import console, table
-from edgeexit.data import builtin_images
+from edgeexit.data import LabelledData, builtin_images
 from edgeexit.device import TailClient
 from edgeexit.device.comparison import OffloadSummary, compare_offload, local_tail_server
+from edgeexit.errors import UnknownNameError, UsageError
 from edgeexit.reports import accuracy_table, parity_table, segments_table
 from edgeexit.runtime import Engine
 from edgeexit.runtime.evaluation import RunSummary, summarize
 from edgeexit.runtime.verify import verify_package
 
+#: Share of the training images held out to calibrate on: a tenth of Fashion-MNIST's 60,000; a
+#: fifth of the fallback's 4,000 digits, since calibration keeps one standard error of the
+#: validation accuracy in reserve and at 400 images that alone is most of a one-point budget.
 VALIDATION_FRACTION = 0.1
+SMALL_DATA_VALIDATION_FRACTION = 0.2
+SMALL_DATA = 20_000
 MAX_DROP = 0.01
 CODECS = ("fp32", "fp16", "int8")
 OFFLOAD_SAMPLES = 1000  # per row of the offload comparison: each row runs them one request at a time
+#: The models ``edgeexit demo --model`` trains: the small CNN (minutes), or the pretrained
+#: EfficientNet-Lite0 fine-tuned with exits (the real-model path; longer, see docs/benchmarks.md).
+DEMO_MODELS = ("demo_cnn", "efficientnet_lite0")
+#: Training passes over the images the demo CNN sees: 2 epochs of Fashion-MNIST's 54,000; the
+#: 3,600 MNIST digits of the fallback get more epochs (capped), or its early exits stay too weak
+#: for a one-point budget to let many samples leave early.
+DEMO_CNN_SAMPLES = 108_000
+DEMO_CNN_MAX_EPOCHS = 15
 
 
-def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
+@dataclass(frozen=True)
+class DemoSettings:
+    """What ``edgeexit demo`` runs: which model, how long it trains, where it writes."""
+
+    out: Path = Path("edgeexit-demo")
+    model: str = "demo_cnn"
+    #: None: the model's default (for the demo CNN, by the number of training images)
+    epochs: int | None = None
+    #: train on the first ``limit`` images only (quick runs)
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in DEMO_MODELS:
+            raise UnknownNameError(f"demo model {self.model!r} is unknown; expected one of {', '.join(DEMO_MODELS)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError(f"epochs must be at least 1; got {self.epochs}")
+        if self.limit is not None and self.limit < 10:
+            raise UsageError(f"limit must be at least 10 images (a validation split is held out); got {self.limit}")
+
+
+def demo_cnn_epochs(train_samples: int) -> int:
+    """Epochs for the demo CNN on ``train_samples`` images: about ``DEMO_CNN_SAMPLES`` passes."""
+    return max(2, min(DEMO_CNN_MAX_EPOCHS, round(DEMO_CNN_SAMPLES / max(train_samples, 1))))
+
+
+def run_demo(settings: DemoSettings) -> None:
     data = builtin_images("train")
     test_data = builtin_images("test")
-    if limit:
-        data = data.head(limit)
-    validation, train_data = data.split(VALIDATION_FRACTION, seed=0)
+    if settings.limit:
+        data = data.head(settings.limit)
+    fraction = validation_fraction(len(data))
+    validation, train_data = data.split(fraction, seed=0)  # as fine_tune splits it
     console.print(f"[bold]data[/]: {data.source}", highlight=False)
     console.print(
         f"      {len(train_data)} training / {len(validation)} validation / {len(test_data)} test images, "
         f"{data.num_classes} classes"
     )
-
-    model = demo_cnn(num_classes=data.num_classes, in_channels=data.sample_shape[0])
-    report = train(model, train_data, epochs=epochs)
+    model = _trained_model(settings, data, train_data, fraction)
+    out = settings.out
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out / "demo_cnn.pt")
-    console.print(f"trained {epochs} epoch(s) in {report.seconds:.1f} s; checkpoint {out / 'demo_cnn.pt'}")
+    checkpoint = out / f"{model.name}.pt"
+    save_checkpoint(model, checkpoint)
+    console.print(f"checkpoint {checkpoint}")
     console.print(accuracy_table("per-exit accuracy on the held-out test split", evaluate(model, test_data)))
 
     package_dir = out / "package"
@@ -109,6 +154,32 @@ def run_demo(out: Path, *, epochs: int = 2, limit: int | None = None) -> None:
     )
 
 
+def validation_fraction(images: int) -> float:
+    """The share of ``images`` the demo holds out for calibration."""
+    return VALIDATION_FRACTION if images >= SMALL_DATA else SMALL_DATA_VALIDATION_FRACTION
+
+
+def _trained_model(
+    settings: DemoSettings, data: LabelledData, train_data: LabelledData, fraction: float
+) -> MultiExitModel:
+    """The demo's model trained on ``train_data`` (``data`` minus the validation split of
+    ``fraction`` that calibration uses, never trained on)."""
+    if settings.model == "efficientnet_lite0":
+        from edgeexit.compile.finetune import FineTuneSettings, fine_tune
+
+        tuning = FineTuneSettings(validation_fraction=fraction, seed=0)
+        if settings.epochs is not None:
+            tuning = FineTuneSettings(epochs=settings.epochs, validation_fraction=fraction, seed=0)
+        model, report = fine_tune(tuning, data)  # holds out the same validation split
+        console.print(f"fine-tuned in {report.wall_seconds:.0f} s wall ({report.cpu_seconds:.0f} s CPU)")
+        return model
+    epochs = settings.epochs or demo_cnn_epochs(len(train_data))
+    model = demo_cnn(num_classes=data.num_classes, in_channels=data.sample_shape[0])
+    report = train(model, train_data, epochs=epochs)
+    console.print(f"trained {epochs} epoch(s) in {report.seconds:.1f} s")
+    return model
+
+
 def _offload(package_dir: Path, x, y) -> None:
     """Start a tail server on loopback and compare local, split and early exit + offload."""
     with local_tail_server(package_dir) as address, TailClient(address, timeout_s=2.0) as client:
@@ -164,4 +235,4 @@ def _comparison(rows: list[RunSummary], names: list[str]):
     )
 
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_MODELS", "DemoSettings", "demo_cnn_epochs", "run_demo", "validation_fraction"]
