@@ -2,7 +2,7 @@
 
     python tools/workload_image.py --out /tmp/h/image/full                      # train, export, measure
     python tools/workload_image.py --out DIR --checkpoint DIR/model.pt          # reuse trained weights
-    python tools/workload_image.py --quick                                      # smoke run, < 2 min
+    python tools/workload_image.py --quick                                      # smoke run, no LiteRT
 
 Train (``edgeexit.compile.finetune.fine_tune``: the settings flags below), export with a monolithic
 graph (and LiteRT segments unless ``--no-tflite``), verify, calibrate the exits on the validation
@@ -85,7 +85,11 @@ def _model(args: argparse.Namespace, settings, data, out: Path):
 
     if args.checkpoint:
         model = load_checkpoint(build_model(settings, data), args.checkpoint)
-        print(f"(a) weights from {args.checkpoint} (settings {settings})")
+        print(
+            f"(a) weights from {args.checkpoint} ({settings.resolution}px, exits {list(settings.exits)}, heads "
+            f"{settings.head} {settings.width} wide; validation split {settings.validation_fraction:g}, seed "
+            f"{settings.seed}, limit {settings.limit})"
+        )
         return model
     cpu = _cpu_seconds()
     wall = time.perf_counter()
@@ -150,31 +154,54 @@ def _calibrate(package, validation, threads: int):
     return package.save_manifest(manifest)
 
 
-def _compare(label: str, engines: dict, test, threads: int, rounds: int) -> dict:
-    """``summarize`` each engine on the test images, batch 1, rounds interleaved; medians of mean ms."""
-    from edgeexit.runtime.evaluation import summarize
+def _run(engine, test) -> dict:
+    """What ``summarize`` measures (``engine.run`` one sample at a time, each result's own
+    ``latency_ms``), plus the median: on a shared machine the mean carries other processes' spikes."""
+    results = [engine.run(sample) for sample in test.x]
+    latencies = np.array([r.latency_ms for r in results])
+    predictions = np.array([-1 if r.prediction is None else r.prediction for r in results])
+    rates = np.bincount([r.exit for r in results], minlength=engine.num_exits) / len(results)
+    return {
+        "accuracy": float(np.mean(predictions == test.y)),
+        "mean_ms": float(latencies.mean()),
+        "median_ms": float(np.median(latencies)),
+        "p90_ms": float(np.percentile(latencies, 90)),
+        "exit_rates": [float(r) for r in rates],
+    }
 
-    found: dict[str, list] = {name: [] for name in engines}
+
+def _compare(label: str, engines: dict, test, threads: int, rounds: int) -> dict:
+    """Each engine over the test images, batch 1, rounds interleaved (A, B, A, B ...); per engine
+    the median over rounds of the mean and of the median ms per sample, min-max of the means."""
+    found: dict[str, list[dict]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, engine in engines.items():
-            found[name].append(summarize(engine, test.x, test.y))
+            found[name].append(_run(engine, test))
     rows = {}
     for name, runs in found.items():
-        mean = float(np.median([r.mean_ms for r in runs]))
-        spread = (min(r.mean_ms for r in runs), max(r.mean_ms for r in runs))
-        rows[name] = (runs[-1], mean, spread)
-    base = next(iter(rows.values()))[1]
+        means = [r["mean_ms"] for r in runs]
+        rows[name] = {
+            **runs[-1],
+            "mean_ms": float(np.median(means)),
+            "median_ms": float(np.median([r["median_ms"] for r in runs])),
+            "p90_ms": float(np.median([r["p90_ms"] for r in runs])),
+            "mean_range": (min(means), max(means)),
+        }
+    base = next(iter(rows.values()))
     print(f"{label} ({len(test)} test images, batch 1, {threads} thread(s), median of {rounds} interleaved rounds)")
-    print("    | run | accuracy | mean ms/sample (min-max) | p90 ms | speedup | exit rates |")
-    for name, (last, mean, (lo, hi)) in rows.items():
-        rates = " / ".join(f"{100 * r:.1f}%" for r in last.exit_rates)
+    print(
+        "    | run | accuracy | mean ms/sample (min-max over rounds) | median ms | p90 ms | speedup (mean) | "
+        "speedup (median) | exit rates |"
+    )
+    for name, row in rows.items():
+        rates = " / ".join(f"{100 * r:.1f}%" for r in row["exit_rates"])
+        lo, hi = row["mean_range"]
         print(
-            f"    | {name} | {100 * last.accuracy:.2f}% | {mean:.3f} ({lo:.3f}-{hi:.3f}) | {last.p90_ms:.3f} | "
-            f"{base / mean:.2f}x | {rates} |"
+            f"    | {name} | {100 * row['accuracy']:.2f}% | {row['mean_ms']:.3f} ({lo:.3f}-{hi:.3f}) | "
+            f"{row['median_ms']:.3f} | {row['p90_ms']:.3f} | {base['mean_ms'] / row['mean_ms']:.2f}x | "
+            f"{base['median_ms'] / row['median_ms']:.2f}x | {rates} |"
         )
-    return {
-        name: {"accuracy": v[0].accuracy, "mean_ms": v[1], "exit_rates": v[0].exit_rates} for name, v in rows.items()
-    }
+    return rows
 
 
 def main() -> None:
@@ -193,14 +220,22 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="first N training images only")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--scratch", dest="pretrained", action="store_false", default=None, help="random init")
-    parser.add_argument("--train-threads", type=int, default=2)
+    parser.add_argument(
+        "--train-threads", type=int, default=1, help="torch threads for training (2 is 7-10x slower on busy cores)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3; --quick: 1)")
     parser.add_argument("--test-limit", type=int, help="first N test images only")
-    parser.add_argument("--backend-samples", type=int, default=1000, help="test images for int8 and LiteRT")
-    parser.add_argument("--no-tflite", dest="tflite", action="store_false")
+    parser.add_argument("--backend-samples", type=int, help="test images for int8 and LiteRT (1000; --quick: 100)")
+    parser.add_argument("--no-tflite", dest="tflite", action="store_false", default=None)
+    parser.add_argument(
+        "--tflite", dest="tflite", action="store_true", help="convert to LiteRT (default; --quick: off)"
+    )
     parser.add_argument("--no-int8", dest="int8", action="store_false")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.backend_samples = args.backend_samples or (100 if args.quick else 1000)
+    args.tflite = (not args.quick) if args.tflite is None else args.tflite
 
     import torch
 
