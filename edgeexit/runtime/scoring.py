@@ -76,6 +76,24 @@ class Scorer:
         self._labels = tuple(labels)
         self._classes = classes
 
+    @property
+    def rules(self) -> tuple[ExitRule, ...]:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: tuple[ExitRule, ...]) -> None:
+        self._rules = rules
+        # per early_exit setting, which exits can stop a sample (the final one always answers)
+        self._live = {
+            early_exit: tuple(r.final or (early_exit and r.threshold < NEVER_THRESHOLD) for r in rules)
+            for early_exit in (False, True)
+        }
+
+    def live(self, early_exit: bool) -> tuple[bool, ...]:
+        """Per exit, whether it can stop a sample in a walk with ``early_exit``: the others are
+        not scored at all (``score`` gives None for them), so a walk may skip them."""
+        return self._live[early_exit]
+
     def logits(self, k: int, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         name = self._logit_names[k]
         return outputs[name] if name else None
@@ -88,9 +106,9 @@ class Scorer:
         anything: early exit off, or a threshold no score reaches (inf for a full-depth run,
         ``NEVER_THRESHOLD`` for an exit calibrated to "never"), so such runs compute no softmax
         over logits nobody reads."""
-        rule = self.rules[k]
-        if not (rule.final or (walk.early_exit and rule.threshold < NEVER_THRESHOLD)):
+        if not self._live[walk.early_exit][k]:
             return None, None
+        rule = self._rules[k]
         if rule.graph_score is not None:
             score = outputs[rule.graph_score]
             if rule.final or not _near(score, rule.threshold):

@@ -118,6 +118,8 @@ class Walker:
         batch-1 hot path, and a generator's resumption per segment costs more than the lines."""
         scorer = self.scorer
         rules = scorer.rules
+        live = scorer.live(walk.early_exit)
+        keeps_history = scorer.keeps_history
         times = walk.times
         context = walk.context
         hidden_names = self._hidden_names
@@ -132,14 +134,16 @@ class Walker:
             times.append((time.perf_counter() - tick) * 1e3)
             hidden_name = hidden_names[k]
             hidden = outputs.get(hidden_name) if hidden_name else None
-            logits = scorer.logits(k, outputs)
-            score, probabilities = scorer.score(k, walk, outputs, logits, hidden)
-            if score is not None and (rules[k].final or score[0] >= rules[k].threshold):
-                # a copy: the chain's buffers are overwritten by the next run
-                kept = hidden.copy() if (walk.keep_hidden and hidden is not None) else None
-                return scorer.result(k, logits, probabilities, score, 0, walk.started, tuple(times), kept)
-            if scorer.keeps_history and logits is not None:
-                walk.history.append(logits.argmax(axis=-1))
+            if live[k] or keeps_history:  # an exit that cannot fire and feeds no history costs nothing
+                logits = scorer.logits(k, outputs)
+                if live[k]:
+                    score, probabilities = scorer.score(k, walk, outputs, logits, hidden)
+                    if score is not None and (rules[k].final or score[0] >= rules[k].threshold):
+                        # a copy: the chain's buffers are overwritten by the next run
+                        kept = hidden.copy() if (walk.keep_hidden and hidden is not None) else None
+                        return scorer.result(k, logits, probabilities, score, 0, walk.started, tuple(times), kept)
+                if keeps_history and logits is not None:
+                    walk.history.append(logits.argmax(axis=-1))
             if k == walk.stop:
                 owned = hidden.copy()  # type: ignore[union-attr]  # every non-final segment has a hidden output
                 return walk.pending(k, owned, (0,), {name: value.copy() for name, value in context.items()})
