@@ -65,7 +65,7 @@ def efficientnet_lite0_backbone(pretrained: bool = True) -> nn.Module:
 
 @register_model
 def efficientnet_lite0_fashion(
-    resolution: int = 64,
+    resolution: int = 32,
     exits: tuple[int | str, ...] | list[int | str] = FASHION_EXITS,
     head: str | list[str | None] = "conv",
     width: int = 64,
