@@ -3,6 +3,7 @@
     python tools/workload_image.py --out /tmp/h/image/full                      # train, export, measure
     python tools/workload_image.py --out DIR --checkpoint DIR/model.pt          # reuse trained weights
     python tools/workload_image.py --quick                                      # smoke run, no LiteRT
+    python tools/workload_image.py --sweep 32:joint:pre 32:joint:scratch --limit 6000 --epochs 1 --bn-momentum 0.1
 
 Train (``edgeexit.compile.finetune.fine_tune``: the settings flags below), export with a monolithic
 graph (and LiteRT segments unless ``--no-tflite``), verify, calibrate the exits on the validation
@@ -105,6 +106,30 @@ def _model(args: argparse.Namespace, settings, data, out: Path):
     )
     (out / "train_report.json").write_text(json.dumps(dataclasses.asdict(report), indent=1, default=str))
     return model
+
+
+def _sweep(args: argparse.Namespace, settings, data) -> None:
+    """Train each ``RESOLUTION:SCHEME:INIT`` (INIT ``pre`` or ``scratch``) with the other settings
+    unchanged and print each exit's validation accuracy and the wall / CPU seconds: the same budget
+    for every row, so the rows compare resolution, scheme and pretrained weights."""
+    from edgeexit.compile.finetune import fine_tune
+
+    rows = []
+    for spec in args.sweep:
+        resolution, scheme, init = spec.split(":")
+        chosen = dataclasses.replace(settings, resolution=int(resolution), scheme=scheme, pretrained=init == "pre")
+        _, report = fine_tune(chosen, data, progress=False)
+        accuracy = " | ".join(f"{100 * (a.accuracy or 0):.2f}%" for a in report.validation_accuracy)
+        rows.append(
+            f"| {resolution} | {scheme} | {'ImageNet' if init == 'pre' else 'random'} | {accuracy} | "
+            f"{report.wall_seconds:.0f} s | {report.cpu_seconds:.0f} s |"
+        )
+        print(rows[-1], flush=True)
+    print(
+        f"sweep: {report.train_samples} training / {report.validation_samples} validation images, {settings.epochs} "
+        f"epoch(s), batch-norm momentum {settings.bn_momentum}; validation accuracy per exit, wall, CPU"
+    )
+    print("\n".join(rows))
 
 
 def _accuracy_line(label: str, accuracy) -> str:
@@ -232,6 +257,12 @@ def main() -> None:
         "--tflite", dest="tflite", action="store_true", help="convert to LiteRT (default; --quick: off)"
     )
     parser.add_argument("--no-int8", dest="int8", action="store_false")
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="RES:SCHEME:INIT",
+        help="only train and compare these (e.g. 32:joint:pre 32:joint:scratch 64:joint:pre 32:two_stage:pre)",
+    )
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.backend_samples = args.backend_samples or (100 if args.quick else 1000)
@@ -254,6 +285,9 @@ def main() -> None:
     if test_limit:
         test = test.head(test_limit)
     print(f"== EfficientNet-Lite0 on {data.source}: {len(data)} train / {len(test)} test images; out {out}")
+    if args.sweep:
+        _sweep(args, settings, data)
+        return
     model = _model(args, settings, data, out)
     validation, _ = split_data(settings, data)
     print(_accuracy_line("    PyTorch per-exit accuracy on the test images", evaluate(model, test)))
