@@ -111,6 +111,7 @@ class PolicyRunner:
         self._classes = engine.manifest.num_classes or None
         self._counter = itertools.count()
         self._batch_limits: dict[str, int] = {}
+        self._plans: dict[tuple[object, ...], tuple[Decision, tuple[Decision, ...]] | None] = {}
         self._log_file: IO[str] | None = None
         self._log_call: Callable[[Any, Decision], None] | None = None
         if isinstance(decision_log, (str, Path)):
@@ -127,8 +128,15 @@ class PolicyRunner:
         if self.last_boundary < 0:  # a single segment: nothing to decide
             return self.engine.run(x, keep_hidden=keep_hidden)
         battery = self._battery()
-        decisions: list[Decision] = []
         first = -1 if -1 in self.tails else 0  # decide before segment 0 when the input can be offloaded
+        local = self._local_plan(first, battery)
+        if local is not None:  # every boundary says "continue, finish locally": one plain run, no stepping
+            result = self.engine.run(x, keep_hidden=keep_hidden)
+            taken = local[: max(0, min(result.exit, self.last_boundary + 1) - first)]
+            for decision in taken:
+                self._record(sample, decision)
+            return dataclasses.replace(result, decisions=taken) if taken else result
+        decisions: list[Decision] = []
         state = self.engine.run_until(x, first, early_exit=self.early_exit, keep_hidden=keep_hidden)
         while isinstance(state, Pending):
             decision = self.decide(state.boundary, battery)
@@ -177,6 +185,33 @@ class PolicyRunner:
                decisions: tuple[Decision, ...]) -> None:  # fmt: skip
         for row, result in zip(rows, finished, strict=True):
             results[row] = dataclasses.replace(result, decisions=decisions)
+
+    def _local_plan(self, first: int, battery: BatteryState | float | None) -> tuple[Decision, ...] | None:
+        """The decisions at boundaries ``first`` .. last when every one of them is "continue" with
+        nothing to offload later (the whole plan is local), else None. Stepping a sample boundary
+        by boundary (``run_until`` / ``advance``, a copied tensor per boundary) costs more than
+        one ``Engine.run``; when the policy would only ever continue, the sample runs in one go
+        and carries the decisions of the boundaries it passed, as the stepped path would give it.
+        Kept per link estimate: on a link the device is not using, the estimate, hence the plan,
+        stands still. The first decision carries what this check cost (``decide_ms``)."""
+        if self.probe_interval_s is not None or not self.early_exit:
+            return None  # a due probe or the no-exit baseline: step, as decided per boundary
+        tick = time.perf_counter()
+        link = self.estimator.estimate()
+        key = (link.bandwidth_bps, link.rtt_s, link.server_queue_ms, battery)
+        if key not in self._plans:
+            plan = [self.decide(k, battery) for k in range(first, self.last_boundary + 1)]
+            local = all(d.action == "continue" and d.chosen in (None, "local") for d in plan)
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            rest = tuple(dataclasses.replace(d, decide_ms=0.0) for d in plan[1:])  # paid once, here
+            self._plans[key] = (plan[0], rest) if local else None
+            return tuple(plan) if local else None
+        found = self._plans[key]
+        if found is None:
+            return None
+        head, rest = found
+        return (dataclasses.replace(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest)
 
     def decide(self, boundary: int, battery: BatteryState | float | None = None) -> Decision:
         """The policy's decision at ``boundary`` with the current link estimate (probing first

@@ -146,3 +146,21 @@ def test_device_speed_presets_and_factors() -> None:
         get_device_speed("rpi9")
     with pytest.raises(EdgeExitError, match="faster than this machine"):
         get_device_speed("0.5")
+
+
+def test_an_all_local_plan_runs_in_one_go_with_the_stepped_decisions(engine: Engine, digits,
+                                                                      costs: DeviceCosts) -> None:  # fmt: skip
+    """When every boundary says "continue, finish locally", a sample runs as one Engine.run and
+    carries the decisions stepping would have given it (a probe interval forces stepping)."""
+    one_go = PolicyRunner(engine, None, create_policy("adaptive", costs), codec=CODEC, estimator=link(False))
+    stepped = PolicyRunner(engine, None, create_policy("adaptive", costs), codec=CODEC, estimator=link(False),
+                           probe_interval_s=1e9)  # fmt: skip
+    for x in digits.x[:N]:
+        mine, reference = one_go.run(x), stepped.run(x)
+        assert (mine.exit, mine.prediction) == (reference.exit, reference.prediction)
+        assert np.array_equal(mine.probabilities, reference.probabilities)  # type: ignore[arg-type]
+        assert [(d.boundary, d.action, d.chosen) for d in mine.decisions] == [
+            (d.boundary, d.action, d.chosen) for d in reference.decisions
+        ]
+        assert all(d.chosen == "local" for d in mine.decisions)
+    assert len(one_go._plans) == 1  # the plan was worked out once for this link estimate
