@@ -336,6 +336,7 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> None:
 
     # (c) MuE: no head of its own at layers 0..4; the final classifier reads them, similarity decides.
     mue = minilm_l6(num_classes=len(labels), exits=(0, 1, 2, 3, 4), heads="final")
+    mue.segments.load_state_dict(model.segments.state_dict())  # the fine-tuned backbone, if it was
     mue.head(5).load_state_dict(model.head(5).state_dict())  # type: ignore[union-attr]
     mue_package = export(mue, (1, sample["input_ids"].shape[1]), workdir / "minilm_mue", sample=sample,
                          labels=list(labels), criterion="max_prob")  # fmt: skip
