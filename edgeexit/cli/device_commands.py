@@ -250,7 +250,7 @@ def calibrate(
         str,
         typer.Option(
             help="Labelled validation data: a .npz (x, y), an image folder, or a built-in set; "
-            "tweets for a text encoder (tokenized with the package's tokenizer)."
+            "a text set (tweets, rotten-tomatoes) for a text encoder (tokenized with the package's tokenizer)."
         ),
     ],
     max_drop: Annotated[
@@ -273,7 +273,7 @@ def calibrate(
     threads: ThreadsOpt = 1,
     backend: BackendOpt = "onnxruntime",
     precision: PrecisionOpt = "fp32",
-    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text for --data tweets.")] = 64,
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text of a text set.")] = 64,
 ) -> None:
     """Choose each exit's threshold and temperature on labelled data.
 

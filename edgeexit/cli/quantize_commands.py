@@ -33,8 +33,8 @@ def quantize(
         str,
         typer.Option(
             help="Labelled data (as `edgeexit calibrate --data`): a .npz (x, y), an image folder, or a built-in set "
-            "(digits, fashion-mnist, mnist-5k, builtin; tweets for a text encoder). Its first --samples "
-            "calibrate the activation ranges (static mode), all of it the int8 exits' thresholds."
+            "(digits, fashion-mnist, mnist-5k, builtin; tweets or rotten-tomatoes for a text encoder). "
+            "Its first --samples calibrate the activation ranges (static mode), all of it the int8 exits' thresholds."
         ),
     ],
     eval_data: Annotated[
@@ -86,7 +86,7 @@ def quantize(
         str | None,
         typer.Option(help="static or dynamic (default: static for image models, dynamic for text encoders)."),
     ] = None,
-    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text for --data tweets.")] = 64,
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per text of a text set.")] = 64,
     scheme: Annotated[
         str | None,
         typer.Option(
