@@ -38,7 +38,6 @@ from typing import IO, Any
 import numpy as np
 
 from edgeexit.codecs import Codec, create_codec
-from edgeexit.device.batch_walk import advance_batch
 from edgeexit.device.offload import _configured_max_batch, offload_or_resume
 from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError, UsageError
@@ -175,7 +174,7 @@ class PolicyRunner:
                 self._place(results, pending.rows, self.engine.resume_batch(pending), taken)
                 pending = None
             else:
-                done, pending = advance_batch(self.engine, pending, pending.boundary + 1)
+                done, pending = self.engine.advance_batch(pending, pending.boundary + 1)
                 for row, result in done.items():
                     results[row] = dataclasses.replace(result, decisions=taken)
         return results  # type: ignore[return-value]  # every row is answered once nothing is pending

@@ -20,6 +20,7 @@ callers import from here stays importable from here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -216,6 +217,25 @@ class Engine:
             return BatchProgress((None,) * batch.shape[0], held)
         found, pending = self._walker.batch(walk)
         return BatchProgress(tuple(found), pending)
+
+    def advance_batch(self, pending: Pending, boundary: int) -> tuple[dict[int, Result], Pending | None]:
+        """``advance`` for a batch: ``pending``'s samples carried on from their boundary to the
+        later ``boundary``, nothing recomputed. Returns the samples an exit in between (``boundary``'s
+        included) was sure of, by input row, and the rest as a Pending at ``boundary`` (rows in input
+        order; None when none is left); each answer is the one ``run`` gives. A policy deciding a
+        batch boundary by boundary steps with it."""
+        self._inputs.pending(pending)
+        self._inputs.boundary(boundary)
+        if boundary <= pending.boundary:
+            raise UsageError(
+                f"cannot advance from boundary {pending.boundary} to boundary {boundary}: expected a later one"
+            )
+        found, later = self._walker.batch(Walk.from_pending(pending, boundary))
+        rows = pending.rows
+        done = {rows[i]: result for i, result in enumerate(found) if result is not None}
+        if later is None:
+            return done, None
+        return done, dataclasses.replace(later, rows=tuple(rows[i] for i in later.rows))
 
     def resume_batch(self, pending: Pending) -> list[Result]:
         """Finish pending samples here, batched; one Result per ``pending.rows`` entry, in order,

@@ -126,3 +126,26 @@ def test_advance_refuses_what_it_cannot_do(mixed: Engine, digits) -> None:
     assert batch is not None
     with pytest.raises(EdgeExitError, match="one sample"):
         mixed.advance(batch, 1)
+
+
+def test_a_batch_stepped_boundary_by_boundary_equals_run_batch(mixed: Engine, digits) -> None:
+    """run_batch_until(xs, 0) → advance_batch → ... → resume_batch answers every sample as run_batch
+    does, each by its input row, whichever boundary it left at."""
+    xs = digits.x[:N]
+    expected = mixed.run_batch(xs)
+    progress = mixed.run_batch_until(xs, 0)
+    found = {i: r for i, r in enumerate(progress.results) if r is not None}
+    pending = progress.pending
+    last = len(mixed.segments) - 2
+    while pending is not None and pending.boundary < last:
+        done, pending = mixed.advance_batch(pending, pending.boundary + 1)
+        assert not set(done) & set(found)  # each sample answered once
+        found.update(done)
+    if pending is not None:
+        found.update(zip(pending.rows, mixed.resume_batch(pending), strict=True))
+    assert sorted(found) == list(range(N))
+    assert {r.exit for r in expected} == set(range(len(mixed.segments)))  # every exit answers some samples
+    for i, result in found.items():
+        _same(result, expected[i])
+    with pytest.raises(EdgeExitError, match="cannot advance from boundary 1 to boundary 0"):
+        mixed.advance_batch(mixed.run_batch_until(xs, 1).pending, 0)
