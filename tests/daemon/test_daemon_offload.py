@@ -79,5 +79,7 @@ def test_the_policy_keys_reach_the_daemons_runner(
     assert all(
         entry["objective"]["kind"] == "energy" and entry["objective"]["latency_slo_ms"] == 250 for entry in logged
     )
-    assert sum(entry["action"] == "offload" for entry in logged) == offloaded > 0
+    # a batch is decided once per boundary: one line covers every sample it names
+    covered = [len(e["sample"]) if isinstance(e["sample"], list) else 1 for e in logged if e["action"] == "offload"]
+    assert sum(covered) == offloaded > 0
     assert logged[0]["link"]["samples"] >= 1  # probe_interval_s: a probe came before the first decision
