@@ -102,3 +102,18 @@ def local_answers(digits_package: Path, digits) -> dict[str, list[Result]]:
     early = Engine(digits_package, cache_dir=None)
     full = Engine(digits_package, cache_dir=None, threshold=1.01)
     return {"early": [early.run(x) for x in xs], "full": [full.run(x) for x in xs]}
+
+
+@pytest.fixture(scope="module")
+def engine(digits_package: Path) -> Engine:
+    """The digits package's engine at its own thresholds, one per test module (a module may define its own)."""
+    return Engine(digits_package, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def server(digits_package: Path) -> Iterator[str]:
+    """An in-process tail server for the digits package on an ephemeral loopback port, one per module."""
+    from edgeexit.server import ServerOptions, TailServer
+
+    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as running:
+        yield f"127.0.0.1:{running.port}"

@@ -24,11 +24,6 @@ from .conftest import ServeProcess
 TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "int8": 5e-2}  # on probabilities
 
 
-@pytest.fixture(scope="module")
-def engine(digits_package: Path) -> Engine:
-    return Engine(digits_package, cache_dir=None)
-
-
 def is_correct(result: Result, i: int, local: dict[str, list[Result]], codec: str = "fp32") -> bool:
     offloaded = result.offload is not None and result.offload.offloaded
     reference = local["full" if offloaded else "early"][i]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,6 @@ from .test_offload import is_correct
 
 N = 40
 CODEC = "fp16"
-
-
-@pytest.fixture(scope="module")
-def engine(digits_package: Path) -> Engine:
-    return Engine(digits_package, cache_dir=None)
-
-
-@pytest.fixture(scope="module")
-def server(digits_package: Path) -> Iterator[str]:
-    from edgeexit.server import ServerOptions, TailServer
-
-    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as running:
-        yield f"127.0.0.1:{running.port}"
 
 
 @pytest.fixture
