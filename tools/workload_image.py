@@ -2,6 +2,8 @@
 
     python tools/workload_image.py --out /tmp/h/image/full                      # train, export, measure
     python tools/workload_image.py --out DIR --checkpoint DIR/model.pt          # reuse trained weights
+    python tools/workload_image.py --out DIR --init-checkpoint full32/model.pt --resolution 96 --train-limit 18000
+                                   # progressive resizing: continue a 32 px run at 96 px on part of its split
     python tools/workload_image.py --quick                                      # smoke run, no LiteRT
     python tools/workload_image.py --sweep 32:joint:pre 32:joint:scratch --limit 6000 --epochs 1 --bn-momentum 0.1
 
@@ -71,6 +73,8 @@ def _settings(args: argparse.Namespace):
         "lr": args.lr,
         "bn_momentum": args.bn_momentum,
         "limit": args.limit,
+        "train_limit": args.train_limit,
+        "init_checkpoint": str(args.init_checkpoint) if args.init_checkpoint else None,
         "seed": args.seed,
     }
     if args.quick:
@@ -97,10 +101,11 @@ def _model(args: argparse.Namespace, settings, data, out: Path):
     model, report = fine_tune(settings, data)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     save_checkpoint(model, out / "model.pt")
+    init = settings.init_checkpoint or ("pretrained" if settings.pretrained else "random init")
     stages = "; ".join(f"{s.name} {s.wall_seconds:.0f} s wall / {s.cpu_seconds:.0f} s CPU" for s in report.stages)
     print(
         f"(a) trained ({settings.scheme}, {settings.resolution}px, {settings.epochs} epoch(s), "
-        f"{'pretrained' if settings.pretrained else 'random init'}) on {report.train_samples} images in "
+        f"{init}) on {report.train_samples} images in "
         f"{wall:.0f} s wall, {cpu:.0f} s CPU ({cpu / wall:.2f} cores busy; torch threads {torch.get_num_threads()}): "
         f"{stages}; checkpoint {out / 'model.pt'}"
     )
@@ -136,12 +141,12 @@ def _accuracy_line(label: str, accuracy) -> str:
     return f"{label}: " + ", ".join(f"exit {a.exit} ({a.boundary}) {100 * (a.accuracy or 0):.2f}%" for a in accuracy)
 
 
-def _export(model, out: Path, test, tflite: bool):
+def _export(model, out: Path, test, tflite: bool, codecs: tuple[str, ...] = ("fp32",)):
     from edgeexit.compile.export import export
     from edgeexit.errors import EdgeExitError
 
     started = time.perf_counter()
-    kwargs = {"labels": test.labels, "sample": test.x[:8], "monolithic": True, "codecs": ("fp32",)}
+    kwargs = {"labels": test.labels, "sample": test.x[:8], "monolithic": True, "codecs": codecs}
     try:
         package = export(model, (1, *test.sample_shape), out / "package", tflite=tflite, **kwargs)
     except EdgeExitError as err:
@@ -243,6 +248,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--bn-momentum", type=float, help="batch-norm momentum while training (default: 0.01)")
     parser.add_argument("--limit", type=int, help="first N training images only")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        help="train on the first N images of the training split (the validation split stays the full run's)",
+    )
+    parser.add_argument(
+        "--init-checkpoint",
+        type=Path,
+        help="continue training from this checkpoint (e.g. a 32 px run's model.pt, trained on at --resolution 96)",
+    )
+    parser.add_argument(
+        "--codecs", default="fp32", help="boundary tensor codecs to export, e.g. fp32,fp16,int8 (default: fp32)"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--scratch", dest="pretrained", action="store_false", default=None, help="random init")
     parser.add_argument(
@@ -292,7 +310,7 @@ def main() -> None:
     validation, _ = split_data(settings, data)
     print(_accuracy_line("    PyTorch per-exit accuracy on the test images", evaluate(model, test)))
 
-    package = _export(model, out, test, args.tflite)
+    package = _export(model, out, test, args.tflite, tuple(c for c in args.codecs.split(",") if c))
     verified = verify_package(package.root)
     print(f"    verify: {verified.files_checked} hashes ok, {len(verified.checks)} parity checks")
     package = _calibrate(package, validation, args.threads)

@@ -63,6 +63,15 @@ class FineTuneSettings:
     seed: int = 0
     #: use only the first ``limit`` training images (a quick run); None: all
     limit: int | None = None
+    #: train on only the first ``train_limit`` images of the training split, after the validation
+    #: split is taken: unlike ``limit`` the validation split stays the one ``init_checkpoint`` was
+    #: trained beside, so a model continued from it is never calibrated on images it trained on
+    train_limit: int | None = None
+    #: start from these weights (a checkpoint of this model at any resolution: the weights do not
+    #: depend on it, the resize is in the graph) instead of ImageNet's or random ones, e.g. to train
+    #: at 96 px a model trained at 32 px first (progressive resizing: most of the learning happens at
+    #: the cheap resolution)
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +95,8 @@ class FineTuneSettings:
             problems.append(f"validation_fraction must be in (0, 1); got {self.validation_fraction}")
         if self.limit is not None and self.limit < 20:
             problems.append(f"limit {self.limit} is too small; expected None (all images) or >= 20")
+        if self.train_limit is not None and self.train_limit < 1:
+            problems.append(f"train_limit must be None (the whole training split) or >= 1; got {self.train_limit}")
         if problems:
             raise ModelError("invalid fine-tuning settings: " + "; ".join(problems))
 
@@ -128,6 +139,10 @@ def build_model(settings: FineTuneSettings, data: LabelledData) -> MultiExitMode
         size=data.sample_shape[-1],
         pretrained=settings.pretrained,
     )
+    if settings.init_checkpoint is not None:
+        from edgeexit.compile.checkpoint import load_checkpoint
+
+        load_checkpoint(model, settings.init_checkpoint)
     if settings.bn_momentum is not None:
         for module in model.segments.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -135,11 +150,21 @@ def build_model(settings: FineTuneSettings, data: LabelledData) -> MultiExitMode
     return model
 
 
+def _init_name(settings: FineTuneSettings) -> str:
+    if settings.init_checkpoint is not None:
+        return f"weights from {settings.init_checkpoint}"
+    return "ImageNet weights" if settings.pretrained else "random init"
+
+
 def split_data(settings: FineTuneSettings, data: LabelledData) -> tuple[LabelledData, LabelledData]:
-    """(validation, training): the same seeded split the calibration must use."""
+    """(validation, training): the same seeded split the calibration must use (``train_limit``
+    shortens the training part only)."""
     if settings.limit is not None:
         data = data.head(settings.limit)
-    return data.split(settings.validation_fraction, seed=settings.seed)
+    validation, train_data = data.split(settings.validation_fraction, seed=settings.seed)
+    if settings.train_limit is not None and settings.train_limit < len(train_data):
+        train_data = train_data.head(settings.train_limit)
+    return validation, train_data
 
 
 def fine_tune(
@@ -152,7 +177,7 @@ def fine_tune(
     model = build_model(settings, data)
     say = console.print if progress else (lambda *a, **k: None)
     say(
-        f"[bold]fine-tune[/] efficientnet_lite0 ({'ImageNet weights' if settings.pretrained else 'random init'}) at "
+        f"[bold]fine-tune[/] efficientnet_lite0 ({_init_name(settings)}) at "
         f"{settings.resolution}px, scheme {settings.scheme}: {len(train_data)} training / {len(validation)} "
         f"validation images ({data.source})",
         highlight=False,

@@ -99,3 +99,37 @@ def test_model_rejects_unsupported_inputs() -> None:
         efficientnet_lite0_fashion(resolution=8)
     with pytest.raises(ModelError, match="in_channels 2"):
         efficientnet_lite0_fashion(in_channels=2)
+
+
+def test_continues_from_a_checkpoint_at_another_resolution_on_part_of_the_same_split(tmp_path: Path) -> None:
+    """Progressive resizing: a 32 px model's weights start a 48 px run (the resize is in the graph,
+    so every weight fits), and ``train_limit`` shortens the training part only, so the validation
+    split stays the one the first run held out (calibrating on images it trained on would flatter it)."""
+    from edgeexit.compile.checkpoint import save_checkpoint
+    from edgeexit.compile.finetune import build_model
+
+    rng = np.random.default_rng(0)
+    data = LabelledData(_gray(40), rng.integers(0, 10, 40), tuple(str(i) for i in range(10)), source="random")
+    first = FineTuneSettings(resolution=32, exits=("stage1",), batch_size=16, limit=40)
+    trained = build_model(first, data)
+    with torch.no_grad():
+        trained.head(1).fc.weight.add_(1.0)  # unlike any fresh model's
+    save_checkpoint(trained, tmp_path / "model.pt")
+
+    later = FineTuneSettings(
+        resolution=48, exits=("stage1",), batch_size=16, limit=40, train_limit=8,
+        init_checkpoint=str(tmp_path / "model.pt"), lr=1e-3,
+    )  # fmt: skip
+    continued = build_model(later, data)
+    assert continued.segments[0][0].size == 48
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(continued.state_dict()[key], value, rtol=0, atol=0)
+
+    (val_first, train_first), (val_later, train_later) = split_data(first, data), split_data(later, data)
+    np.testing.assert_array_equal(val_later.x, val_first.x)
+    np.testing.assert_array_equal(train_later.x, train_first.x[:8])
+    _, report = fine_tune(later, data, progress=False)
+    assert (report.train_samples, report.validation_samples) == (8, 4)
+
+    with pytest.raises(ModelError, match="train_limit"):
+        FineTuneSettings(train_limit=0)
