@@ -107,6 +107,45 @@ def measure(setup: bench.BenchSetup, name: str, spec: LinkSpec, address: str, x,
         return setup.measure(name, run, x, y, spec)
 
 
+# ---------------------------------------------------------------- what the policies' model expects
+
+
+def policy_costs(setup: bench.BenchSetup):
+    """The ``DeviceCosts`` a policy row weighs (``BenchSetup.runner``'s: segments at the device's
+    speed, the tails' compute at this machine's, the energy model's presets)."""
+    import dataclasses
+
+    from edgeexit.profile.record import modelled_costs
+
+    preset, radio = setup.energy.presets()
+    costs = modelled_costs(setup.early.manifest, setup.segment_ms, codec=setup.codec, power=preset, radio=radio)
+    host = getattr(setup.full, "calibrated_segment_ms", None) or [ms / setup.speed.factor for ms in setup.segment_ms]
+    return dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
+                               input_server_ms=sum(host))  # fmt: skip
+
+
+def probe_rtt_s(address: str, spec: LinkSpec, seed: int, timeout_s: float) -> float:
+    """The least of ``bench.PROBES`` ServerLive round trips over the emulated link: the RTT a
+    policy row starts from (the link's delay plus this stack's per-request overhead)."""
+    with TailClient(address, timeout_s=timeout_s, transport=EmulatedLink(spec, seed)) as client:
+        found = [f[1] for f in (client.live(timeout_s=1.0) for _ in range(bench.PROBES)) if f is not None]
+    return min(found) if found else spec.rtt_s
+
+
+def modelled_plans(costs, spec: LinkSpec, rtt_s: float) -> dict[str, float]:
+    """Expected mean latency (ms) of each static plan with early exit, as the policies model it on
+    ``spec`` at the probed ``rtt_s``: set beside the measured medians, it says where a policy's
+    choice can go wrong (a plan the model puts first that measures slower)."""
+    from edgeexit.policy import LinkEstimate
+    from edgeexit.policy.costs import static_split
+
+    link = LinkEstimate.fixed(spec.bandwidth_bps, rtt_s)
+    found = {"local": static_split(costs, None).latency_ms}
+    for k in costs.offload_boundaries:
+        found["split@input" if k == -1 else f"early+split@{k}"] = static_split(costs, k, link).latency_ms
+    return found
+
+
 # ---------------------------------------------------------------- summaries
 
 
@@ -177,6 +216,19 @@ def markdown(results, slo_ms: float, meta: dict[str, object]) -> str:
             tail = f"{med(rows[row], 'decide_ms'):.3f} | {100 * med(rows[row], 'offload_rate'):.0f} | {slo}"
             out.append(f"| {link} | {objective} | {oracle} | " + " | ".join(cells) + f" | {tail} |")
     out.append("")
+    modelled = [link for link in links if results[link][1].get("modelled")]
+    if modelled:
+        plans = list(results[modelled[0]][1]["modelled"])
+        out += ["Modelled vs. measured mean latency of the static plans (ms): what the policies' cost model expects "
+                "at the probed RTT, then measured / modelled (the model's error; > 1: the plan costs more than "
+                "modelled):", "", "| link | probed RTT ms | " + " | ".join(plans) + " |",
+                "| --- | ---: |" + " ---: |" * len(plans)]  # fmt: skip
+        for link in modelled:
+            rows, summary = results[link]
+            cells = [f"{summary['modelled'][p]:.2f} / {med(rows[p], 'mean_ms') / summary['modelled'][p]:.2f}"
+                     if p in rows else f"{summary['modelled'][p]:.2f}" for p in plans]  # fmt: skip
+            out.append(f"| {link} | {1e3 * summary['probe_rtt_s']:.2f} | " + " | ".join(cells) + " |")
+        out.append("")
     out.append("Accuracy (median over rounds): " + ", ".join(
         f"{n} {med(next(iter(results.values()))[0][n], 'accuracy'):.3f}" for n in names))  # fmt: skip
     return "\n".join(out) + "\n"
@@ -229,7 +281,11 @@ def main() -> None:
     console.print(f"device segments {[round(v, 3) for v in setup.segment_ms]} ms at that speed", highlight=False)
     results: dict[str, tuple[dict[str, list[bench.BenchRow]], dict[str, object]]] = {}
     collected: dict[str, dict[str, list[bench.BenchRow]]] = {str(s): {n: [] for n in names} for s in specs}
+    costs = policy_costs(setup)
+    probed: dict[str, float] = {}
     with local_tail_server(args.package) as address:
+        for spec in specs:
+            probed[str(spec)] = probe_rtt_s(address, spec, args.seed, args.timeout)
         local = setup.measure("local", setup.early.run, x, y, specs[0])
         slo_ms = args.slo_factor * local.mean_ms
         console.print(f"latency SLO {slo_ms:.2f} ms = {args.slo_factor} x all-local {local.mean_ms:.2f} ms")
@@ -241,7 +297,11 @@ def main() -> None:
                     row = measure(setup, name, spec, address, x, y, slo_ms, args.seed, args.timeout)
                     collected[str(spec)][name].append(row)
     for link, rows in collected.items():
-        results[link] = (rows, summarize(rows, slo_ms))
+        summary = summarize(rows, slo_ms)
+        spec = next(s for s in specs if str(s) == link)
+        summary["probe_rtt_s"] = probed[link]
+        summary["modelled"] = modelled_plans(costs, spec, probed[link])
+        results[link] = (rows, summary)
         body = [[n, f"{med(rs, 'accuracy'):.3f}", f"{med(rs, 'mean_ms'):.2f}", f"{spread(rs, 'mean_ms'):.2f}",
                  f"{med(rs, 'decide_ms'):.3f}", f"{med(rs, 'energy_mj'):.2f}", f"{100 * med(rs, 'offload_rate'):.0f}",
                  sum(r.fallbacks for r in rs)] for n, rs in rows.items()]  # fmt: skip
