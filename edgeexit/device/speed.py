@@ -120,6 +120,14 @@ class SlowedChain:
         wait_until(tick + self._target_s[k])
         return out  # type: ignore[no-any-return]
 
+    def run_all(self, times: list[float]) -> None:
+        """The full-depth walk, each segment slowed as ``run_segment`` slows it (the wrapped
+        chain's own ``run_all`` would run them at this machine's speed)."""
+        for k in range(len(self._chain.outputs)):
+            tick = time.perf_counter()
+            self.run_segment(k)
+            times.append((time.perf_counter() - tick) * 1e3)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._chain, name)
 

@@ -54,6 +54,11 @@ class Chain(Protocol):
         """Run segment k on whatever its input buffer holds."""
         ...
 
+    def run_all(self, times: list[float]) -> None:
+        """Run every segment in turn from ``input``, appending each one's ms to ``times``: a walk
+        no exit can stop before the last, with nothing between two runs but the clock."""
+        ...
+
 
 def open_segment(
     backend: str, path: Path, spec: SegmentSpec, *, threads: int, cache_dir: Path | None, sha256: str

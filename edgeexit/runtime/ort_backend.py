@@ -10,6 +10,7 @@ segment k's hidden buffer as segment k+1's input, so a sample flows through with
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -92,6 +93,18 @@ class BoundChain:
         """Run segment k on whatever its input buffer holds; returns views of its output buffers."""
         self._runs[k]()
         return self.outputs[k]
+
+    def run_all(self, times: list[float]) -> None:
+        """Every segment in turn, timed. Python between two ONNX Runtime calls costs 2-3x its
+        hot-loop time (each run evicts the interpreter's caches), so the per-segment bookkeeping
+        of a walk waits until the last run: on a 0.4 ms CNN that was most of the engine's overhead
+        over the bare chained sessions (docs/benchmarks.md, point 5)."""
+        clock = time.perf_counter
+        stamps = [clock()]
+        for run in self._runs:
+            run()
+            stamps.append(clock())
+        times.extend([(after - before) * 1e3 for before, after in zip(stamps, stamps[1:])])
 
 
 def _direct_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], object]:

@@ -68,10 +68,10 @@ class Scorer:
     def __init__(
         self, rules: tuple[ExitRule, ...], exits: Sequence[ExitSpec], labels: Sequence[str], classes: int
     ) -> None:
-        self.rules = rules
         self.criteria = [create_criterion(rule.criterion) for rule in rules]
         #: Whether any exit reads the earlier exits' predictions (patience): the walks keep them only then.
         self.keeps_history = any(rule.criterion == "patience" for rule in rules)
+        self.rules = rules
         self._logit_names = tuple(spec.logits for spec in exits)
         self._labels = tuple(labels)
         self._classes = classes
@@ -88,11 +88,20 @@ class Scorer:
             early_exit: tuple(r.final or (early_exit and r.threshold < NEVER_THRESHOLD) for r in rules)
             for early_exit in (False, True)
         }
+        # per early_exit setting, whether only the final exit can stop a sample and none feeds a
+        # later one (patience): a walk may then run every segment before looking at any output
+        self._straight = {
+            early_exit: not any(live[:-1]) and not self.keeps_history for early_exit, live in self._live.items()
+        }
 
     def live(self, early_exit: bool) -> tuple[bool, ...]:
         """Per exit, whether it can stop a sample in a walk with ``early_exit``: the others are
         not scored at all (``score`` gives None for them), so a walk may skip them."""
         return self._live[early_exit]
+
+    def straight(self, early_exit: bool) -> bool:
+        """Whether a walk with ``early_exit`` reads nothing but the final exit (full depth)."""
+        return self._straight[early_exit]
 
     def logits(self, k: int, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         name = self._logit_names[k]
