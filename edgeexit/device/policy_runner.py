@@ -254,8 +254,27 @@ class PolicyRunner:
         if info is not None and info.offloaded:
             server_ms = (info.queue_ms or 0.0) + (info.compute_ms or 0.0)
             sent = sum(r.offload.bytes_sent for r in results if r.offload is not None)  # the shares sum to the request
-            self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=info.queue_ms)
+            extra = self._unmodelled_compute_ms(pending.boundary, info.compute_ms, len(results))
+            delay = (info.queue_ms or 0.0) + extra
+            self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=delay)
         return results
+
+    def _unmodelled_compute_ms(self, boundary: int, compute_ms: float | None, samples: int) -> float:
+        """The tail's measured compute beyond what the policy's costs model for it (``server_ms``,
+        ``input_server_ms``: a quiet server's time; 0 where they have none), per request.
+
+        It enters the estimate's server delay (``LinkEstimate.server_queue_ms``, which every
+        modelled offload adds) beside the server's queue: the estimator takes the server's whole
+        reported time out of a transfer before it reads a bandwidth sample, so without this a
+        server slower than the profile (a loaded one) would never make an offload look dearer."""
+        costs = self.policy.costs
+        if compute_ms is None or costs is None:
+            return 0.0
+        if boundary == -1:
+            modelled = costs.input_server_ms or 0.0
+        else:
+            modelled = costs.server_ms[boundary] if costs.server_ms and boundary < len(costs.server_ms) else 0.0
+        return max(0.0, compute_ms - modelled * samples)
 
     def _max_batch(self, tail: TailSpec) -> int:
         found = self._batch_limits.get(tail.model)

@@ -249,3 +249,28 @@ def test_bad_settings_are_refused_up_front(engine: Engine) -> None:
         PolicyRunner(engine, None, create_policy("local"), battery="plugged")
     with pytest.raises(EdgeExitError, match="probe_interval_s"):
         PolicyRunner(engine, None, create_policy("local"), probe_interval_s=0)
+
+
+def test_the_tails_compute_beyond_the_costs_enters_the_estimates_server_delay(engine: Engine, server: str,
+                                                                               digits) -> None:  # fmt: skip
+    """The estimator takes the server's reported time out of a transfer before reading bandwidth,
+    so the tail's compute beyond what the costs model (``server_ms``) must reach the estimate some
+    other way, or a slower server than profiled never makes offloading look dearer: it enters
+    ``server_queue_ms`` (which every modelled offload adds). Modelled at 0 ms, the whole measured
+    compute shows there; modelled far above it, only the queue does."""
+    n = len(engine.segments)
+    found = {}
+    for modelled in (0.0, 1e6):
+        costs = DeviceCosts.from_manifest(engine.manifest, (1.0,) * n, codec=CODEC, active_w=5.0,
+                                          server_ms=(modelled,) * (n - 1))  # fmt: skip
+        link = LinkEstimator()
+        with _client(server) as client:
+            runner = PolicyRunner(engine, client, create_policy("split@0", costs), codec=CODEC, estimator=link)
+            infos = [r.offload for r in _run(runner, digits) if r.offload is not None]
+        assert infos
+        assert all(i.offloaded and i.compute_ms is not None and i.compute_ms > 0 for i in infos)
+        found[modelled] = (link.estimate().server_queue_ms, infos)
+    delay, infos = found[0.0]  # an EWMA of the samples: between the least and the largest
+    assert min(i.queue_ms + i.compute_ms for i in infos) <= delay <= max(i.queue_ms + i.compute_ms for i in infos)
+    delay, infos = found[1e6]
+    assert delay <= max(i.queue_ms for i in infos)
