@@ -10,6 +10,7 @@ segment k's hidden buffer as segment k+1's input, so a sample flows through with
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -104,7 +105,7 @@ class BoundChain:
         for run in self._runs:
             run()
             stamps.append(clock())
-        times.extend([(after - before) * 1e3 for before, after in zip(stamps, stamps[1:])])
+        times.extend([(after - before) * 1e3 for before, after in itertools.pairwise(stamps)])
 
 
 def _direct_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], object]:

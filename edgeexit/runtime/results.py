@@ -60,6 +60,39 @@ class Result:
         return found
 
 
+_new = object.__new__
+
+
+def answer(
+    prediction: int | None,
+    label: str | None,
+    probabilities: np.ndarray | None,
+    exit: int,
+    score: float,
+    latency_ms: float,
+    segment_ms: tuple[float, ...],
+    hidden: np.ndarray | None,
+    offload: OffloadInfo | None,
+) -> Result:
+    """``Result(...)`` for the walks' hot path: the same fields written straight into the new
+    instance's dict. A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__``;
+    right after an ONNX Runtime run (cold caches) that cost 5 us per sample, a tenth of a 0.4 ms
+    CNN's whole engine overhead (docs/benchmarks.md, point 5)."""
+    result = _new(Result)
+    fields = result.__dict__
+    fields["prediction"] = prediction
+    fields["label"] = label
+    fields["probabilities"] = probabilities
+    fields["exit"] = exit
+    fields["score"] = score
+    fields["latency_ms"] = latency_ms
+    fields["segment_ms"] = segment_ms
+    fields["hidden"] = hidden
+    fields["offload"] = offload
+    fields["decisions"] = ()
+    return result
+
+
 @dataclass(frozen=True)
 class OffloadInfo:
     """How a sample that reached the offload boundary was answered.

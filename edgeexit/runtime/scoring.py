@@ -18,7 +18,7 @@ import numpy as np
 from edgeexit.criteria import Boundary, create_criterion, softmax
 from edgeexit.errors import InputError, UnknownNameError
 from edgeexit.manifest import CRITERION_NAMES, IN_GRAPH_CRITERIA, NEVER_THRESHOLD, ExitSpec
-from edgeexit.runtime.results import ExitRule, OffloadInfo, Pending, Result
+from edgeexit.runtime.results import ExitRule, OffloadInfo, Pending, Result, answer
 
 if TYPE_CHECKING:
     from edgeexit.runtime.walk import Walk
@@ -153,12 +153,12 @@ class Scorer:
         """Sample ``i``'s Result at exit ``k``; its latency counts from ``started`` to now."""
         latency = (time.perf_counter() - started) * 1e3
         if logits is None:
-            return Result(None, None, None, k, float(score[i]), latency, times, hidden, offload)
+            return answer(None, None, None, k, float(score[i]), latency, times, hidden, offload)
         row = probabilities[i] if probabilities is not None else softmax(logits[i], self.rules[k].temperature)
-        prediction = int(logits[i].argmax())
+        prediction = int(logits.argmax() if len(logits) == 1 else logits[i].argmax())  # batch 1: no row view
         labels = self._labels
         label = labels[prediction] if prediction < len(labels) else str(prediction)
-        return Result(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden, offload)
+        return answer(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden, offload)
 
     def tail_results(self, pending: Pending, logits: np.ndarray, offload: OffloadInfo | None) -> list[Result]:
         """Results from a tail's final logits for ``pending``'s samples: the final exit's rule

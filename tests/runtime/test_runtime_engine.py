@@ -206,6 +206,34 @@ def test_results_of_run_are_independent_of_later_runs(engine: Engine, digits) ->
     np.testing.assert_array_equal(first.probabilities, probabilities)
 
 
+def test_a_run_gives_a_real_frozen_result(engine: Engine, digits) -> None:
+    """The walks build Results without the dataclass __init__ (the hot path): they must still be
+    whole, frozen Results with every field."""
+    result = engine.run(digits.x[0])
+    assert isinstance(result, Result)
+    assert set(vars(result)) == {f.name for f in dataclasses.fields(Result)}
+    assert result.decisions == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.exit = 0  # type: ignore[misc]
+    assert vars(dataclasses.replace(result)).keys() == vars(result).keys()
+
+
+def test_full_depth_one_at_a_time_matches_torch_and_times_every_segment(
+    digits_package: Path, digits, torch_outputs
+) -> None:
+    """No exit can stop a sample before the last: the walk runs the segments back to back."""
+    logits, _ = torch_outputs
+    engine = Engine(digits_package, cache_dir=None, threshold=math.inf)
+    for i in range(50):
+        result = engine.run(digits.x[i])
+        assert result.exit == engine.num_exits - 1
+        assert result.prediction == int(logits[-1][i].argmax())
+        np.testing.assert_allclose(result.probabilities, _softmax(logits[-1][i]), atol=1e-4)
+        assert len(result.segment_ms) == len(engine.segments)
+        assert all(ms > 0 for ms in result.segment_ms)
+        assert result.latency_ms >= sum(result.segment_ms)
+
+
 def test_to_json_is_plain_json(engine: Engine, digits) -> None:
     row = engine.run(digits.x[0]).to_json()
     assert json.loads(json.dumps(row)) == row
