@@ -29,9 +29,23 @@ import pytest
 from edgeexit.data import LabelledData, sklearn_digits
 from edgeexit.data.builtin import FASHION_MNIST_ROOT_ENV
 
+#: Most workers ``-n auto`` starts (pytest-xdist): every worker imports torch and builds the session
+#: fixtures again, so more than a few costs memory and duplicated setup for little gain.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cores))
+
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ[FASHION_MNIST_ROOT_ENV] = "/nonexistent/edgeexit-tests-run-without-fashion-mnist"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One intra-op thread per worker, for torch here and in the CLIs' subprocesses: with the
+        # cores shared, a second torch thread spins at every barrier for a thread that is not
+        # scheduled, and the training fixtures took 247 s instead of seconds (docs/benchmarks.md).
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

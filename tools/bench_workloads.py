@@ -40,7 +40,17 @@ def steps(out: Path, quick: bool, text_args: list[str]) -> list[tuple[str, list[
         ("text: MiniLM on Rotten Tomatoes", [str(TOOLS / "bench_models.py"), *text, *smoke, *text_args]),
         (
             "offload: the image package at a Raspberry Pi 4's speed",
-            [str(TOOLS / "bench_policy.py"), "--package", str(image / "package"), "--device-speed", "rpi4", *smoke],
+            # fp32: the boundary codec the image step exports tails for
+            [
+                str(TOOLS / "bench_policy.py"),
+                "--package",
+                str(image / "package"),
+                "--codec",
+                "fp32",
+                "--device-speed",
+                "rpi4",
+                *smoke,
+            ],
         ),
     ]
 
