@@ -6,6 +6,7 @@ Deterministic: link estimates primed far apart, fixed costs; no wall-clock asser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -150,3 +151,24 @@ def test_an_all_local_plan_runs_in_one_go_with_the_stepped_decisions(engine: Eng
         ]
         assert all(d.chosen == "local" for d in mine.decisions)
     assert len(one_go._plans) == 1  # the plan was worked out once for this link estimate
+
+
+@pytest.mark.parametrize("policy", ["split@1", "adaptive"])
+def test_an_offloading_plan_runs_to_its_boundary_in_one_go_with_the_stepped_decisions(
+    engine: Engine, server: str, digits, costs: DeviceCosts, policy: str
+) -> None:
+    """When the plan for the current estimate offloads at boundary k, a sample runs to k in one
+    ``run_until`` (no stepping), is offloaded there, and carries the decisions and the answer
+    stepping would give it; the samples that exit before k carry the decisions they reached."""
+    no_input = dataclasses.replace(costs, input_bytes=None)  # adaptive then offloads at boundary 0
+    found = {}
+    for name, interval in (("one go", None), ("stepped", 1e9)):
+        with TailClient([server], timeout_s=2.0) as client:
+            runner = PolicyRunner(engine, client, create_policy(policy, no_input), codec=CODEC, estimator=link(True),
+                                  probe_interval_s=interval)  # fmt: skip
+            found[name] = [runner.run(x) for x in digits.x[:N]]
+            if interval is None:
+                assert runner._plans, "the plan was worked out up front"
+    assert any(r.offload is not None for r in found["one go"])
+    for mine, reference in zip(found["one go"], found["stepped"], strict=True):
+        _same(reference, mine)
