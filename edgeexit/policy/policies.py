@@ -59,10 +59,7 @@ class Policy(ABC):
         of a percent to a few: without this every sample would pay the same arithmetic at every boundary
         (measured ~40-100 us per decision here, x7 at a Pi 4's speed)."""
         state = BatteryState.of(battery)
-        key: tuple[object, ...] = (boundary, state)
-        if link is not None:
-            key = (boundary, state, round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP),
-                   round(link.rtt_s * 4e3), round(link.server_queue_ms * 4.0))  # fmt: skip
+        key = (boundary, *estimate_key(link, state))
         found = self._memo.get(key)
         if found is not None:
             return found
@@ -163,6 +160,17 @@ class PlanTable:
 _BANDWIDTH_STEP = math.log(1.05)
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
+
+
+def estimate_key(link: LinkEstimate | None, battery: BatteryState | float | None = None) -> tuple[object, ...]:
+    """The inputs of a decision besides its boundary, at the grain below which a policy treats them
+    as equal (bandwidth within 5%, RTT and queue within 0.25 ms): the memo's key, and a caller's
+    (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
+    state = BatteryState.of(battery)
+    if link is None:
+        return (state,)
+    return (state, round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP), round(link.rtt_s * 4e3),
+            round(link.server_queue_ms * 4.0))  # fmt: skip
 
 
 @POLICIES.register("local")

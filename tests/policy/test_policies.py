@@ -188,3 +188,18 @@ def test_the_plan_table_sums_what_sunk_plus_remaining_does(toy: DeviceCosts, lin
     for option in plain.options(-1, link):
         expected = static_split(costs, option.split, link)
         assert (option.latency_ms, option.energy_j) == pytest.approx((expected.latency_ms, expected.energy_j))
+
+
+def test_estimates_within_the_grain_share_a_key_and_a_decision(toy: DeviceCosts) -> None:
+    """``estimate_key`` is the grain a policy treats as equal (bandwidth within 5%, RTT and queue
+    within 0.25 ms): the memo's key, which PolicyRunner's plans share so that the nudge every
+    transfer gives the estimate does not make the device decide again."""
+    from edgeexit.policy.policies import estimate_key
+
+    near = LinkEstimate.fixed(200e6 * 1.01, 0.01 + 0.00005)
+    assert estimate_key(near) == estimate_key(FAST)
+    assert estimate_key(LinkEstimate.fixed(200e6 * 1.2, 0.01)) != estimate_key(FAST)
+    assert estimate_key(LinkEstimate.fixed(200e6, 0.011)) != estimate_key(FAST)
+    assert estimate_key(FAST, 50.0) != estimate_key(FAST)  # on battery
+    policy = create_policy("adaptive", toy)
+    assert policy.decide(0, FAST) is policy.decide(0, near)
