@@ -153,12 +153,12 @@ class Scorer:
         """Sample ``i``'s Result at exit ``k``; its latency counts from ``started`` to now."""
         latency = (time.perf_counter() - started) * 1e3
         if logits is None:
-            return answer(None, None, None, k, float(score[i]), latency, times, hidden, offload)
+            return answer(None, None, None, k, score.item(i), latency, times, hidden, offload)
         row = probabilities[i] if probabilities is not None else softmax(logits[i], self.rules[k].temperature)
         prediction = int(logits.argmax() if len(logits) == 1 else logits[i].argmax())  # batch 1: no row view
         labels = self._labels
         label = labels[prediction] if prediction < len(labels) else str(prediction)
-        return answer(prediction, label, row.copy(), k, float(score[i]), latency, times, hidden, offload)
+        return answer(prediction, label, row.copy(), k, score.item(i), latency, times, hidden, offload)
 
     def tail_results(self, pending: Pending, logits: np.ndarray, offload: OffloadInfo | None) -> list[Result]:
         """Results from a tail's final logits for ``pending``'s samples: the final exit's rule
