@@ -43,7 +43,6 @@ from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
-from edgeexit.policy.policies import estimate_key
 from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
 from edgeexit.transport.client import TailClient
@@ -196,13 +195,13 @@ class PolicyRunner:
         early+split@2 did, 11.3 vs 9.9 ms per sample at 500 Mbit/s / 5 ms); so the sample runs in
         one go to the plan's offload boundary (or to its end) and carries the decisions of the
         boundaries it reached, as the stepped path would give it. Kept per link estimate, at the
-        grain the policy's own memo treats as equal (``estimate_key``): every transfer nudges the
+        grain the policy's own memo treats as equal (``Policy.estimate_key``): every transfer nudges the
         estimate, and re-planning on each nudge cost 0.27 ms per sample at a Pi's speed for the
         same decisions. The first decision carries what this check cost (``decide_ms``)."""
         if self.probe_interval_s is not None or not self.early_exit:
             return None  # a due probe or the no-exit baseline: step, as decided per boundary
         tick = time.perf_counter()
-        key = estimate_key(self.estimator.estimate(), battery)  # the policy's own grain: the same decisions
+        key = self.policy.estimate_key(self.estimator.estimate(), battery)  # the policy's grain: same decisions
         found = self._plans.get(key)
         if found is None:
             plan: list[Decision] = []

@@ -59,7 +59,7 @@ class Policy(ABC):
         of a percent to a few: without this every sample would pay the same arithmetic at every boundary
         (measured ~40-100 us per decision here, x7 at a Pi 4's speed)."""
         state = BatteryState.of(battery)
-        key = (boundary, *estimate_key(link, state))
+        key = (boundary, *self.estimate_key(link, state))
         found = self._memo.get(key)
         if found is not None:
             return found
@@ -70,6 +70,19 @@ class Policy(ABC):
             self._memo.clear()
         self._memo[key] = found
         return found
+
+    def estimate_key(
+        self, link: LinkEstimate | None, battery: BatteryState | float | None = None
+    ) -> tuple[object, ...]:
+        """``estimate_key`` for this policy: plus, when its radio's tail is shared by back-to-back
+        transfers (``RadioModel.tail_s``) and energy enters the choice, how far into the tail the
+        link's last use is, in eighths (an offload's energy depends on it)."""
+        key = estimate_key(link, battery)
+        tail_s = self.costs.radio.tail_s if self.costs is not None else 0.0
+        plain_latency = self.objective.kind == "latency" and self.objective.energy_budget_j is None and battery is None
+        if tail_s > 0 and link is not None and not plain_latency:  # energy enters the choice
+            key += (round(8 * min(link.age_s, tail_s) / tail_s),)
+        return key
 
     @abstractmethod
     def _decide(self, boundary: int, link: LinkEstimate | None, battery: BatteryState | None) -> Decision: ...

@@ -106,3 +106,29 @@ def test_from_manifest_reads_exit_rates_and_the_codecs_encoded_bytes() -> None:
     assert fp32.exit_prob == (0.0, 0.0, 1.0)  # uncalibrated: everything reaches the final exit
     with pytest.raises(EdgeExitError, match="active_w"):
         DeviceCosts.from_manifest(fake_manifest(True), [1.0, 1.0, 1.0])
+
+
+def test_back_to_back_transfers_share_the_radios_tail(toy: DeviceCosts) -> None:
+    """With the tail's length known, a transfer within the previous one's tail only extends it (by
+    the time since the radio's last use, the link estimate's ``age_s``); after an idle radio, or
+    with the length unknown (``tail_s`` 0), it pays the whole tail, as before."""
+    import dataclasses
+
+    from edgeexit.policy import Objective, create_policy
+
+    shared = dataclasses.replace(toy, radio=dataclasses.replace(toy.radio, tail_s=0.25))
+    assert shared.radio.tail_energy_j(0.05) == pytest.approx(0.5 * 0.05 / 0.25)
+    assert shared.radio.tail_energy_j(1.0) == shared.radio.tail_energy_j() == toy.radio.tail_j == 0.5
+    assert toy.radio.tail_energy_j(0.05) == 0.5  # tail_s unknown: every transfer pays all of it
+    recent = LinkEstimate(bandwidth_bps=10e6, rtt_s=0.01, age_s=0.05, samples=1, fresh=True)
+    idle = dataclasses.replace(recent, age_s=float("inf"))
+    saved = offload_now(toy, 0, recent).energy_j - offload_now(shared, 0, recent).energy_j
+    assert saved == pytest.approx(0.5 - 0.1)
+    assert offload_now(shared, 0, idle).energy_j == pytest.approx(offload_now(toy, 0, idle).energy_j)
+    assert offload_now(shared, 0, recent).latency_ms == offload_now(toy, 0, recent).latency_ms
+    # the policy's memo and a runner's plans tell the two apart (an offload's energy differs)
+    policy = create_policy("adaptive", shared, Objective("energy"))
+    assert policy.estimate_key(recent) != policy.estimate_key(idle)
+    assert create_policy("adaptive", toy).estimate_key(recent) == create_policy("adaptive", toy).estimate_key(idle)
+    latency = create_policy("adaptive", shared)  # energy does not enter its choice: no replanning as the tail runs
+    assert latency.estimate_key(recent) == latency.estimate_key(idle)
