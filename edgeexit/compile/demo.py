@@ -40,7 +40,7 @@ VALIDATION_FRACTION = 0.1
 SMALL_DATA_VALIDATION_FRACTION = 0.2
 SMALL_DATA = 20_000
 #: Standard errors of the accuracy drop kept in reserve at calibration (see ``choose_thresholds``):
-#: one on Fashion-MNIST's 6,000 validation images; two on the fallback's 1,000, where one left the
+#: one on Fashion-MNIST's 6,000 validation images; two on the fallback's 800, where one left the
 #: drop on the test images at 1.2 points for a 1-point budget (docs/benchmarks.md, demo section).
 MARGIN = 1.0
 SMALL_DATA_MARGIN = 2.0

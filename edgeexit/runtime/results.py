@@ -76,7 +76,7 @@ def answer(
 ) -> Result:
     """``Result(...)`` for the walks' hot path: the same fields written straight into the new
     instance's dict. A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__``;
-    right after an ONNX Runtime run (cold caches) that cost 5 us per sample, a tenth of a 0.4 ms
+    right after an ONNX Runtime run (cold caches) that cost 5 us per sample, a fifth of a 0.4 ms
     CNN's whole engine overhead (docs/benchmarks.md, point 5)."""
     result = _new(Result)
     fields = result.__dict__

@@ -38,7 +38,7 @@ class InputCheck:
         """The model input as one batch-first array, and the context inputs (rows aligned)."""
         # The batch-1 hot path first, in as few operations as it takes: between two ONNX Runtime
         # runs the general checks below (the Mapping ABC's isinstance above all) cost 6.5 us, a
-        # third of the engine's overhead on a 0.4 ms CNN (docs/benchmarks.md, point 5).
+        # quarter of the engine's overhead on a 0.4 ms CNN (docs/benchmarks.md, point 5).
         if type(x) is np.ndarray and x.shape == self._one_sample and x.dtype == _FLOAT32 and x.flags.c_contiguous:
             return x, {}
         if type(x) is not np.ndarray and isinstance(x, Mapping):
