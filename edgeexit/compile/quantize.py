@@ -290,7 +290,7 @@ def quantize_package(
     try:
         stage.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide int8/ from a daemon running as another user
         shape_inference: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="edgeexit-quantize-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="edgeexit-quantize-") as scratch, _quiet_onnxruntime():
             for segment, batches in zip(manifest.segments, inputs, strict=True):
                 shape_inference.append(
                     _quantize_segment(opened.path(segment.file), stage / f"{segment.index}.onnx", segment, batches,
@@ -521,6 +521,21 @@ def _quantize_segment(
     except Exception as err:  # as above: ONNX Runtime's errors are not typed
         raise ExportError(f"{where}: quantize_{mode} failed ({type(err).__name__}: {str(err)[:300]})") from None
     return inference
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's quantizer opens its own sessions at the default log level (warning), and each
+    segment's ``exit_k_temperature`` draws "Initializer ... appears in graph inputs" from every one:
+    the temperature is an overridable initializer on purpose (the engine feeds the calibrated one).
+    Errors still print; the level goes back to ONNX Runtime's default (2) afterwards."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 @contextlib.contextmanager
