@@ -132,18 +132,18 @@ def probe_rtt_s(address: str, spec: LinkSpec, seed: int, timeout_s: float) -> fl
     return min(found) if found else spec.rtt_s
 
 
-def modelled_plans(costs, spec: LinkSpec, rtt_s: float) -> dict[str, float]:
-    """Expected mean latency (ms) of each static plan with early exit, as the policies model it on
-    ``spec`` at the probed ``rtt_s``: set beside the measured medians, it says where a policy's
-    choice can go wrong (a plan the model puts first that measures slower)."""
+def modelled_plans(costs, spec: LinkSpec, rtt_s: float) -> dict[str, tuple[float, float]]:
+    """Expected mean latency (ms) and device energy (mJ) of each static plan with early exit, as
+    the policies model them on ``spec`` at the probed ``rtt_s``: set beside the measured medians,
+    they say where a policy's choice can go wrong (a plan the model puts first that measures worse)."""
     from edgeexit.policy import LinkEstimate
     from edgeexit.policy.costs import static_split
 
     link = LinkEstimate.fixed(spec.bandwidth_bps, rtt_s)
-    found = {"local": static_split(costs, None).latency_ms}
+    plans = {"local": static_split(costs, None)}
     for k in costs.offload_boundaries:
-        found["split@input" if k == -1 else f"early+split@{k}"] = static_split(costs, k, link).latency_ms
-    return found
+        plans["split@input" if k == -1 else f"early+split@{k}"] = static_split(costs, k, link)
+    return {name: (cost.latency_ms, 1e3 * cost.energy_j) for name, cost in plans.items()}
 
 
 # ---------------------------------------------------------------- summaries
@@ -217,16 +217,19 @@ def markdown(results, slo_ms: float, meta: dict[str, object]) -> str:
             out.append(f"| {link} | {objective} | {oracle} | " + " | ".join(cells) + f" | {tail} |")
     out.append("")
     modelled = [link for link in links if results[link][1].get("modelled")]
-    if modelled:
+    for index, what, unit in ((0, "mean_ms", "mean latency (ms)"), (1, "energy_mj", "device energy (mJ)")):
+        if not modelled:
+            break
         plans = list(results[modelled[0]][1]["modelled"])
-        out += ["Modelled vs. measured mean latency of the static plans (ms): what the policies' cost model expects "
-                "at the probed RTT, then measured / modelled (the model's error; > 1: the plan costs more than "
+        out += [f"Modelled vs. measured {unit} of the static plans: what the policies' cost model expects at the "
+                "probed RTT, then measured / modelled (the model's error; > 1: the plan costs more than "
                 "modelled):", "", "| link | probed RTT ms | " + " | ".join(plans) + " |",
                 "| --- | ---: |" + " ---: |" * len(plans)]  # fmt: skip
         for link in modelled:
             rows, summary = results[link]
-            cells = [f"{summary['modelled'][p]:.2f} / {med(rows[p], 'mean_ms') / summary['modelled'][p]:.2f}"
-                     if p in rows else f"{summary['modelled'][p]:.2f}" for p in plans]  # fmt: skip
+            model = {p: summary["modelled"][p][index] for p in plans}
+            cells = [f"{model[p]:.2f} / {med(rows[p], what) / model[p]:.2f}" if p in rows else f"{model[p]:.2f}"
+                     for p in plans]  # fmt: skip
             out.append(f"| {link} | {1e3 * summary['probe_rtt_s']:.2f} | " + " | ".join(cells) + " |")
         out.append("")
     out.append("Accuracy (median over rounds): " + ", ".join(
