@@ -68,6 +68,7 @@ class RadioPreset:
             tx_w_per_mbps=self.alpha_up_mw_per_mbps / 1000.0,
             tx_base_w=self.beta_mw / 1000.0,
             tail_j=self.tail_j(),
+            tail_s=self.tail_s,  # back-to-back offloads share one tail (RadioModel.tail_energy_j)
             name=self.name,
         )
 

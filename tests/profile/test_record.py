@@ -124,6 +124,7 @@ def test_cost_radio_converts_units() -> None:
     assert wifi.name == "wifi"
     assert wifi.tx_w_per_mbps == pytest.approx(0.28317)
     assert wifi.tail_j > 0
+    assert wifi.tail_s == pytest.approx(0.2381)  # back-to-back offloads share the tail: the model needs its length
 
 
 def test_one_radio_two_units() -> None:
