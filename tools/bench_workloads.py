@@ -1,4 +1,4 @@
-"""Issue 14's real workloads from scratch, one after the other: image, text, offload.
+"""Issue 14's real workloads from scratch, one after the other: image, text, a heavier image package, offload.
 
     python tools/bench_workloads.py [--out DIR] [--quick]
 
@@ -8,8 +8,12 @@
 2. ``tools/bench_models.py --model minilm --data rotten-tomatoes``: all-MiniLM-L6-v2 with exits on
    the Rotten Tomatoes snippets, max_prob vs MuE similarity (add ``--finetune-epochs 1`` through
    ``--text-args`` for the fine-tuned model docs/benchmarks.md quotes).
-3. ``tools/bench_policy.py --device-speed rpi4``: step 1's package on a device emulated at a
-   Raspberry Pi 4's speed, static plans vs the policies over links of 1-500 Mbit/s x 5-50 ms.
+3. ``tools/workload_image.py --init-checkpoint``: step 1's model continued at 96 px on 18,000
+   of its training images (progressive resizing), exported with fp32 / fp16 / int8 boundary
+   tensors: a package heavy enough at a Pi's speed for offloading to matter (``--quick``: skipped).
+4. ``tools/bench_policy.py --device-speed rpi4``: step 3's package (``--quick``: step 1's) on a
+   device emulated at a Raspberry Pi 4's speed, static plans vs the policies over links of
+   1-500 Mbit/s x 5-50 ms.
 
 Each step is its own process (its own torch threads and memory), its output streamed as it comes;
 a failed step stops the run with its exit status. ``--quick`` passes each tool's own smoke mode:
@@ -29,30 +33,44 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 
 
+#: The links point 4's figures were measured on: bench_policy's seven (1-500 Mbit/s x 5-50 ms) plus
+#: 50 Mbit/s x 5 and 10 ms, where the policies' model put the edges of the regimes (docs/benchmarks.md).
+OFFLOAD_LINKS = (
+    "1mbit,50ms;5mbit,50ms;20mbit,20ms;100mbit,10ms;500mbit,5ms;500mbit,50ms;20mbit,5ms;50mbit,5ms;50mbit,10ms"
+)
+
+
 def steps(out: Path, quick: bool, text_args: list[str]) -> list[tuple[str, list[str]]]:
     smoke = ["--quick"] if quick else []
-    image = out / "image"
+    image, heavy = out / "image", out / "image96"
     text = ["--model", "minilm", "--data", "rotten-tomatoes", "--max-length", "128"]
     if not quick:
         text += ["--train-texts", "0", "--samples", "0", "--rounds", "3", "--latency-samples", "40"]
-    return [
+    found = [
         ("image: EfficientNet-Lite0 on Fashion-MNIST", [str(TOOLS / "workload_image.py"), "--out", str(image), *smoke]),
         ("text: MiniLM on Rotten Tomatoes", [str(TOOLS / "bench_models.py"), *text, *smoke, *text_args]),
-        (
-            "offload: the image package at a Raspberry Pi 4's speed",
-            # fp32: the boundary codec the image step exports tails for
-            [
-                str(TOOLS / "bench_policy.py"),
-                "--package",
-                str(image / "package"),
-                "--codec",
-                "fp32",
-                "--device-speed",
-                "rpi4",
-                *smoke,
-            ],
-        ),
     ]
+    if quick:  # the smoke package, with the fp32 tails the image step exports
+        policy = ["--package", str(image / "package"), "--codec", "fp32", "--quick"]
+        return [*found, ("offload: the image package at a Raspberry Pi 4's speed", _policy(policy))]
+    continued = [
+        str(TOOLS / "workload_image.py"), "--out", str(heavy), "--init-checkpoint", str(image / "model.pt"),
+        "--resolution", "96", "--train-limit", "18000", "--lr", "1e-3", "--bn-momentum", "0.1",
+        "--codecs", "fp32,fp16,int8", "--no-tflite", "--no-int8", "--test-limit", "2000", "--rounds", "1",
+    ]  # fmt: skip
+    policy = [
+        "--package", str(heavy / "package"), "--codec", "int8", "--rows", "split@input,early+split,best-static",
+        "--links", OFFLOAD_LINKS, "--samples", "200", "--rounds", "3",
+    ]  # fmt: skip
+    return [
+        *found,
+        ("heavier: the image model continued at 96 px", continued),
+        ("offload: the 96 px package at a Raspberry Pi 4's speed", _policy(policy)),
+    ]
+
+
+def _policy(arguments: list[str]) -> list[str]:
+    return [str(TOOLS / "bench_policy.py"), "--device-speed", "rpi4", *arguments]
 
 
 def main() -> int:
