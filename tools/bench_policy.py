@@ -255,7 +255,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--links", default=DEFAULT_LINKS, help="';'-separated BANDWIDTH,RTT links")
     parser.add_argument("--device-speed", default="rpi4")
-    parser.add_argument("--codec", default="fp16")
+    parser.add_argument(
+        "--codec", default=None, help="boundary codec the offloads use (default: the package's, fp16 first)"
+    )
     parser.add_argument("--slo-factor", type=float, default=SLO_FACTOR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=5.0)
@@ -276,6 +278,9 @@ def main() -> None:
     speed = get_device_speed(args.device_speed)
     x, y, source = load_data(args.package, args.data, args.samples, args.seed)
     setup = bench.BenchSetup.load(args.package, x[:32], codec=args.codec, speed=speed)
+    codecs = sorted({t.codec for t in setup.early.manifest.tails})
+    if setup.codec not in codecs:  # no split row could run: say so before minutes of local rows
+        parser.error(f"{args.package} has no tails with codec {setup.codec!r}; it has {codecs or 'none'} (--codec)")
     specs = [LinkSpec.parse(text) for text in args.links.split(";")]
     names = row_names(setup, args.quick, args.rows)
     console.print(f"package {args.package}; data {source}; {len(x)} samples x {args.rounds} rounds; rows {names}",
@@ -312,7 +317,7 @@ def main() -> None:
                             ["row", "acc", "median ms", "spread ms", "decide ms", "energy mJ", "offload %",
                              "fallbacks"], body))  # fmt: skip
     meta = {"device_speed": speed.label, "package": str(args.package), "samples": len(x), "rounds": args.rounds,
-            "codec": args.codec, "slo_ms": slo_ms, "segment_ms": list(setup.segment_ms),
+            "codec": setup.codec, "slo_ms": slo_ms, "segment_ms": list(setup.segment_ms),
             "source": speed.source}  # fmt: skip
     text = markdown(results, slo_ms, meta)
     console.print(text, highlight=False, markup=False)
