@@ -135,14 +135,18 @@ def probe_rtt_s(address: str, spec: LinkSpec, seed: int, timeout_s: float) -> fl
 def modelled_plans(costs, spec: LinkSpec, rtt_s: float) -> dict[str, tuple[float, float]]:
     """Expected mean latency (ms) and device energy (mJ) of each static plan with early exit, as
     the policies model them on ``spec`` at the probed ``rtt_s``: set beside the measured medians,
-    they say where a policy's choice can go wrong (a plan the model puts first that measures worse)."""
+    they say where a policy's choice can go wrong (a plan the model puts first that measures worse).
+    Samples run back to back, so a plan's request interval is its own latency: that sets how far
+    apart its offloads come, so its share of the radio's tail (``edgeexit.policy.costs``)."""
     from edgeexit.policy import LinkEstimate
     from edgeexit.policy.costs import static_split
 
     link = LinkEstimate.fixed(spec.bandwidth_bps, rtt_s)
     plans = {"local": static_split(costs, None)}
     for k in costs.offload_boundaries:
-        plans["split@input" if k == -1 else f"early+split@{k}"] = static_split(costs, k, link)
+        latency_ms = static_split(costs, k, link).latency_ms  # the interval does not change latency
+        paced = LinkEstimate.fixed(spec.bandwidth_bps, rtt_s, request_interval_s=latency_ms / 1e3)
+        plans["split@input" if k == -1 else f"early+split@{k}"] = static_split(costs, k, paced)
     return {name: (cost.latency_ms, 1e3 * cost.energy_j) for name, cost in plans.items()}
 
 

@@ -20,8 +20,10 @@ reset link per row, so each row sees the same seeded delays and losses). Latency
 emulated delay included. Energy is modelled, never measured here: device compute time (the
 Result's segment times) x the preset's active watts, the wait for the server x its idle watts, and
 the radio's transmit energy for the bytes sent at the link's rate (``edgeexit.profile.radio``),
-plus one radio tail per row (back-to-back requests keep the radio up, so its tail is paid once).
-The policies weigh the same presets (``edgeexit.profile.record.modelled_costs``).
+plus the radio's tail as it runs: the first offload pays all of it, each later one extends it by
+the time since the previous one (capped at the tail's length: ``RadioModel.tail_energy_j``), so
+back-to-back offloads keep the radio up between them and pay for that time, sparse ones each pay a
+whole tail. The policies weigh the same presets (``edgeexit.profile.record.modelled_costs``).
 
 ``device_speed`` (``--device-speed rpi4``, or a factor): the device's segments run at that speed
 (``edgeexit.device.speed``: each takes ``factor`` x its uncontended time here, measured once at
@@ -35,6 +37,7 @@ speed it ran at, and what the policy's decisions cost per sample (``decide_ms``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -276,9 +279,11 @@ class BenchSetup:
 def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: np.ndarray, spec: LinkSpec,
              energy: EnergyModel, speed: DeviceSpeed | None = None) -> BenchRow:  # fmt: skip
     preset, radio = energy.presets()
+    tail = radio.cost_model()
     latencies, predictions, exits = [], [], []
     sent = offloaded = fallbacks = 0
-    compute_s = wait_s = emulated_s = decide_s = 0.0
+    compute_s = wait_s = emulated_s = decide_s = tail_j = 0.0
+    last_transfer = -math.inf  # when the radio last sent: the tail runs from there
     for sample in x:
         tick = time.perf_counter()
         result = run(sample)
@@ -287,6 +292,10 @@ def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: n
         compute_s += sum(result.segment_ms) / 1e3
         decide_s += sum(getattr(d, "decide_ms", 0.0) for d in result.decisions) / 1e3
         info = result.offload
+        if info is not None and info.bytes_sent:
+            now = time.perf_counter()
+            tail_j += tail.tail_energy_j(now - last_transfer)
+            last_transfer = now
         if info is not None:
             sent += info.bytes_sent
             wait_s += info.transfer_ms / 1e3
@@ -297,9 +306,9 @@ def _measure(name: str, run: Callable[[np.ndarray], Result], x: np.ndarray, y: n
                 fallbacks += 1
         exits.append("server" if info is not None and info.offloaded else f"exit {result.exit}")
     n = len(x)
-    radio_j = 0.0
+    radio_j = tail_j
     if sent:
-        radio_j = radio.energy(sent, spec.bandwidth_bps / 1e6, tail=False).joules + radio.tail_j()
+        radio_j += radio.energy(sent, spec.bandwidth_bps / 1e6, tail=False).joules
     # the decisions are device compute too: charged at active power like the segments
     energy_j = (compute_s + decide_s) * preset.active_w + wait_s * preset.idle_w + radio_j
     names, counts = np.unique(np.array(exits), return_counts=True)

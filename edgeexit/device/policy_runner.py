@@ -6,7 +6,8 @@ policy (``edgeexit.policy``) with the link estimate and the battery level. ``off
 boundary's tensor to its tail exactly as ``OffloadRunner`` does (the same code: any failure
 finishes the sample here from that boundary, so no request is lost); ``continue`` advances to the
 next boundary, and after the last one the sample finishes locally. Every transfer feeds the
-``LinkEstimator``; so do light probes (``probe()``, a ServerLive round trip). Every decision is
+``LinkEstimator``; so do light probes (``probe()``, a ServerLive round trip), and every request
+(how often the device is asked for work, which sets an offload's share of the radio's tail). Every decision is
 kept on the Result (``Result.decisions``) with what taking it cost (``Decision.decide_ms``), and
 can be logged, one JSON line each, with its inputs.
 
@@ -126,6 +127,7 @@ class PolicyRunner:
         sample = next(self._counter) if sample_id is None else sample_id
         if self.last_boundary < 0:  # a single segment: nothing to decide
             return self.engine.run(x, keep_hidden=keep_hidden)
+        self.estimator.observe_request(1)
         battery = self._battery()
         first = -1 if -1 in self.tails else 0  # decide before segment 0 when the input can be offloaded
         plan = self._plan(first, battery)
@@ -151,6 +153,8 @@ class PolicyRunner:
         at the boundaries it reached (shared by the samples that reached them together)."""
         if self.last_boundary < 0:
             return self.engine.run_batch(xs, keep_hidden=keep_hidden)
+        if len(xs):  # an empty batch is the engine's to refuse
+            self.estimator.observe_request(len(xs))
         battery = self._battery()
         first = -1 if -1 in self.tails else 0
         progress = self.engine.run_batch_until(xs, first, early_exit=self.early_exit, keep_hidden=keep_hidden)

@@ -14,11 +14,18 @@ into the whole-inference cost of a static plan.
 
 Offload cost (one sample, its share of nothing else): latency = RTT + bytes*8/bandwidth + the
 server's queue + the tail's compute. Device energy = radio energy for the upload (transmit power
-``tx_base_w + tx_w_per_mbps * Mbit/s`` over the upload time, plus the radio's tail energy after it:
-all of it after an idle radio, only its extension when the link estimate's last observation,
-``LinkEstimate.age_s``, is within the running tail; ``RadioModel.tail_energy_j``)
+``tx_base_w + tx_w_per_mbps * Mbit/s`` over the upload time, plus the radio's tail energy after it)
 + the device's idle power over the whole wait (RTT, upload, server): the radio model is power on
 top of the idle baseline, and the device idles while the server works.
+
+The tail is charged at the plan's steady state, not at the radio's state right now: a plan that
+offloads at k sends a share ``S(k)`` of the samples, so with the device asked for a sample every
+``LinkEstimate.request_interval_s`` its offloads come ``interval / S(k)`` apart, and each one
+extends the running tail by that much (``RadioModel.tail_energy_j``), or pays all of it when they
+come further apart than the tail lasts. Charging the radio's state now instead (the time since
+its last use) made an idle radio's first offload pay the whole tail, so a policy that had been
+local stayed local on links where the steady offloading plan used ~half the energy (measured,
+docs/benchmarks.md: adaptive/energy 1.11-2.05x the energy oracle on the fast near links).
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ class RadioModel:
     for ``tail_s`` seconds.
 
     Back-to-back transfers share a tail: when the previous one's tail is still running, a new
-    transfer only extends it, by the time since the last one (``tail_energy_j``). ``tail_s`` 0
+    transfer only extends it, by the time since the last one (``tail_energy_j``; the policies pass
+    the gap between a plan's offloads, see the module's docstring). ``tail_s`` 0
     (not known) charges the whole tail to every transfer, which on a device offloading every few
     samples overstates an offload's energy by most of the tail (measured on the 96 px package at
     500 Mbit/s / 5 ms: all-offload modelled 58 mJ per sample, measured 32-35 mJ with one tail per
@@ -234,7 +242,8 @@ def sunk(costs: DeviceCosts, k: int) -> Cost:
 
 def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     """Offloading boundary k's tensor now: RTT + upload + server queue + tail compute; device
-    energy = radio (upload and tail) + idle power over the whole wait."""
+    energy = radio (upload, and the tail's share at the plan's steady state) + idle power over
+    the whole wait."""
     if not (k == -1 and costs.input_bytes is not None) and not (0 <= k < len(costs.encoded_bytes)
                                                                   and costs.encoded_bytes[k] is not None):  # fmt: skip
         raise UsageError(f"no tail to offload to at boundary {k}; boundaries with one: {costs.offload_boundaries}")
@@ -247,7 +256,8 @@ def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     upload_s = size * 8.0 / bandwidth
     server_s = (link.server_queue_ms + compute_ms) / 1000.0
     wait_s = link.rtt_s + upload_s + server_s
-    energy = costs.radio.transmit_j(upload_s, bandwidth, link.age_s) + costs.idle_w * wait_s
+    offload_gap_s = link.request_interval_s / max(costs.survival(k), _EPS)  # the plan's offloads, this far apart
+    energy = costs.radio.transmit_j(upload_s, bandwidth, offload_gap_s) + costs.idle_w * wait_s
     return Cost(wait_s * 1000.0, energy)
 
 

@@ -20,6 +20,13 @@ halves every ``decay_half_life_s``; once it is fully decayed it equals the prior
 sample after a stale period is blended with a weight of at least ``1 - freshness``, so an
 entirely stale estimate is replaced by the new sample instead of being dragged by the prior.
 ``LinkEstimate.fresh`` tells a caller whether the numbers came from recent measurements.
+
+Traffic: the estimator also keeps how often the device is asked for work (``observe_request``,
+``LinkEstimate.request_interval_s``), as a geometric EWMA of the time per sample between requests.
+It is not a link property, but it decides what the radio costs: offloads that come back to back
+keep the radio in its high-power tail and share it (``RadioModel.tail_energy_j``), sparse ones
+each pay all of it. Geometric, because intervals span orders of magnitude (10 ms of back-to-back
+traffic, an hour idle) and one long pause should not hide the traffic that resumes after it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ class LinkEstimate:
     ``age_s`` is the time since the most recent observation (``inf`` before the first one);
     ``samples`` counts the bandwidth samples and probes that built it; ``fresh`` is False when
     any part of the estimate has started decaying toward the prior (or was never measured).
+    ``request_interval_s`` is the device's time per sample between requests (``inf`` until two
+    requests were seen): with the plan's offload rate it says how far apart offloads come, so how
+    much of the radio's tail each one pays.
     """
 
     bandwidth_bps: float
@@ -53,25 +63,35 @@ class LinkEstimate:
     samples: int = 0
     server_queue_ms: float = 0.0
     fresh: bool = False
+    request_interval_s: float = math.inf
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
-        raw["age_s"] = None if math.isinf(self.age_s) else self.age_s  # JSON has no infinity
+        for name in _INFINITE_WHEN_UNKNOWN:
+            raw[name] = None if math.isinf(raw[name]) else raw[name]  # JSON has no infinity
         return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LinkEstimate:
         values = dict(raw)
-        values["age_s"] = math.inf if values.get("age_s") is None else float(values["age_s"])
+        for name in _INFINITE_WHEN_UNKNOWN:
+            values[name] = math.inf if values.get(name) is None else float(values[name])
         return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def fixed(cls, bandwidth_bps: float, rtt_s: float, *, server_queue_ms: float = 0.0) -> LinkEstimate:
+    def fixed(
+        cls, bandwidth_bps: float, rtt_s: float, *, server_queue_ms: float = 0.0, request_interval_s: float = math.inf
+    ) -> LinkEstimate:
         """A link known exactly (benchmarks with an emulated link, tests, ``best-static`` planning)."""
-        return cls(bandwidth_bps, rtt_s, age_s=0.0, samples=1, server_queue_ms=server_queue_ms, fresh=True)
+        return cls(bandwidth_bps, rtt_s, age_s=0.0, samples=1, server_queue_ms=server_queue_ms, fresh=True,
+                   request_interval_s=request_interval_s)  # fmt: skip
+
+
+#: The fields whose "not known" is infinity (``null`` in JSON).
+_INFINITE_WHEN_UNKNOWN = ("age_s", "request_interval_s")
 
 
 class _Ewma:
@@ -136,6 +156,22 @@ class LinkEstimator:
         self._rtt = _Ewma(prior_rtt_s, alpha, stale_after_s, decay_half_life_s)
         self._queue = _Ewma(0.0, alpha, stale_after_s, decay_half_life_s)
         self._last: float | None = None
+        self._alpha = alpha
+        self._log_interval: float | None = None  # log of seconds per sample between requests
+        self._last_request: tuple[float, int] | None = None  # when the last request came, and its samples
+
+    def observe_request(self, samples: int = 1) -> None:
+        """A request of ``samples`` samples arrives (``PolicyRunner`` calls this for each): the time
+        since the previous one, per sample of it, updates ``request_interval_s``."""
+        if samples < 1:
+            raise UsageError(f"a request has at least one sample, got {samples}")
+        now = self._clock()
+        if self._last_request is not None:
+            at, count = self._last_request
+            sample = math.log(max(now - at, 1e-6) / count)
+            found = self._log_interval
+            self._log_interval = sample if found is None else (1.0 - self._alpha) * found + self._alpha * sample
+        self._last_request = (now, samples)
 
     def observe_probe(self, rtt_s: float) -> None:
         """A light probe (an empty request, a health check): its round trip is the RTT."""
@@ -174,4 +210,5 @@ class LinkEstimator:
             samples=self._bandwidth.samples + self._rtt.samples,
             server_queue_ms=self._queue.current(now),
             fresh=fresh,
+            request_interval_s=math.inf if self._log_interval is None else math.exp(self._log_interval),
         )

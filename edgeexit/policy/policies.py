@@ -75,13 +75,15 @@ class Policy(ABC):
         self, link: LinkEstimate | None, battery: BatteryState | float | None = None
     ) -> tuple[object, ...]:
         """``estimate_key`` for this policy: plus, when its radio's tail is shared by back-to-back
-        transfers (``RadioModel.tail_s``) and energy enters the choice, how far into the tail the
-        link's last use is, in eighths (an offload's energy depends on it)."""
+        transfers (``RadioModel.tail_s``) and energy enters the choice, the device's request
+        interval within 25% (an offload's share of the tail depends on it; beyond the tail's length
+        every offload pays all of it, so longer intervals are one key)."""
         key = estimate_key(link, battery)
         tail_s = self.costs.radio.tail_s if self.costs is not None else 0.0
         plain_latency = self.objective.kind == "latency" and self.objective.energy_budget_j is None and battery is None
         if tail_s > 0 and link is not None and not plain_latency:  # energy enters the choice
-            key += (round(8 * min(link.age_s, tail_s) / tail_s),)
+            interval = min(link.request_interval_s, tail_s)
+            key += (round(math.log(max(interval, 1e-6)) / _INTERVAL_STEP),)
         return key
 
     @abstractmethod
@@ -171,6 +173,9 @@ class PlanTable:
 #: the same decision: a policy's choice should not hinge on a difference below the estimator's noise
 #: (one transfer over loopback moves the estimate by several percent).
 _BANDWIDTH_STEP = math.log(1.05)
+#: Request intervals within 25% share a decision: back-to-back traffic's interval moves with every
+#: sample's latency (early exits, offloads), and a tail share 25% larger is a fraction of a mJ.
+_INTERVAL_STEP = math.log(1.25)
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 

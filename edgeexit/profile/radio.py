@@ -73,8 +73,8 @@ class RadioPreset:
         )
 
     def energy(self, nbytes: int, uplink_mbps: float, *, tail: bool = True) -> RadioEnergy:
-        """Energy to send ``nbytes`` at ``uplink_mbps``; ``tail=False`` when the radio is kept busy
-        by other traffic anyway (back-to-back offloads share one tail), so charge it once."""
+        """Energy to send ``nbytes`` at ``uplink_mbps``; ``tail=False`` when the caller charges the
+        tail itself (back-to-back offloads share one: ``RadioModel.tail_energy_j``)."""
         if nbytes < 0:
             raise UsageError(f"nbytes must be >= 0, got {nbytes}")
         if nbytes == 0:  # nothing sent: the radio never leaves idle

@@ -109,9 +109,12 @@ def test_from_manifest_reads_exit_rates_and_the_codecs_encoded_bytes() -> None:
 
 
 def test_back_to_back_transfers_share_the_radios_tail(toy: DeviceCosts) -> None:
-    """With the tail's length known, a transfer within the previous one's tail only extends it (by
-    the time since the radio's last use, the link estimate's ``age_s``); after an idle radio, or
-    with the length unknown (``tail_s`` 0), it pays the whole tail, as before."""
+    """With the tail's length known, a transfer within the previous one's tail only extends it.
+    The policies charge a plan's offloads at its steady state: with a sample every
+    ``request_interval_s`` and a share ``S(k)`` of them offloaded at k, offloads come
+    ``interval / S(k)`` apart and each extends the tail by that much. Unknown interval or length
+    (``tail_s`` 0): every offload pays the whole tail, as before. The radio's state right now
+    (``age_s``) does not enter: an idle radio's first offload is the start of the plan, not its cost."""
     import dataclasses
 
     from edgeexit.policy import Objective, create_policy
@@ -120,15 +123,36 @@ def test_back_to_back_transfers_share_the_radios_tail(toy: DeviceCosts) -> None:
     assert shared.radio.tail_energy_j(0.05) == pytest.approx(0.5 * 0.05 / 0.25)
     assert shared.radio.tail_energy_j(1.0) == shared.radio.tail_energy_j() == toy.radio.tail_j == 0.5
     assert toy.radio.tail_energy_j(0.05) == 0.5  # tail_s unknown: every transfer pays all of it
-    recent = LinkEstimate(bandwidth_bps=10e6, rtt_s=0.01, age_s=0.05, samples=1, fresh=True)
-    idle = dataclasses.replace(recent, age_s=float("inf"))
-    saved = offload_now(toy, 0, recent).energy_j - offload_now(shared, 0, recent).energy_j
-    assert saved == pytest.approx(0.5 - 0.1)
-    assert offload_now(shared, 0, idle).energy_j == pytest.approx(offload_now(toy, 0, idle).energy_j)
-    assert offload_now(shared, 0, recent).latency_ms == offload_now(toy, 0, recent).latency_ms
+    paced = LinkEstimate(bandwidth_bps=10e6, rtt_s=0.01, age_s=float("inf"), samples=1, fresh=True,
+                         request_interval_s=0.05)  # fmt: skip
+    unknown = dataclasses.replace(paced, request_interval_s=float("inf"))
+    # boundary 0: S = 0.5, offloads 0.1 s apart -> 0.5 J x 0.1 / 0.25; boundary 1: S = 0.25, 0.2 s apart
+    assert offload_now(toy, 0, paced).energy_j - offload_now(shared, 0, paced).energy_j == pytest.approx(0.5 - 0.2)
+    assert offload_now(toy, 1, paced).energy_j - offload_now(shared, 1, paced).energy_j == pytest.approx(0.5 - 0.4)
+    assert offload_now(shared, 0, unknown).energy_j == pytest.approx(offload_now(toy, 0, unknown).energy_j)
+    assert offload_now(shared, 0, dataclasses.replace(paced, age_s=0.0)) == offload_now(shared, 0, paced)
+    assert offload_now(shared, 0, paced).latency_ms == offload_now(toy, 0, paced).latency_ms
     # the policy's memo and a runner's plans tell the two apart (an offload's energy differs)
-    policy = create_policy("adaptive", shared, Objective("energy"))
-    assert policy.estimate_key(recent) != policy.estimate_key(idle)
-    assert create_policy("adaptive", toy).estimate_key(recent) == create_policy("adaptive", toy).estimate_key(idle)
-    latency = create_policy("adaptive", shared)  # energy does not enter its choice: no replanning as the tail runs
-    assert latency.estimate_key(recent) == latency.estimate_key(idle)
+    energy = create_policy("adaptive", shared, Objective("energy"))
+    assert energy.estimate_key(paced) != energy.estimate_key(unknown)
+    assert create_policy("adaptive", toy).estimate_key(paced) == create_policy("adaptive", toy).estimate_key(unknown)
+    latency = create_policy("adaptive", shared)  # energy does not enter its choice: no replanning as traffic changes
+    assert latency.estimate_key(paced) == latency.estimate_key(unknown)
+    # intervals past the tail's length all pay the whole tail: one key
+    assert energy.estimate_key(dataclasses.replace(paced, request_interval_s=0.3)) == energy.estimate_key(unknown)
+
+
+def test_an_idle_radio_does_not_keep_the_energy_policy_local(toy: DeviceCosts) -> None:
+    """Back-to-back traffic (a sample every 10 ms): offloading the quarter of the samples that
+    survive boundary 1 shares the tail (offloads 40 ms apart: 0.08 J each), which beats running
+    segment 2 (0.31 J), even though the radio is idle now; with the traffic unknown each offload
+    pays the whole 0.5 J tail and finishing locally wins."""
+    import dataclasses
+
+    from edgeexit.policy import Objective, create_policy
+
+    shared = dataclasses.replace(toy, radio=dataclasses.replace(toy.radio, tail_s=0.25))
+    idle_radio = LinkEstimate(bandwidth_bps=8e6, rtt_s=0.01, age_s=float("inf"), samples=1, fresh=True)
+    steady = dataclasses.replace(idle_radio, request_interval_s=0.01)
+    assert create_policy("adaptive", shared, Objective("energy")).decide(1, steady).action == "offload"
+    assert create_policy("adaptive", shared, Objective("energy")).decide(1, idle_radio).action == "continue"

@@ -109,3 +109,34 @@ def test_bad_observations_are_refused() -> None:
 def test_estimate_round_trips_through_json() -> None:
     for estimate in (LinkEstimate(1e6, 0.05), LinkEstimate.fixed(2e6, 0.01, server_queue_ms=3.0)):
         assert LinkEstimate.from_dict(json.loads(estimate.to_json())) == estimate
+
+
+def test_the_request_interval_is_a_geometric_ewma_per_sample() -> None:
+    """Unknown until two requests; a batch's gap is spread over its samples; one long pause moves
+    the estimate by a bounded factor and a few requests of the resumed traffic bring it back."""
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_request()
+    assert math.isinf(estimator.estimate().request_interval_s)
+    for _ in range(8):
+        clock.now += 0.02
+        estimator.observe_request(4)  # the first gap follows a 1-sample request: 20 ms, then 5 ms per sample
+    clock.now += 0.02
+    estimator.observe_request()
+    assert estimator.estimate().request_interval_s == pytest.approx(0.02 / 4, rel=0.35)
+    for _ in range(20):
+        clock.now += 0.02
+        estimator.observe_request()
+    assert estimator.estimate().request_interval_s == pytest.approx(0.02, rel=0.05)
+    clock.now += 3600.0
+    estimator.observe_request()
+    paused = estimator.estimate().request_interval_s
+    assert 0.1 < paused < 1.0  # 20 ms^0.8 x 1 h^0.2 ~ 0.23 s: no longer back to back, not an hour
+    for _ in range(12):
+        clock.now += 0.02
+        estimator.observe_request()
+    assert estimator.estimate().request_interval_s < 0.03
+    with pytest.raises(EdgeExitError, match="at least one sample"):
+        estimator.observe_request(0)
+    assert LinkEstimate.from_dict(estimator.estimate().to_dict()) == estimator.estimate()
+    assert LinkEstimate.from_dict(LinkEstimator(clock=clock).estimate().to_dict()).request_interval_s == math.inf
