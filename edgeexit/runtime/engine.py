@@ -21,6 +21,7 @@ callers import from here stays importable from here.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,7 +144,10 @@ class Engine:
     def run(self, x: Inputs, *, keep_hidden: bool = False) -> Result:
         """One sample, shaped like the model input with or without the batch axis of 1."""
         sample, context = self._inputs.inputs(x, batched=False)
-        return self._walker.one(Walk.from_input(sample, context, None, early_exit=True, keep_hidden=keep_hidden))  # type: ignore[return-value]
+        walker = self._walker
+        if not context and walker.chain is not None and self._scorer.straight(True):  # full depth: no Walk needed
+            return walker.straight(sample, keep_hidden, time.perf_counter())
+        return walker.one(Walk.from_input(sample, context, None, early_exit=True, keep_hidden=keep_hidden))  # type: ignore[return-value]
 
     def run_until(
         self, x: Inputs, boundary: int, *, early_exit: bool = True, keep_hidden: bool = False

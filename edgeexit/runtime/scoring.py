@@ -71,8 +71,8 @@ class Scorer:
         self.criteria = [create_criterion(rule.criterion) for rule in rules]
         #: Whether any exit reads the earlier exits' predictions (patience): the walks keep them only then.
         self.keeps_history = any(rule.criterion == "patience" for rule in rules)
-        self.rules = rules
         self._logit_names = tuple(spec.logits for spec in exits)
+        self.rules = rules
         self._labels = tuple(labels)
         self._classes = classes
 
@@ -93,6 +93,15 @@ class Scorer:
         self._straight = {
             early_exit: not any(live[:-1]) and not self.keeps_history for early_exit, live in self._live.items()
         }
+        final = rules[-1] if rules else None
+        names = self._logit_names[-1] if rules else None
+        #: The final exit's logits, score and probabilities output names when its graph gives all
+        #: three (the final exit answers whatever its score): its Result is read, nothing computed.
+        self.graph_answer = (
+            (names, final.graph_score, final.graph_probabilities)
+            if final is not None and names and final.graph_score and final.graph_probabilities
+            else None
+        )
 
     def live(self, early_exit: bool) -> tuple[bool, ...]:
         """Per exit, whether it can stop a sample in a walk with ``early_exit``: the others are
@@ -159,6 +168,24 @@ class Scorer:
         labels = self._labels
         label = labels[prediction] if prediction < len(labels) else str(prediction)
         return answer(prediction, label, row.copy(), k, score.item(i), latency, times, hidden, offload)
+
+    def final_answer(
+        self, outputs: dict[str, np.ndarray], started: float, times: tuple[float, ...], hidden: np.ndarray | None
+    ) -> Result:
+        """The final exit's Result for one sample, read from the final segment's ``outputs``
+        (``graph_answer`` must be set): what ``score`` + ``result`` give, with nothing between
+        the last ONNX Runtime run and the Result but the reads (the full-depth path: every
+        lookup there runs with the interpreter's caches cold, measured ~11 us per sample on a
+        0.4 ms CNN through ``score`` and ``result``, docs/benchmarks.md, point 5)."""
+        logits_name, score_name, probabilities_name = self.graph_answer  # type: ignore[misc]
+        logits = outputs[logits_name]
+        prediction = int(logits.argmax())
+        labels = self._labels
+        label = labels[prediction] if prediction < len(labels) else str(prediction)
+        latency = (time.perf_counter() - started) * 1e3
+        row = outputs[probabilities_name][0].copy()
+        return answer(prediction, label, row, len(self._rules) - 1, outputs[score_name].item(0), latency, times,
+                      hidden, None)  # fmt: skip
 
     def tail_results(self, pending: Pending, logits: np.ndarray, offload: OffloadInfo | None) -> list[Result]:
         """Results from a tail's final logits for ``pending``'s samples: the final exit's rule

@@ -127,9 +127,9 @@ class Walker:
         current = walk.source
         start = walk.start
         if chain is not None:
-            np.copyto(chain.input if start == 0 else chain.outputs[start - 1][hidden_names[start - 1]], current)  # type: ignore[index]
             if start == 0 and walk.stop is None and scorer.straight(walk.early_exit):
-                return self._straight(walk, chain)
+                return self.straight(current, walk.keep_hidden, walk.started)
+            np.copyto(chain.input if start == 0 else chain.outputs[start - 1][hidden_names[start - 1]], current)  # type: ignore[index]
         for k in range(start, len(hidden_names)):
             tick = time.perf_counter()
             outputs = chain.run_segment(k) if chain is not None else self.segments[k].run(current, context)
@@ -152,21 +152,29 @@ class Walker:
             walk.previous = current = hidden  # type: ignore[assignment]
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
-    def _straight(self, walk: Walk, chain: Chain) -> Result:
-        """``one`` when only the final exit can answer: every segment runs back to back, and the
-        final exit is read once (``Chain.run_all``)."""
-        chain.run_all(walk.times)
+    def straight(self, source: np.ndarray, keep_hidden: bool, started: float) -> Result:
+        """One sample from the model input when only the final exit can answer (the chain must be
+        bound and ``scorer.straight`` hold): every segment runs back to back (``Chain.run_all``)
+        and the final exit is read once, from the graph's own answer when it gives one."""
+        chain = self.chain
+        assert chain is not None
+        np.copyto(chain.input, source)
+        times: list[float] = []
+        chain.run_all(times)
         k = len(self._hidden_names) - 1
         outputs = chain.outputs[k]
         hidden_name = self._hidden_names[k]
         hidden = outputs.get(hidden_name) if hidden_name else None
-        if k > 0:
-            walk.previous = chain.outputs[k - 1][self._hidden_names[k - 1]]  # type: ignore[index]
+        kept = hidden.copy() if (keep_hidden and hidden is not None) else None
         scorer = self.scorer
+        if scorer.graph_answer is not None:
+            return scorer.final_answer(outputs, started, tuple(times), kept)
+        walk = Walk(source, 0, None, started, times, [], None, True, keep_hidden, {})
+        if k > 0:  # the similarity criterion compares with the boundary before
+            walk.previous = chain.outputs[k - 1][self._hidden_names[k - 1]]
         logits = scorer.logits(k, outputs)
         score, probabilities = scorer.score(k, walk, outputs, logits, hidden)
-        kept = hidden.copy() if (walk.keep_hidden and hidden is not None) else None
-        return scorer.result(k, logits, probabilities, score, 0, walk.started, tuple(walk.times), kept)  # type: ignore[arg-type]
+        return scorer.result(k, logits, probabilities, score, 0, started, tuple(times), kept)  # type: ignore[arg-type]
 
     def batch(self, walk: Walk) -> tuple[list[Result | None], Pending | None]:
         """A batch from ``walk.start``: exiting samples are answered in input order, survivors

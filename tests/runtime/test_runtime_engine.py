@@ -234,6 +234,28 @@ def test_full_depth_one_at_a_time_matches_torch_and_times_every_segment(
         assert result.latency_ms >= sum(result.segment_ms)
 
 
+def test_full_depth_reads_the_graphs_answer_as_numpy_would_compute_it(
+    digits_package: Path, package_copy: Path, digits
+) -> None:
+    """The full-depth path reads the final exit's Result straight from the graph's outputs
+    (logits, score, probabilities); a package whose manifest names no probabilities output (as
+    exported before them) computes it in numpy: the same Results."""
+    package = open_package(package_copy)
+    manifest = package.manifest
+    legacy = tuple(dataclasses.replace(s, temperature_input=None, probabilities=None) for s in manifest.exits)
+    package.save_manifest(manifest.with_exits(legacy, manifest.calibration))
+    graph = Engine(digits_package, cache_dir=None, threshold=math.inf)
+    numpy_path = Engine(package_copy, cache_dir=None, threshold=math.inf)
+    assert graph._scorer.graph_answer is not None
+    assert numpy_path._scorer.graph_answer is None
+    for x in digits.x[:20]:
+        a, b = graph.run(x), numpy_path.run(x)
+        assert (a.prediction, a.label, a.exit, a.offload, a.decisions) == (b.prediction, b.label, b.exit, None, ())
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert len(a.segment_ms) == len(b.segment_ms) == len(graph.segments)
+
+
 def test_to_json_is_plain_json(engine: Engine, digits) -> None:
     row = engine.run(digits.x[0]).to_json()
     assert json.loads(json.dumps(row)) == row
