@@ -159,6 +159,7 @@ class LinkEstimator:
         self._alpha = alpha
         self._log_interval: float | None = None  # log of seconds per sample between requests
         self._last_request: tuple[float, int] | None = None  # when the last request came, and its samples
+        self._gaps = 0
 
     def observe_request(self, samples: int = 1) -> None:
         """A request of ``samples`` samples arrives (``PolicyRunner`` calls this for each): the time
@@ -169,8 +170,10 @@ class LinkEstimator:
         if self._last_request is not None:
             at, count = self._last_request
             sample = math.log(max(now - at, 1e-6) / count)
+            self._gaps += 1
+            weight = max(self._alpha, 1.0 / self._gaps)  # the plain mean of the first few: no bias to the first
             found = self._log_interval
-            self._log_interval = sample if found is None else (1.0 - self._alpha) * found + self._alpha * sample
+            self._log_interval = sample if found is None else (1.0 - weight) * found + weight * sample
         self._last_request = (now, samples)
 
     def observe_probe(self, rtt_s: float) -> None:
