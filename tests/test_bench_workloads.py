@@ -36,3 +36,18 @@ def test_the_quick_workloads_run_every_stage_end_to_end(tmp_path: Path) -> None:
     assert "every step passed" in out, both
     assert "Traceback" not in out + result.stderr, both
     assert (tmp_path / "image" / "package" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [("bench_policy.py", ["--package", "{missing}", "--samples", "5"]), ("bench_decision.py", ["{missing}"])],
+)
+def test_a_tool_refuses_a_missing_package_in_one_line(tool: str, arguments: list[str], tmp_path: Path) -> None:
+    """A benchmark given a package that does not exist says so in one line and exits 2, no traceback."""
+    missing = str(tmp_path / "no-such-package")
+    command = [sys.executable, str(REPO / "tools" / tool), *(a.format(missing=missing) for a in arguments)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: package {missing} does not exist; expected a directory written by")

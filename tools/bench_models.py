@@ -472,4 +472,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _tool  # beside this script
+
+    _tool.run(main)

@@ -335,4 +335,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _tool  # beside this script
+
+    _tool.run(main)

@@ -93,4 +93,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import _tool  # beside this script
+
+    _tool.run(main)

@@ -32,7 +32,6 @@ import importlib.util
 import json
 import math
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -368,4 +367,6 @@ def _tflite(package, test, args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import _tool  # beside this script
+
+    _tool.run(main)
