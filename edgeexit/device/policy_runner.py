@@ -27,7 +27,6 @@ One runner per thread, like its Engine.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -46,6 +45,7 @@ from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
 from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
+from edgeexit.runtime.results import replaced
 from edgeexit.transport.client import TailClient
 
 log = logging.getLogger("edgeexit.device")
@@ -145,7 +145,7 @@ class PolicyRunner:
                 state = self.engine.resume(state)
             else:
                 state = self.engine.advance(state, state.boundary + 1)
-        return dataclasses.replace(state, decisions=tuple(decisions)) if decisions else state
+        return replaced(state, decisions=tuple(decisions)) if decisions else state
 
     def run_batch(self, xs: np.ndarray, *, keep_hidden: bool = False) -> list[Result]:
         """A batch as a batch: one decision per boundary for the samples still going, the
@@ -176,14 +176,14 @@ class PolicyRunner:
             else:
                 done, pending = self.engine.advance_batch(pending, pending.boundary + 1)
                 for row, result in done.items():
-                    results[row] = dataclasses.replace(result, decisions=taken)
+                    results[row] = replaced(result, decisions=taken)
         return results  # type: ignore[return-value]  # every row is answered once nothing is pending
 
     @staticmethod
     def _place(results: list[Result | None], rows: Sequence[int], finished: Sequence[Result],
                decisions: tuple[Decision, ...]) -> None:  # fmt: skip
         for row, result in zip(rows, finished, strict=True):
-            results[row] = dataclasses.replace(result, decisions=decisions)
+            results[row] = replaced(result, decisions=decisions)
 
     def _plan(self, first: int, battery: BatteryState | float | None) -> tuple[Decision, ...] | None:
         """The decisions a sample would meet at boundaries ``first`` .., up to and including the
@@ -215,11 +215,11 @@ class PolicyRunner:
                     break
             if len(self._plans) >= 64:
                 self._plans.clear()
-            rest = tuple(dataclasses.replace(d, decide_ms=0.0) for d in plan[1:])  # paid once, here
+            rest = tuple(replaced(d, decide_ms=0.0) for d in plan[1:])  # paid once, here
             self._plans[key] = (plan[0], rest)
             return tuple(plan)
         head, rest = found
-        return (dataclasses.replace(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest)
+        return (replaced(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest)
 
     def _run_plan(self, x: np.ndarray, plan: tuple[Decision, ...], first: int, sample: Any,
                   keep_hidden: bool) -> Result:  # fmt: skip
@@ -237,7 +237,7 @@ class PolicyRunner:
             taken = plan[: max(0, min(state.exit, self.last_boundary + 1) - first)]
         for decision in taken:
             self._record(sample, decision)
-        return dataclasses.replace(state, decisions=taken) if taken else state
+        return replaced(state, decisions=taken) if taken else state
 
     def decide(self, boundary: int, battery: BatteryState | float | None = None) -> Decision:
         """The policy's decision at ``boundary`` with the current link estimate (probing first
@@ -250,7 +250,7 @@ class PolicyRunner:
         tick = time.perf_counter()
         decision = self.policy.decide(boundary, self.estimator.estimate(), battery)
         spent = (time.perf_counter() - tick) * 1e3
-        return dataclasses.replace(decision, decide_ms=spent)
+        return replaced(decision, decide_ms=spent)
 
     def _offload(self, pending: Pending) -> Result:
         tail = self.tails.get(pending.boundary)

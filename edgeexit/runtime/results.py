@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -61,6 +61,19 @@ class Result:
 
 
 _new = object.__new__
+T = TypeVar("T")
+
+
+def replaced(instance: T, **changes: Any) -> T:
+    """``dataclasses.replace`` for a frozen dataclass without ``__post_init__`` or slots, on a
+    per-sample path: the instance's fields copied and ``changes`` written over them, without the
+    generated ``__init__``'s ``object.__setattr__`` per field (measured 3.5-4.3 us hot for a Result
+    or a Decision, twice per sample in ``PolicyRunner``, against ~0.5 us here)."""
+    found = _new(type(instance))
+    fields = found.__dict__
+    fields.update(instance.__dict__)
+    fields.update(changes)
+    return found
 
 
 def answer(
