@@ -117,6 +117,13 @@ def run(
     latency_slo_ms: Annotated[
         float | None, typer.Option(min=0.0, help="Expected latency per inference, with --objective energy.")
     ] = None,
+    constraint_scope: Annotated[
+        str,
+        typer.Option(
+            help="What --energy-budget-j / --latency-slo-ms bound: each request (a sample that can meet it "
+            "nowhere takes the closest option), or the mean over all requests (each option judged by its whole plan)."
+        ),
+    ] = "request",
     decision_log: Annotated[
         Path | None,
         typer.Option(help="Append every policy decision to this JSON-lines file, with its inputs and reason."),
@@ -138,7 +145,8 @@ def run(
     offload = OffloadFlags(
         server=tuple(server or ()), split=split, codec=codec, timeout_ms=timeout_ms, token_file=token_file,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, policy=policy, profile=profile, objective=objective,
-        energy_budget_j=energy_budget_j, latency_slo_ms=latency_slo_ms, decision_log=decision_log,
+        energy_budget_j=energy_budget_j, latency_slo_ms=latency_slo_ms, constraint_scope=constraint_scope,
+        decision_log=decision_log,
     ).settings()  # fmt: skip
     settings = EngineSettings(threads=threads, criterion=criterion, threshold=threshold, backend=backend,
                               precision=precision)  # fmt: skip

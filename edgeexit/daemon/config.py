@@ -33,9 +33,10 @@ DEFAULT_LISTEN = "127.0.0.1:8101"
 LOG_FORMATS = ("json", "text")
 CODECS = ("fp32", "fp16", "int8")
 OBJECTIVES = ("latency", "energy")
+SCOPES = ("request", "mean")
 #: The [offload] keys that only a policy reads.
-POLICY_KEYS = ("profile", "objective", "energy_budget_j", "latency_slo_ms", "decision_log", "probe_interval_s",
-               "battery")  # fmt: skip
+POLICY_KEYS = ("profile", "objective", "energy_budget_j", "latency_slo_ms", "constraint_scope", "decision_log",
+               "probe_interval_s", "battery")  # fmt: skip
 #: The daemon's offload deadline when the file sets none (the CLI's is 1000 ms).
 DEFAULT_TIMEOUT_MS = 200.0
 
@@ -182,6 +183,7 @@ def _policy(table: _Table) -> PolicySettings | None:
             kind=table.choice("objective", "latency", OBJECTIVES),  # type: ignore[arg-type]
             energy_budget_j=table.optional_number("energy_budget_j", minimum=0.0),
             latency_slo_ms=table.optional_number("latency_slo_ms", minimum=0.0),
+            scope=table.choice("constraint_scope", "request", SCOPES),  # type: ignore[arg-type]
         )
     except ConfigError:
         raise

@@ -116,6 +116,7 @@ class OffloadFlags:
     objective: str = "latency"
     energy_budget_j: float | None = None
     latency_slo_ms: float | None = None
+    constraint_scope: str = "request"
     decision_log: Path | None = None
 
     def settings(self) -> OffloadSettings | None:
@@ -132,7 +133,7 @@ class OffloadFlags:
         policy = None
         if self.policy is not None:
             objective = Objective(kind=self.objective, energy_budget_j=self.energy_budget_j,  # type: ignore[arg-type]
-                                  latency_slo_ms=self.latency_slo_ms)  # fmt: skip
+                                  latency_slo_ms=self.latency_slo_ms, scope=self.constraint_scope)  # type: ignore[arg-type]  # fmt: skip
             policy = PolicySettings(self.policy, objective, profile=self.profile, decision_log=self.decision_log)
         return OffloadSettings(servers=self.server, split=split, policy=policy, codec=self.codec,
                                timeout_ms=self.timeout_ms, token_file=self.token_file, tls=tls)  # fmt: skip
@@ -145,6 +146,7 @@ class OffloadFlags:
                 "--latency-slo-ms": self.latency_slo_ms,
                 "--decision-log": self.decision_log,
                 "--objective": None if self.objective == "latency" else self.objective,
+                "--constraint-scope": None if self.constraint_scope == "request" else self.constraint_scope,
             }
             _refuse_given(given, "with --policy (local, split@K, best-static, adaptive)")
             return

@@ -14,7 +14,8 @@ registered like timm's models (``edgeexit.registry``), so ``--policy NAME`` and
   sample has survived the exits so far, so it compares the expected cost of finishing locally,
   offloading now, and offloading at each later boundary (all conditioned on having survived),
   and offloads only when offloading now wins. Costs in its options are totals for the inference
-  (sunk + remaining), so the energy budget and latency SLO apply per inference.
+  (sunk + remaining), so the energy budget and latency SLO apply per inference; with
+  ``Objective.scope == "mean"`` they apply to each option's whole plan from the start (a mean).
 """
 
 from __future__ import annotations
@@ -265,7 +266,12 @@ class AdaptivePolicy(Policy):
         table = getattr(self, "_plans", None)
         if table is None or table.costs is not costs:
             table = self._plans = PlanTable(costs)
-        best, marked, reason = choose(table.options(boundary, link), self.objective, battery)
+        options = table.options(boundary, link)
+        judged = None
+        if self.objective.scope == "mean" and boundary >= 0:  # each option's whole plan, from the start
+            whole = {option.split: option for option in table.options(-1, link)}
+            judged = [whole[option.split] for option in options]
+        best, marked, reason = choose(options, self.objective, battery, judged)
         here = best.split == boundary
         local = marked[0]
         if here:

@@ -93,8 +93,8 @@ def test_adaptive_policy_with_an_objective(cli, digits_package: Path, server: st
                                            tmp_path: Path) -> None:  # fmt: skip
     log = tmp_path / "adaptive.jsonl"
     rows = _rows(cli("run", digits_package, labelled, "--server", server, "--policy", "adaptive", "--objective",
-                     "energy", "--latency-slo-ms", "100000", "--threshold", "0.3", "--decision-log", log,
-                     "--json"))  # fmt: skip
+                     "energy", "--latency-slo-ms", "100000", "--constraint-scope", "mean", "--threshold", "0.3",
+                     "--decision-log", log, "--json"))  # fmt: skip
     _check_answers(rows, reference)
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert logged
@@ -102,6 +102,7 @@ def test_adaptive_policy_with_an_objective(cli, digits_package: Path, server: st
         assert entry["policy"] == "adaptive"
         assert entry["objective"]["kind"] == "energy"
         assert entry["objective"]["latency_slo_ms"] == 100000
+        assert entry["objective"]["scope"] == "mean"
         assert entry["link"]["bandwidth_bps"] > 0
         assert entry["options"][0]["name"] == "local"
         assert entry["reason"]
@@ -122,6 +123,8 @@ def test_the_table_run_works_with_a_policy(cli, digits_package: Path, server: st
         (("--server", "127.0.0.1:1", "--policy", "fastest"), "fastest"),
         (("--policy", "local", "--objective", "speed"), "unknown objective"),
         (("--policy", "local", "--latency-slo-ms", "5"), "latency SLO goes with"),
+        (("--policy", "local", "--objective", "energy", "--constraint-scope", "median"), "unknown constraint scope"),
+        (("--constraint-scope", "mean"), "--constraint-scope only applies with --policy"),
     ],
 )
 def test_policy_option_mistakes_are_one_clean_line(cli, digits_package: Path, labelled: Path, args: tuple[str, ...],

@@ -108,6 +108,7 @@ policy = "adaptive"
 profile = "profile.json"
 objective = "energy"
 latency_slo_ms = 40
+constraint_scope = "mean"
 decision_log = "decisions.jsonl"
 probe_interval_s = 2.5
 battery = "auto"
@@ -121,14 +122,15 @@ timeout_ms = 300
     assert offload is not None
     assert offload.policy == PolicySettings(
         "adaptive",
-        Objective("energy", latency_slo_ms=40.0),
+        Objective("energy", latency_slo_ms=40.0, scope="mean"),
         profile=tmp_path / "profile.json",
         decision_log=tmp_path / "decisions.jsonl",  # relative to the config file, like every path
         probe_interval_s=2.5,
         battery="auto",
     )
     flags = OffloadFlags(server=("10.0.0.5:8001",), policy="adaptive", profile=tmp_path / "profile.json",
-                         objective="energy", latency_slo_ms=40.0, decision_log=tmp_path / "decisions.jsonl",
+                         objective="energy", latency_slo_ms=40.0, constraint_scope="mean",
+                         decision_log=tmp_path / "decisions.jsonl",
                          timeout_ms=300.0)  # fmt: skip
     from_cli = flags.settings()
     assert from_cli is not None

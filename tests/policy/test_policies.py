@@ -203,3 +203,26 @@ def test_estimates_within_the_grain_share_a_key_and_a_decision(toy: DeviceCosts)
     assert estimate_key(FAST, 50.0) != estimate_key(FAST)  # on battery
     policy = create_policy("adaptive", toy)
     assert policy.decide(0, FAST) is policy.decide(0, near)
+
+
+def test_a_mean_slo_judges_each_option_by_its_whole_plan(toy: DeviceCosts) -> None:
+    """An energy-hungry last segment: offloading boundary 1's survivors saves most of their energy,
+    but no survivor alone can meet a 40 ms SLO (local 63 ms, offload 69 ms). Per request the policy
+    takes the fastest, finishing locally; as a mean the offloading plan averages 30.75 ms over all
+    samples (half exit at 0), within it, so the survivors travel."""
+    import dataclasses
+
+    from edgeexit.policy import LinkEstimate, Objective, create_policy
+
+    hungry = dataclasses.replace(toy, segment_j=(0.1, 0.2, 3.0), radio=dataclasses.replace(toy.radio, tail_j=0.01))
+    link = LinkEstimate.fixed(8e6, 0.01)
+    per_request = create_policy("adaptive", hungry, Objective("energy", latency_slo_ms=40.0))
+    mean = create_policy("adaptive", hungry, Objective("energy", latency_slo_ms=40.0, scope="mean"))
+    assert [per_request.decide(k, link).action for k in (0, 1)] == ["continue", "continue"]
+    assert "no option meets the latency SLO of 40.0 ms" in per_request.decide(1, link).reason
+    decision = mean.decide(1, link)
+    assert [mean.decide(0, link).action, decision.action] == ["continue", "offload"]
+    assert "on average (its plan over all samples: offload@1 (30.75 ms" in decision.reason
+    assert mean.decide(-1, link).action == per_request.decide(-1, link).action  # at the start the two agree
+    with pytest.raises(EdgeExitError, match="constraint scope"):
+        Objective("energy", latency_slo_ms=40.0, scope="median")  # type: ignore[arg-type]
