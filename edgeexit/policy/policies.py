@@ -80,12 +80,23 @@ class Policy(ABC):
         interval within a factor of 2 (an offload's share of the tail depends on it; beyond the
         tail's length every offload pays all of it, so longer intervals are one key)."""
         key = estimate_key(link, battery)
+        if link is not None and self.costs is not None:
+            key = (*key[:1], upload_key(link.bandwidth_bps, self._largest_tensor()), *key[2:])
         tail_s = self.costs.radio.tail_s if self.costs is not None else 0.0
         plain_latency = self.objective.kind == "latency" and self.objective.energy_budget_j is None and battery is None
         if tail_s > 0 and link is not None and not plain_latency:  # energy enters the choice
             interval = min(link.request_interval_s, tail_s)
             key += (round(math.log(max(interval, 1e-6)) / _INTERVAL_STEP),)
         return key
+
+    def _largest_tensor(self) -> int:
+        """The most bytes one offload of this package may send (the bandwidth's grain is set by it)."""
+        found = getattr(self, "_largest", None)
+        if found is None:
+            costs = self.costs
+            assert costs is not None
+            found = self._largest = max((b for b in (*costs.encoded_bytes, costs.input_bytes) if b), default=0)
+        return found
 
     @abstractmethod
     def _decide(self, boundary: int, link: LinkEstimate | None, battery: BatteryState | None) -> Decision: ...
@@ -193,6 +204,19 @@ def estimate_key(link: LinkEstimate | None, battery: BatteryState | float | None
         return (state,)
     return (state, round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP), round(link.rtt_s * 4e3),
             round(link.server_queue_ms * 4.0))  # fmt: skip
+
+
+def upload_key(bandwidth_bps: float, largest_bytes: int) -> tuple[str, int]:
+    """The bandwidth at the grain a decision can tell apart: the upload time of the largest tensor
+    the package may send within 0.25 ms (the RTT's grain) while it is under 5 ms, within 5% beyond.
+    On a fast link each transfer's bandwidth sample is mostly timing noise (2.9 KB take 0.05 ms at
+    500 Mbit/s; the estimate swings by tens of percent), and at a 5% grain nearly every transfer
+    gave a new key, so a new plan: 0.3-0.4 ms of decisions per sample at a Pi 4's speed while
+    offloading (docs/benchmarks.md, sweep I), for choices an upload time 0.25 ms apart cannot change."""
+    upload_ms = largest_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1e3
+    if upload_ms < 5.0:
+        return ("ms/4", round(upload_ms * 4.0))
+    return ("log", round(math.log(max(bandwidth_bps, 1.0)) / _BANDWIDTH_STEP))
 
 
 @POLICIES.register("local")

@@ -226,3 +226,13 @@ def test_a_mean_slo_judges_each_option_by_its_whole_plan(toy: DeviceCosts) -> No
     assert mean.decide(-1, link).action == per_request.decide(-1, link).action  # at the start the two agree
     with pytest.raises(EdgeExitError, match="constraint scope"):
         Objective("energy", latency_slo_ms=40.0, scope="median")  # type: ignore[arg-type]
+
+
+def test_a_decision_tells_bandwidths_apart_by_the_upload_time_they_give() -> None:
+    """Keys: the largest tensor's upload time within 0.25 ms under 5 ms, the bandwidth within 5% beyond."""
+    from edgeexit.policy.policies import upload_key
+
+    assert upload_key(400e6, 3_000) == upload_key(600e6, 3_000)  # 0.06 vs 0.04 ms: timing noise, one key
+    assert upload_key(20e6, 3_000) != upload_key(10e6, 3_000)  # 1.2 vs 2.4 ms
+    assert upload_key(1.0e6, 3_000) != upload_key(1.2e6, 3_000)  # 24 vs 20 ms: 5% steps
+    assert upload_key(1.0e6, 3_000) == upload_key(1.01e6, 3_000)
