@@ -54,6 +54,9 @@ log = logging.getLogger("edgeexit.device")
 DecisionLog = Callable[[Any, Decision], None] | str | Path
 #: Deadline of one probe when the client's own is longer: a probe must stay light.
 PROBE_TIMEOUT_S = 0.5
+#: How long a keyed link estimate is reused while no probe or transfer moved it (estimates only
+#: start decaying toward the prior after ``LinkEstimator.stale_after_s``, 30 s by default).
+KEY_REUSE_S = 1.0
 
 
 class PolicyRunner:
@@ -112,6 +115,7 @@ class PolicyRunner:
         self._counter = itertools.count()
         self._batch_limits: dict[str, int] = {}
         self._plans: dict[tuple[object, ...], tuple[Decision, tuple[Decision, ...]]] = {}
+        self._key_cache: tuple[tuple[object, ...], float, tuple[object, ...]] | None = None
         self._log_file: IO[str] | None = None
         self._log_call: Callable[[Any, Decision], None] | None = None
         if isinstance(decision_log, (str, Path)):
@@ -205,7 +209,7 @@ class PolicyRunner:
         if self.probe_interval_s is not None or not self.early_exit:
             return None  # a due probe or the no-exit baseline: step, as decided per boundary
         tick = time.perf_counter()
-        key = self.policy.estimate_key(self.estimator.estimate(), battery)  # the policy's grain: same decisions
+        key = self._estimate_key(battery)
         found = self._plans.get(key)
         if found is None:
             plan: list[Decision] = []
@@ -220,6 +224,22 @@ class PolicyRunner:
             return tuple(plan)
         head, rest = found
         return (replaced(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest)
+
+    def _estimate_key(self, battery: BatteryState | float | None) -> tuple[object, ...]:
+        """``policy.estimate_key`` of the current estimate, reused while nothing it rests on moved:
+        no probe or transfer (``LinkEstimator.version``), the request interval within ~13%, the
+        same battery reading, for less than ``KEY_REUSE_S``. Reading the estimate and keying it cost
+        ~65 us per sample right after the segments ran at a Pi 4's emulated speed (15 us hot), about
+        as much as the rest of the runner (docs/benchmarks.md, point 4, third pass)."""
+        estimator = self.estimator
+        now = self._clock()
+        stamp = (estimator.version, estimator.traffic_grain(), battery)
+        cached = self._key_cache
+        if cached is not None and cached[0] == stamp and now - cached[1] < KEY_REUSE_S:
+            return cached[2]
+        key = self.policy.estimate_key(estimator.estimate(), battery)  # the policy's grain: same decisions
+        self._key_cache = (stamp, now, key)
+        return key
 
     def _run_plan(self, x: np.ndarray, plan: tuple[Decision, ...], first: int, sample: Any,
                   keep_hidden: bool) -> Result:  # fmt: skip

@@ -158,6 +158,9 @@ class LinkEstimator:
         self._last: float | None = None
         self._alpha = alpha
         self._log_interval: float | None = None  # log of seconds per sample between requests
+        #: Counts the probes and transfers seen: a caller may reuse what it derived from an estimate
+        #: while this stands still (and for less than ``stale_after_s``, after which estimates decay).
+        self.version = 0
         self._last_request: tuple[float, int] | None = None  # when the last request came, and its samples
         self._gaps = 0
 
@@ -183,6 +186,7 @@ class LinkEstimator:
         now = self._clock()
         self._rtt.update(rtt_s, now)
         self._last = now
+        self.version += 1
 
     def observe_transfer(
         self, nbytes: int, seconds: float, *, server_ms: float = 0.0, queue_ms: float | None = None
@@ -194,6 +198,7 @@ class LinkEstimator:
             raise UsageError("a transfer needs nbytes, seconds and server_ms >= 0")
         now = self._clock()
         self._last = now
+        self.version += 1
         if queue_ms is not None:
             self._queue.update(max(queue_ms, 0.0), now)
         upload_s = seconds - server_ms / 1000.0 - self._rtt.current(now)
@@ -201,6 +206,12 @@ class LinkEstimator:
             return False
         self._bandwidth.update(nbytes * 8.0 / upload_s, now)
         return True
+
+    def traffic_grain(self) -> int | None:
+        """The request interval, coarsely (steps of 1/8 of a log unit, ~13%): with ``version``, what
+        says whether an estimate could have moved (None: no interval yet)."""
+        found = self._log_interval
+        return None if found is None else round(found * 8.0)
 
     def estimate(self) -> LinkEstimate:
         now = self._clock()

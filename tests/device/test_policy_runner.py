@@ -274,3 +274,18 @@ def test_the_tails_compute_beyond_the_costs_enters_the_estimates_server_delay(en
     assert min(i.queue_ms + i.compute_ms for i in infos) <= delay <= max(i.queue_ms + i.compute_ms for i in infos)
     delay, infos = found[1e6]
     assert delay <= max(i.queue_ms for i in infos)
+
+
+def test_a_link_that_changes_is_decided_on_again(engine: Engine, digits, costs: DeviceCosts) -> None:
+    """The runner reuses its keyed estimate while no probe or transfer moved the estimator, and
+    decides anew from the first sample after one did: slow link, local; the link turns fast (as a
+    transfer would tell it), offload, without waiting for the reuse window to run out."""
+    link = slow_link()
+    runner = PolicyRunner(engine, None, create_policy("adaptive", costs), codec=CODEC, estimator=link)
+    assert all(d.action == "continue" for r in _run(runner, digits) for d in r.decisions)
+    for _ in range(20):  # the EWMAs follow the new link within a few samples
+        link.observe_probe(1e-5)
+        link.observe_transfer(10**9, 0.01)
+    after = runner.run(digits.x[0])
+    assert any(d.action == "offload" for d in after.decisions)
+    assert after.prediction is not None  # no client: the offload fell back, nothing lost
