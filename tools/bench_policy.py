@@ -111,20 +111,6 @@ def measure(setup: bench.BenchSetup, name: str, spec: LinkSpec, address: str, x,
 # ---------------------------------------------------------------- what the policies' model expects
 
 
-def policy_costs(setup: bench.BenchSetup):
-    """The ``DeviceCosts`` a policy row weighs (``BenchSetup.runner``'s: segments at the device's
-    speed, the tails' compute at this machine's, the energy model's presets)."""
-    import dataclasses
-
-    from edgeexit.profile.record import modelled_costs
-
-    preset, radio = setup.energy.presets()
-    costs = modelled_costs(setup.early.manifest, setup.segment_ms, codec=setup.codec, power=preset, radio=radio)
-    host = getattr(setup.full, "calibrated_segment_ms", None) or [ms / setup.speed.factor for ms in setup.segment_ms]
-    return dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
-                               input_server_ms=sum(host))  # fmt: skip
-
-
 def probe_rtt_s(address: str, spec: LinkSpec, seed: int, timeout_s: float) -> float:
     """The least of ``bench.PROBES`` ServerLive round trips over the emulated link: the RTT a
     policy row starts from (the link's delay plus this stack's per-request overhead)."""
@@ -294,7 +280,7 @@ def main() -> None:
     console.print(f"device segments {[round(v, 3) for v in setup.segment_ms]} ms at that speed", highlight=False)
     results: dict[str, tuple[dict[str, list[bench.BenchRow]], dict[str, object]]] = {}
     collected: dict[str, dict[str, list[bench.BenchRow]]] = {str(s): {n: [] for n in names} for s in specs}
-    costs = policy_costs(setup)
+    costs = setup.policy_costs()
     probed: dict[str, float] = {}
     with local_tail_server(args.package) as address:
         for spec in specs:

@@ -59,6 +59,7 @@ from edgeexit.transport.client import TailClient
 from edgeexit.transport.link_emulation import EmulatedLink, LinkSpec
 
 if TYPE_CHECKING:
+    from edgeexit.policy.costs import DeviceCosts
     from edgeexit.profile.power import PowerPreset
     from edgeexit.profile.radio import RadioPreset
 
@@ -226,6 +227,19 @@ class BenchSetup:
         measured = [found.factor * ms for ms in calibrated] if calibrated else segment_ms(full, xs)
         return cls(early, full, codec, measured, energy or EnergyModel(), found)
 
+    def policy_costs(self) -> DeviceCosts:
+        """The ``DeviceCosts`` a policy row weighs: this run's segment latencies (at the device's
+        speed), the tails' compute at this machine's speed (the tail server's), the energy model's
+        presets and the package's exit rates."""
+        from edgeexit.profile.record import modelled_costs
+
+        preset, radio = self.energy.presets()
+        costs = modelled_costs(self.early.manifest, self.segment_ms, codec=self.codec, power=preset, radio=radio)
+        host = getattr(self.full, "calibrated_segment_ms", None) or [ms / self.speed.factor for ms in self.segment_ms]
+        # the tail server runs at this machine's speed: the tails' compute is the segments' here
+        return dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
+                                   input_server_ms=sum(host))  # fmt: skip
+
     def runner(self, name: str, client: TailClient, spec: LinkSpec,
                objective: Objective | None = None) -> Callable[[np.ndarray], Result]:  # fmt: skip
         """One row's runner, built by the device factory over the row's client (its emulated link):
@@ -247,14 +261,8 @@ class BenchSetup:
                                     codec=self.codec, early_exit=early_exit)  # fmt: skip
             return build_runner(self.early if early_exit else self.full, split, client=client).runner.run
         from edgeexit.policy import LinkEstimator
-        from edgeexit.profile.record import modelled_costs
 
-        preset, radio = self.energy.presets()
-        costs = modelled_costs(self.early.manifest, self.segment_ms, codec=self.codec, power=preset, radio=radio)
-        host = getattr(self.full, "calibrated_segment_ms", None) or [ms / self.speed.factor for ms in self.segment_ms]
-        # the tail server runs at this machine's speed: the tails' compute is the segments' here
-        costs = dataclasses.replace(costs, server_ms=tuple(sum(host[k + 1 :]) for k in range(len(host) - 1)),
-                                    input_server_ms=sum(host))  # fmt: skip
+        costs = self.policy_costs()
         estimator = LinkEstimator()
         chosen = PolicySettings(name, objective or Objective())
         policy = OffloadSettings(servers=client.addresses, policy=chosen, codec=self.codec)

@@ -141,17 +141,18 @@ def choose(
             for o, j in zip(options, judged, strict=True)
         )
     feasible = [o for o in marked if o.feasible]
-    plan_of = {id(o): j for o, j in zip(marked, judged, strict=True)}
     unit = "J" if key == "energy_j" else "ms"
     mean = "" if judged_by is None else " on average"
-    if not feasible:
-        best = min(marked, key=lambda o: (getattr(plan_of[id(o)], key), getattr(o, other)))
+    if not feasible:  # the one whose constraint value (its own, or its plan's) comes closest
+        pairs = zip(marked, judged, strict=True)
+        best, _ = min(pairs, key=lambda pair: (getattr(pair[1], key), getattr(pair[0], other)))
         return best, marked, f"no option meets the {what} of {limit} {unit}{mean}; {_fmt(best)} comes closest"
     best = min(feasible, key=lambda o: (getattr(o, other), getattr(o, key)))
     goal = "lowest latency" if objective.kind == "latency" else "lowest energy"
     bound = "" if limit is None else f" within the {what} of {limit} {unit}{mean}"
     if limit is not None and judged_by is not None:
-        bound += f" (its plan over all samples: {_fmt(plan_of[id(best)])})"
+        plan = next(j for o, j in zip(marked, judged, strict=True) if o is best)
+        bound += f" (its plan over all samples: {_fmt(plan)})"
     reason = f"{_fmt(best)} has the {goal}{bound}"
     if objective.kind == "latency" and battery is not None and battery.is_low(objective.low_battery_pct):
         bar = best.latency_ms * (1.0 + objective.low_battery_slack)

@@ -79,9 +79,7 @@ class Policy(ABC):
         transfers (``RadioModel.tail_s``) and energy enters the choice, the device's request
         interval within a factor of 2 (an offload's share of the tail depends on it; beyond the
         tail's length every offload pays all of it, so longer intervals are one key)."""
-        key = estimate_key(link, battery)
-        if link is not None and self.costs is not None:
-            key = (*key[:1], upload_key(link.bandwidth_bps, self._largest_tensor()), *key[2:])
+        key = estimate_key(link, battery, self._largest_tensor() if self.costs is not None else None)
         tail_s = self.costs.radio.tail_s if self.costs is not None else 0.0
         plain_latency = self.objective.kind == "latency" and self.objective.energy_budget_j is None and battery is None
         if tail_s > 0 and link is not None and not plain_latency:  # energy enters the choice
@@ -195,15 +193,21 @@ _INTERVAL_STEP = math.log(2.0)
 POLICIES: Registry[type[Policy]] = Registry("policy")
 
 
-def estimate_key(link: LinkEstimate | None, battery: BatteryState | float | None = None) -> tuple[object, ...]:
+def estimate_key(
+    link: LinkEstimate | None, battery: BatteryState | float | None = None, largest_bytes: int | None = None
+) -> tuple[object, ...]:
     """The inputs of a decision besides its boundary, at the grain below which a policy treats them
-    as equal (bandwidth within 5%, RTT and queue within 0.25 ms): the memo's key, and a caller's
-    (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
+    as equal (bandwidth within 5%, or by ``upload_key`` when the largest tensor a package may send
+    is known; RTT and queue within 0.25 ms): the memo's key, and a caller's (``PolicyRunner``'s
+    plans) for "would the policy decide anything differently now"."""
     state = BatteryState.of(battery)
     if link is None:
         return (state,)
-    return (state, round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP), round(link.rtt_s * 4e3),
-            round(link.server_queue_ms * 4.0))  # fmt: skip
+    if largest_bytes is None:
+        bandwidth: object = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
+    else:
+        bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
+    return (state, bandwidth, round(link.rtt_s * 4e3), round(link.server_queue_ms * 4.0))
 
 
 def upload_key(bandwidth_bps: float, largest_bytes: int) -> tuple[str, int]:

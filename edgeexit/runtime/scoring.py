@@ -173,19 +173,14 @@ class Scorer:
         self, outputs: dict[str, np.ndarray], started: float, times: tuple[float, ...], hidden: np.ndarray | None
     ) -> Result:
         """The final exit's Result for one sample, read from the final segment's ``outputs``
-        (``graph_answer`` must be set): what ``score`` + ``result`` give, with nothing between
-        the last ONNX Runtime run and the Result but the reads (the full-depth path: every
-        lookup there runs with the interpreter's caches cold, measured ~11 us per sample on a
-        0.4 ms CNN through ``score`` and ``result``, docs/benchmarks.md, point 5)."""
+        (``graph_answer`` must be set): ``result`` on the graph's own logits, score and
+        probabilities, without ``score`` looking up what the final exit's rule already says (the
+        full-depth path: with a Walk record per request, that lookup cost ~11 us per sample on a
+        0.4 ms CNN, docs/benchmarks.md, point 5)."""
         logits_name, score_name, probabilities_name = self.graph_answer  # type: ignore[misc]
-        logits = outputs[logits_name]
-        prediction = int(logits.argmax())
-        labels = self._labels
-        label = labels[prediction] if prediction < len(labels) else str(prediction)
-        latency = (time.perf_counter() - started) * 1e3
-        row = outputs[probabilities_name][0].copy()
-        return answer(prediction, label, row, len(self._rules) - 1, outputs[score_name].item(0), latency, times,
-                      hidden, None)  # fmt: skip
+        final = len(self._rules) - 1
+        return self.result(final, outputs[logits_name], outputs[probabilities_name], outputs[score_name], 0, started,
+                           times, hidden)  # fmt: skip
 
     def tail_results(self, pending: Pending, logits: np.ndarray, offload: OffloadInfo | None) -> list[Result]:
         """Results from a tail's final logits for ``pending``'s samples: the final exit's rule
