@@ -105,7 +105,7 @@ def offload_or_resume(
         reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id, classes=classes)
         infos = [
             info(share, reply.transfer_ms, reply.attempts, server=reply.server, queue_ms=reply.queue_ms,
-                 compute_ms=reply.compute_ms)
+                 compute_ms=reply.compute_ms, server_ms=reply.server_ms)
             for share in _shares(reply.bytes_sent, samples)
         ]  # fmt: skip
         results = engine.tail_results(pending, reply.logits)

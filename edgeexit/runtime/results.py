@@ -114,8 +114,9 @@ class OffloadInfo:
     the offload failed for ``reason`` and the engine finished the sample here from the same
     boundary. ``bytes_sent`` is this sample's share of the request bytes handed to gRPC (summed
     over attempts; ``batch`` samples shared the request), ``transfer_ms`` the wall time from the
-    first attempt to the reply or the last failure, ``queue_ms`` / ``compute_ms`` what the server
-    reported (None when it did not say, e.g. Triton).
+    first attempt to the reply or the last failure, ``queue_ms`` / ``compute_ms`` / ``server_ms``
+    (the request's whole time in the server) what the server reported (None when it did not say,
+    e.g. Triton).
     """
 
     boundary: int
@@ -126,6 +127,7 @@ class OffloadInfo:
     transfer_ms: float = 0.0
     queue_ms: float | None = None
     compute_ms: float | None = None
+    server_ms: float | None = None
     batch: int = 1
     attempts: int = 0
     fallback: bool = False
@@ -151,6 +153,7 @@ class OffloadInfo:
             "transfer_ms": ms(self.transfer_ms),
             "queue_ms": ms(self.queue_ms),
             "compute_ms": ms(self.compute_ms),
+            "server_ms": ms(self.server_ms),
             "batch": self.batch,
             "attempts": self.attempts,
         }

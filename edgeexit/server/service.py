@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -30,14 +31,19 @@ if TYPE_CHECKING:  # the metrics module needs prometheus-client; the service onl
     from edgeexit.server.batching import Batcher, BatchResult
     from edgeexit.server.metrics import ServerMetrics
 
-__all__ = ["BATCH_SIZE", "COMPUTE_MS", "QUEUE_MS", "SERVICE", "InferenceService"]
+__all__ = ["BATCH_SIZE", "COMPUTE_MS", "QUEUE_MS", "SERVER_MS", "SERVICE", "InferenceService"]
 
 _log = logging.getLogger(__name__)
 
-#: Response parameters (docs/offload.md): the request's wait for its batch, the batch's run, its size.
+#: Response parameters (docs/offload.md): the request's wait for its batch, the batch's run, its size,
+#: and the request's whole time in this server (parsing, queue, compute, the reply). A device takes
+#: ``server_ms`` out of its measured round trip before it reads the link from it: the server's own
+#: handling (~1-1.5 ms in this Python server, measured) is not the link's, and folded into a
+#: bandwidth sample it made a 500 Mbit/s link read as ~6 Mbit/s (docs/benchmarks.md, issue 14).
 QUEUE_MS = "queue_ms"
 COMPUTE_MS = "compute_ms"
 BATCH_SIZE = "batch_size"
+SERVER_MS = "server_ms"
 
 
 class InferenceService(KServeService[TailModel]):
@@ -84,13 +90,14 @@ class InferenceService(KServeService[TailModel]):
 
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         labels = ("", "")
+        arrived = time.perf_counter()
         try:
             request = parse_request(data, self.limit)
             model = self.models.get(request.model_name, request.model_version)
             labels = (model.name, str(model.version))
             decoded = decode(request, model)
             result = await self.batchers[model.key].submit(decoded.feeds, decoded.batch)
-            response = _response(request, model, decoded.outputs, result)
+            response = _response(request, model, decoded.outputs, result, arrived)
         except RequestError as err:
             self.metrics.request(*labels, err.code.name)
             await abort(context, err)
@@ -112,9 +119,10 @@ class InferenceService(KServeService[TailModel]):
 
 
 def _response(
-    request: pb.ModelInferRequest, model: TailModel, outputs: tuple[str, ...], result: BatchResult
+    request: pb.ModelInferRequest, model: TailModel, outputs: tuple[str, ...], result: BatchResult, arrived: float
 ) -> pb.ModelInferResponse:
-    """Outputs as raw little-endian bytes, and the times the adaptive policy reads."""
+    """Outputs as raw little-endian bytes, and the times the adaptive policy reads (``arrived``:
+    when the request reached the servicer, ``time.perf_counter``)."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
     for name in outputs:
         spec = next(s for s in model.outputs if s.name == name)
@@ -122,4 +130,5 @@ def _response(
     set_parameter(response.parameters, QUEUE_MS, float(result.queue_ms))
     set_parameter(response.parameters, COMPUTE_MS, float(result.compute_ms))
     set_parameter(response.parameters, BATCH_SIZE, int(result.batch_size))
+    set_parameter(response.parameters, SERVER_MS, (time.perf_counter() - arrived) * 1e3)  # last: all of it
     return response

@@ -49,7 +49,8 @@ MAX_RECONNECT_BACKOFF_S = 2.0
 @dataclass(frozen=True, eq=False)
 class TailReply:
     """A tail's answer: ``logits`` ``(N, classes)`` from ``server``; ``bytes_sent`` counts the request
-    bytes of every attempt, ``transfer_ms`` the wall time from the first attempt to the reply."""
+    bytes of every attempt, ``transfer_ms`` the wall time from the first attempt to the reply;
+    ``queue_ms`` / ``compute_ms`` / ``server_ms`` what the server reported (``wire.TailAnswer``)."""
 
     logits: np.ndarray
     server: str
@@ -58,6 +59,7 @@ class TailReply:
     queue_ms: float | None
     compute_ms: float | None
     attempts: int
+    server_ms: float | None = None
 
 
 class TailClient:
@@ -175,6 +177,7 @@ class TailClient:
                 queue_ms=answer.queue_ms,
                 compute_ms=answer.compute_ms,
                 attempts=attempts,
+                server_ms=answer.server_ms,
             )
         message = f"offload of {samples} sample(s) to {model} failed: " + "; ".join(
             [f.text for f in failures] or ["no server address"]

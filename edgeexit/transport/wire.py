@@ -7,7 +7,8 @@ device falls back) rather than a numpy error deep inside the runtime.
 Request: ``model_name`` the tail, ``inputs[0]`` = ``hidden`` (codec datatype, shape ``[N, *dims]``)
 with its bytes in ``raw_input_contents[0]`` (little-endian, row-major); parameters ``package_id``,
 ``codec`` and, for int8, ``scale`` (double) and ``zero_point`` (int64). Reply: ``logits`` FP32
-``[N, classes]`` in ``raw_output_contents``; parameters ``queue_ms`` and ``compute_ms`` (double).
+``[N, classes]`` in ``raw_output_contents``; parameters ``queue_ms``, ``compute_ms`` and ``server_ms``
+(double; ``server_ms`` is the request's whole time inside the server, when it says).
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ PARAM_SCALE = "scale"
 PARAM_ZERO_POINT = "zero_point"
 PARAM_QUEUE_MS = "queue_ms"
 PARAM_COMPUTE_MS = "compute_ms"
+PARAM_SERVER_MS = "server_ms"
 
 
 @dataclass(frozen=True, eq=False)
 class TailAnswer:
-    """A decoded tail reply: the final logits ``(N, classes)`` float32 and the server's own timings."""
+    """A decoded tail reply: the final logits ``(N, classes)`` float32 and the server's own timings
+    (None where it did not report them): ``server_ms`` is the whole time the request spent in the
+    server (parsing, queue, compute, reply), of which ``queue_ms`` and ``compute_ms`` are parts."""
 
     logits: np.ndarray
     queue_ms: float | None
     compute_ms: float | None
+    server_ms: float | None = None
 
 
 SIDE_INPUTS = ("parameters", "tensors")
@@ -130,7 +135,9 @@ def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | No
         raise OffloadError(f"the reply's {tensor.name!r} has no data; expected {want} in raw_output_contents")
     if not np.isfinite(logits).all():
         raise OffloadError(f"the reply's {tensor.name!r} holds NaN or infinite values; expected finite logits")
-    return TailAnswer(logits, _double(reply, PARAM_QUEUE_MS), _double(reply, PARAM_COMPUTE_MS))
+    return TailAnswer(
+        logits, _double(reply, PARAM_QUEUE_MS), _double(reply, PARAM_COMPUTE_MS), _double(reply, PARAM_SERVER_MS)
+    )
 
 
 def _double(reply: pb.ModelInferResponse, name: str) -> float | None:

@@ -322,6 +322,7 @@ def test_offload_fields_in_json(mixed: Engine, digits) -> None:
         "transfer_ms": 0.1235,
         "queue_ms": None,
         "compute_ms": None,
+        "server_ms": None,
         "batch": 1,
         "attempts": 1,
     }

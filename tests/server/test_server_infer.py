@@ -38,9 +38,11 @@ def test_response_reports_queue_and_compute_time(client, wire, hidden: np.ndarra
     request.id = "req-17"
     response = client.stub.ModelInfer(request, timeout=20)
     assert response.id == "req-17"
-    for key in ("queue_ms", "compute_ms"):
+    for key in ("queue_ms", "compute_ms", "server_ms"):
         assert response.parameters[key].WhichOneof("parameter_choice") == "double_param"
         assert response.parameters[key].double_param >= 0.0
+    times = {key: response.parameters[key].double_param for key in ("queue_ms", "compute_ms", "server_ms")}
+    assert times["server_ms"] >= times["queue_ms"] + times["compute_ms"]  # the whole stay holds both
     assert response.parameters["batch_size"].int64_param == 1
 
 

@@ -124,3 +124,29 @@ def test_a_graph_runs_with_the_config_batch_axis(tiny_repo: Path, wire, hidden: 
     expected = wire.reference(tiny_repo / wire.tail("fp16") / "1" / "model.onnx", payload)
     np.testing.assert_allclose(out["logits"], expected, rtol=1e-6, atol=1e-6)
     assert onnx.load(str(model.path)).graph.output[0].name == "logits"
+
+
+def test_a_tail_that_cannot_run_is_refused_at_load(tmp_path: Path, wire) -> None:
+    """Each tail is run once on zeros when it loads (a warm-up, so the first request does not pay
+    ONNX Runtime's first-run setup): a graph that fails there is refused before the server listens,
+    not on a device's first offload. This one reshapes its input to the (zero) sum of its values."""
+    from onnx import TensorProto, helper
+
+    repo = wire.write_repository(tmp_path / "repo", codecs=["fp32"])
+    hidden = helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", *wire.dims])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", wire.classes])
+    nodes = [
+        helper.make_node("ReduceSum", ["hidden"], ["total"], keepdims=0),
+        helper.make_node("Cast", ["total"], ["count"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["count", "axis0"], ["rows"]),
+        helper.make_node("Concat", ["rows", "rest"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["hidden", "shape"], ["logits"], allowzero=1),  # [0, -1]: no such shape
+    ]
+    constants = [helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
+                 helper.make_tensor("rest", TensorProto.INT64, [1], [-1])]  # fmt: skip
+    graph = helper.make_graph(nodes, "fails_on_zeros", [hidden], [logits], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(repo / wire.tail("fp32") / "1" / "model.onnx"))
+    with pytest.raises(PackageError, match=r"fails on a zero batch of one .*re-export the package"):
+        load_models([repo])

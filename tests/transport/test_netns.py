@@ -157,7 +157,7 @@ DEVICE_SCRIPT = textwrap.dedent(
             sizes = []
             for _ in range(6):
                 reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id)
-                server_ms = (reply.queue_ms or 0.0) + (reply.compute_ms or 0.0)
+                server_ms = reply.server_ms if reply.server_ms is not None else 0.0
                 estimator.observe_transfer(reply.bytes_sent, reply.transfer_ms / 1e3, server_ms=server_ms)
                 sizes.append(reply.bytes_sent)
             estimate = estimator.estimate()

@@ -85,12 +85,12 @@ def _reply(logits: np.ndarray, *, datatype: str = "FP32", shape: list[int] | Non
 
 def test_a_good_reply_decodes() -> None:
     logits = np.arange(20, dtype=np.float32).reshape(2, 10)
-    answer = parse_reply(_reply(logits, queue_ms=1.5, compute_ms=0.75), samples=2, classes=10)
+    answer = parse_reply(_reply(logits, queue_ms=1.5, compute_ms=0.75, server_ms=3.0), samples=2, classes=10)
     np.testing.assert_array_equal(answer.logits, logits)
     assert answer.logits.dtype == np.float32
-    assert (answer.queue_ms, answer.compute_ms) == (1.5, 0.75)
+    assert (answer.queue_ms, answer.compute_ms, answer.server_ms) == (1.5, 0.75, 3.0)
     bare = parse_reply(_reply(logits), samples=2, classes=None)  # Triton sends no timings
-    assert (bare.queue_ms, bare.compute_ms) == (None, None)
+    assert (bare.queue_ms, bare.compute_ms, bare.server_ms) == (None, None, None)
 
 
 def test_typed_fp32_contents_are_read_too() -> None:
