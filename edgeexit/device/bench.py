@@ -216,10 +216,12 @@ class BenchSetup:
         """Both engines from ``package`` at ``speed`` (None: this machine's); segment latencies
         measured at full depth on ``xs``, at that speed."""
         found = get_device_speed(speed)
-        early = emulate_device_speed(Engine.from_settings(package, EngineSettings(cache_dir=None)), found, xs[:8])
         full = emulate_device_speed(
             Engine.from_settings(package, EngineSettings(threshold=float("inf"), cache_dir=None)), found, xs[:8]
         )
+        # one device: the early-exit engine runs at the speed the full one was calibrated to (the costs')
+        early = emulate_device_speed(Engine.from_settings(package, EngineSettings(cache_dir=None)), found,
+                                     base_ms=getattr(full, "calibrated_segment_ms", None))  # fmt: skip
         codec = default_codec(early.manifest, codec)
         calibrated = getattr(full, "calibrated_segment_ms", None)
         # at an emulated speed the device's segments take exactly factor x their calibrated time (a

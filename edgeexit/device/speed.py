@@ -133,12 +133,16 @@ class SlowedChain:
 
 
 def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None,
-                         calibration: np.ndarray | None = None, rounds: int = 5) -> Engine:  # fmt: skip
+                         calibration: np.ndarray | None = None, rounds: int = 5,
+                         base_ms: Sequence[float] | None = None) -> Engine:  # fmt: skip
     """Slow ``engine``'s segments to ``speed`` (a preset name, a factor, or a ``DeviceSpeed``), in
     place; returns the engine. ``host`` (factor 1) changes nothing. ``calibration``: samples to
     measure each segment's uncontended time on first (the lowest of ``rounds`` rounds of mean
-    batch-1 latency); each segment then takes ``factor`` x that per sample. None: ``factor`` x
-    whatever each run takes."""
+    batch-1 latency); each segment then takes ``factor`` x that per sample. ``base_ms``: those
+    uncontended times, measured already (another engine of the same package: two engines that
+    stand for one device must run at one speed; calibrated apart, they differed by up to 20% on
+    a shared machine, and the policies' costs came from one while the samples ran on the other).
+    Neither: ``factor`` x whatever each run takes."""
     found = get_device_speed(speed)
     if getattr(engine, "device_speed", None) is not None:
         raise UsageError(
@@ -149,8 +153,12 @@ def emulate_device_speed(engine: Engine, speed: DeviceSpeed | str | float | None
     if found.factor == 1.0:
         return engine
     target: list[float] | None = None
-    if calibration is not None:
-        base = np.min([engine.segment_latency(calibration) for _ in range(rounds)], axis=0)
+    if base_ms is not None and len(base_ms) != len(engine.segments):
+        raise UsageError(f"base_ms has {len(base_ms)} entries; the engine has {len(engine.segments)} segments")
+    if base_ms is not None or calibration is not None:
+        base = base_ms if base_ms is not None else np.min(
+            [engine.segment_latency(calibration) for _ in range(rounds)], axis=0
+        )  # fmt: skip
         target = [float(found.factor * ms) for ms in base]
         engine.calibrated_segment_ms = tuple(float(ms) for ms in base)  # type: ignore[attr-defined]
     segments = engine.segments

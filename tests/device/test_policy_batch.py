@@ -119,6 +119,20 @@ def test_a_slowed_device_answers_as_before_through_the_emulation(digits_package:
     assert runner.run(digits.x[0]).prediction == engine.run(digits.x[0]).prediction
 
 
+def test_the_benchs_two_engines_run_at_one_calibrated_speed(digits_package: Path, digits) -> None:
+    """The bench's early-exit and full-depth engines stand for one device: the early one runs at
+    the speed the full one was calibrated to, which is what the policies' costs are built from."""
+    from edgeexit.device.bench import BenchSetup
+
+    setup = BenchSetup.load(digits_package, digits.x[:8], codec=CODEC, speed=3.0)
+    base = setup.full.calibrated_segment_ms  # type: ignore[attr-defined]
+    assert setup.early.calibrated_segment_ms == base  # type: ignore[attr-defined]
+    assert list(setup.segment_ms) == pytest.approx([3.0 * ms for ms in base])
+    assert [s._target_s for s in setup.early.segments] == pytest.approx([3.0 * ms / 1e3 for ms in base])
+    with pytest.raises(EdgeExitError, match="base_ms has 1 entries"):
+        emulate_device_speed(Engine(digits_package, cache_dir=None), 2.0, base_ms=[1.0])
+
+
 def test_device_speed_presets_and_factors() -> None:
     assert {"host", "rpi4"} <= set(list_speeds())
     rpi4 = get_device_speed("rpi4")
