@@ -6,12 +6,20 @@ wall time) and every probe (an RTT) updates an exponentially weighted moving ave
 half-life is counted in samples, so a step change in the link is followed within a few
 transfers while one slow outlier moves the estimate by a bounded fraction.
 
-Separating the terms: a transfer's wall time is ``RTT + upload + server queue + server compute``.
-The server reports its queue and compute time (the ``queue_ms`` / ``compute_ms`` response
-parameters, docs/offload.md), which are subtracted first, and the RTT estimate (from probes) is
-subtracted next; what is left is upload time, so ``bytes * 8 / upload_s`` is a bandwidth sample.
-A transfer whose remainder is not positive says nothing about bandwidth and is skipped. The
+Separating the terms: a transfer's wall time is ``RTT + upload + the server's time``. The server
+reports its whole time (the ``server_ms`` response parameter, else ``queue_ms + compute_ms``,
+docs/offload.md), which is subtracted first, and the RTT estimate (from probes) next; what is
+left is upload time, so ``upload_s / (bytes * 8)`` is a sample of the link's time per bit. The
 download of the logits is small and is folded into the RTT.
+
+Why time per bit and not bit/s: what a policy needs is the expected upload time, and the mean of
+noisy bandwidth samples overstates the bandwidth (a remainder of 0.01 ms reads as 50x the rate of
+one of 0.5 ms). On a fast link the remainder is mostly timing noise around a few microseconds, so
+a remainder below zero is kept as the noise it is (skipping it kept only the slow draws); the
+estimate is floored at ``MAX_BANDWIDTH_BPS``. The average in time is also the cautious one when a
+link changes: it follows a slowdown within a half-life (the slow samples dominate the mean) and a
+speed-up over a few (the old slow samples must fade), where averaging rates had it backwards and
+kept offloading onto a link 100x slower for several transfers.
 
 Staleness (decided: decay toward a prior, never "unknown"): a policy always needs a number, and
 an old estimate is worse than a conservative prior because links change while the device is
@@ -43,6 +51,13 @@ from edgeexit.errors import UsageError
 #: a conservative default when nothing has been measured: a weak Wi-Fi / LTE uplink
 DEFAULT_PRIOR_BANDWIDTH_BPS = 5e6
 DEFAULT_PRIOR_RTT_S = 0.05
+#: Half-life of the request interval, in requests: what sets an offload's share of the radio's tail
+#: is the traffic's steady pace, not one sample's latency (an early exit takes a fraction of a full
+#: pass), and at the link's 3 samples the interval jittered across its key's steps on most samples.
+TRAFFIC_HALF_LIFE_REQUESTS = 8.0
+#: The fastest link an estimate reports: a mean upload time at or below zero is "faster than the
+#: timing noise can tell", not an infinitely fast link.
+MAX_BANDWIDTH_BPS = 1e11
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,8 @@ class LinkEstimate:
     ``age_s`` is the time since the most recent observation (``inf`` before the first one);
     ``samples`` counts the bandwidth samples and probes that built it; ``fresh`` is False when
     any part of the estimate has started decaying toward the prior (or was never measured).
+    ``server_queue_ms`` is the server's delay an offload meets beyond the tail compute the costs
+    model: its queue, its handling of the request, and compute slower than the profile.
     ``request_interval_s`` is the device's time per sample between requests (``inf`` until two
     requests were seen): with the plan's offload rate it says how far apart offloads come, so how
     much of the radio's tail each one pays.
@@ -130,7 +147,7 @@ class _Ewma:
 
 
 class LinkEstimator:
-    """EWMA estimates of uplink bandwidth (bit/s), RTT (s) and the server's queue (ms).
+    """EWMA estimates of uplink bandwidth (as time per bit), RTT (s) and the server's delay (ms).
 
     ``half_life_samples``: after that many new samples an old value weighs half. ``clock`` returns
     seconds (monotonic by default) and is injectable so tests control time.
@@ -152,11 +169,11 @@ class LinkEstimator:
             raise UsageError("LinkEstimator needs a positive prior bandwidth and a non-negative prior RTT")
         alpha = 1.0 - 0.5 ** (1.0 / half_life_samples)
         self._clock = clock
-        self._bandwidth = _Ewma(prior_bandwidth_bps, alpha, stale_after_s, decay_half_life_s)
+        self._seconds_per_bit = _Ewma(1.0 / prior_bandwidth_bps, alpha, stale_after_s, decay_half_life_s)
         self._rtt = _Ewma(prior_rtt_s, alpha, stale_after_s, decay_half_life_s)
         self._queue = _Ewma(0.0, alpha, stale_after_s, decay_half_life_s)
         self._last: float | None = None
-        self._alpha = alpha
+        self._traffic_alpha = 1.0 - 0.5 ** (1.0 / TRAFFIC_HALF_LIFE_REQUESTS)
         self._log_interval: float | None = None  # log of seconds per sample between requests
         #: Counts the probes and transfers seen: a caller may reuse what it derived from an estimate
         #: while this stands still (and for less than ``stale_after_s``, after which estimates decay).
@@ -174,7 +191,7 @@ class LinkEstimator:
             at, count = self._last_request
             sample = math.log(max(now - at, 1e-6) / count)
             self._gaps += 1
-            weight = max(self._alpha, 1.0 / self._gaps)  # the plain mean of the first few: no bias to the first
+            weight = max(self._traffic_alpha, 1.0 / self._gaps)  # the plain mean of the first few: no bias to the first
             found = self._log_interval
             self._log_interval = sample if found is None else (1.0 - weight) * found + weight * sample
         self._last_request = (now, samples)
@@ -192,8 +209,9 @@ class LinkEstimator:
         self, nbytes: int, seconds: float, *, server_ms: float = 0.0, queue_ms: float | None = None
     ) -> bool:
         """One offload: ``nbytes`` sent, ``seconds`` from send to reply, ``server_ms`` the server's
-        reported queue + compute time. ``queue_ms`` (part of ``server_ms``), when given, feeds the
-        queue estimate. Returns whether the transfer yielded a bandwidth sample."""
+        reported time (its ``server_ms``, else queue + compute). ``queue_ms`` (the part of it the
+        costs do not model: queue, handling, compute beyond the profile), when given, feeds the
+        server delay estimate. Returns whether the transfer yielded a bandwidth sample (it sent bytes)."""
         if nbytes < 0 or seconds < 0 or server_ms < 0:
             raise UsageError("a transfer needs nbytes, seconds and server_ms >= 0")
         now = self._clock()
@@ -201,27 +219,27 @@ class LinkEstimator:
         self.version += 1
         if queue_ms is not None:
             self._queue.update(max(queue_ms, 0.0), now)
-        upload_s = seconds - server_ms / 1000.0 - self._rtt.current(now)
-        if nbytes == 0 or upload_s <= 0:
+        if nbytes == 0:
             return False
-        self._bandwidth.update(nbytes * 8.0 / upload_s, now)
+        upload_s = seconds - server_ms / 1000.0 - self._rtt.current(now)  # below 0: noise, kept (module docstring)
+        self._seconds_per_bit.update(upload_s / (nbytes * 8.0), now)
         return True
 
-    def traffic_grain(self) -> int | None:
-        """The request interval, coarsely (steps of 1/8 of a log unit, ~13%): with ``version``, what
-        says whether an estimate could have moved (None: no interval yet)."""
+    @property
+    def request_interval_s(self) -> float:
+        """``LinkEstimate.request_interval_s`` without building an estimate (``inf`` until two requests)."""
         found = self._log_interval
-        return None if found is None else round(found * 8.0)
+        return math.inf if found is None else math.exp(found)
 
     def estimate(self) -> LinkEstimate:
         now = self._clock()
         age = math.inf if self._last is None else now - self._last
-        fresh = self._bandwidth.freshness(now) == 1.0 and self._rtt.freshness(now) == 1.0
+        fresh = self._seconds_per_bit.freshness(now) == 1.0 and self._rtt.freshness(now) == 1.0
         return LinkEstimate(
-            bandwidth_bps=self._bandwidth.current(now),
+            bandwidth_bps=1.0 / max(self._seconds_per_bit.current(now), 1.0 / MAX_BANDWIDTH_BPS),
             rtt_s=self._rtt.current(now),
             age_s=age,
-            samples=self._bandwidth.samples + self._rtt.samples,
+            samples=self._seconds_per_bit.samples + self._rtt.samples,
             server_queue_ms=self._queue.current(now),
             fresh=fresh,
             request_interval_s=math.inf if self._log_interval is None else math.exp(self._log_interval),

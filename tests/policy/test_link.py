@@ -10,6 +10,7 @@ import pytest
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.policy import LinkEstimate, LinkEstimator
+from edgeexit.policy.link import MAX_BANDWIDTH_BPS, TRAFFIC_HALF_LIFE_REQUESTS
 
 
 class Clock:
@@ -61,7 +62,31 @@ def test_server_time_is_subtracted_before_estimating() -> None:
     estimator.observe_probe(0.02)
     send(estimator, clock, 10e6, server_ms=200.0)  # a slow server is not a slow link
     assert estimator.estimate().bandwidth_bps == pytest.approx(10e6)
-    assert not estimator.observe_transfer(1000, 0.01, server_ms=5.0)  # less than the RTT: no sample
+    assert not estimator.observe_transfer(0, 0.03, server_ms=5.0)  # nothing sent: no bandwidth sample
+
+
+def test_upload_time_is_averaged_not_the_rate() -> None:
+    """Noisy remainders on a fast link: the mean upload time is what a policy pays, and the mean of
+    the rates they imply would overstate the link many times over (a 0.01 ms remainder reads as
+    50x a 0.5 ms one). Remainders below zero are noise too, and are kept."""
+    clock = Clock()
+    estimator = LinkEstimator(half_life_samples=20, clock=clock)
+    estimator.observe_probe(0.005)
+    remainders_ms = [0.5, 0.01, -0.2, 0.3, 0.4] * 40
+    for remainder in remainders_ms:
+        clock.now += 0.1
+        assert estimator.observe_transfer(1000, 0.005 + remainder / 1e3)
+    mean_s = sum(remainders_ms) / len(remainders_ms) / 1e3  # 0.202 ms for 8,000 bits
+    # ~40 Mbit/s; the mean of the rates would say ~200
+    assert estimator.estimate().bandwidth_bps == pytest.approx(8000 / mean_s, rel=0.15)
+
+
+def test_a_transfer_faster_than_the_rtt_reads_as_the_fastest_link() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_probe(0.02)
+    assert estimator.observe_transfer(1000, 0.01)  # 10 ms under the RTT: timing noise, not a negative rate
+    assert estimator.estimate().bandwidth_bps == MAX_BANDWIDTH_BPS
 
 
 def test_follows_a_step_change() -> None:
@@ -86,7 +111,8 @@ def test_forgets_stale_estimates_toward_the_prior() -> None:
     clock.now += 29
     assert estimator.estimate().bandwidth_bps == pytest.approx(100e6)  # still fresh
     clock.now += 31  # 60 s after the transfer: 30 s past stale_after_s
-    assert estimator.estimate().bandwidth_bps == pytest.approx(52.5e6, rel=0.01)  # one decay half-life
+    # one decay half-life: half the prior's upload time per bit, half the estimate's
+    assert estimator.estimate().bandwidth_bps == pytest.approx(1 / (0.5 / 100e6 + 0.5 / 5e6), rel=0.01)
     clock.now += 300
     stale = estimator.estimate()
     assert stale.bandwidth_bps == pytest.approx(5e6, rel=0.05)
@@ -124,15 +150,17 @@ def test_the_request_interval_is_a_geometric_ewma_per_sample() -> None:
     clock.now += 0.02
     estimator.observe_request()
     assert estimator.estimate().request_interval_s == pytest.approx(0.02 / 4, rel=0.35)
-    for _ in range(20):
+    for _ in range(40):
         clock.now += 0.02
         estimator.observe_request()
     assert estimator.estimate().request_interval_s == pytest.approx(0.02, rel=0.05)
     clock.now += 3600.0
     estimator.observe_request()
     paused = estimator.estimate().request_interval_s
-    assert 0.1 < paused < 1.0  # 20 ms^0.8 x 1 h^0.2 ~ 0.23 s: no longer back to back, not an hour
-    for _ in range(12):
+    weight = 1 - 0.5 ** (1 / TRAFFIC_HALF_LIFE_REQUESTS)  # 20 ms^(1-w) x 1 h^w: no longer back to back, not an hour
+    assert paused == pytest.approx(0.02 ** (1 - weight) * 3600.0**weight, rel=0.05)
+    assert 0.04 < paused < 1.0
+    for _ in range(3 * int(TRAFFIC_HALF_LIFE_REQUESTS)):
         clock.now += 0.02
         estimator.observe_request()
     assert estimator.estimate().request_interval_s < 0.03
