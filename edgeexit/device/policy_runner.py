@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,9 @@ from edgeexit.device.offload import _configured_max_batch, offload_or_resume
 from edgeexit.device.tails import select_tail
 from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
-from edgeexit.policy import BatteryState, Decision, LinkEstimator, Policy, SplitPolicy, read_battery
+from edgeexit.policy import BatteryState, Decision, LinkEstimate, LinkEstimator, Policy, SplitPolicy, read_battery
+from edgeexit.policy.costs import static_split
+from edgeexit.policy.feedback import SCALE_STEP, LatencyFeedback
 from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
 from edgeexit.runtime.results import replaced
@@ -114,7 +117,11 @@ class PolicyRunner:
         self._classes = engine.manifest.num_classes or None
         self._counter = itertools.count()
         self._batch_limits: dict[str, int] = {}
-        self._plans: dict[tuple[object, ...], tuple[Decision, tuple[Decision, ...]]] = {}
+        self._plans: dict[tuple[object, ...], tuple[Decision, tuple[Decision, ...], float | None]] = {}
+        #: the plan in use and the estimate key it was made on (kept while the estimate stays near it)
+        self._current: tuple[tuple[object, ...], tuple[Decision, tuple[Decision, ...], float | None]] | None = None
+        #: measured / modelled latency of the samples run along a plan (used under a latency SLO)
+        self.feedback = LatencyFeedback()
         self._key_cache: tuple[tuple[object, ...], float, tuple[object, ...]] | None = None
         self._log_file: IO[str] | None = None
         self._log_call: Callable[[Any, Decision], None] | None = None
@@ -128,15 +135,23 @@ class PolicyRunner:
     def run(self, x: np.ndarray, *, keep_hidden: bool = False, sample_id: Any = None) -> Result:
         """One sample, deciding at each boundary it reaches; the Result carries the decisions
         (``Result.decisions``) and, when it was offloaded or fell back, ``Result.offload``."""
+        tick = time.perf_counter()
         sample = next(self._counter) if sample_id is None else sample_id
         if self.last_boundary < 0:  # a single segment: nothing to decide
             return self.engine.run(x, keep_hidden=keep_hidden)
         self.estimator.observe_request(1)
         battery = self._battery()
         first = -1 if -1 in self.tails else 0  # decide before segment 0 when the input can be offloaded
-        plan = self._plan(first, battery)
-        if plan is not None:  # the decisions are known up front: no stepping
-            return self._run_plan(x, plan, first, sample, keep_hidden)
+        found = self._plan(first, battery)
+        if found is not None:  # the decisions are known up front: no stepping
+            plan, modelled_ms = found
+            result = self._run_plan(x, plan, first, sample, keep_hidden)
+            if modelled_ms is not None:  # a latency SLO: learn how the device runs against the model
+                self.feedback.observe((time.perf_counter() - tick) * 1e3, modelled_ms)
+                scale = self.feedback.scale
+                if abs(math.log(scale / self.policy.latency_scale)) >= SCALE_STEP:  # moved: plan anew
+                    self.policy.latency_scale = scale
+            return result
         decisions: list[Decision] = []
         state = self.engine.run_until(x, first, early_exit=self.early_exit, keep_hidden=keep_hidden)
         while isinstance(state, Pending):
@@ -189,10 +204,15 @@ class PolicyRunner:
         for row, result in zip(rows, finished, strict=True):
             results[row] = replaced(result, decisions=decisions)
 
-    def _plan(self, first: int, battery: BatteryState | float | None) -> tuple[Decision, ...] | None:
+    #: A plan: the decisions a sample meets, and its modelled mean latency (None: not needed).
+    Plan = tuple[tuple[Decision, ...], float | None]
+
+    def _plan(self, first: int, battery: BatteryState | float | None) -> Plan | None:
         """The decisions a sample would meet at boundaries ``first`` .., up to and including the
         first "offload" (or through the last boundary when every one says "continue, finish
-        locally"), when they can be known before it runs; else None (step, deciding per boundary).
+        locally"), when they can be known before it runs, with the plan's modelled mean latency
+        when the policy learns from it (``Policy.needs_latency_feedback``; else None); None when
+        the decisions cannot be known up front (step, deciding per boundary).
 
         A decision depends on the boundary, the link estimate and the battery only, and nothing
         moves the estimate while one sample runs up to its offload (no transfer, and no probe
@@ -205,39 +225,58 @@ class PolicyRunner:
         boundaries it reached, as the stepped path would give it. Kept per link estimate, at the
         grain the policy's own memo treats as equal (``Policy.estimate_key``): every transfer nudges the
         estimate, and re-planning on each nudge cost 0.27 ms per sample at a Pi's speed for the
-        same decisions. The first decision carries what this check cost (``decide_ms``)."""
+        same decisions. The plan in use is kept while the estimate stays within one grain of the
+        one it was made on (``_near``): an estimate hovering at a grain's edge crossed it on most
+        transfers, and each crossing re-planned (0.2-0.4 ms of decisions per sample at a Pi's speed
+        while offloading, docs/benchmarks.md, sweeps K-L). The first decision carries what this
+        check cost (``decide_ms``)."""
         if self.probe_interval_s is not None or not self.early_exit:
             return None  # a due probe or the no-exit baseline: step, as decided per boundary
         tick = time.perf_counter()
         key = self._estimate_key(battery)
-        found = self._plans.get(key)
+        current = self._current
+        if current is not None and _near(current[0], key):
+            found: tuple[Decision, tuple[Decision, ...], float | None] | None = current[1]
+        else:
+            found = self._plans.get(key)
+            if found is not None:
+                self._current = (key, found)
         if found is None:
             plan: list[Decision] = []
+            link = self.estimator.estimate()  # one estimate for the whole plan: its options are shared
             for k in range(first, self.last_boundary + 1):
-                plan.append(self.decide(k, battery))
+                plan.append(self.decide(k, battery, link))
                 if plan[-1].action == "offload":
                     break
+            modelled = None
+            if self.policy.needs_latency_feedback:  # the plan's mean over all samples, unscaled
+                split = plan[-1].boundary if plan[-1].action == "offload" else None
+                modelled = static_split(self.policy.costs, split, link).latency_ms  # type: ignore[arg-type]
             if len(self._plans) >= 64:
                 self._plans.clear()
             rest = tuple(replaced(d, decide_ms=0.0) for d in plan[1:])  # paid once, here
-            self._plans[key] = (plan[0], rest)
-            return tuple(plan)
-        head, rest = found
-        return (replaced(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest)
+            self._plans[key] = (plan[0], rest, modelled)
+            self._current = (key, self._plans[key])
+            return tuple(plan), modelled
+        head, rest, modelled = found
+        return (replaced(head, decide_ms=(time.perf_counter() - tick) * 1e3), *rest), modelled
 
     def _estimate_key(self, battery: BatteryState | float | None) -> tuple[object, ...]:
         """``policy.estimate_key`` of the current estimate, reused while nothing it rests on moved:
-        no probe or transfer (``LinkEstimator.version``), the request interval within ~13%, the
-        same battery reading, for less than ``KEY_REUSE_S``. Reading the estimate and keying it cost
+        no probe or transfer (``LinkEstimator.version``), the request interval at the policy's own
+        grain (``Policy.interval_key``; none where it does not enter the choice), the same battery
+        reading and latency scale, for less than ``KEY_REUSE_S``. Reading the estimate and keying it cost
         ~65 us per sample right after the segments ran at a Pi 4's emulated speed (15 us hot), about
         as much as the rest of the runner (docs/benchmarks.md, point 4, third pass)."""
         estimator = self.estimator
         now = self._clock()
-        stamp = (estimator.version, estimator.traffic_grain(), battery)
+        policy = self.policy
+        stamp = (estimator.version, policy.interval_key(estimator.request_interval_s, battery), battery,
+                 policy.latency_scale)  # fmt: skip
         cached = self._key_cache
         if cached is not None and cached[0] == stamp and now - cached[1] < KEY_REUSE_S:
             return cached[2]
-        key = self.policy.estimate_key(estimator.estimate(), battery)  # the policy's grain: same decisions
+        key = policy.estimate_key(estimator.estimate(), battery)  # the policy's grain: same decisions
         self._key_cache = (stamp, now, key)
         return key
 
@@ -259,16 +298,19 @@ class PolicyRunner:
             self._record(sample, decision)
         return replaced(state, decisions=taken) if taken else state
 
-    def decide(self, boundary: int, battery: BatteryState | float | None = None) -> Decision:
-        """The policy's decision at ``boundary`` with the current link estimate (probing first
-        when ``probe_interval_s`` says the last probe is too old); ``decide_ms`` on it is what
-        the policy took to decide (the estimate and the options, the probe not included)."""
-        if self.probe_interval_s is not None and (
-            self._last_probe is None or self._clock() - self._last_probe >= self.probe_interval_s
+    def decide(self, boundary: int, battery: BatteryState | float | None = None,
+               link: LinkEstimate | None = None) -> Decision:  # fmt: skip
+        """The policy's decision at ``boundary`` with ``link`` (None: the current link estimate,
+        probing first when ``probe_interval_s`` says the last probe is too old); ``decide_ms`` on
+        it is what the policy took to decide (the estimate and the options, the probe not included)."""
+        if (
+            link is None
+            and self.probe_interval_s is not None
+            and (self._last_probe is None or self._clock() - self._last_probe >= self.probe_interval_s)
         ):
             self.probe()
         tick = time.perf_counter()
-        decision = self.policy.decide(boundary, self.estimator.estimate(), battery)
+        decision = self.policy.decide(boundary, self.estimator.estimate() if link is None else link, battery)
         spent = (time.perf_counter() - tick) * 1e3
         return replaced(decision, decide_ms=spent)
 
@@ -299,10 +341,12 @@ class PolicyRunner:
         results = offload_or_resume(self.engine, self.client, tail, self.codec, pending, classes=self._classes)
         info = results[0].offload
         if info is not None and info.offloaded:
-            server_ms = (info.queue_ms or 0.0) + (info.compute_ms or 0.0)
+            queue_ms, compute_ms = info.queue_ms or 0.0, info.compute_ms or 0.0
+            server_ms = info.server_ms if info.server_ms is not None else queue_ms + compute_ms
             sent = sum(r.offload.bytes_sent for r in results if r.offload is not None)  # the shares sum to the request
             extra = self._unmodelled_compute_ms(pending.boundary, info.compute_ms, len(results))
-            delay = (info.queue_ms or 0.0) + extra
+            handling = max(0.0, server_ms - queue_ms - compute_ms)  # parsing, hand-offs, the reply
+            delay = queue_ms + handling + extra
             self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=delay)
         return results
 
@@ -311,9 +355,10 @@ class PolicyRunner:
         ``input_server_ms``: a quiet server's time; 0 where they have none), per request.
 
         It enters the estimate's server delay (``LinkEstimate.server_queue_ms``, which every
-        modelled offload adds) beside the server's queue: the estimator takes the server's whole
-        reported time out of a transfer before it reads a bandwidth sample, so without this a
-        server slower than the profile (a loaded one) would never make an offload look dearer."""
+        modelled offload adds) beside the server's queue and its handling (``server_ms`` beyond
+        queue and compute): the estimator takes the server's whole reported time out of a transfer
+        before it reads a bandwidth sample, so without this a server slower than the profile (a
+        loaded one) would never make an offload look dearer."""
         costs = self.policy.costs
         if compute_ms is None or costs is None:
             return 0.0
@@ -377,3 +422,22 @@ class PolicyRunner:
 
     def __repr__(self) -> str:
         return f"PolicyRunner(policy={self.policy.name!r}, codec={self.codec_name!r}, client={self.client!r})"
+
+
+def _near(planned: tuple[object, ...], now: tuple[object, ...]) -> bool:
+    """Whether an estimate keyed ``now`` is within one grain of the one a plan was made on
+    (``Policy.estimate_key``): the link's steps (bandwidth, RTT, server delay) and the request
+    interval's each within one, the battery and the latency scale the same."""
+    if planned == now:
+        return True
+    if len(planned) != len(now) or planned[0] != now[0]:
+        return False
+    for was, found in zip(planned[1:], now[1:], strict=True):
+        if isinstance(was, tuple) and isinstance(found, tuple) and was[0] == found[0] == "interval":
+            was, found = was[1], found[1]
+        if isinstance(was, int) and isinstance(found, int):
+            if abs(was - found) > 1:
+                return False
+        elif was != found:
+            return False
+    return True

@@ -28,6 +28,7 @@ from edgeexit.errors import UsageError
 from edgeexit.policy.costs import ZERO, DeviceCosts, offload_now, sunk
 from edgeexit.policy.costs import _reach as reach
 from edgeexit.policy.decision import Decision
+from edgeexit.policy.feedback import SCALE_STEP
 from edgeexit.policy.link import LinkEstimate
 from edgeexit.policy.objective import BatteryState, Objective, Option, choose
 from edgeexit.registry import Registry
@@ -45,6 +46,15 @@ class Policy(ABC):
         self.costs = costs
         self.objective = objective or Objective()
         self._memo: dict[tuple[object, ...], Decision] = {}
+        #: Every modelled latency is multiplied by this: the device's measured / modelled latency
+        #: (``edgeexit.policy.feedback``; a PolicyRunner under a latency SLO keeps it current).
+        self.latency_scale = 1.0
+
+    @property
+    def needs_latency_feedback(self) -> bool:
+        """Whether the scale can change a decision: only a latency SLO compares modelled latencies
+        with a number from outside the model (ranking options by latency, a scale changes nothing)."""
+        return self.costs is not None and self.objective.latency_slo_ms is not None
 
     def decide(
         self, boundary: int, link: LinkEstimate | None = None, battery: BatteryState | float | None = None
@@ -75,17 +85,27 @@ class Policy(ABC):
     def estimate_key(
         self, link: LinkEstimate | None, battery: BatteryState | float | None = None
     ) -> tuple[object, ...]:
-        """``estimate_key`` for this policy: plus, when its radio's tail is shared by back-to-back
-        transfers (``RadioModel.tail_s``) and energy enters the choice, the device's request
-        interval within a factor of 2 (an offload's share of the tail depends on it; beyond the
-        tail's length every offload pays all of it, so longer intervals are one key)."""
+        """``estimate_key`` for this policy: plus ``("scale", step)`` when a latency scale other
+        than 1 can change its decisions (``needs_latency_feedback``), and ``interval_key``."""
         key = estimate_key(link, battery, self._largest_tensor() if self.costs is not None else None)
+        if self.latency_scale != 1.0 and self.needs_latency_feedback:
+            key += (("scale", round(math.log(self.latency_scale) / SCALE_STEP)),)
+        if link is not None:
+            interval = self.interval_key(link.request_interval_s, battery)
+            if interval is not None:
+                key += (interval,)
+        return key
+
+    def interval_key(self, interval_s: float, battery: BatteryState | float | None = None) -> tuple[str, int] | None:
+        """``("interval", step)``: the device's request interval within a factor of sqrt(2), when its
+        radio's tail is shared by back-to-back transfers (``RadioModel.tail_s``) and energy enters
+        the choice (an offload's share of the tail depends on it; beyond the tail's length every
+        offload pays all of it, so longer intervals are one key); else None."""
         tail_s = self.costs.radio.tail_s if self.costs is not None else 0.0
         plain_latency = self.objective.kind == "latency" and self.objective.energy_budget_j is None and battery is None
-        if tail_s > 0 and link is not None and not plain_latency:  # energy enters the choice
-            interval = min(link.request_interval_s, tail_s)
-            key += (round(math.log(max(interval, 1e-6)) / _INTERVAL_STEP),)
-        return key
+        if tail_s <= 0 or plain_latency:  # energy does not enter the choice
+            return None
+        return ("interval", round(math.log(max(min(interval_s, tail_s), 1e-6)) / _INTERVAL_STEP))
 
     def _largest_tensor(self) -> int:
         """The most bytes one offload of this package may send (the bandwidth's grain is set by it)."""
@@ -146,6 +166,14 @@ class PlanTable:
         self.costs = costs
         self.with_sunk = with_sunk
         self._rows: dict[int, list[tuple[str, int | None, float, float, float]]] = {}
+        # the options of the last link estimate seen, by boundary: a device plans every boundary of
+        # a sample on one estimate (PolicyRunner), and a mean-scope decision also needs the options
+        # from the start, so each boundary's options and each offload's cost are computed once per
+        # estimate (the same object: LinkEstimates are frozen, so identity means the same numbers)
+        self._link: LinkEstimate | None = None
+        self._scale = 1.0
+        self._options: dict[int, list[Option]] = {}
+        self._offloads: dict[int, tuple[float, float]] = {}
 
     def rows(self, k: int) -> list[tuple[str, int | None, float, float, float]]:
         found = self._rows.get(k)
@@ -164,10 +192,17 @@ class PlanTable:
             self._rows[k] = found
         return found
 
-    def options(self, k: int, link: LinkEstimate) -> list[Option]:
-        """Every plan from boundary k with its expected totals on ``link``."""
-        options = []
-        offloads: dict[int, tuple[float, float]] = {}
+    def options(self, k: int, link: LinkEstimate, latency_scale: float = 1.0) -> list[Option]:
+        """Every plan from boundary k with its expected totals on ``link``, latencies multiplied by
+        ``latency_scale`` (a list shared with the next caller on the same estimate and scale: read
+        it, do not change it)."""
+        if link is not self._link or latency_scale != self._scale:
+            self._link, self._scale, self._options, self._offloads = link, latency_scale, {}, {}
+        found_options = self._options.get(k)
+        if found_options is not None:
+            return found_options
+        options = self._options[k] = []
+        offloads = self._offloads
         for name, split, lat, energy, weight in self.rows(k):
             if split is not None:
                 found = offloads.get(split)
@@ -175,7 +210,7 @@ class PlanTable:
                     cost = offload_now(self.costs, split, link)
                     found = offloads[split] = (cost.latency_ms, cost.energy_j)
                 lat, energy = lat + weight * found[0], energy + weight * found[1]
-            options.append(Option(name, split, lat, energy))
+            options.append(Option(name, split, lat * latency_scale, energy))
         return options
 
 
@@ -183,12 +218,13 @@ class PlanTable:
 #: the same decision: a policy's choice should not hinge on a difference below the estimator's noise
 #: (one transfer over loopback moves the estimate by several percent).
 _BANDWIDTH_STEP = math.log(1.05)
-#: Request intervals within a factor of 2 share a decision: back-to-back traffic's interval moves
-#: with every sample's latency (early exits, offloads), and each new value re-plans: in 25% steps a
-#: run's first 60 samples on EfficientNet-Lite0 met 10 keys, ~0.8 ms of decisions per sample at a
-#: slow device's speed, more than the tail's share they told apart (~0.6 mJ per sample per doubling
-#: at 5 ms between requests on Wi-Fi).
-_INTERVAL_STEP = math.log(2.0)
+#: Request intervals within a factor of sqrt(2) share a decision: back-to-back traffic's interval
+#: moves with every sample's latency (early exits, offloads), and each new value re-plans: in 25%
+#: steps a run's first 60 samples on EfficientNet-Lite0 met 10 keys, ~0.8 ms of decisions per
+#: sample at a slow device's speed, more than the tail's share they told apart (~0.6 mJ per sample
+#: per doubling at 5 ms between requests on Wi-Fi). A runner keeps its plan within one step of the
+#: interval it was made on (``PolicyRunner``), so a plan holds for intervals up to ~2x apart.
+_INTERVAL_STEP = 0.5 * math.log(2.0)
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 
@@ -197,30 +233,32 @@ def estimate_key(
     link: LinkEstimate | None, battery: BatteryState | float | None = None, largest_bytes: int | None = None
 ) -> tuple[object, ...]:
     """The inputs of a decision besides its boundary, at the grain below which a policy treats them
-    as equal (bandwidth within 5%, or by ``upload_key`` when the largest tensor a package may send
-    is known; RTT and queue within 0.25 ms): the memo's key, and a caller's (``PolicyRunner``'s
-    plans) for "would the policy decide anything differently now"."""
+    as equal: ``(battery, bandwidth step, RTT step, server delay step)`` (bandwidth within 5%, or by
+    ``upload_key`` when the largest tensor a package may send is known; RTT and delay within 0.25
+    ms; each step an int, so a caller can tell "one step away" from "far away"): the memo's key,
+    and a caller's (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
     state = BatteryState.of(battery)
     if link is None:
         return (state,)
     if largest_bytes is None:
-        bandwidth: object = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
+        bandwidth = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
     else:
         bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
     return (state, bandwidth, round(link.rtt_s * 4e3), round(link.server_queue_ms * 4.0))
 
 
-def upload_key(bandwidth_bps: float, largest_bytes: int) -> tuple[str, int]:
+def upload_key(bandwidth_bps: float, largest_bytes: int) -> int:
     """The bandwidth at the grain a decision can tell apart: the upload time of the largest tensor
-    the package may send within 0.25 ms (the RTT's grain) while it is under 5 ms, within 5% beyond.
+    the package may send in steps of 0.25 ms (the RTT's grain) while it is under 5 ms, of 5% beyond
+    (one scale: step 20 is 5 ms either way, so "one step away" means the same on both sides).
     On a fast link each transfer's bandwidth sample is mostly timing noise (2.9 KB take 0.05 ms at
     500 Mbit/s; the estimate swings by tens of percent), and at a 5% grain nearly every transfer
     gave a new key, so a new plan: 0.3-0.4 ms of decisions per sample at a Pi 4's speed while
     offloading (docs/benchmarks.md, sweep I), for choices an upload time 0.25 ms apart cannot change."""
     upload_ms = largest_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1e3
     if upload_ms < 5.0:
-        return ("ms/4", round(upload_ms * 4.0))
-    return ("log", round(math.log(max(bandwidth_bps, 1.0)) / _BANDWIDTH_STEP))
+        return round(upload_ms * 4.0)
+    return 20 + round(math.log(upload_ms / 5.0) / _BANDWIDTH_STEP)
 
 
 @POLICIES.register("local")
@@ -263,7 +301,8 @@ class BestStaticPolicy(Policy):
     ) -> tuple[Option, tuple[Option, ...], str]:
         """The best split for ``link``: (chosen option, every option, reason)."""
         costs, link = self._need(link)
-        return choose(self._table(costs).options(-1, link), self.objective, BatteryState.of(battery))
+        options = self._table(costs).options(-1, link, self.latency_scale)
+        return choose(options, self.objective, BatteryState.of(battery))
 
     def _table(self, costs: DeviceCosts) -> PlanTable:
         table = getattr(self, "_plans", None)
@@ -294,10 +333,11 @@ class AdaptivePolicy(Policy):
         table = getattr(self, "_plans", None)
         if table is None or table.costs is not costs:
             table = self._plans = PlanTable(costs)
-        options = table.options(boundary, link)
+        scale = self.latency_scale
+        options = table.options(boundary, link, scale)
         judged = None
         if self.objective.scope == "mean" and boundary >= 0:  # each option's whole plan, from the start
-            whole = {option.split: option for option in table.options(-1, link)}
+            whole = {option.split: option for option in table.options(-1, link, scale)}
             judged = [whole[option.split] for option in options]
         best, marked, reason = choose(options, self.objective, battery, judged)
         here = best.split == boundary
@@ -308,6 +348,8 @@ class AdaptivePolicy(Policy):
             reason = f"continue locally: {reason}"
         else:
             reason = f"continue, offloading later looks best: {reason}"
+        if scale != 1.0:
+            reason += f"; modelled latencies x{scale:.3f} (this device's measured / modelled)"
         return self._record(boundary, here, link, battery, reason, marked, best.name)
 
 

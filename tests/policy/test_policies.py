@@ -236,3 +236,5 @@ def test_a_decision_tells_bandwidths_apart_by_the_upload_time_they_give() -> Non
     assert upload_key(20e6, 3_000) != upload_key(10e6, 3_000)  # 1.2 vs 2.4 ms
     assert upload_key(1.0e6, 3_000) != upload_key(1.2e6, 3_000)  # 24 vs 20 ms: 5% steps
     assert upload_key(1.0e6, 3_000) == upload_key(1.01e6, 3_000)
+    # one scale across 5 ms: 4.9 and 5.1 ms are neighbouring steps, as 0.25 ms apart below and 5% above
+    assert upload_key(3_000 * 8 / 5.1e-3, 3_000) - upload_key(3_000 * 8 / 4.9e-3, 3_000) in (0, 1)
