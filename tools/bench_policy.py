@@ -19,12 +19,16 @@ round means and its noise the spread (max - min) of those means. "Never worse th
 more than the noise" compares the medians with the larger of the two rows' spreads; for energy
 under the SLO, a baseline whose median latency breaks the SLO is no baseline (shown "(over the SLO)").
 
-The device runs at ``--device-speed`` (default ``rpi4``: ``edgeexit.profile.device_speed``); the
-tail server (one, on loopback, for the whole run) at this machine's speed. The SLO is
+The device runs at ``--device-speed`` (default ``rpi4``: ``edgeexit.profile.device_speed``), a
+ratio to the machine its reference was measured on; ``--speed-reference auto`` re-bases it on this
+host (exports the reference network and times it here: on a host 2.2x faster than that VM, the
+factor 6.89 would emulate a device 2.2x faster than a Pi 4). The tail server (one, on loopback, for
+the whole run) runs at this machine's speed. The SLO is
 ``--slo-factor`` x the all-local median latency.
 
     python tools/bench_policy.py --package PKG --markdown /tmp/figures.md    # the sweep
     python tools/bench_policy.py --package PKG --quick                       # smoke run
+    python tools/bench_policy.py --package PKG --speed-reference auto       # a Pi 4 on this host
     python tools/bench_policy.py --measure-reference PKG224                  # the rpi4 preset's reference
 """
 
@@ -33,7 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,9 +48,9 @@ import numpy as np
 from edgeexit.console import console, table
 from edgeexit.device import bench
 from edgeexit.device.comparison import local_tail_server
+from edgeexit.device.speed import calibrate_to_host, reference_ms
 from edgeexit.policy import Objective
-from edgeexit.profile.device_speed import get_device_speed
-from edgeexit.runtime.engine import Engine
+from edgeexit.profile.device_speed import DeviceSpeed, get_device_speed
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.link_emulation import EmulatedLink, LinkSpec
 
@@ -61,24 +67,33 @@ VERDICTS = {True: "met", False: "**missed**", None: "(over the SLO)"}
 
 def measure_reference(package: Path, rounds: int, runs: int) -> None:
     """Full-depth latency of ``package`` here, batch 1, 1 ONNX Runtime thread: the denominator of a
-    device speed preset. Median of ``rounds`` round means, each over ``runs`` runs."""
-    engine = Engine(package, threads=1, threshold=float("inf"), cache_dir=None)
-    shape = tuple(d or 1 for d in engine.manifest.input.shape[1:])
-    rng = np.random.default_rng(0)
-    xs = rng.random((runs, *shape), dtype=np.float32)
-    for x in xs[:5]:
-        engine.run(x)
-    means, walls = [], []
-    for _ in range(rounds):
-        tick = time.perf_counter()
-        means.append(statistics.fmean(sum(engine.run(x).segment_ms) for x in xs))
-        walls.append((time.perf_counter() - tick) / runs * 1e3)
-    console.print(
-        f"{package}: input {shape}, {len(engine.segments)} segments, full depth, 1 thread: segments "
-        f"median {statistics.median(means):.2f} ms (rounds {min(means):.2f}-{max(means):.2f}), wall per run "
-        f"median {statistics.median(walls):.2f} ms",
-        highlight=False,
-    )
+    device speed preset (``edgeexit.device.speed.reference_ms``: the lowest of ``rounds`` round means)."""
+    ms = reference_ms(package, rounds=rounds, runs=runs)
+    console.print(f"{package}: full depth, batch 1, 1 thread: {ms:.2f} ms (lowest of {rounds} rounds of {runs} runs)",
+                  highlight=False)  # fmt: skip
+
+
+def device_speed(value: str, reference: str | None) -> DeviceSpeed:
+    """``--device-speed`` re-based on this host when ``--speed-reference`` names the preset's
+    reference package, or ``auto`` (exported here into a temporary directory: torch needed)."""
+    speed = get_device_speed(value)
+    if reference is None:
+        if speed.reference is not None:
+            console.print(f"note: {speed.label} is a ratio to the reference VM, not to this host; "
+                          "--speed-reference auto re-bases it here", highlight=False)  # fmt: skip
+        return speed
+    if reference != "auto":
+        return calibrate_to_host(speed, Path(reference))
+    if speed.reference is None:
+        return speed.on_host(1.0)  # raises: nothing to re-base on
+    name, shape = speed.reference
+    with tempfile.TemporaryDirectory(prefix="edgeexit-speed-") as tmp:
+        out = Path(tmp) / name
+        command = [sys.executable, "-m", "edgeexit", "export", name, "--input-shape",
+                   ",".join(map(str, (1, *shape))), "--out", str(out)]  # fmt: skip
+        console.print(f"re-basing {speed.name} on this host: {' '.join(command[1:])}", highlight=False)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return calibrate_to_host(speed, out)
 
 
 # ---------------------------------------------------------------- rows
@@ -254,6 +269,11 @@ def main() -> None:
     parser.add_argument("--links", default=DEFAULT_LINKS, help="';'-separated BANDWIDTH,RTT links")
     parser.add_argument("--device-speed", default="rpi4")
     parser.add_argument(
+        "--speed-reference", default=None, metavar="PKG|auto",
+        help="re-base --device-speed on this host: its reference network's package, or auto (exported here, "
+        "e.g. edgeexit export efficientnet_lite0 --input-shape 1,3,224,224)",
+    )  # fmt: skip
+    parser.add_argument(
         "--codec", default=None, help="boundary codec the offloads use (default: the package's, fp16 first)"
     )
     parser.add_argument("--slo-factor", type=float, default=SLO_FACTOR)
@@ -273,7 +293,7 @@ def main() -> None:
         parser.error("--package is required (a package with tails, e.g. from `edgeexit export --codecs fp16`)")
     if args.quick:
         args.samples, args.rounds, args.links = 20, 1, QUICK_LINKS
-    speed = get_device_speed(args.device_speed)
+    speed = device_speed(args.device_speed, args.speed_reference)
     x, y, source = load_data(args.package, args.data, args.samples, args.seed)
     setup = bench.BenchSetup.load(args.package, x[:32], codec=args.codec, speed=speed)
     codecs = sorted({t.codec for t in setup.early.manifest.tails})

@@ -11,9 +11,9 @@
 3. ``tools/workload_image.py --init-checkpoint``: step 1's model continued at 96 px on 18,000
    of its training images (progressive resizing), exported with fp32 / fp16 / int8 boundary
    tensors: a package heavy enough at a Pi's speed for offloading to matter (``--quick``: skipped).
-4. ``tools/bench_policy.py --device-speed rpi4``: step 3's package (``--quick``: step 1's) on a
-   device emulated at a Raspberry Pi 4's speed, static plans vs the policies over links of
-   1-500 Mbit/s x 5-50 ms.
+4. ``tools/bench_policy.py --device-speed rpi4 --speed-reference auto``: step 3's package
+   (``--quick``: step 1's, the factor not re-based) on a device emulated at a Raspberry Pi 4's
+   speed on this host, static plans vs the policies over links of 1-500 Mbit/s x 5-50 ms.
 
 Each step is its own process (its own torch threads and memory), its output streamed as it comes;
 a failed step stops the run with its exit status. ``--quick`` passes each tool's own smoke mode:
@@ -60,7 +60,7 @@ def steps(out: Path, quick: bool, text_args: list[str]) -> list[tuple[str, list[
     ]  # fmt: skip
     policy = [
         "--package", str(heavy / "package"), "--codec", "int8", "--rows", "split@input,early+split,best-static",
-        "--links", OFFLOAD_LINKS, "--samples", "200", "--rounds", "3",
+        "--links", OFFLOAD_LINKS, "--samples", "200", "--rounds", "3", "--speed-reference", "auto",
     ]  # fmt: skip
     return [
         *found,

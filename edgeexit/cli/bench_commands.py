@@ -58,6 +58,14 @@ def bench(
             "their time here; the tail server runs at this machine's speed."
         ),
     ] = "host",
+    speed_reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Re-base --device-speed on this host: a package of the preset's reference network (for rpi4: "
+            "`edgeexit export efficientnet_lite0 --input-shape 1,3,224,224 --out DIR`), timed here. Without it a "
+            "preset is a ratio to the machine its reference was measured on."
+        ),
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of mean latency per policy per link.")] = None,
     json_output: Annotated[
         Path | None, typer.Option("--json", help="Also write every row as JSON to this file.")
@@ -76,6 +84,13 @@ def bench(
     energy = EnergyModel(device=device, radio=radio)
     energy.presets()  # an unknown preset is an error before anything runs
     speed = get_device_speed(device_speed)  # so is an unknown device speed
+    if speed_reference is not None:
+        from edgeexit.device.speed import calibrate_to_host
+
+        speed = calibrate_to_host(speed, speed_reference)
+    elif speed.reference is not None:
+        err_console.print(f"bench: {speed.label} is a ratio to the machine its reference was measured on, not to "
+                          "this one; --speed-reference re-bases it here", highlight=False)  # fmt: skip
     labelled = load_dataset(data, split="test")  # a path ignores the split; a built-in name takes its test split
     x, y = labelled.x, labelled.y
     if samples is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -178,6 +179,50 @@ def slow_policy(runner: PolicyRunner, speed: DeviceSpeed | str | float | None) -
         policy = runner.policy
         policy.decide = slowed(policy.decide, found.factor)  # type: ignore[method-assign]
     return runner
+
+
+def reference_ms(package: str | Path | Engine, *, rounds: int = 5, runs: int = 40) -> float:
+    """``package``'s full-depth latency here, batch 1, one ONNX Runtime thread: the lowest of
+    ``rounds`` round means of ``runs`` runs each (the uncontended time, as ``emulate_device_speed``
+    calibrates, since a neighbour's load is not the host's speed)."""
+    engine = package if not isinstance(package, (str, Path)) else _full_depth_engine(package)
+    shape = tuple(d or 1 for d in engine.manifest.input.shape[1:])
+    xs = np.random.default_rng(0).random((max(runs, 1), *shape), dtype=np.float32)
+    for x in xs[:5]:
+        engine.run(x)
+    means = []
+    for _ in range(max(rounds, 1)):
+        tick = time.perf_counter()
+        for x in xs:
+            engine.run(x)
+        means.append((time.perf_counter() - tick) / len(xs) * 1e3)
+    return float(min(means))
+
+
+def _full_depth_engine(package: str | Path) -> Engine:
+    from edgeexit.runtime.engine import Engine, EngineSettings
+
+    return Engine.from_settings(package, EngineSettings(threads=1, threshold=float("inf"), cache_dir=None))
+
+
+def calibrate_to_host(speed: DeviceSpeed | str | float | None, package: str | Path, *, rounds: int = 5,
+                      runs: int = 40) -> DeviceSpeed:  # fmt: skip
+    """``speed`` re-based on this host: its reference network (``DeviceSpeed.reference``), exported
+    as ``package``, measured here (``reference_ms``). Refuses a package of another network or input
+    size, since the factor is a ratio of two timings of one network."""
+    found = get_device_speed(speed)
+    if found.reference is None:
+        return found.on_host(1.0)  # raises: this preset names no reference network
+    name, shape = found.reference
+    engine = _full_depth_engine(package)
+    have = tuple(engine.manifest.input.shape[1:])
+    if engine.manifest.model_name != name or have != shape:
+        raise UsageError(
+            f"{package} holds {engine.manifest.model_name} with input {list(have)}; device speed {found.name!r} is "
+            f"re-based on {name} with input {list(shape)}: export it with `edgeexit export {name} --input-shape "
+            f"1,{','.join(map(str, shape))} --out DIR` and pass that directory"
+        )
+    return found.on_host(reference_ms(engine, rounds=rounds, runs=runs))
 
 
 def device_speed_of(engine: Engine) -> DeviceSpeed:

@@ -9,9 +9,14 @@ come from a measurement, not a guess.
 A preset is a ratio of two measurements of the same network at the same resolution and batch 1:
 a published figure on the target (``target_ms``, with its source) over our own on the reference
 machine (``reference_ms``, with the command that measured it). Both sides are fp32 CPU inference.
-The reference measurement is of *this* project's VM (AMD EPYC, AVX2, 1 ONNX Runtime thread);
-on another host the same command gives its own ``reference_ms``, and a float factor
-(``--device-speed 4.5``) states one directly.
+The reference measurement is of *this* project's VM (AMD EPYC, AVX2, 1 ONNX Runtime thread), and
+a factor is a ratio to one machine: on a host 2.2x faster than that VM (measured: a later EPYC VM
+ran the same reference in 4.24 ms against 9.27), ``rpi4``'s 6.89 emulates a device 2.2x faster than
+a Pi 4. So a preset that names its reference network (``reference``) can be re-based on the host it
+runs on: ``DeviceSpeed.on_host`` takes the reference's time measured here
+(``edgeexit.device.speed.calibrate_to_host``, ``edgeexit bench --speed-reference PKG``) and gives the
+factor that makes this host's segments take the target's time. A float factor (``--device-speed
+4.5``) states one directly.
 
 Registered like the power and radio presets (timm-style, ``edgeexit.registry``), so
 ``--device-speed`` and ``get_device_speed`` share one list and a typo lists the known names.
@@ -37,6 +42,14 @@ class DeviceSpeed:
     source: str
     target_ms: float | None = None
     reference_ms: float | None = None
+    #: the reference network to measure on a host to re-base the factor there (``on_host``):
+    #: ``(model_name, input_shape)`` as a package's manifest records them; None: not re-basable
+    reference: tuple[str, tuple[int, ...]] | None = None
+    #: the target network's work per unit of the reference's (e.g. MAdds 300/407): reference time
+    #: x this = the target network's time on the same host
+    reference_work: float = 1.0
+    #: whether ``reference_ms`` was measured on the host this runs on (``on_host``)
+    on_this_host: bool = False
 
     def __post_init__(self) -> None:
         if not self.factor >= 1.0:
@@ -49,15 +62,38 @@ class DeviceSpeed:
 
     @property
     def label(self) -> str:
-        """How tables name it: ``rpi4 (x5.2)``, ``host (x1)``."""
-        return f"{self.name} (x{self.factor:.3g})"
+        """How tables name it: ``rpi4 (x6.89)``, ``rpi4 (x14.1, this host)`` once re-based, ``host (x1)``."""
+        return f"{self.name} (x{self.factor:.3g}{', this host' if self.on_this_host else ''})"
 
     @classmethod
-    def from_measurements(cls, name: str, target_ms: float, reference_ms: float, source: str) -> DeviceSpeed:
+    def from_measurements(cls, name: str, target_ms: float, reference_ms: float, source: str, *,
+                          reference: tuple[str, tuple[int, ...]] | None = None,
+                          reference_work: float = 1.0) -> DeviceSpeed:  # fmt: skip
+        """``target_ms`` (the target's time) over ``reference_ms`` (the same work on the reference
+        machine); ``reference`` and ``reference_work`` as on the fields, for ``on_host``."""
         if not (target_ms > 0 and reference_ms > 0):
             raise UsageError(f"device speed {name!r}: both measurements must be above 0 ms, got "
                              f"{target_ms} and {reference_ms}")  # fmt: skip
-        return cls(name, target_ms / reference_ms, source, target_ms, reference_ms)
+        return cls(name, target_ms / reference_ms, source, target_ms, reference_ms, reference, reference_work)
+
+    def on_host(self, measured_ms: float) -> DeviceSpeed:
+        """This preset re-based on the host that measured its reference network in ``measured_ms``
+        (full depth, batch 1, 1 ONNX Runtime thread): the factor that makes a segment here take
+        what it would take on the target."""
+        if self.reference is None or self.target_ms is None:
+            raise UsageError(
+                f"device speed {self.name!r} names no reference network to measure on this host; "
+                "expected a preset with one (e.g. rpi4), or give the factor itself (--device-speed 4.5)"
+            )
+        if not (measured_ms > 0 and measured_ms == measured_ms):
+            raise UsageError(
+                f"device speed {self.name!r}: the reference's time here must be above 0 ms, got {measured_ms}"
+            )
+        here = measured_ms * self.reference_work
+        source = (f"{self.source}; re-based on this host: its reference measured here in {measured_ms:.2f} ms "
+                  f"({here:.2f} ms of the target network's work)")  # fmt: skip
+        return DeviceSpeed(self.name, self.target_ms / here, source, self.target_ms, here, self.reference,
+                           self.reference_work, on_this_host=True)  # fmt: skip
 
 
 SPEEDS: Registry[DeviceSpeed] = Registry("device speed")
@@ -106,13 +142,19 @@ register_speed(DeviceSpeed("host", 1.0, "this machine: no emulation"))
 #: scaled by the MAdds ratio 300/407 to MobileNet v2's work: 6.38 ms. (Re-measured for this preset with
 #: `python tools/bench_policy.py --measure-reference PKG224` while six other jobs shared the 2 cores: 30.6 ms,
 #: rounds 21.9-33.1, i.e. the neighbours' load, not the CPU; the quiet-machine figure is the reference.)
-#: Factor: 44 / 6.38 = 6.9. The MAdds scaling is an approximation (depthwise-heavy MobileNet v2 runs
+#: Factor: 44 / 6.38 = 6.9 on that VM (re-based on another host by measuring the same reference there:
+#: ``DeviceSpeed.on_host``). The MAdds scaling is an approximation (depthwise-heavy MobileNet v2 runs
 #: fewer MAdds per ms than EfficientNet-Lite0's wider convolutions on both CPUs).
 #: Conservative: the Pi figure uses all 4 cores while the emulated device runs 1 thread, so a
 #: single-threaded Pi would be slower still (XNNPACK's own Pi 4 issue #814 reports 1-thread
 #: MobileNet v1 at 2.2x its 4-thread time), and a slower device only favours offloading more.
 RPI4_TARGET_MS = 44.0
-RPI4_REFERENCE_MS = 8.66 * 300.0 / 407.0
+#: MobileNet v2's MAdds over EfficientNet-Lite0's: the reference's time x this = MobileNet v2's
+RPI4_REFERENCE_WORK = 300.0 / 407.0
+RPI4_REFERENCE_MS = 8.66 * RPI4_REFERENCE_WORK
+#: The network to measure on a host to re-base the factor there: ``edgeexit export efficientnet_lite0
+#: --input-shape 1,3,224,224``'s package
+RPI4_REFERENCE = ("efficientnet_lite0", (3, 224, 224))
 register_speed(
     DeviceSpeed.from_measurements(
         "rpi4",
@@ -121,5 +163,7 @@ register_speed(
         "target: XNNPACK README (github.com/google/XNNPACK#raspberry-pi), MobileNet v2 1.0X 224x224 fp32, "
         "RPi 4 (BCM2711), 4 threads: 44 ms; reference: EfficientNet-Lite0 224x224 fp32 on this VM, 1 ONNX Runtime "
         "thread, 8.66 ms (docs/benchmarks.md), scaled by 300/407 MAdds to MobileNet v2's work (6.38 ms)",
+        reference=RPI4_REFERENCE,
+        reference_work=RPI4_REFERENCE_WORK,
     )
 )

@@ -98,6 +98,14 @@ def test_bench_at_a_device_speed_shows_it_and_the_decision_cost(cli, digits_pack
     assert rows["adaptive"]["decide_ms"] > 0.0  # the policy's decisions are counted
 
 
+def test_bench_refuses_a_speed_reference_of_another_network(cli, digits_package: Path, labelled: Path) -> None:
+    done = cli("bench", digits_package, "--data", labelled, "--device-speed", "rpi4", "--speed-reference",
+               digits_package)  # fmt: skip
+    assert done.returncode == 1
+    assert "re-based on efficientnet_lite0 with input [3, 224, 224]" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_bench_rejects_an_unknown_device_speed(cli, digits_package: Path, labelled: Path) -> None:
     done = cli("bench", digits_package, "--data", labelled, "--device-speed", "rpi9")
     assert done.returncode == 1

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from edgeexit.device import PolicyRunner, TailClient
-from edgeexit.device.speed import SlowedChain, SlowedSegment, emulate_device_speed, slow_policy
+from edgeexit.device.speed import SlowedChain, SlowedSegment, calibrate_to_host, emulate_device_speed, slow_policy
 from edgeexit.errors import EdgeExitError, UnknownNameError
 from edgeexit.policy import DeviceCosts, LinkEstimator, create_policy
-from edgeexit.profile.device_speed import get_device_speed, list_speeds
+from edgeexit.profile.device_speed import DeviceSpeed, get_device_speed, list_speeds
 from edgeexit.runtime import Engine, Result
 
 from .test_offload import TOLERANCE
@@ -186,3 +186,31 @@ def test_an_offloading_plan_runs_to_its_boundary_in_one_go_with_the_stepped_deci
     assert any(r.offload is not None for r in found["one go"])
     for mine, reference in zip(found["one go"], found["stepped"], strict=True):
         _same(reference, mine)
+
+
+def test_a_preset_is_re_based_on_the_host_that_times_its_reference() -> None:
+    # the factor is a ratio to the machine the reference was timed on: a host twice as fast needs twice the factor
+    rpi4 = get_device_speed("rpi4")
+    assert rpi4.reference == ("efficientnet_lite0", (3, 224, 224))
+    here = rpi4.on_host(4.24)
+    assert here.factor == pytest.approx(rpi4.target_ms / (4.24 * rpi4.reference_work))
+    assert rpi4.on_host(rpi4.reference_ms / rpi4.reference_work).factor == pytest.approx(rpi4.factor)
+    assert here.on_this_host
+    assert not rpi4.on_this_host
+    assert here.label == f"rpi4 (x{here.factor:.3g}, this host)"
+    assert "re-based on this host: its reference measured here in 4.24 ms" in here.source
+    with pytest.raises(EdgeExitError, match="names no reference network"):
+        get_device_speed("3").on_host(1.0)
+
+
+def test_calibrate_to_host_times_the_reference_package_and_refuses_another(digits_package: Path) -> None:
+    engine = Engine(digits_package, cache_dir=None)
+    shape = tuple(engine.manifest.input.shape[1:])
+    mine = DeviceSpeed.from_measurements("board", 10.0, 1.0, "a test board",
+                                         reference=(engine.manifest.model_name, shape))  # fmt: skip
+    found = calibrate_to_host(mine, digits_package, rounds=2, runs=5)
+    assert found.on_this_host
+    assert 0.0 < found.reference_ms < 10.0  # the digits CNN runs in well under 10 ms anywhere
+    assert found.factor == pytest.approx(10.0 / found.reference_ms)
+    with pytest.raises(EdgeExitError, match="edgeexit export efficientnet_lite0 --input-shape 1,3,224,224"):
+        calibrate_to_host("rpi4", digits_package)  # another network: its timing is no reference
