@@ -45,7 +45,7 @@ from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimate, LinkEstimator, Policy, SplitPolicy, read_battery
 from edgeexit.policy.costs import static_split
-from edgeexit.policy.feedback import SCALE_STEP, LatencyFeedback
+from edgeexit.policy.feedback import LatencyFeedback
 from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
 from edgeexit.runtime.results import replaced
@@ -135,7 +135,6 @@ class PolicyRunner:
     def run(self, x: np.ndarray, *, keep_hidden: bool = False, sample_id: Any = None) -> Result:
         """One sample, deciding at each boundary it reaches; the Result carries the decisions
         (``Result.decisions``) and, when it was offloaded or fell back, ``Result.offload``."""
-        tick = time.perf_counter()
         sample = next(self._counter) if sample_id is None else sample_id
         if self.last_boundary < 0:  # a single segment: nothing to decide
             return self.engine.run(x, keep_hidden=keep_hidden)
@@ -145,11 +144,14 @@ class PolicyRunner:
         found = self._plan(first, battery)
         if found is not None:  # the decisions are known up front: no stepping
             plan, modelled_ms = found
+            start = time.perf_counter()
             result = self._run_plan(x, plan, first, sample, keep_hidden)
             if modelled_ms is not None:  # a latency SLO: learn how the device runs against the model
-                self.feedback.observe((time.perf_counter() - tick) * 1e3, modelled_ms)
+                # the plan's own time: building it (decisions at the device's speed, 4-8 ms once per
+                # estimate) is not what the model prices, and counting it read local at 2x its model
+                self.feedback.observe((time.perf_counter() - start) * 1e3, modelled_ms)
                 scale = self.feedback.scale
-                if abs(math.log(scale / self.policy.latency_scale)) >= SCALE_STEP:  # moved: plan anew
+                if abs(math.log(scale / self.policy.latency_scale)) >= self.feedback.step:  # moved: plan anew
                     self.policy.latency_scale = scale
             return result
         decisions: list[Decision] = []

@@ -3,11 +3,13 @@ under a latency SLO plans with it (numpy-free arithmetic, no clocks)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.policy import DeviceCosts, LinkEstimate, Objective, RadioModel, create_policy
-from edgeexit.policy.feedback import MAX_SCALE, LatencyFeedback
+from edgeexit.policy.feedback import MAX_SCALE, SCALE_STEP, LatencyFeedback
 
 
 def test_the_scale_is_the_ratio_of_the_means_not_the_mean_of_the_ratios() -> None:
@@ -62,3 +64,21 @@ def test_a_scale_moves_a_mean_slo_decision_and_nothing_else() -> None:
     before = latency.estimate_key(link)
     latency.latency_scale = 1.2
     assert latency.estimate_key(link) == before
+
+
+def test_the_step_a_new_scale_must_clear_grows_with_the_samples_spread() -> None:
+    """Early exit mixes 2 ms and 12 ms samples: their mean's noise, not a fixed 5%, decides when the
+    scale has really moved (each new scale re-plans at the device's speed)."""
+    steady, mixed = LatencyFeedback(half_life_samples=32), LatencyFeedback(half_life_samples=32)
+    assert steady.step == pytest.approx(SCALE_STEP)  # nothing seen yet
+    for k in range(400):
+        steady.observe(6.4, 6.4)
+        mixed.observe(2.0 if k % 2 else 12.0, 6.4)
+    assert steady.step == pytest.approx(SCALE_STEP)  # no spread: 5%
+    relative = 5.0 / 7.0 * math.sqrt(mixed._alpha / (2.0 - mixed._alpha))  # std 5 ms over a 7 ms mean
+    assert mixed.step == pytest.approx(math.log1p(2.0 * relative), rel=0.05)
+    assert mixed.step > 2 * SCALE_STEP
+    slow = LatencyFeedback()  # the default half-life: the same mixture's noise within ~8%
+    for k in range(2000):
+        slow.observe(2.0 if k % 2 else 12.0, 6.4)
+    assert SCALE_STEP < slow.step < math.log(1.08)
