@@ -173,6 +173,32 @@ class ExitCalibration:
 
 
 @dataclass(frozen=True)
+class RiskGuarantee:
+    """What a risk-controlled calibration certified (``edgeexit.calibration.risk_control``): on
+    new data from the calibration data's distribution, the loss exceeds ``eps`` with probability
+    at most ``delta``.
+
+    ``against``: the loss, ``final`` (the early answer disagrees with the final exit's) or
+    ``labels`` (the final exit is right and the early answer wrong); both bound the accuracy drop.
+    ``tested``: the calibration samples that tested the candidates (the rest ordered them);
+    ``loss``: the chosen thresholds' mean loss on them; ``bound``: its (1 - delta) upper
+    confidence bound; ``certified``: False when no early exit could be certified at this many
+    samples (the thresholds are then full depth); ``candidates``: threshold sets tested in
+    sequence; ``seed``: of the split into ordering and testing samples."""
+
+    method: str
+    against: str
+    eps: float
+    delta: float
+    tested: int
+    loss: float
+    bound: float
+    certified: bool
+    candidates: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class CalibrationRecord:
     """What chose the thresholds: the target, the data it was measured on and the outcome."""
 
@@ -186,6 +212,11 @@ class CalibrationRecord:
     exits: tuple[ExitCalibration, ...]
     #: standard errors of the accuracy drop kept in reserve for unseen data (0: none)
     margin: float = 0.0
+    #: how the thresholds were chosen: ``margin`` (the drop on this data plus ``margin`` standard
+    #: errors within ``max_drop``: a heuristic) or ``ltt`` (Learn-then-Test: ``guarantee``)
+    method: str = "margin"
+    #: the statistical guarantee of an ``ltt`` calibration (None for ``margin``)
+    guarantee: RiskGuarantee | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeexit.calibration.risk_control import certify_thresholds
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
 from edgeexit.calibration.thresholds import Choice, Outcome, choose_thresholds, finite_threshold, pareto_curve, simulate
@@ -83,11 +84,18 @@ def calibrate_manifest(
     data_sha256: str,
     candidates: int = 64,
     margin: float = 1.0,
+    delta: float | None = None,
+    against: str = "final",
+    seed: int = 0,
 ) -> tuple[Manifest, Choice]:
     """Fit temperatures, choose thresholds for ``max_drop``, and record both in a new manifest.
 
-    ``margin`` (standard errors, see ``choose_thresholds``) keeps part of the budget in reserve so
-    the drop also holds on data the thresholds were not chosen on; 0 spends it all on this data.
+    Two methods. ``delta`` None: the margin method, ``margin`` standard errors (see
+    ``choose_thresholds``) kept in reserve so the drop also holds on data the thresholds were not
+    chosen on (a heuristic; 0 spends the whole budget on this data). ``delta`` given: Learn-then-Test
+    (``risk_control.certify_thresholds``), the cheapest thresholds whose loss ``against`` the final
+    exit's answer (or the labels) exceeds ``max_drop`` on new data with probability at most
+    ``delta``; when none can be certified the early exits never fire, and the record says so.
 
     ``criterion`` None keeps each exit's own criterion. Every exit with logits gets its fitted
     temperature (the final one too: it shapes the probabilities a Result reports); the final exit
@@ -123,7 +131,17 @@ def calibrate_manifest(
         if logits is None and wanted[k] != "similarity" and not exits[k].final:
             scores[k] = -np.inf  # no candidate threshold: this exit never fires
     costs = _exit_costs(manifest, full.segment_ms)
-    choice = choose_thresholds(scores, correct, costs, max_drop, candidates, margin=margin)
+    guarantee = None
+    if delta is None:
+        choice = choose_thresholds(scores, correct, costs, max_drop, candidates, margin=margin)
+    else:
+        try:
+            choice, guarantee = certify_thresholds(
+                scores, correct, costs, max_drop, delta, predictions=_predictions(full.logits, samples),
+                against=against, seed=seed, candidates=candidates,
+            )  # fmt: skip
+        except ValueError as err:
+            raise UsageError(f"cannot certify thresholds: {err}") from None
 
     new_exits: list[ExitSpec] = []
     records: list[ExitCalibration] = []
@@ -152,7 +170,9 @@ def calibrate_manifest(
     record = CalibrationRecord(
         criterion=criterion or ("+".join(dict.fromkeys(early)) if early else exits[-1].criterion),
         max_drop=float(max_drop),
-        margin=float(margin),
+        margin=float(margin) if guarantee is None else 0.0,
+        method="margin" if guarantee is None else "ltt",
+        guarantee=guarantee,
         samples=samples,
         data_sha256=data_sha256,
         final_accuracy=choice.final_accuracy,
@@ -161,6 +181,11 @@ def calibrate_manifest(
         exits=tuple(records),
     )
     return manifest.with_exits(tuple(new_exits), record), choice
+
+
+def _predictions(logits: list[np.ndarray | None] | tuple[np.ndarray | None, ...], samples: int) -> np.ndarray:
+    """(E, N) the class each exit answers; -1 where an exit has no classifier (it never agrees)."""
+    return np.stack([np.full(samples, -1) if z is None else z.argmax(axis=-1) for z in logits])
 
 
 def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:

@@ -273,6 +273,23 @@ def calibrate(
             "(0: spend the whole budget on this data set).",
         ),
     ] = 1.0,
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Certify instead (Learn-then-Test): the loss on new data exceeds --max-drop with probability at "
+            "most DELTA (e.g. 0.1). Without it, the margin method (a heuristic, no guarantee).",
+        ),
+    ] = None,
+    against: Annotated[
+        str,
+        typer.Option(
+            help="With --delta, the certified loss: final (an early answer differs from the final exit's; no labels "
+            "needed for it) or labels (the final exit is right and the early answer wrong). Both bound the drop."
+        ),
+    ] = "final",
+    seed: Annotated[int, typer.Option(help="With --delta, seed of the split into ordering and testing samples.")] = 0,
     split: Annotated[str, typer.Option(help="Split of a built-in data set to use.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     plot: Annotated[
@@ -286,17 +303,23 @@ def calibrate(
     """Choose each exit's threshold and temperature on labelled data.
 
     Overall accuracy stays within --max-drop of the final exit (with --margin standard errors in
-    reserve) while expected latency is lowest. Rewrites the manifest atomically; the package_id
-    (the weights) does not change.
+    reserve) while expected latency is lowest; with --delta, the drop (or the disagreement with the
+    final exit) stays within --max-drop on new data with probability at least 1 - DELTA
+    (Learn-then-Test), or the exits stay off when nothing can be certified. Rewrites the manifest
+    atomically; the package_id (the weights) does not change.
     """
     from rich.markup import escape
 
     from edgeexit.calibration import calibrate_manifest, digest_data, pareto_for, plot_pareto
+    from edgeexit.calibration.risk_control import AGAINST
     from edgeexit.cli.labelled import load_labelled
     from edgeexit.cli.render import calibration_table
+    from edgeexit.errors import UsageError
     from edgeexit.package import require_directory
     from edgeexit.runtime.engine import Engine
 
+    if against not in AGAINST:  # before the run, like everything the user typed
+        raise UsageError(f"--against is {against!r}; expected one of {', '.join(AGAINST)}")
     require_directory(package, "calibrate it")  # before the run: a tar's manifest cannot be rewritten
     engine = Engine(package, threads=threads, backend=backend, precision=precision)
     x, y, source = load_labelled(data, split, limit, engine.package, max_length)
@@ -304,8 +327,9 @@ def calibrate(
     # A variant (int8, tflite) is calibrated on its own outputs, into its own exits.
     view = dataclasses.replace(engine.manifest, exits=engine.exits)
     manifest, choice = calibrate_manifest(
-        view, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin
-    )
+        view, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin,
+        delta=delta, against=against, seed=seed,
+    )  # fmt: skip
     # `calibrate .` (or `..`) has no usable name: resolve it so the plot still lands next to the package.
     named = package if package.name not in ("", "..") else package.resolve()
     target = plot or named.with_name(f"{named.name}-pareto.png")

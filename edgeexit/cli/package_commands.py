@@ -91,7 +91,7 @@ def verify(package: PackageArg) -> None:
 
 def inspect(package: PackageArg) -> None:
     """Print a package's segments, exits, FLOPs, hidden-tensor bytes, thresholds and offload tails."""
-    from edgeexit.cli.render import segments_table, tails_table
+    from edgeexit.cli.render import calibration_method, segments_table, tails_table
     from edgeexit.package import open_package
 
     manifest = open_package(package).manifest
@@ -110,8 +110,8 @@ def inspect(package: PackageArg) -> None:
     if manifest.calibration:
         c = manifest.calibration
         console.print(
-            f"calibrated on {c.samples} samples for max drop {c.max_drop:g}: accuracy {c.accuracy:.4f} "
-            f"(final exit {c.final_accuracy:.4f})"
+            f"calibrated ({calibration_method(c)}): accuracy {c.accuracy:.4f} (final exit {c.final_accuracy:.4f})",
+            highlight=False,
         )
     else:
         console.print("not calibrated: thresholds are export defaults")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from edgeexit.console import table
-from edgeexit.manifest import NEVER_THRESHOLD, Manifest
+from edgeexit.manifest import NEVER_THRESHOLD, CalibrationRecord, Manifest
 from edgeexit.reports import accuracy_table, parity_table, segments_table
 
 
@@ -66,6 +66,19 @@ def results_table(manifest: Manifest, samples: Sequence[object], results: Sequen
     return table(f"{manifest.model_name}: {len(rows)} input(s)", _RESULT_COLUMNS, rows)
 
 
+def calibration_method(record: CalibrationRecord) -> str:
+    """How the thresholds were chosen and what that promises, in one line."""
+    found = record.guarantee
+    if found is None:
+        return f"max drop {100 * record.max_drop:g} pt, {record.margin:g} s.e. in reserve, {record.samples} samples"
+    loss = "disagreement with the final exit" if found.against == "final" else "drop against the labels"
+    promise = (f"Learn-then-Test: P({loss} > {100 * found.eps:g} pt) <= {found.delta:g} on new data, "
+               f"{record.samples} samples ({found.tested} testing)")  # fmt: skip
+    if not found.certified:
+        return f"{promise}; no early exit could be certified at this many samples: full depth"
+    return f"{promise}; {100 * found.loss:.2f} pt here, {100 * found.bound:.2f} pt at most (1 - delta)"
+
+
 def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[float]) -> Table:
     """Per exit: criterion, threshold, temperature, exit rate and accuracy of those that exit."""
     record = manifest.calibration
@@ -86,8 +99,7 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
         )
     full_ms = sum(segment_ms)
     title = (
-        f"calibration (max drop {100 * record.max_drop:g} pt, {record.margin:g} s.e. in reserve, "
-        f"{record.samples} samples): accuracy "
+        f"calibration ({calibration_method(record)}): accuracy "
         f"{100 * record.accuracy:.2f}% vs final exit {100 * record.final_accuracy:.2f}%, expected "
         f"{record.expected_latency_ms:.3f} ms vs full depth {full_ms:.3f} ms "
         f"({full_ms / record.expected_latency_ms:.2f}x)"

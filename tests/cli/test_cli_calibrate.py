@@ -350,3 +350,32 @@ def test_an_unwritable_plot_fails_before_the_manifest_changes(
     _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--plot", "plots"), "Is a directory", "plots")
     assert (package_copy / MANIFEST_FILE).read_bytes() == before
     assert _strays(tmp_path) == []
+
+
+def test_calibrate_with_delta_certifies_records_and_inspect_prints_the_guarantee(
+    package_copy: Path, digits: LabelledData, cli: Runner, tmp_path: Path
+) -> None:
+    digits.save_npz(tmp_path / "val.npz")
+    out = _ok(cli("calibrate", "pkg", "--data", "val.npz", "--max-drop", "0.03", "--delta", "0.1", "--against",
+                  "labels", "--seed", "4", "--plot", "out.png"))  # fmt: skip
+    assert "Learn-then-Test: P(drop against the labels > 3 pt) <= 0.1 on new data" in out
+    record = _manifest(package_copy).calibration
+    assert record is not None
+    assert record.method == "ltt"
+    found = record.guarantee
+    assert found is not None
+    assert (found.eps, found.delta, found.against, found.seed) == (0.03, 0.1, "labels", 4)
+    assert found.tested == len(digits) - round(0.3 * len(digits))
+    assert found.loss <= found.bound
+    if found.certified:  # the thresholds it certified are the ones the manifest holds
+        assert found.bound <= 0.03
+        assert any(spec.threshold < 1.0 for spec in _manifest(package_copy).exits if not spec.final)
+    inspected = _ok(cli("inspect", "pkg"))
+    assert "calibrated (Learn-then-Test: P(drop against the labels > 3 pt) <= 0.1" in inspected
+
+
+def test_calibrate_refuses_an_unknown_loss_before_running(package_copy: Path, cli: Runner) -> None:
+    before = (package_copy / MANIFEST_FILE).read_bytes()
+    _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--delta", "0.1", "--against", "oracle"),
+                 "--against is 'oracle'; expected one of final, labels")  # fmt: skip
+    assert (package_copy / MANIFEST_FILE).read_bytes() == before
