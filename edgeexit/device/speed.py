@@ -16,9 +16,14 @@ of a few rounds of mean latency) and then makes every run of segment k take ``fa
 time per sample (``rows`` x it for a batch), waiting only for what the run itself did not take:
 the device's speed is then a constant of the emulation, not of the neighbours' load.
 
-The wait sleeps most of the way and spins the last fraction of a millisecond (``wait_until``):
-sleeping alone overshoots short waits, spinning alone would take a core from the tail server on a
-small machine. The tail server is a separate process and is never slowed.
+The wait spins (``wait_until``), sleeping only the part of a long wait beyond ``SPIN_S`` (50 ms):
+a device that computes does not sleep, and code that runs right after a sleep runs cold. Measured
+at a Pi 4's speed on the 96 px EfficientNet (docs/benchmarks.md, issue 14's fourth pass): with the
+wait slept to its last 0.5 ms, a PolicyRunner's bookkeeping per sample cost 14-16 us over the bare
+engine; with it spun, 6 us, what it costs at this machine's speed. The spin does not compete with
+the tail server: at batch 1 the device waits for the server's answer without spinning, and the
+server is idle while a device segment runs. The tail server is a separate process and is never
+slowed.
 
 The engine is changed in place (its segment list and chain are the walker's), once: a second
 call is refused rather than compounding the factor.
@@ -40,12 +45,12 @@ if TYPE_CHECKING:
     from edgeexit.device.policy_runner import PolicyRunner
     from edgeexit.runtime.engine import Engine
 
-#: Below this much time left, spin instead of sleeping (the scheduler's wake-up slack is larger).
-SPIN_S = 0.0005
+#: Spin through the last this much of a wait; sleep only what is beyond it (see the module docstring).
+SPIN_S = 0.05
 
 
 def wait_until(deadline: float) -> None:
-    """Return at ``time.perf_counter() >= deadline``: sleep most of the way, then spin."""
+    """Return at ``time.perf_counter() >= deadline``: sleep what is beyond ``SPIN_S``, spin the rest."""
     while True:
         left = deadline - time.perf_counter()
         if left <= 0:
