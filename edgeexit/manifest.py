@@ -213,10 +213,14 @@ class CalibrationRecord:
     #: standard errors of the accuracy drop kept in reserve for unseen data (0: none)
     margin: float = 0.0
     #: how the thresholds were chosen: ``margin`` (the drop on this data plus ``margin`` standard
-    #: errors within ``max_drop``: a heuristic) or ``ltt`` (Learn-then-Test: ``guarantee``)
+    #: errors within ``max_drop``: a heuristic), ``ltt`` (Learn-then-Test: ``guarantee``) or
+    #: ``budget`` (the most accurate thresholds whose expected latency fits ``budget_ms``)
     method: str = "margin"
-    #: the statistical guarantee of an ``ltt`` calibration (None for ``margin``)
+    #: the statistical guarantee of an ``ltt`` calibration (None otherwise)
     guarantee: RiskGuarantee | None = None
+    #: a ``budget`` calibration's limit on the expected latency per sample, in the calibration
+    #: pass's measured segment times (None otherwise)
+    budget_ms: float | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,15 @@ import numpy as np
 from edgeexit.calibration.risk_control import certify_thresholds
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
-from edgeexit.calibration.thresholds import Choice, Outcome, choose_thresholds, finite_threshold, pareto_curve, simulate
+from edgeexit.calibration.thresholds import (
+    Choice,
+    Outcome,
+    choose_for_budget,
+    choose_thresholds,
+    finite_threshold,
+    pareto_curve,
+    simulate,
+)
 from edgeexit.errors import DataError, UnknownNameError, UsageError
 from edgeexit.manifest import CRITERION_NAMES, CalibrationRecord, ExitCalibration, ExitSpec, Manifest
 
@@ -87,6 +95,7 @@ def calibrate_manifest(
     delta: float | None = None,
     against: str = "final",
     seed: int = 0,
+    budget_ms: float | None = None,
 ) -> tuple[Manifest, Choice]:
     """Fit temperatures, choose thresholds for ``max_drop``, and record both in a new manifest.
 
@@ -96,6 +105,9 @@ def calibrate_manifest(
     (``risk_control.certify_thresholds``), the cheapest thresholds whose loss ``against`` the final
     exit's answer (or the labels) exceeds ``max_drop`` on new data with probability at most
     ``delta``; when none can be certified the early exits never fire, and the record says so.
+    ``budget_ms`` given instead (the compute-budget mode): the most accurate thresholds whose
+    expected latency on this data stays within it (``choose_for_budget``; ``max_drop`` unused), or
+    a UsageError naming the cheapest plan when it cannot be met.
 
     ``criterion`` None keeps each exit's own criterion. Every exit with logits gets its fitted
     temperature (the final one too: it shapes the probabilities a Result reports); the final exit
@@ -132,7 +144,14 @@ def calibrate_manifest(
             scores[k] = -np.inf  # no candidate threshold: this exit never fires
     costs = _exit_costs(manifest, full.segment_ms)
     guarantee = None
-    if delta is None:
+    if budget_ms is not None and delta is not None:
+        raise UsageError("a compute budget and a certified drop (delta) are two ways to choose thresholds; give one")
+    if budget_ms is not None:
+        try:
+            choice = choose_for_budget(scores, correct, costs, budget_ms, candidates)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    elif delta is None:
         choice = choose_thresholds(scores, correct, costs, max_drop, candidates, margin=margin)
     else:
         try:
@@ -170,9 +189,10 @@ def calibrate_manifest(
     record = CalibrationRecord(
         criterion=criterion or ("+".join(dict.fromkeys(early)) if early else exits[-1].criterion),
         max_drop=float(max_drop),
-        margin=float(margin) if guarantee is None else 0.0,
-        method="margin" if guarantee is None else "ltt",
+        margin=float(margin) if guarantee is None and budget_ms is None else 0.0,
+        method="budget" if budget_ms is not None else ("margin" if guarantee is None else "ltt"),
         guarantee=guarantee,
+        budget_ms=None if budget_ms is None else float(budget_ms),
         samples=samples,
         data_sha256=data_sha256,
         final_accuracy=choice.final_accuracy,

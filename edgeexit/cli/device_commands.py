@@ -290,6 +290,19 @@ def calibrate(
         ),
     ] = "final",
     seed: Annotated[int, typer.Option(help="With --delta, seed of the split into ordering and testing samples.")] = 0,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Compute budget instead: the most accurate thresholds whose expected latency is at most this "
+            "fraction of full depth (from the segment times measured in the same pass), e.g. 0.5.",
+        ),
+    ] = None,
+    budget_ms: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Compute budget in ms per sample instead of a fraction (--budget)."),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split of a built-in data set to use.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     plot: Annotated[
@@ -305,8 +318,9 @@ def calibrate(
     Overall accuracy stays within --max-drop of the final exit (with --margin standard errors in
     reserve) while expected latency is lowest; with --delta, the drop (or the disagreement with the
     final exit) stays within --max-drop on new data with probability at least 1 - DELTA
-    (Learn-then-Test), or the exits stay off when nothing can be certified. Rewrites the manifest
-    atomically; the package_id (the weights) does not change.
+    (Learn-then-Test), or the exits stay off when nothing can be certified; with --budget (or
+    --budget-ms), accuracy is highest while expected latency stays within the budget. Rewrites the
+    manifest atomically; the package_id (the weights) does not change.
     """
     from rich.markup import escape
 
@@ -320,6 +334,12 @@ def calibrate(
 
     if against not in AGAINST:  # before the run, like everything the user typed
         raise UsageError(f"--against is {against!r}; expected one of {', '.join(AGAINST)}")
+    chosen = [flag for flag, value in (("--delta", delta), ("--budget", budget), ("--budget-ms", budget_ms))
+              if value is not None]  # fmt: skip
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} are different ways to choose thresholds; give one")
+    if budget == 0.0 or budget_ms == 0.0:
+        raise UsageError("a compute budget of 0 leaves no time to run anything; expected a budget above 0")
     require_directory(package, "calibrate it")  # before the run: a tar's manifest cannot be rewritten
     engine = Engine(package, threads=threads, backend=backend, precision=precision)
     x, y, source = load_labelled(data, split, limit, engine.package, max_length)
@@ -329,6 +349,7 @@ def calibrate(
     manifest, choice = calibrate_manifest(
         view, full, y, criterion=criterion, max_drop=max_drop, data_sha256=digest_data(x, y), margin=margin,
         delta=delta, against=against, seed=seed,
+        budget_ms=budget_ms if budget is None else budget * sum(full.segment_ms),
     )  # fmt: skip
     # `calibrate .` (or `..`) has no usable name: resolve it so the plot still lands next to the package.
     named = package if package.name not in ("", "..") else package.resolve()

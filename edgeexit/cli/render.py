@@ -69,6 +69,8 @@ def results_table(manifest: Manifest, samples: Sequence[object], results: Sequen
 def calibration_method(record: CalibrationRecord) -> str:
     """How the thresholds were chosen and what that promises, in one line."""
     found = record.guarantee
+    if record.budget_ms is not None:
+        return f"compute budget {record.budget_ms:.4g} ms per sample, most accurate within it, {record.samples} samples"
     if found is None:
         return f"max drop {100 * record.max_drop:g} pt, {record.margin:g} s.e. in reserve, {record.samples} samples"
     loss = "disagreement with the final exit" if found.against == "final" else "drop against the labels"

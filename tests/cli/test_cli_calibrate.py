@@ -379,3 +379,32 @@ def test_calibrate_refuses_an_unknown_loss_before_running(package_copy: Path, cl
     _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--delta", "0.1", "--against", "oracle"),
                  "--against is 'oracle'; expected one of final, labels")  # fmt: skip
     assert (package_copy / MANIFEST_FILE).read_bytes() == before
+
+
+def test_calibrate_with_a_budget_records_it_and_stays_within(
+    package_copy: Path, digits: LabelledData, cli: Runner, tmp_path: Path
+) -> None:
+    digits.save_npz(tmp_path / "val.npz")
+    out = _ok(cli("calibrate", "pkg", "--data", "val.npz", "--budget", "0.7", "--plot", "out.png"))
+    record = _manifest(package_copy).calibration
+    assert record is not None
+    assert record.method == "budget"
+    assert record.budget_ms is not None
+    assert record.expected_latency_ms <= record.budget_ms
+    assert f"compute budget {record.budget_ms:.4g} ms per sample" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--budget", "0.5", "--delta", "0.1"), "--delta and --budget are different ways to choose thresholds"),
+        (("--budget-ms", "0.000001"), "cannot be met: the cheapest thresholds found cost"),
+    ],
+)
+def test_calibrate_refuses_a_budget_it_cannot_use(
+    package_copy: Path, digits: LabelledData, cli: Runner, tmp_path: Path, flags: tuple[str, ...], message: str
+) -> None:
+    digits.save_npz(tmp_path / "val.npz")
+    before = (package_copy / MANIFEST_FILE).read_bytes()
+    _clean_error(cli("calibrate", "pkg", "--data", "val.npz", *flags), message)
+    assert (package_copy / MANIFEST_FILE).read_bytes() == before
