@@ -23,6 +23,11 @@ was asked for; ``unix:PATH`` for a socket).
 Metrics (``metrics_port``): Prometheus ``/metrics`` on 127.0.0.1 (``edgeexit.daemon.metrics``;
 prometheus-client, which ``[device]`` and ``[server]`` bring: a config that asks for metrics
 without it is refused with the install line).
+
+Drift (``[shadow]``): a share of the answered requests runs again at full depth in the
+background (``edgeexit.device.shadow``); the ``edgeexit_device_shadow_*`` series carry the early
+answers' disagreement with it, and a ``calibration_drift`` event says when it is surely above the
+calibration's budget (once per breach).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import grpc
 
+from edgeexit.calibration.drift import DriftReport
 from edgeexit.daemon.config import DaemonConfig, load_config
 from edgeexit.daemon.logs import event
 from edgeexit.daemon.metrics import DaemonMetrics
@@ -79,6 +85,16 @@ class DeviceDaemon:
         if self.metrics is not None:
             self.metrics.request(code, samples, seconds, results)
 
+    def _on_drift(self, report: DriftReport, alarm: bool) -> None:
+        """From the shadow thread: the metrics, and one ``calibration_drift`` event per breach."""
+        if self.metrics is not None:
+            self.metrics.drift(report)
+        if alarm:
+            event("calibration_drift", logging.WARNING, samples=report.samples,
+                  disagreement=round(report.disagreement, 4), low=round(report.low, 4), high=round(report.high, 4),
+                  eps=report.eps, exits=[{"exit": e.exit, "rate": round(e.rate, 4),
+                                          "disagreement": round(e.disagreement, 4)} for e in report.exits])  # fmt: skip
+
     def run(self) -> int:
         return asyncio.run(self._main())
 
@@ -95,7 +111,7 @@ class DeviceDaemon:
             loop.add_signal_handler(signum, on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
 
-        self.runtime = await asyncio.to_thread(Runtime, self.config)
+        self.runtime = await asyncio.to_thread(Runtime, self.config, self._on_drift)
         event("loaded", **self.runtime.describe())
         try:
             await self._start()
@@ -186,7 +202,7 @@ class DeviceDaemon:
         event("reloading", config=str(self.config_path))
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
-            fresh = await asyncio.to_thread(Runtime, config)
+            fresh = await asyncio.to_thread(Runtime, config, self._on_drift)
         except Exception as err:  # a bad config or package: say why, keep serving the old one
             reason = str(err) if isinstance(err, EdgeExitError) else f"{type(err).__name__}: {err}"
             event("reload_failed", logging.ERROR, reason=reason, generation=self._current().generation)

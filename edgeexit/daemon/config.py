@@ -27,7 +27,8 @@ from edgeexit.runtime.backends import BACKENDS, PRECISIONS
 from edgeexit.runtime.settings import EngineSettings
 from edgeexit.transport.tls import TlsSettings
 
-__all__ = ["ConfigError", "DaemonConfig", "OffloadSettings", "PolicySettings", "TlsSettings", "load_config"]
+__all__ = ["ConfigError", "DaemonConfig", "OffloadSettings", "PolicySettings", "ShadowSettings", "TlsSettings",
+           "load_config"]  # fmt: skip
 
 DEFAULT_LISTEN = "127.0.0.1:8101"
 LOG_FORMATS = ("json", "text")
@@ -42,6 +43,18 @@ DEFAULT_TIMEOUT_MS = 200.0
 
 
 @dataclass(frozen=True)
+class ShadowSettings:
+    """``[shadow]``: run ``share`` of the requests again at full depth in the background and watch
+    the early answers' disagreement with it against ``eps`` (None: the package's calibration budget,
+    its certified eps or its max drop); ``queue_size`` shadows wait at most (beyond: dropped, never
+    delaying an answer)."""
+
+    share: float
+    eps: float | None = None
+    queue_size: int = 64
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     package: Path
     listen: str = DEFAULT_LISTEN
@@ -52,6 +65,7 @@ class DaemonConfig:
     log_format: str = "json"
     log_level: str = "info"
     offload: OffloadSettings | None = None
+    shadow: ShadowSettings | None = None
     source: Path | None = None  # the file it was read from
 
     @property
@@ -114,6 +128,7 @@ def parse_config(data: dict[str, Any], *, base: Path, source: Path | None = None
         log_format=table.choice("log_format", "json", LOG_FORMATS),
         log_level=table.choice("log_level", "info", ("debug", "info", "warning", "error")),
         offload=_offload(table.sub("offload")),
+        shadow=_shadow(table.sub("shadow")),
         source=source,
     )
     table.no_extras()
@@ -157,6 +172,20 @@ def _offload(table: _Table | None) -> OffloadSettings | None:
         token_file=table.path("token_file"),
         tls=tls,
     )
+    table.no_extras()
+    return settings
+
+
+def _shadow(table: _Table | None) -> ShadowSettings | None:
+    if table is None:
+        return None
+    share = table.optional_number("share", minimum=0.0)
+    if share is None or not 0.0 < share <= 1.0:
+        raise table.wrong("share", share, "the share of requests to run again at full depth, in (0, 1], e.g. 0.02")
+    eps = table.optional_number("eps", minimum=0.0)
+    if eps is not None and not 0.0 < eps < 1.0:
+        raise table.wrong("eps", eps, "a fraction in (0, 1) (0.01 = one point)")
+    settings = ShadowSettings(share=share, eps=eps, queue_size=table.integer("queue_size", 64, minimum=1))
     table.no_extras()
     return settings
 

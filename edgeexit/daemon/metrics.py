@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeexit.calibration.drift import DriftReport
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.engine import Result
 
@@ -35,6 +36,21 @@ class DaemonMetrics:
         self.reloads = Counter("edgeexit_device_reloads", "SIGHUP reloads by outcome.", ("outcome",),
                                registry=self.registry)  # fmt: skip
         self.generation = Gauge("edgeexit_device_generation", "Generation of the live config.", registry=self.registry)
+        self.shadow_samples = Gauge("edgeexit_device_shadow_samples", "Requests run again at full depth ([shadow]).",
+                                    registry=self.registry)  # fmt: skip
+        self.shadow_disagreement = Gauge(
+            "edgeexit_device_shadow_disagreement",
+            "Share of shadow samples whose early answer differed from full depth's: the estimate and its 95% bounds.",
+            ("bound",), registry=self.registry,
+        )  # fmt: skip
+        self.shadow_exit_disagreement = Gauge(
+            "edgeexit_device_shadow_exit_disagreement", "Disagreement with full depth among the shadow samples that "
+            "left at this exit.", ("exit",), registry=self.registry,
+        )  # fmt: skip
+        self.shadow_exit_rate = Gauge("edgeexit_device_shadow_exit_rate", "Share of shadow samples leaving at this "
+                                      "exit.", ("exit",), registry=self.registry)  # fmt: skip
+        self.shadow_breached = Gauge("edgeexit_device_shadow_breached", "1 while the disagreement is surely above "
+                                     "the calibration's budget.", registry=self.registry)  # fmt: skip
         self._http: Any = None
         self._thread: Any = None
 
@@ -45,6 +61,16 @@ class DaemonMetrics:
         for r in results:
             route = "local" if r.offload is None else "fallback" if r.offload.fallback else "offloaded"
             self.samples.labels(str(r.exit), route).inc()
+
+    def drift(self, report: DriftReport) -> None:
+        """The shadow samples' report (``[shadow]``), from the shadow thread."""
+        self.shadow_samples.set(report.samples)
+        for bound, value in (("estimate", report.disagreement), ("low", report.low), ("high", report.high)):
+            self.shadow_disagreement.labels(bound).set(value)
+        for found in report.exits:
+            self.shadow_exit_disagreement.labels(str(found.exit)).set(found.disagreement)
+            self.shadow_exit_rate.labels(str(found.exit)).set(found.rate)
+        self.shadow_breached.set(1.0 if report.breached else 0.0)
 
     def start_http(self, port: int) -> int:
         from prometheus_client import start_http_server

@@ -4,7 +4,9 @@ A ``Runtime`` is what SIGHUP swaps. It owns a one-thread executor because an Eng
 OffloadRunner) is not thread-safe; ONNX Runtime releases the GIL, so the event loop keeps
 accepting calls while a request runs. Requests submitted to an old Runtime finish on it;
 ``close()`` waits for them, then closes its tail client. The runner comes from
-``edgeexit.device.factory.build_runner``, as ``edgeexit run``'s does.
+``edgeexit.device.factory.build_runner``, as ``edgeexit run``'s does. With ``[shadow]`` it also
+hands a share of the answered requests to a ``ShadowSampler`` (its own thread and full-depth
+Engine), which watches the early answers' disagreement with full depth.
 """
 
 from __future__ import annotations
@@ -13,35 +15,45 @@ import asyncio
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from edgeexit.calibration.drift import DriftReport
 from edgeexit.daemon.config import ConfigError, DaemonConfig
 from edgeexit.device.factory import DeviceRunner, build_runner
+from edgeexit.device.shadow import ShadowSampler
 from edgeexit.errors import EdgeExitError, ProfileError
+from edgeexit.manifest import Manifest
 from edgeexit.runtime.engine import Engine, Result
+
+#: Called on the shadow thread after each shadow run: the report, and whether it is a new alarm.
+DriftListener = Callable[[DriftReport, bool], None]
 
 log = logging.getLogger("edgeexit.daemon")
 _generations = itertools.count(1)
 
 
 class Runtime:
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, on_drift: DriftListener | None = None) -> None:
         self.config = config
         self.generation = next(_generations)
         self.engine = Engine.from_settings(config.package, config.engine)  # verifies every hash
         self.device: DeviceRunner = _device_runner(self.engine, config)
         self.mode = self.device.mode
         self.manifest = self.engine.manifest
+        self.shadow = _shadow(config, self.manifest, on_drift)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgeexit-infer-{self.generation}")
         self._lock = threading.Lock()
         self._closed = False
 
     def _run(self, xs: np.ndarray) -> list[Result]:
-        if xs.shape[0] == 1:
-            return [self.device.run(xs)]
-        return self.device.run_batch(xs)
+        results = [self.device.run(xs)] if xs.shape[0] == 1 else self.device.run_batch(xs)
+        if self.shadow is not None:  # after the answers exist; offer() never waits
+            for x, result in zip(xs, results, strict=True):
+                self.shadow.offer(x, result)
+        return results
 
     async def infer(self, xs: np.ndarray) -> list[Result]:
         """Run ``xs`` (a validated ``[N, ...]`` float32 batch) on this Runtime's worker thread."""
@@ -56,6 +68,8 @@ class Runtime:
             self._closed = True
         self._executor.shutdown(wait=True)
         self.device.close()
+        if self.shadow is not None:
+            self.shadow.close()
 
     def describe(self) -> dict[str, object]:
         return {
@@ -66,6 +80,20 @@ class Runtime:
             "threads": self.config.threads,
             "mode": self.mode,
         }
+
+
+def _shadow(config: DaemonConfig, manifest: Manifest, on_drift: DriftListener | None) -> ShadowSampler | None:
+    """``[shadow]``'s sampler, held to its ``eps`` or the package's calibration budget (the certified
+    eps of a Learn-then-Test calibration, else its max drop; none for an uncalibrated package)."""
+    settings = config.shadow
+    if settings is None:
+        return None
+    eps = settings.eps
+    record = manifest.calibration
+    if eps is None and record is not None:
+        eps = record.guarantee.eps if record.guarantee is not None else (record.max_drop or None)
+    return ShadowSampler(config.package, settings.share, eps=eps, queue_size=settings.queue_size,
+                         settings=config.engine, listener=on_drift)  # fmt: skip
 
 
 def _device_runner(engine: Engine, config: DaemonConfig) -> DeviceRunner:
