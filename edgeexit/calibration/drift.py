@@ -89,6 +89,12 @@ class DriftMonitor:
             self._left[exit_index] += 1
             self._agreed[exit_index] += int(early is not None and early == full)
 
+    def reset(self) -> None:
+        """Forget the counts: after the thresholds change, the early answers are another rule's."""
+        with self._lock:
+            self._left = [0] * self.num_exits
+            self._agreed = [0] * self.num_exits
+
     def report(self) -> DriftReport:
         with self._lock:
             left, agreed = list(self._left), list(self._agreed)

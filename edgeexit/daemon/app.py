@@ -27,7 +27,10 @@ without it is refused with the install line).
 Drift (``[shadow]``): a share of the answered requests runs again at full depth in the
 background (``edgeexit.device.shadow``); the ``edgeexit_device_shadow_*`` series carry the early
 answers' disagreement with it, and a ``calibration_drift`` event says when it is surely above the
-calibration's budget (once per breach).
+calibration's budget (once per breach). With ``recertify = true`` the breach re-certifies the
+thresholds from the kept shadow samples (Learn-then-Test against full depth, only tighter) and
+the inference thread serves with them from then on (``thresholds_recertified`` event). They live
+in memory: the package's manifest is not rewritten, and a reload serves its thresholds again.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from pathlib import Path
 import grpc
 
 from edgeexit.calibration.drift import DriftReport
+from edgeexit.calibration.thresholds import finite_threshold
 from edgeexit.daemon.config import DaemonConfig, load_config
 from edgeexit.daemon.logs import event
 from edgeexit.daemon.metrics import DaemonMetrics
 from edgeexit.daemon.runner import Runtime
 from edgeexit.daemon.service import DeviceService
+from edgeexit.device.shadow import Recertified
 from edgeexit.errors import EdgeExitError, ServerError
 from edgeexit.runtime.engine import Result
 
@@ -95,6 +100,16 @@ class DeviceDaemon:
                   eps=report.eps, exits=[{"exit": e.exit, "rate": round(e.rate, 4),
                                           "disagreement": round(e.disagreement, 4)} for e in report.exits])  # fmt: skip
 
+    def _on_recertified(self, found: Recertified) -> None:
+        """From the shadow thread, once the new thresholds serve: what changed and what they rest on."""
+
+        def shown(thresholds: tuple[float, ...]) -> list[float]:  # JSON has no infinity: "never" is 1e9
+            return [round(finite_threshold(t), 4) for t in thresholds[:-1]]
+
+        event("thresholds_recertified", logging.WARNING, samples=found.samples, previous=shown(found.previous),
+              thresholds=shown(found.thresholds), certified=found.guarantee.certified, eps=found.guarantee.eps,
+              delta=found.guarantee.delta, bound=round(found.guarantee.bound, 4))  # fmt: skip
+
     def run(self) -> int:
         return asyncio.run(self._main())
 
@@ -111,7 +126,7 @@ class DeviceDaemon:
             loop.add_signal_handler(signum, on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
 
-        self.runtime = await asyncio.to_thread(Runtime, self.config, self._on_drift)
+        self.runtime = await asyncio.to_thread(Runtime, self.config, self._on_drift, self._on_recertified)
         event("loaded", **self.runtime.describe())
         try:
             await self._start()
@@ -202,7 +217,7 @@ class DeviceDaemon:
         event("reloading", config=str(self.config_path))
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
-            fresh = await asyncio.to_thread(Runtime, config, self._on_drift)
+            fresh = await asyncio.to_thread(Runtime, config, self._on_drift, self._on_recertified)
         except Exception as err:  # a bad config or package: say why, keep serving the old one
             reason = str(err) if isinstance(err, EdgeExitError) else f"{type(err).__name__}: {err}"
             event("reload_failed", logging.ERROR, reason=reason, generation=self._current().generation)

@@ -47,11 +47,16 @@ class ShadowSettings:
     """``[shadow]``: run ``share`` of the requests again at full depth in the background and watch
     the early answers' disagreement with it against ``eps`` (None: the package's calibration budget,
     its certified eps or its max drop); ``queue_size`` shadows wait at most (beyond: dropped, never
-    delaying an answer)."""
+    delaying an answer); ``recertify``: what to do about a breach (see the field)."""
 
     share: float
     eps: float | None = None
     queue_size: int = 64
+    #: on a breach, re-certify the thresholds from the shadow samples (Learn-then-Test at ``delta``,
+    #: only tighter) and serve with them, once ``min_samples`` shadows are kept
+    recertify: bool = False
+    delta: float = 0.1
+    min_samples: int = 500
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,16 @@ def _shadow(table: _Table | None) -> ShadowSettings | None:
     eps = table.optional_number("eps", minimum=0.0)
     if eps is not None and not 0.0 < eps < 1.0:
         raise table.wrong("eps", eps, "a fraction in (0, 1) (0.01 = one point)")
-    settings = ShadowSettings(share=share, eps=eps, queue_size=table.integer("queue_size", 64, minimum=1))
+    delta = table.number("delta", 0.1, minimum=0.0)
+    if not 0.0 < delta < 1.0:
+        raise table.wrong("delta", delta, "a probability in (0, 1), e.g. 0.1")
+    recertify = table._get("recertify")
+    if recertify is not None and not isinstance(recertify, bool):
+        raise table.wrong("recertify", recertify, "true or false")
+    settings = ShadowSettings(
+        share=share, eps=eps, queue_size=table.integer("queue_size", 64, minimum=1), recertify=bool(recertify),
+        delta=delta, min_samples=table.integer("min_samples", 500, minimum=1),
+    )  # fmt: skip
     table.no_extras()
     return settings
 

@@ -23,7 +23,7 @@ import numpy as np
 from edgeexit.calibration.drift import DriftReport
 from edgeexit.daemon.config import ConfigError, DaemonConfig
 from edgeexit.device.factory import DeviceRunner, build_runner
-from edgeexit.device.shadow import ShadowSampler
+from edgeexit.device.shadow import Recertified, ShadowSampler, apply_thresholds
 from edgeexit.errors import EdgeExitError, ProfileError
 from edgeexit.manifest import Manifest
 from edgeexit.runtime.engine import Engine, Result
@@ -36,14 +36,17 @@ _generations = itertools.count(1)
 
 
 class Runtime:
-    def __init__(self, config: DaemonConfig, on_drift: DriftListener | None = None) -> None:
+    def __init__(self, config: DaemonConfig, on_drift: DriftListener | None = None,
+                 on_recertified: Callable[[Recertified], None] | None = None) -> None:  # fmt: skip
         self.config = config
         self.generation = next(_generations)
         self.engine = Engine.from_settings(config.package, config.engine)  # verifies every hash
         self.device: DeviceRunner = _device_runner(self.engine, config)
         self.mode = self.device.mode
         self.manifest = self.engine.manifest
-        self.shadow = _shadow(config, self.manifest, on_drift)
+        self._on_drift = on_drift
+        self._on_recertified = on_recertified
+        self.shadow = _shadow(config, self.manifest, self._drift if config.shadow is not None else None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgeexit-infer-{self.generation}")
         self._lock = threading.Lock()
         self._closed = False
@@ -54,6 +57,26 @@ class Runtime:
             for x, result in zip(xs, results, strict=True):
                 self.shadow.offer(x, result)
         return results
+
+    def _drift(self, report: DriftReport, alarm: bool) -> None:
+        """On the shadow thread: pass the report on; on a breach with ``recertify``, choose tighter
+        thresholds from the shadow samples and have the inference thread serve with them."""
+        if self._on_drift is not None:
+            self._on_drift(report, alarm)
+        settings, shadow = self.config.shadow, self.shadow
+        if settings is None or shadow is None or not settings.recertify or not report.breached:
+            return
+        if shadow.kept < settings.min_samples:
+            return  # too few to certify anything yet; the breach stays on and is looked at again
+        current = [rule.threshold for rule in self.engine.rules]
+        found = shadow.recertify(current, settings.delta, report.eps)
+        with self._lock:
+            if self._closed:
+                return
+            self._executor.submit(apply_thresholds, self.engine, found.thresholds).result()
+        shadow.restart()  # the early answers from now on are the new thresholds'
+        if self._on_recertified is not None:
+            self._on_recertified(found)
 
     async def infer(self, xs: np.ndarray) -> list[Result]:
         """Run ``xs`` (a validated ``[N, ...]`` float32 batch) on this Runtime's worker thread."""

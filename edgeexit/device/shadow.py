@@ -1,5 +1,9 @@
 """Shadow full-depth runs of live requests, in the background, feeding a ``DriftMonitor``.
 
+``recertify`` chooses new thresholds from the shadow samples by the calibration's own guarantee
+(Learn-then-Test against full depth's answers: no labels needed), only ever tighter unless told;
+``apply_thresholds`` puts them into a serving Engine.
+
 The answer a caller gets never waits for this: ``offer`` hands a share of the requests (their
 input and the early answer) to a bounded queue and returns at once; a worker thread with its own
 full-depth Engine (an Engine is one per thread) runs them and records, per exit, whether the early
@@ -10,21 +14,61 @@ has no time to spare for checking.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeexit.calibration.drift import DriftMonitor, DriftReport
+from edgeexit.calibration.risk_control import certify_thresholds
+from edgeexit.calibration.scores import exit_scores
 from edgeexit.errors import UsageError
+from edgeexit.manifest import RiskGuarantee
 from edgeexit.runtime.engine import Engine, Result
+from edgeexit.runtime.results import FullDepth
 from edgeexit.runtime.settings import EngineSettings
 
 log = logging.getLogger("edgeexit.device")
+
+
+@dataclass(frozen=True)
+class Recertified:
+    """Thresholds re-certified from shadow samples (``ShadowSampler.recertify``), with the guarantee
+    they rest on, how many samples, and the thresholds they replace."""
+
+    thresholds: tuple[float, ...]
+    guarantee: RiskGuarantee
+    samples: int
+    previous: tuple[float, ...]
+
+    @property
+    def tightened(self) -> bool:
+        return any(new > old for new, old in zip(self.thresholds, self.previous, strict=True))
+
+
+def apply_thresholds(engine: Engine, thresholds: Sequence[float]) -> None:
+    """Put ``thresholds`` (one per exit; the final exit's is kept) into ``engine``'s exit rules. Call
+    it on the engine's own thread (an Engine is one per thread)."""
+    rules = engine.rules
+    if len(thresholds) != len(rules):
+        raise UsageError(f"got {len(thresholds)} thresholds; the engine has {len(rules)} exits")
+    engine.rules = tuple(
+        rule if rule.final else dataclasses.replace(rule, threshold=float(t))
+        for rule, t in zip(rules, thresholds, strict=True)
+    )
+
+
+def _exit_costs(engine: Engine, segment_ms: Sequence[float]) -> np.ndarray:
+    """Per exit, the time of the segments since the previous exit (what ``certify_thresholds`` weighs)."""
+    cumulative = np.cumsum(np.asarray(segment_ms, dtype=np.float64))
+    at_exit = np.array([cumulative[spec.segment] for spec in engine.exits])
+    return np.diff(at_exit, prepend=0.0)
 
 
 class ShadowSampler:
@@ -39,7 +83,7 @@ class ShadowSampler:
 
     def __init__(self, package: str | Path, share: float, *, monitor: DriftMonitor | None = None,
                  eps: float | None = None, queue_size: int = 64, seed: int = 0,
-                 settings: EngineSettings | None = None,
+                 settings: EngineSettings | None = None, keep: int = 2000,
                  listener: Callable[[DriftReport, bool], None] | None = None) -> None:  # fmt: skip
         if not 0.0 < share <= 1.0:
             raise UsageError(f"the shadow share is {share}; expected a fraction in (0, 1], e.g. 0.02")
@@ -56,6 +100,12 @@ class ShadowSampler:
         self._worker = threading.Thread(target=self._work, name="edgeexit-shadow", daemon=True)
         self._breached = False
         self._listener = listener
+        #: the last ``keep`` shadow samples' outputs at every exit, for ``recertify``
+        self._kept: collections.deque[tuple[tuple[np.ndarray | None, ...], tuple[np.ndarray, ...]]] = collections.deque(
+            maxlen=keep
+        )
+        self._lock = threading.Lock()
+        self._costs: np.ndarray | None = None
         self._worker.start()
 
     def offer(self, x: np.ndarray, result: Result) -> bool:
@@ -72,6 +122,53 @@ class ShadowSampler:
     def report(self) -> DriftReport:
         return self.monitor.report()
 
+    def restart(self) -> None:
+        """Start watching afresh (new thresholds): the monitor's counts and the alarm's state; the
+        kept samples stay (their outputs at every exit do not depend on the thresholds)."""
+        self.monitor.reset()
+        self._breached = False
+
+    @property
+    def kept(self) -> int:
+        """Shadow samples held for ``recertify`` (the last ``keep``)."""
+        with self._lock:
+            return len(self._kept)
+
+    def recertify(self, current: Sequence[float], delta: float, eps: float | None = None, *,
+                  loosen: bool = False, seed: int = 0) -> Recertified:  # fmt: skip
+        """Thresholds certified by Learn-then-Test (``risk_control``, loss: disagreement with full
+        depth, so no labels) on the kept shadow samples: on data like them, the disagreement exceeds
+        ``eps`` (default: the monitor's) with probability at most ``delta``. Only ever tighter than
+        ``current`` (the serving thresholds, one per exit) unless ``loosen``: the device's data may be
+        a passing shift, and loosening is for an operator who decided it is not. Nothing certified at
+        this many samples: full depth."""
+        eps = self.monitor.eps if eps is None else eps
+        if eps is None:
+            raise UsageError("re-certifying needs a budget: pass eps, or give the monitor one")
+        with self._lock:
+            kept = list(self._kept)
+        if not kept:
+            raise UsageError("no shadow samples yet: nothing to re-certify from")
+        exits = self.engine.exits
+        if len(current) != len(exits):
+            raise UsageError(f"got {len(current)} current thresholds; the package has {len(exits)} exits")
+        logits = tuple(
+            None if kept[0][0][k] is None else np.concatenate([row[0][k] for row in kept]) for k in range(len(exits))
+        )
+        similarity = tuple(np.concatenate([row[1][k] for row in kept]) for k in range(len(exits)))
+        full = FullDepth(logits=logits, similarity=similarity, segment_ms=(0.0,) * len(self.engine.segments))
+        scores = exit_scores([spec.criterion for spec in exits], full, [spec.temperature for spec in exits])
+        predictions = np.stack([np.full(len(kept), -1) if z is None else z.argmax(axis=-1) for z in full.logits])
+        agrees = predictions == predictions[-1]
+        costs = self._costs if self._costs is not None else np.ones(len(exits))
+        choice, guarantee = certify_thresholds(scores, agrees, costs, eps, delta, predictions=predictions,
+                                               against="final", seed=seed)  # fmt: skip
+        found = list(choice.thresholds)
+        if not loosen:
+            found = [max(new, old) for new, old in zip(found, current, strict=True)]
+        found[-1] = float(current[-1])  # the final exit always answers
+        return Recertified(tuple(found), guarantee, len(kept), tuple(float(t) for t in current))
+
     def drain(self) -> None:
         """Wait until every queued request was shadowed (tests, and a report at shutdown)."""
         self._queue.join()
@@ -83,8 +180,14 @@ class ShadowSampler:
                 if item is None:
                     return
                 x, early = item
-                full = self.engine.run(x)
-                self.monitor.observe(early.exit, early.prediction, full.prediction)
+                # every exit's outputs (kept for re-certification); the first shadow also times the segments
+                full = self.engine.run_full(x[None], timing_samples=0 if self._costs is not None else 1)
+                if self._costs is None:
+                    self._costs = _exit_costs(self.engine, full.segment_ms)
+                with self._lock:
+                    self._kept.append((full.logits, full.similarity))
+                final = full.logits[-1]
+                self.monitor.observe(early.exit, early.prediction, None if final is None else int(final[0].argmax()))
                 self._check()
             except Exception:  # a shadow run must never take the device down with it
                 log.exception("shadow full-depth run failed; the request was answered and is not counted")

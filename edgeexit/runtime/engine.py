@@ -258,18 +258,19 @@ class Engine:
     # ---------------------------------------------------------------- measuring
 
     def run_full(self, xs: Inputs, *, batch_size: int = 256, timing_samples: int = 64) -> FullDepth:
-        """Every exit's outputs for every sample, plus batch-1 segment latencies on a few of them."""
+        """Every exit's outputs for every sample, plus batch-1 segment latencies on ``timing_samples``
+        of them (0: none, the latencies all 0)."""
         batch, context = self._inputs.inputs(xs, batched=True)
         chunks = (
             (batch[start : start + batch_size], context_rows(context, start, start + batch_size))
             for start in range(0, batch.shape[0], batch_size)
         )
         logits, similarity = full_depth_outputs(self.segments, self.exits, chunks)
-        return FullDepth(
-            logits=logits,
-            similarity=similarity,
-            segment_ms=self._walker.segment_latency(batch[:timing_samples], context_rows(context, 0, timing_samples)),
-        )
+        if timing_samples <= 0:  # outputs only (a shadow run): no timing pass
+            segment_ms: tuple[float, ...] = (0.0,) * len(self.segments)
+        else:
+            segment_ms = self._walker.segment_latency(batch[:timing_samples], context_rows(context, 0, timing_samples))
+        return FullDepth(logits=logits, similarity=similarity, segment_ms=segment_ms)
 
     def segment_latency(self, xs: Inputs, warmup: int = 3) -> tuple[float, ...]:
         """Mean batch-1 latency of each segment in ms, through the bound chain when there is one."""

@@ -57,6 +57,29 @@ def test_shifted_inputs_raise_the_drift_alarm(kit, start_daemon, calibrated: Pat
     assert len(daemon.events("calibration_drift")) == 1  # once per breach, not once per sample
 
 
+def test_a_breach_recertifies_and_the_daemon_serves_with_the_tighter_thresholds(
+    kit, start_daemon, calibrated: Path, digits: LabelledData, tmp_path: Path
+) -> None:
+    shadow = "[shadow]\nshare = 1.0\nqueue_size = 2000\nrecertify = true\ndelta = 0.1\nmin_samples = 300\n"
+    daemon = start_daemon(kit.write_config(tmp_path / "device.toml", calibrated, "127.0.0.1:0", extra=shadow))
+    noisy = np.ascontiguousarray(digits.x + np.random.default_rng(2).normal(0.0, 0.5, digits.x.shape), np.float32)
+    with kit.client(daemon.address) as stub:
+        first = []
+        for start in range(0, 400, 16):
+            first += kit.output(stub.ModelInfer(kit.infer_request(noisy[start : start + 16])), "exit").tolist()
+        found = daemon.wait_event("thresholds_recertified")
+        if found["certified"]:  # some early exits certified on the shifted data
+            assert found["bound"] <= 0.02
+        else:  # too few shadows to certify any: full depth ("never" is 1e9 in JSON)
+            assert found["thresholds"] == [1e9] * len(found["thresholds"])
+        assert all(new >= old for new, old in zip(found["thresholds"], found["previous"], strict=True))
+        later = []
+        for start in range(400, 800, 16):
+            later += kit.output(stub.ModelInfer(kit.infer_request(noisy[start : start + 16])), "exit").tolist()
+    # the shifted inputs left early under the old thresholds, and go deeper under the certified ones
+    assert np.mean(later) > np.mean(first) + 0.5
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -64,6 +87,8 @@ def test_shifted_inputs_raise_the_drift_alarm(kit, start_daemon, calibrated: Pat
         ("[shadow]\nshare = 2.0\n", "in (0, 1]"),
         ("[shadow]\nshare = 0.1\neps = 1.5\n", "shadow.eps is 1.5"),
         ("[shadow]\nshare = 0.1\nkeep = 3\n", "shadow.keep"),
+        ("[shadow]\nshare = 0.1\nrecertify = 1\n", "shadow.recertify is 1"),
+        ("[shadow]\nshare = 0.1\ndelta = 1.0\n", "shadow.delta is 1.0"),
     ],
 )
 def test_a_bad_shadow_table_names_the_key(table: str, message: str, tmp_path: Path) -> None:
@@ -79,3 +104,4 @@ def test_a_shadow_table_is_read(tmp_path: Path) -> None:
     config = parse_config(tomllib.loads('package = "p"\n[shadow]\nshare = 0.05\n'), base=tmp_path)
     assert config.shadow is not None
     assert (config.shadow.share, config.shadow.eps, config.shadow.queue_size) == (0.05, None, 64)
+    assert (config.shadow.recertify, config.shadow.delta, config.shadow.min_samples) == (False, 0.1, 500)

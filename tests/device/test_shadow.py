@@ -1,5 +1,5 @@
-"""Shadow full-depth runs: the device notices when its calibration stops holding (issue 15 point 5's
-first part: the monitor and the background sampler; real engines on the digits package)."""
+"""Shadow full-depth runs: the device notices when its calibration stops holding, and re-certifies
+its thresholds from what it saw (issue 15 point 5; real engines on the digits package)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from edgeexit.calibration import calibrate_manifest, digest_data
 from edgeexit.calibration.drift import DriftMonitor, wilson_interval
 from edgeexit.data import LabelledData
-from edgeexit.device.shadow import ShadowSampler
+from edgeexit.device.shadow import ShadowSampler, apply_thresholds
 from edgeexit.errors import EdgeExitError
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine
@@ -92,3 +92,32 @@ def test_the_monitor_counts_per_exit_with_wilson_intervals() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(EdgeExitError, match="not one of the monitor's 3 exits"):
         monitor.observe(3, 1, 1)
+
+
+def test_recertified_thresholds_hold_on_the_shifted_data(calibrated: Path, digits: LabelledData) -> None:
+    """The alarm fires on noisy digits; thresholds re-certified from the shadow samples of one half
+    (Learn-then-Test against full depth, delta 0.1) keep the disagreement within the budget on the
+    other half, and are never looser than the ones they replace."""
+    noisy = digits.x + np.random.default_rng(1).normal(0.0, 0.5, digits.x.shape).astype(np.float32)
+    seen, unseen = noisy[: len(noisy) // 2], noisy[len(noisy) // 2 :]
+    engine = Engine(calibrated, cache_dir=None)
+    with ShadowSampler(calibrated, 1.0, eps=BUDGET, queue_size=len(seen)) as shadow:
+        for x in seen:
+            shadow.offer(x, engine.run(x))
+        shadow.drain()
+        assert shadow.report().breached
+        assert shadow.kept == len(seen)
+        current = [rule.threshold for rule in engine.rules]
+        found = shadow.recertify(current, delta=0.1)
+    assert found.samples == len(seen)
+    assert found.guarantee.eps == BUDGET
+    assert found.guarantee.against == "final"
+    assert all(new >= old for new, old in zip(found.thresholds, current, strict=True))  # only tighter
+    assert found.tightened
+    apply_thresholds(engine, found.thresholds)
+    assert [rule.threshold for rule in engine.rules] == list(found.thresholds)
+    deep = Engine(calibrated, cache_dir=None, threshold=float("inf"))
+    early = [engine.run(x).prediction for x in unseen]
+    full = [deep.run(x).prediction for x in unseen]
+    disagreement = float(np.mean(np.array(early) != np.array(full)))
+    assert disagreement <= BUDGET, disagreement
