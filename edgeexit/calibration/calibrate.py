@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,7 +71,7 @@ def check_labels(labels: object, samples: int, num_classes: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _exit_costs(manifest: Manifest, segment_ms: tuple[float, ...]) -> np.ndarray:
+def exit_costs(manifest: Manifest, segment_ms: Sequence[float]) -> np.ndarray:
     """Per exit, the time of the segments between the previous exit and this one."""
     if len(segment_ms) != len(manifest.segments):
         raise UsageError(
@@ -142,7 +142,7 @@ def calibrate_manifest(
             correct[k] = logits.argmax(axis=-1) == y
         if logits is None and wanted[k] != "similarity" and not exits[k].final:
             scores[k] = -np.inf  # no candidate threshold: this exit never fires
-    costs = _exit_costs(manifest, full.segment_ms)
+    costs = exit_costs(manifest, full.segment_ms)
     guarantee = None
     if budget_ms is not None and delta is not None:
         raise UsageError("a compute budget and a certified drop (delta) are two ways to choose thresholds; give one")
@@ -217,6 +217,6 @@ def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple
     for k, logits in enumerate(full.logits):
         if logits is not None:
             correct[k] = logits.argmax(axis=-1) == y
-    costs = _exit_costs(manifest, full.segment_ms)
+    costs = exit_costs(manifest, full.segment_ms)
     thresholds = [-np.inf if spec.final else spec.threshold for spec in manifest.exits]
     return pareto_curve(scores, correct, costs), simulate(scores, correct, costs, thresholds)

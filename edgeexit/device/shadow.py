@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeexit.calibration.calibrate import exit_costs
 from edgeexit.calibration.drift import DriftMonitor, DriftReport
 from edgeexit.calibration.risk_control import certify_thresholds
 from edgeexit.calibration.scores import exit_scores
@@ -62,13 +63,6 @@ def apply_thresholds(engine: Engine, thresholds: Sequence[float]) -> None:
         rule if rule.final else dataclasses.replace(rule, threshold=float(t))
         for rule, t in zip(rules, thresholds, strict=True)
     )
-
-
-def _exit_costs(engine: Engine, segment_ms: Sequence[float]) -> np.ndarray:
-    """Per exit, the time of the segments since the previous exit (what ``certify_thresholds`` weighs)."""
-    cumulative = np.cumsum(np.asarray(segment_ms, dtype=np.float64))
-    at_exit = np.array([cumulative[spec.segment] for spec in engine.exits])
-    return np.diff(at_exit, prepend=0.0)
 
 
 class ShadowSampler:
@@ -183,7 +177,8 @@ class ShadowSampler:
                 # every exit's outputs (kept for re-certification); the first shadow also times the segments
                 full = self.engine.run_full(x[None], timing_samples=0 if self._costs is not None else 1)
                 if self._costs is None:
-                    self._costs = _exit_costs(self.engine, full.segment_ms)
+                    view = dataclasses.replace(self.engine.manifest, exits=self.engine.exits)  # a variant's own
+                    self._costs = exit_costs(view, full.segment_ms)
                 with self._lock:
                     self._kept.append((full.logits, full.similarity))
                 final = full.logits[-1]
