@@ -83,6 +83,7 @@ class ShadowSampler:
             raise UsageError(f"the shadow share is {share}; expected a fraction in (0, 1], e.g. 0.02")
         # the serving engine's backend, precision and threads, at full depth
         full_depth = dataclasses.replace(settings or EngineSettings(), threshold=float("inf"), criterion=None)
+        self._criterion = settings.criterion if settings is not None else None
         self.engine = Engine.from_settings(package, full_depth)
         self.monitor = monitor or DriftMonitor(self.engine.num_exits, eps)
         self.share = share
@@ -151,7 +152,9 @@ class ShadowSampler:
         )
         similarity = tuple(np.concatenate([row[1][k] for row in kept]) for k in range(len(exits)))
         full = FullDepth(logits=logits, similarity=similarity, segment_ms=(0.0,) * len(self.engine.segments))
-        scores = exit_scores([spec.criterion for spec in exits], full, [spec.temperature for spec in exits])
+        override = self._criterion  # the serving engine's --criterion, when it overrides the manifest's
+        names = [spec.criterion if (override is None or spec.final) else override for spec in exits]
+        scores = exit_scores(names, full, [spec.temperature for spec in exits])
         predictions = np.stack([np.full(len(kept), -1) if z is None else z.argmax(axis=-1) for z in full.logits])
         agrees = predictions == predictions[-1]
         costs = self._costs if self._costs is not None else np.ones(len(exits))
