@@ -303,6 +303,13 @@ def calibrate(
         float | None,
         typer.Option(min=0.0, help="Compute budget in ms per sample instead of a fraction (--budget)."),
     ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Segment costs from this profile.json (`edgeexit profile PKG --json`: the device's own p50 "
+            "latencies) instead of the ones timed during the calibration pass: repeatable, and the target's."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split of a built-in data set to use.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     plot: Annotated[
@@ -330,6 +337,7 @@ def calibrate(
     from edgeexit.cli.render import calibration_table
     from edgeexit.errors import UsageError
     from edgeexit.package import require_directory
+    from edgeexit.profile.record import load_profile, profiled_segment_ms
     from edgeexit.runtime.engine import Engine
 
     if against not in AGAINST:  # before the run, like everything the user typed
@@ -342,8 +350,12 @@ def calibrate(
         raise UsageError("a compute budget of 0 leaves no time to run anything; expected a budget above 0")
     require_directory(package, "calibrate it")  # before the run: a tar's manifest cannot be rewritten
     engine = Engine(package, threads=threads, backend=backend, precision=precision)
+    # a profile of another package is refused before the pass over the data
+    profiled = None if profile is None else profiled_segment_ms(load_profile(profile), engine.manifest)
     x, y, source = load_labelled(data, split, limit, engine.package, max_length)
     full = engine.run_full(x)
+    if profiled is not None:  # the device's own segment costs: what the budget and the ranking weigh
+        full = dataclasses.replace(full, segment_ms=profiled)
     # A variant (int8, tflite) is calibrated on its own outputs, into its own exits.
     view = dataclasses.replace(engine.manifest, exits=engine.exits)
     manifest, choice = calibrate_manifest(

@@ -202,6 +202,21 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     return Profile.from_json(text, source=str(file))
 
 
+def profiled_segment_ms(profile: Profile, manifest: Manifest) -> tuple[float, ...]:
+    """Each segment's p50 batch-1 latency from ``profile``, which must have been measured on this
+    package (its ``package_id``): a profile of other weights times other graphs."""
+    if profile.package_id != manifest.package_id:
+        raise ProfileError(
+            f"the profile was measured on package {profile.package_id} ({profile.model_name}); this package is "
+            f"{manifest.package_id}: profile it with `edgeexit profile PACKAGE --json profile.json`"
+        )
+    if len(profile.segments) != len(manifest.segments):
+        raise ProfileError(
+            f"the profile times {len(profile.segments)} segments; the package has {len(manifest.segments)}"
+        )
+    return tuple(float(segment.latency_p50_ms) for segment in profile.segments)
+
+
 def cost_radio(radio: str | RadioPreset | RadioModel) -> RadioModel:
     """A radio preset (``wifi``, ``lte``, by name or as it is) as the policy's ``RadioModel``."""
     if isinstance(radio, RadioModel):

@@ -408,3 +408,22 @@ def test_calibrate_refuses_a_budget_it_cannot_use(
     before = (package_copy / MANIFEST_FILE).read_bytes()
     _clean_error(cli("calibrate", "pkg", "--data", "val.npz", *flags), message)
     assert (package_copy / MANIFEST_FILE).read_bytes() == before
+
+
+def test_calibrate_takes_the_segment_costs_from_a_profile_of_this_package(
+    package_copy: Path, digits: LabelledData, cli: Runner, tmp_path: Path
+) -> None:
+    digits.save_npz(tmp_path / "val.npz")
+    _ok(cli("profile", "pkg", "--runs", "5", "--warmup", "1", "--json", "prof.json"))
+    profile = json.loads((tmp_path / "prof.json").read_text())
+    p50 = [segment["latency_p50_ms"] for segment in profile["segments"]]
+    _ok(cli("calibrate", "pkg", "--data", "val.npz", "--budget", "0.6", "--profile", "prof.json", "--plot", "o.png"))
+    record = _manifest(package_copy).calibration
+    assert record is not None
+    assert record.budget_ms == pytest.approx(0.6 * sum(p50))  # the profile's times, not the pass's
+    profile["package_id"] = "0" * 32  # a profile of other weights
+    (tmp_path / "other.json").write_text(json.dumps(profile))
+    before = (package_copy / MANIFEST_FILE).read_bytes()
+    _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--profile", "other.json"),
+                 "the profile was measured on package 00000000000000000000000000000000")  # fmt: skip
+    assert (package_copy / MANIFEST_FILE).read_bytes() == before
