@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.calibration import calibrate_manifest, exit_index, exit_scores
+from edgeexit.calibration.risk_control import exit_predictions
 from edgeexit.data import builtin_images
 from edgeexit.runtime import Engine
 from edgeexit.runtime.results import FullDepth
@@ -85,7 +86,7 @@ def main() -> None:
             scores = exit_scores([s.criterion for s in chosen.exits], unseen, [s.temperature for s in chosen.exits])
             thresholds = [-math.inf if s.final else s.threshold for s in chosen.exits]
             index = exit_index(scores, thresholds)
-            predictions = np.stack([z.argmax(axis=-1) for z in unseen.logits])  # type: ignore[union-attr]
+            predictions = exit_predictions(unseen.logits, len(held))
             right = predictions == test.y[held][None, :]
             drops[name].append(float(right[-1].mean() - right[index, np.arange(len(held))].mean()))
             speedups[name].append(float(at_exit[-1] / at_exit[index].mean()))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.calibration.risk_control import certify_thresholds
+from edgeexit.calibration.risk_control import certify_thresholds, exit_predictions
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
 from edgeexit.calibration.thresholds import (
@@ -156,7 +156,7 @@ def calibrate_manifest(
     else:
         try:
             choice, guarantee = certify_thresholds(
-                scores, correct, costs, max_drop, delta, predictions=_predictions(full.logits, samples),
+                scores, correct, costs, max_drop, delta, predictions=exit_predictions(full.logits, samples),
                 against=against, seed=seed, candidates=candidates,
             )  # fmt: skip
         except ValueError as err:
@@ -201,11 +201,6 @@ def calibrate_manifest(
         exits=tuple(records),
     )
     return manifest.with_exits(tuple(new_exits), record), choice
-
-
-def _predictions(logits: list[np.ndarray | None] | tuple[np.ndarray | None, ...], samples: int) -> np.ndarray:
-    """(E, N) the class each exit answers; -1 where an exit has no classifier (it never agrees)."""
-    return np.stack([np.full(samples, -1) if z is None else z.argmax(axis=-1) for z in logits])
 
 
 def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:

@@ -109,6 +109,11 @@ def upper_bound(loss: float, n: int, delta: float) -> float:
     return hi
 
 
+def exit_predictions(logits: Sequence[np.ndarray | None], samples: int) -> np.ndarray:
+    """(E, N) the class each exit answers; -1 where an exit has no classifier (it never agrees)."""
+    return np.stack([np.full(samples, -1) if z is None else z.argmax(axis=-1) for z in logits])
+
+
 def losses(correct: np.ndarray, predictions: np.ndarray | None, against: str) -> np.ndarray:
     """(E, N) bool: the loss of answering at exit k, per sample (the final row is all False).
 

@@ -45,7 +45,7 @@ from edgeexit.errors import OffloadError, UsageError
 from edgeexit.manifest import TailSpec
 from edgeexit.policy import BatteryState, Decision, LinkEstimate, LinkEstimator, Policy, SplitPolicy, read_battery
 from edgeexit.policy.costs import static_split
-from edgeexit.policy.feedback import LatencyFeedback
+from edgeexit.policy.feedback import SCALE_STEP, LatencyFeedback
 from edgeexit.repository import DEFAULT_MAX_BATCH
 from edgeexit.runtime.engine import Engine, Pending, Result
 from edgeexit.runtime.results import replaced
@@ -151,7 +151,8 @@ class PolicyRunner:
                 # estimate) is not what the model prices, and counting it read local at 2x its model
                 self.feedback.observe((time.perf_counter() - start) * 1e3, modelled_ms)
                 scale = self.feedback.scale
-                if abs(math.log(scale / self.policy.latency_scale)) >= self.feedback.step:  # moved: plan anew
+                moved = abs(math.log(scale / self.policy.latency_scale))
+                if moved >= SCALE_STEP and moved >= self.feedback.step:  # moved beyond its noise: plan anew
                     self.policy.latency_scale = scale
             return result
         decisions: list[Decision] = []

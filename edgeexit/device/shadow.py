@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeexit.calibration.calibrate import exit_costs
 from edgeexit.calibration.drift import DriftMonitor, DriftReport
-from edgeexit.calibration.risk_control import certify_thresholds
+from edgeexit.calibration.risk_control import certify_thresholds, exit_predictions
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.errors import UsageError
 from edgeexit.manifest import RiskGuarantee
@@ -155,7 +155,7 @@ class ShadowSampler:
         override = self._criterion  # the serving engine's --criterion, when it overrides the manifest's
         names = [spec.criterion if (override is None or spec.final) else override for spec in exits]
         scores = exit_scores(names, full, [spec.temperature for spec in exits])
-        predictions = np.stack([np.full(len(kept), -1) if z is None else z.argmax(axis=-1) for z in full.logits])
+        predictions = exit_predictions(full.logits, len(kept))
         agrees = predictions == predictions[-1]
         costs = self._costs if self._costs is not None else np.ones(len(exits))
         choice, guarantee = certify_thresholds(scores, agrees, costs, eps, delta, predictions=predictions,

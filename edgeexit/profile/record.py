@@ -205,16 +205,22 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
 def profiled_segment_ms(profile: Profile, manifest: Manifest) -> tuple[float, ...]:
     """Each segment's p50 batch-1 latency from ``profile``, which must have been measured on this
     package (its ``package_id``): a profile of other weights times other graphs."""
+    check_profile_matches(profile, manifest)
+    return tuple(float(segment.latency_p50_ms) for segment in profile.segments)
+
+
+def check_profile_matches(profile: Profile, manifest: Manifest) -> None:
+    """A ProfileError unless ``profile`` was measured on this package (its ``package_id`` and
+    segment count): a profile of other weights times other graphs."""
     if profile.package_id != manifest.package_id:
         raise ProfileError(
-            f"the profile was measured on package {profile.package_id} ({profile.model_name}); this package is "
-            f"{manifest.package_id}: profile it with `edgeexit profile PACKAGE --json profile.json`"
+            f"the profile was measured on package {profile.package_id}, not {manifest.package_id} "
+            f"({manifest.model_name}); profile this package with `edgeexit profile`"
         )
     if len(profile.segments) != len(manifest.segments):
         raise ProfileError(
-            f"the profile times {len(profile.segments)} segments; the package has {len(manifest.segments)}"
+            f"the profile has {len(profile.segments)} segments; the package has {len(manifest.segments)}"
         )
-    return tuple(float(segment.latency_p50_ms) for segment in profile.segments)
 
 
 def cost_radio(radio: str | RadioPreset | RadioModel) -> RadioModel:
@@ -256,15 +262,7 @@ def device_costs(
     preset. Offloading is possible only at boundaries with a tail for ``codec``; a tail whose
     manifest entry lacks ``encoded_bytes`` takes the size this profile measured.
     """
-    if profile.package_id != manifest.package_id:
-        raise ProfileError(
-            f"the profile was measured on package {profile.package_id}, not {manifest.package_id} "
-            f"({manifest.model_name}); profile this package with `edgeexit profile`"
-        )
-    if len(profile.segments) != len(manifest.segments):
-        raise ProfileError(
-            f"the profile has {len(profile.segments)} segments; the package has {len(manifest.segments)}"
-        )
+    check_profile_matches(profile, manifest)
     if idle_w is None:
         try:
             idle_w = get_preset(profile.device_preset).idle_w

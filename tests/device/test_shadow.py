@@ -22,15 +22,18 @@ BUDGET = 0.02
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory, digits_package: Path, digits: LabelledData) -> Path:
-    """The digits package calibrated for at most 2 points below the final exit."""
+    """The digits package with thresholds certified for at most 2% disagreement with its final exit
+    (Learn-then-Test, delta 0.1): the budget the monitor holds it to is the one it was certified for
+    (with the margin method, which bounds the accuracy drop instead, the clean disagreement sat at
+    1.7% against the 2% alarm, a few tenths from a false alarm on another CPU's training)."""
     import shutil
 
     target = tmp_path_factory.mktemp("shadow") / "pkg"
     shutil.copytree(digits_package, target)
     package = open_package(target)
     full = Engine(package, cache_dir=None).run_full(digits.x)
-    manifest, _ = calibrate_manifest(package.manifest, full, digits.y, criterion=None, max_drop=BUDGET,
-                                     data_sha256=digest_data(digits.x, digits.y))  # fmt: skip
+    manifest, _ = calibrate_manifest(package.manifest, full, digits.y, criterion=None, max_drop=BUDGET, delta=0.1,
+                                     against="final", data_sha256=digest_data(digits.x, digits.y))  # fmt: skip
     package.save_manifest(manifest)
     return target
 
