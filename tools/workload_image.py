@@ -35,8 +35,12 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgeexit.data import LabelledData
 
 QUICK = {"resolution": 32, "epochs": 1, "limit": 600, "distill_epochs": 3, "bn_momentum": 0.1}
 QUICK_TEST = 300
@@ -233,7 +237,8 @@ def _compare(label: str, engines: dict, test, threads: int, rounds: int) -> dict
     return rows
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This tool's arguments; ``tools/frame_data.py`` parses a run's with it, to rebuild its data split."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 images, 32px, 1 epoch, 300 test")
     parser.add_argument("--out", type=Path, help="run directory (default: a new temporary one)")
@@ -280,16 +285,33 @@ def main() -> None:
         metavar="RES:SCHEME:INIT",
         help="only train and compare these (e.g. 32:joint:pre 32:joint:scratch 64:joint:pre 32:two_stage:pre)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def images(args: argparse.Namespace) -> tuple[LabelledData, LabelledData, LabelledData]:
+    """(training images, validation split, test images) as a run with ``args`` uses them: the
+    validation split it calibrates on and the test images it measures on, in one place so that a
+    tool feeding the same images to another package (``tools/frame_data.py``) cannot drift from it."""
+    from edgeexit.compile.finetune import split_data
+    from edgeexit.data import builtin_images
+
+    data, test = builtin_images("train"), builtin_images("test")
+    test_limit = args.test_limit or (QUICK_TEST if args.quick else None)
+    if test_limit:
+        test = test.head(test_limit)
+    validation, _ = split_data(_settings(args), data)
+    return data, validation, test
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.backend_samples = args.backend_samples or (100 if args.quick else 1000)
     args.tflite = (not args.quick) if args.tflite is None else args.tflite
 
     import torch
 
-    from edgeexit.compile.finetune import split_data
     from edgeexit.compile.training import evaluate
-    from edgeexit.data import builtin_images
     from edgeexit.runtime import Engine
     from edgeexit.runtime.verify import verify_package
 
@@ -297,16 +319,12 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="workload-image-"))
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args)
-    data, test = builtin_images("train"), builtin_images("test")
-    test_limit = args.test_limit or (QUICK_TEST if args.quick else None)
-    if test_limit:
-        test = test.head(test_limit)
+    data, validation, test = images(args)
     print(f"== EfficientNet-Lite0 on {data.source}: {len(data)} train / {len(test)} test images; out {out}")
     if args.sweep:
         _sweep(args, settings, data)
         return
     model = _model(args, settings, data, out)
-    validation, _ = split_data(settings, data)
     print(_accuracy_line("    PyTorch per-exit accuracy on the test images", evaluate(model, test)))
 
     package = _export(model, out, test, args.tflite, tuple(c for c in args.codecs.split(",") if c))
