@@ -26,9 +26,11 @@ MANIFEST_FILE = "manifest.json"
 #: The names an exit's ``criterion`` may take. A plain tuple, so that validating a manifest needs
 #: no criterion code; the implementations are registered under the same names in the registry
 #: ``edgeexit.criteria.CRITERIA`` (tests/criteria checks that the two agree).
-CRITERION_NAMES = ("max_prob", "margin", "entropy", "patience", "similarity")
+CRITERION_NAMES = ("max_prob", "margin", "entropy", "patience", "similarity", "learned")
 #: Criteria whose score the exported graph computes itself (from the exit's logits).
 IN_GRAPH_CRITERIA = ("max_prob", "margin", "entropy")
+#: The criterion whose in-graph score is a trained gate fed as graph inputs (``ExitSpec.gate_inputs``).
+LEARNED_CRITERION = "learned"
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
@@ -109,6 +111,24 @@ class SegmentSpec:
 
 
 @dataclass(frozen=True)
+class ExitGate:
+    """A trained exit gate (the ``learned`` criterion, ``edgeexit.criteria.learned``): a
+    two-layer perceptron on the exit's tempered softmax that scores the probability that the
+    exit's answer agrees with the final exit's: sigmoid(relu(features @ w1 + b1) @ w2 + b2).
+
+    ``w1`` holds one row per feature (``gate_features``: four summary statistics, then the class
+    probabilities for up to 32 classes) and one column per hidden unit; the features'
+    standardization is folded into ``w1`` and ``b1``. ``samples``: the calibration samples it was
+    trained on (none of them chose or tested its threshold)."""
+
+    w1: tuple[tuple[float, ...], ...] = field(repr=False)
+    b1: tuple[float, ...] = field(repr=False)
+    w2: tuple[float, ...] = field(repr=False)
+    b2: float = field(repr=False)
+    samples: int = 0
+
+
+@dataclass(frozen=True)
 class ExitSpec:
     """An exit at the end of segment ``segment``.
 
@@ -120,7 +140,9 @@ class ExitSpec:
     the runtime rescores in numpy when ``temperature`` is not 1. ``probabilities`` names the
     output holding the same softmax (at the fed temperature) the score came from, which the
     runtime's Result reports as is. ``head`` is None for an exit without a classifier
-    (similarity only).
+    (similarity only). ``gate``: the ``learned`` criterion's trained gate (None: untrained, the
+    score is 0.5 and the exit never fires); ``gate_inputs``: the segment graph's inputs (w1, b1,
+    w2, b2) its in-graph gate takes, when it was exported with ``--criterion learned``.
     """
 
     index: int
@@ -134,6 +156,8 @@ class ExitSpec:
     final: bool = False
     temperature_input: str | None = None
     probabilities: str | None = None
+    gate: ExitGate | None = None
+    gate_inputs: tuple[str, ...] = ()
 
 
 #: "Never exit here" as a manifest stores it (JSON cannot hold inf): no criterion scores this

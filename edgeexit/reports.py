@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from edgeexit.console import table
-from edgeexit.manifest import Manifest
+from edgeexit.manifest import LEARNED_CRITERION, ExitSpec, Manifest
 from edgeexit.parity import ParityCheck
 
 
@@ -37,6 +37,17 @@ def parity_table(title: str, checks: Sequence[ParityCheck]) -> Table:
     )
 
 
+def criterion_label(spec: ExitSpec) -> str:
+    """An exit's criterion, and for a learned one whether its gate is trained (on how many
+    samples) and where it runs (in the graph, or numpy on the device)."""
+    if spec.criterion != LEARNED_CRITERION or spec.final:
+        return spec.criterion
+    if spec.gate is None:
+        return "learned (untrained: never exits)"
+    where = "in graph" if spec.gate_inputs and spec.score else "numpy"
+    return f"learned (gate of {spec.gate.samples} samples, {where})"
+
+
 def segments_table(manifest: Manifest) -> Table:
     rows = []
     for segment in manifest.segments:
@@ -52,7 +63,7 @@ def segments_table(manifest: Manifest) -> Table:
                 f"{segment.flops / 1e6:.2f}",
                 f"{segment.params:,}",
                 spec.head if spec else "-",
-                spec.criterion if spec else "-",
+                criterion_label(spec) if spec else "-",
                 f"{spec.threshold:.3f}" if spec else "-",
             )
         )
@@ -74,4 +85,4 @@ def segments_table(manifest: Manifest) -> Table:
     )
 
 
-__all__ = ["accuracy_table", "parity_table", "segments_table"]
+__all__ = ["accuracy_table", "criterion_label", "parity_table", "segments_table"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.calibration import calibrate_manifest, exit_index, exit_scores
+from edgeexit.calibration import calibrate_manifest, exit_index, manifest_scores
 from edgeexit.calibration.risk_control import exit_predictions
 from edgeexit.data import builtin_images
 from edgeexit.runtime import Engine
@@ -83,7 +83,7 @@ def main() -> None:
                                            data_sha256="", **extra)  # type: ignore[arg-type]  # fmt: skip
             guarantee = chosen.calibration.guarantee  # type: ignore[union-attr]
             certified[name] += guarantee is None or guarantee.certified
-            scores = exit_scores([s.criterion for s in chosen.exits], unseen, [s.temperature for s in chosen.exits])
+            scores = manifest_scores(chosen.exits, unseen)
             thresholds = [-math.inf if s.final else s.threshold for s in chosen.exits]
             index = exit_index(scores, thresholds)
             predictions = exit_predictions(unseen.logits, len(held))

@@ -6,7 +6,8 @@ setting whose accuracy stays within ``max_drop`` of the final exit. matplotlib i
 ``plot_pareto``.
 """
 
-from edgeexit.calibration.calibrate import calibrate_manifest, check_labels, digest_data, pareto_for
+from edgeexit.calibration.calibrate import calibrate_manifest, check_labels, digest_data, manifest_scores, pareto_for
+from edgeexit.calibration.gates import GateTraining, fit_gate
 from edgeexit.calibration.plot import plot_pareto
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
@@ -25,6 +26,7 @@ from edgeexit.calibration.thresholds import (
 __all__ = [
     "NEVER",
     "Choice",
+    "GateTraining",
     "Outcome",
     "calibrate_manifest",
     "check_labels",
@@ -34,7 +36,9 @@ __all__ = [
     "exit_index",
     "exit_scores",
     "finite_threshold",
+    "fit_gate",
     "fit_temperature",
+    "manifest_scores",
     "pareto_curve",
     "pareto_for",
     "plot_pareto",

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.calibration.risk_control import certify_thresholds, exit_predictions
+from edgeexit.calibration.gates import GateTraining, fit_gate
+from edgeexit.calibration.risk_control import certify_thresholds, exit_predictions, ordering_split
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
 from edgeexit.calibration.thresholds import (
@@ -36,7 +37,15 @@ from edgeexit.calibration.thresholds import (
     simulate,
 )
 from edgeexit.errors import DataError, UnknownNameError, UsageError
-from edgeexit.manifest import CRITERION_NAMES, CalibrationRecord, ExitCalibration, ExitSpec, Manifest
+from edgeexit.manifest import (
+    CRITERION_NAMES,
+    LEARNED_CRITERION,
+    CalibrationRecord,
+    ExitCalibration,
+    ExitGate,
+    ExitSpec,
+    Manifest,
+)
 
 if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its numpy record
     from edgeexit.runtime.engine import FullDepth
@@ -113,6 +122,12 @@ def calibrate_manifest(
     temperature (the final one too: it shapes the probabilities a Result reports); the final exit
     keeps its threshold. The record's per-exit accuracy is among the samples that left there, or,
     where none did, the exit's accuracy over all samples (what it would score if it were used).
+
+    The ``learned`` criterion trains a gate per early exit (``fit_gates``) on the share of the
+    samples Learn-then-Test orders its candidates with (``ordering_split`` by ``seed``); every
+    method then chooses (and Learn-then-Test tests) the thresholds on the other samples only. With
+    Learn-then-Test or learned gates the temperatures are fitted on that share too, so nothing a
+    test sample's loss depends on was fitted to it.
     """
     if criterion is not None and criterion not in CRITERION_NAMES:
         raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
@@ -131,11 +146,16 @@ def calibrate_manifest(
 
     wanted = [spec.criterion if (criterion is None or spec.final) else criterion for spec in exits]
     scored = ["similarity" if full.logits[k] is None else name for k, name in enumerate(wanted)]
+    learned = any(name == LEARNED_CRITERION and not spec.final for name, spec in zip(scored, exits, strict=True))
+    # Learn-then-Test and the learned gates fit nothing on the samples that test (or choose) the
+    # thresholds: the temperatures too come from the ordering share then
+    fit_on = ordering_split(samples, seed)[0] if (delta is not None or learned) and samples > 1 else slice(None)
     temperatures = [
-        fit_temperature(logits, y) if logits is not None else spec.temperature
+        fit_temperature(logits[fit_on], y[fit_on]) if logits is not None else spec.temperature
         for spec, logits in zip(exits, full.logits, strict=True)
     ]
-    scores = exit_scores(scored, full, temperatures)
+    gates = fit_gates(scored, exits, full, temperatures, seed)
+    scores = exit_scores(scored, full, temperatures, gates)
     correct = np.zeros(scores.shape, dtype=bool)
     for k, logits in enumerate(full.logits):
         if logits is not None:
@@ -144,15 +164,19 @@ def calibrate_manifest(
             scores[k] = -np.inf  # no candidate threshold: this exit never fires
     costs = exit_costs(manifest, full.segment_ms)
     guarantee = None
+    # the samples the margin and budget methods choose on: not those the gates were trained on
+    chosen_on = ordering_split(samples, seed)[1] if any(gate is not None for gate in gates) else slice(None)
     if budget_ms is not None and delta is not None:
         raise UsageError("a compute budget and a certified drop (delta) are two ways to choose thresholds; give one")
     if budget_ms is not None:
         try:
-            choice = choose_for_budget(scores, correct, costs, budget_ms, candidates)
+            choice = choose_for_budget(scores[:, chosen_on], correct[:, chosen_on], costs, budget_ms, candidates)
         except ValueError as err:
             raise UsageError(str(err)) from None
     elif delta is None:
-        choice = choose_thresholds(scores, correct, costs, max_drop, candidates, margin=margin)
+        choice = choose_thresholds(
+            scores[:, chosen_on], correct[:, chosen_on], costs, max_drop, candidates, margin=margin
+        )
     else:
         try:
             choice, guarantee = certify_thresholds(
@@ -173,6 +197,7 @@ def calibrate_manifest(
             if scored[k] != spec.criterion:  # the graph's score output computes the old criterion
                 changes["score"] = None
             changes["temperature"] = temperatures[k]
+            changes["gate"] = gates[k]
             updated = dataclasses.replace(spec, **changes)
         new_exits.append(updated)
         accuracy = choice.outcome.exit_accuracy[k]
@@ -203,11 +228,39 @@ def calibrate_manifest(
     return manifest.with_exits(tuple(new_exits), record), choice
 
 
+def manifest_scores(exits: Sequence[ExitSpec], full: FullDepth) -> np.ndarray:
+    """(E, N) scores of a calibrated manifest's exits (criteria, temperatures, gates) on ``full``."""
+    return exit_scores([s.criterion for s in exits], full, [s.temperature for s in exits], [s.gate for s in exits])
+
+
+def fit_gates(
+    criteria: Sequence[str], exits: Sequence[ExitSpec], full: FullDepth, temperatures: Sequence[float], seed: int
+) -> list[ExitGate | None]:
+    """Per exit, a gate trained for the ``learned`` criterion (None for the others and the final
+    exit) on the share of the samples that only ever orders candidates (``ordering_split``): the
+    thresholds are chosen and tested on the rest, so the scores they see are unseen-data scores."""
+    gates: list[ExitGate | None] = [None] * len(exits)
+    learned = [k for k, name in enumerate(criteria) if name == LEARNED_CRITERION and not exits[k].final]
+    final_logits = full.logits[-1]
+    if not learned or final_logits is None:
+        return gates
+    train = ordering_split(full.samples, seed)[0]
+    if train.size == 0:
+        raise DataError(f"the learned criterion needs calibration samples to train its gates on; got {full.samples}")
+    final_answer = final_logits.argmax(axis=-1)
+    for k in learned:
+        logits = full.logits[k]
+        if logits is not None:
+            agree = logits.argmax(axis=-1) == final_answer
+            gates[k] = fit_gate(logits[train], temperatures[k], agree[train], GateTraining(seed=seed))
+    return gates
+
+
 def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:
     """The accuracy-latency frontier of a (calibrated) manifest's criteria and temperatures on
     the same full-depth pass, and the outcome of its current thresholds, for the Pareto plot."""
     y = check_labels(labels, full.samples, manifest.num_classes)
-    scores = exit_scores([spec.criterion for spec in manifest.exits], full, [s.temperature for s in manifest.exits])
+    scores = manifest_scores(manifest.exits, full)
     correct = np.zeros(scores.shape, dtype=bool)
     for k, logits in enumerate(full.logits):
         if logits is not None:

@@ -133,6 +133,15 @@ def losses(correct: np.ndarray, predictions: np.ndarray | None, against: str) ->
     return lost
 
 
+def ordering_split(samples: int, seed: int, share: float = PATH_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """The indices that order the candidates (``share`` of them, drawn by ``seed``) and those
+    that test them. The ``learned`` criterion trains its gates on the first: nothing a test
+    sample's loss depends on was fitted to it."""
+    order = np.random.default_rng(seed).permutation(samples)
+    cut = round(share * samples)
+    return order[:cut], order[cut:]
+
+
 def certify_thresholds(
     scores: np.ndarray,
     correct: np.ndarray,
@@ -159,9 +168,7 @@ def certify_thresholds(
     c = np.asarray(correct, dtype=bool)
     lost = losses(c, predictions, against)
     exits, samples = s.shape
-    order = np.random.default_rng(seed).permutation(samples)
-    cut = round(path_share * samples)
-    path, test = order[:cut], order[cut:]
+    path, test = ordering_split(samples, seed, path_share)
     ms = np.asarray(segment_ms, dtype=np.float64)
     full = np.full(exits, np.inf)
     full[-1] = -np.inf

@@ -13,13 +13,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeexit.criteria import Boundary, create_criterion
+from edgeexit.manifest import ExitGate
 
 if TYPE_CHECKING:  # the runtime imports onnxruntime; calibration only reads its numpy record
     from edgeexit.runtime.engine import FullDepth
 
 
-def exit_scores(criterion: str | Sequence[str], full: FullDepth, temperatures: Sequence[float]) -> np.ndarray:
+def exit_scores(
+    criterion: str | Sequence[str],
+    full: FullDepth,
+    temperatures: Sequence[float],
+    gates: Sequence[ExitGate | None] | None = None,
+) -> np.ndarray:
     """(E, N) float64 scores, exactly as the engine computes them; the final row is +inf.
+    ``gates``: per exit, the ``learned`` criterion's trained gate (None: untrained or unused).
 
     ``criterion`` is one name for every exit or one per exit. As in the engine, an exit without
     logits is scored by similarity whatever the criterion, patience sees the argmax of every
@@ -44,7 +51,8 @@ def exit_scores(criterion: str | Sequence[str], full: FullDepth, temperatures: S
         elif logits is None or names[k] == "similarity":
             scores[k] = np.asarray(full.similarity[k])
         else:
-            boundary = Boundary(logits, history=tuple(history), temperature=float(temperatures[k]))
+            gate = gates[k] if gates is not None else None
+            boundary = Boundary(logits, history=tuple(history), temperature=float(temperatures[k]), gate=gate)
             scores[k] = create_criterion(names[k]).score(boundary)
         if logits is not None:
             history.append(logits.argmax(axis=-1))

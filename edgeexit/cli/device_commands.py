@@ -27,7 +27,10 @@ PackageArg = Annotated[
 PackageDirArg = Annotated[Path, typer.Argument(help="Package directory written by `edgeexit export`.")]
 CriterionOpt = Annotated[
     str | None,
-    typer.Option(help="Exit criterion for every early exit: max_prob, margin, entropy, patience, similarity."),
+    typer.Option(
+        help="Exit criterion for every early exit: max_prob, margin, entropy, patience, similarity, or learned "
+        "(a gate per exit that calibrate trains on the validation data)."
+    ),
 ]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="Runtime intra-op threads per segment.")]
 BackendOpt = Annotated[

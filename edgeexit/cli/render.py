@@ -9,7 +9,7 @@ from rich.table import Table
 
 from edgeexit.console import table
 from edgeexit.manifest import NEVER_THRESHOLD, CalibrationRecord, Manifest
-from edgeexit.reports import accuracy_table, parity_table, segments_table
+from edgeexit.reports import accuracy_table, criterion_label, parity_table, segments_table
 
 
 def tails_table(manifest: Manifest) -> Table:
@@ -91,7 +91,7 @@ def calibration_table(manifest: Manifest, choice: object, segment_ms: Sequence[f
         rows.append(
             (
                 spec.index,
-                spec.criterion,
+                criterion_label(spec),
                 "final" if spec.final else ("never" if never else f"{spec.threshold:.4f}"),
                 f"{spec.temperature:.3f}",
                 f"{100 * exit_record.exit_rate:.1f}%",

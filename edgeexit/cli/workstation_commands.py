@@ -225,7 +225,13 @@ def export(
         str | None,
         typer.Option(help="Labelled data: its class names become the labels and its samples the parity inputs."),
     ] = None,
-    criterion: Annotated[str, typer.Option(help="Default exit criterion: max_prob, margin, entropy.")] = "max_prob",
+    criterion: Annotated[
+        str,
+        typer.Option(
+            help="Default exit criterion: max_prob, margin, entropy (computed in the graph), or learned (an in-graph "
+            "gate whose weights `edgeexit calibrate --criterion learned` trains; it never exits before that)."
+        ),
+    ] = "max_prob",
     threshold: Annotated[float, typer.Option(help="Default threshold until `edgeexit calibrate`.")] = 0.9,
     monolithic: Annotated[bool, typer.Option(help="Also write the whole model as one graph, for comparison.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing package directory.")] = False,

@@ -22,9 +22,11 @@ from torch import nn
 import edgeexit
 from edgeexit.compile.exporter import export_graph, expose_initializer
 from edgeexit.compile.graphs import (
+    GATE_BUFFERS,
     TEMPERATURE_BUFFER,
     MonolithicGraph,
     SegmentGraph,
+    gate_inputs,
     monolithic_output_names,
     segment_input_name,
     segment_output_names,
@@ -37,6 +39,7 @@ from edgeexit.fileio import atomic_write_text, sha256_file, staged_directory
 from edgeexit.manifest import (
     CRITERION_NAMES,
     IN_GRAPH_CRITERIA,
+    LEARNED_CRITERION,
     MANIFEST_FILE,
     ExitSpec,
     InputSpec,
@@ -117,7 +120,7 @@ def export(
     model.eval()
     model.materialize(shape)
     inputs, context = _parity_inputs(model, shape, sample)
-    graph_criterion = criterion if criterion in IN_GRAPH_CRITERIA else None
+    graph_criterion = criterion if criterion in (*IN_GRAPH_CRITERIA, LEARNED_CRITERION) else None
     labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(model.num_classes))
     if len(labels) != model.num_classes:
         raise ExportError(f"got {len(labels)} labels for a model with {model.num_classes} classes")
@@ -181,6 +184,9 @@ def _write_package(
         temperature = temperature_input(k) if graph.scores_in_graph else None
         if temperature is not None:
             expose_initializer(stage / relative, TEMPERATURE_BUFFER, temperature, f"segment {k}")
+        gated = gate_inputs(k) if graph.gate is not None else ()
+        for buffer, name in zip(GATE_BUFFERS, gated, strict=False):
+            expose_initializer(stage / relative, f"gate.{buffer}", name, f"segment {k}")
         session = load_session(stage / relative)
         isolated = session.run(out_names, {in_name: x_torch.numpy(), **context_feeds})
         chained = session.run(out_names, {in_name: x_onnx, **context_feeds})
@@ -217,7 +223,8 @@ def _write_package(
                 score=f"exit_{k}_score" if head is not None and graph_criterion else None,
                 temperature_input=temperature,
                 probabilities=f"exit_{k}_probabilities" if temperature is not None else None,
-                criterion=criterion if head is not None else "similarity",
+                gate_inputs=gated,
+                criterion=(graph.criterion or criterion) if head is not None else "similarity",
                 threshold=0.0 if final else threshold,
                 final=final,
             )

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from edgeexit.compile.model import MultiExitModel
+from edgeexit.criteria.learned import GATE_EPSILON, GATE_HIDDEN, GATE_MAX_CLASSES, gate_feature_count
 from edgeexit.errors import ModelError
+from edgeexit.manifest import LEARNED_CRITERION
 
 #: The buffer a segment's exit score divides its logits by; export turns it into the graph input
 #: ``temperature_input(k)`` with a default of 1 (``exporter.expose_initializer``), so a calibrated
@@ -25,6 +27,49 @@ TEMPERATURE_BUFFER = "exit_temperature"
 def temperature_input(k: int) -> str:
     """The graph input of segment ``k`` that sets its exit score's temperature."""
     return f"exit_{k}_temperature"
+
+
+#: The buffers a ``learned`` exit's gate reads its weights from (w1, b1, w2, b2); export turns
+#: them into the graph inputs ``gate_inputs(k)``, whose defaults (w1 = 0, b1 = 0, w2 = 1, b2 = 0)
+#: score 0.5 everywhere: an untrained gate never exits. Distinct defaults, so that no exporter
+#: pass merges two of them into one initializer.
+GATE_BUFFERS = ("exit_gate_w1", "exit_gate_b1", "exit_gate_w2", "exit_gate_b2")
+
+
+def gate_inputs(k: int) -> tuple[str, ...]:
+    """The graph inputs of segment ``k`` its ``learned`` exit gate takes, in GATE_BUFFERS' order."""
+    return tuple(f"exit_{k}_gate_{name.rsplit('_', 1)[1]}" for name in GATE_BUFFERS)
+
+
+class GateScore(nn.Module):
+    """``edgeexit.criteria.learned`` in torch, op for op: the features of the tempered softmax,
+    then sigmoid(relu(features @ w1 + b1) @ w2 + b2), the weights read from buffers."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+        features = gate_feature_count(classes)
+        self.register_buffer(GATE_BUFFERS[0], torch.zeros(features, GATE_HIDDEN))
+        self.register_buffer(GATE_BUFFERS[1], torch.zeros(GATE_HIDDEN))
+        self.register_buffer(GATE_BUFFERS[2], torch.ones(GATE_HIDDEN))
+        self.register_buffer(GATE_BUFFERS[3], torch.zeros(1))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = (getattr(self, name) for name in GATE_BUFFERS)
+        if self.classes >= 2:
+            top = torch.topk(probs, k=2, dim=-1).values
+            first, second = top[:, 0], top[:, 1]
+        else:
+            first, second = probs[:, 0], torch.zeros_like(probs[:, 0])
+        entropy = -(probs * torch.log(probs.clamp_min(GATE_EPSILON))).sum(dim=-1)
+        negentropy = 1.0 - entropy / math.log(self.classes) if self.classes > 1 else 1.0 - entropy
+        log_ratio = torch.log(first.clamp_min(GATE_EPSILON)) - torch.log(second.clamp_min(GATE_EPSILON))
+        parts = [torch.stack([first, second, negentropy, log_ratio], dim=1)]
+        if self.classes <= GATE_MAX_CLASSES:
+            parts.append(probs)
+        features = torch.cat(parts, dim=1)
+        hidden = torch.relu(features @ w1 + b1)
+        return torch.sigmoid(hidden @ w2 + b2)
 
 
 def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -75,6 +120,10 @@ class SegmentGraph(nn.Module):
         if self.head is not None and criterion is not None:
             # a constant 1 here (and in TFLite graphs); an overridable graph input in ONNX ones
             self.register_buffer(TEMPERATURE_BUFFER, torch.ones(1))
+        if criterion == LEARNED_CRITERION and self.last:
+            self.criterion = "max_prob"  # the final exit answers anyway: no gate to pay for there
+        learned = self.head is not None and self.criterion == LEARNED_CRITERION
+        self.gate = GateScore(model.num_classes) if learned else None
 
     @property
     def scores_in_graph(self) -> bool:
@@ -90,7 +139,11 @@ class SegmentGraph(nn.Module):
             if self.criterion is not None:
                 # the softmax the score needs is an output too: the runtime's Result reads it
                 probabilities = torch.softmax(logits / getattr(self, TEMPERATURE_BUFFER), dim=-1)
-                outputs += [score_from_probabilities(probabilities, self.criterion), probabilities]
+                if self.gate is not None:
+                    score = self.gate(probabilities)
+                else:
+                    score = score_from_probabilities(probabilities, self.criterion)
+                outputs += [score, probabilities]
         return tuple(outputs)
 
 

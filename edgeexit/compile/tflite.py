@@ -55,7 +55,7 @@ from edgeexit.compile.graphs import SegmentGraph, exit_score
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.errors import ExportError
 from edgeexit.fileio import atomic_write_bytes, sha256_file
-from edgeexit.manifest import IN_GRAPH_CRITERIA, Manifest, SegmentSpec, SegmentVariant
+from edgeexit.manifest import IN_GRAPH_CRITERIA, LEARNED_CRITERION, Manifest, SegmentSpec, SegmentVariant
 from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
 from edgeexit.runtime.litert_backend import TOKEN_SIGNATURE, LiteRtSegment
@@ -400,7 +400,7 @@ def _graph_criterion(manifest: Manifest) -> str | None:
     """The criterion the ONNX segments compute in-graph: the one their exits with a score name."""
     for spec in manifest.exits:
         if spec.score is not None:
-            return spec.criterion if spec.criterion in IN_GRAPH_CRITERIA else None
+            return spec.criterion if spec.criterion in (*IN_GRAPH_CRITERIA, LEARNED_CRITERION) else None
     return None
 
 

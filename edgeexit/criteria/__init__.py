@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeexit.criteria import confidence, patience, similarity  # noqa: F401  (they register themselves)
+from edgeexit.criteria import confidence, learned, patience, similarity  # noqa: F401  (they register themselves)
 from edgeexit.criteria.base import CRITERIA, Boundary, Criterion, softmax
 
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgeexit.manifest import ExitGate
 from edgeexit.registry import Registry
 
 
@@ -35,6 +36,8 @@ class Boundary:
     #: padding must not change a score, or a batch padded to its longest text would disagree
     #: with the same texts run one by one
     mask: np.ndarray | None = None
+    #: the exit's trained gate, for the ``learned`` criterion (None: untrained)
+    gate: ExitGate | None = None
 
 
 class Criterion(Protocol):

@@ -154,7 +154,7 @@ class ShadowSampler:
         full = FullDepth(logits=logits, similarity=similarity, segment_ms=(0.0,) * len(self.engine.segments))
         override = self._criterion  # the serving engine's --criterion, when it overrides the manifest's
         names = [spec.criterion if (override is None or spec.final) else override for spec in exits]
-        scores = exit_scores(names, full, [spec.temperature for spec in exits])
+        scores = exit_scores(names, full, [spec.temperature for spec in exits], [spec.gate for spec in exits])
         predictions = exit_predictions(full.logits, len(kept))
         agrees = predictions == predictions[-1]
         costs = self._costs if self._costs is not None else np.ones(len(exits))

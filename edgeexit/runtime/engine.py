@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeexit.criteria.learned import gate_arrays
 from edgeexit.errors import UnknownNameError, UsageError
 from edgeexit.package import Package, open_package
 from edgeexit.runtime.backends import BACKENDS, PRECISIONS, Chain, Segment, bind_chain, open_segment
@@ -88,7 +89,8 @@ class Engine:
             for f, s in zip(files, manifest.segments, strict=True)
         ]
         self._temperatures = self._temperature_feeds()
-        rules = exit_rules(self.exits, criterion, threshold, tempered=self._temperatures)
+        gated = self._feed_gates()
+        rules = exit_rules(self.exits, criterion, threshold, tempered=self._temperatures, gated=gated)
         self._scorer = Scorer(rules, self.exits, manifest.labels, manifest.num_classes)
         self._feed_temperatures()
         self._inputs = InputCheck(manifest.input, manifest.segments)
@@ -105,6 +107,20 @@ class Engine:
             if spec.temperature_input is not None and segment.accepts(spec.temperature_input):
                 feeds[spec.index] = segment.constants.setdefault(spec.temperature_input, np.ones(1, np.float32))
         return feeds
+
+    def _feed_gates(self) -> set[int]:
+        """The exits whose graph computes the ``learned`` score from gate inputs it takes, their
+        trained weights registered as segment constants (bound once, like the temperature); an
+        untrained gate is not fed, and the graph's default weights give its 0.5 everywhere."""
+        gated: set[int] = set()
+        for spec in self.exits:
+            segment = self.segments[spec.segment]
+            if not spec.gate_inputs or not all(segment.accepts(name) for name in spec.gate_inputs):
+                continue
+            if spec.gate is not None:
+                segment.constants.update(zip(spec.gate_inputs, gate_arrays(spec.gate), strict=True))
+            gated.add(spec.index)
+        return gated
 
     def _feed_temperatures(self) -> None:
         for k, value in self._temperatures.items():

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias, TypeVar
 import numpy as np
 
 from edgeexit.errors import UsageError
+from edgeexit.manifest import ExitGate
 
 #: A model input: one array, or for a model with context inputs (a text encoder) a mapping
 #: from the input's name and every context input's name to its array (``input_ids``,
@@ -233,6 +234,8 @@ class ExitRule:
     graph_score: str | None
     final: bool
     graph_probabilities: str | None = None
+    #: the ``learned`` criterion's trained gate (None: untrained, or another criterion)
+    gate: ExitGate | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeexit.criteria import Boundary, create_criterion, softmax
 from edgeexit.errors import InputError, UnknownNameError
-from edgeexit.manifest import CRITERION_NAMES, IN_GRAPH_CRITERIA, NEVER_THRESHOLD, ExitSpec
+from edgeexit.manifest import CRITERION_NAMES, IN_GRAPH_CRITERIA, LEARNED_CRITERION, NEVER_THRESHOLD, ExitSpec
 from edgeexit.runtime.results import ExitRule, OffloadInfo, Pending, Result, answer
 
 if TYPE_CHECKING:
@@ -25,16 +25,21 @@ if TYPE_CHECKING:
 
 
 def exit_rules(
-    exits: Sequence[ExitSpec], criterion: str | None, threshold: float | None, tempered: Container[int] = ()
+    exits: Sequence[ExitSpec],
+    criterion: str | None,
+    threshold: float | None,
+    tempered: Container[int] = (),
+    gated: Container[int] = (),
 ) -> tuple[ExitRule, ...]:
     """Each exit's rule: the manifest's, with ``criterion`` / ``threshold`` overriding every
     non-final exit (the CLI's ``--criterion`` and ``--threshold``). ``tempered`` holds the exits
     whose graph is fed the exit's temperature: their in-graph score holds at any temperature
-    (without it, only at 1)."""
-    return tuple(_rule(spec, criterion, threshold, spec.index in tempered) for spec in exits)
+    (without it, only at 1); ``gated`` those whose graph is fed the exit's trained gate (a
+    ``learned`` in-graph score holds only then)."""
+    return tuple(_rule(spec, criterion, threshold, spec.index in tempered, spec.index in gated) for spec in exits)
 
 
-def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None, tempered: bool) -> ExitRule:
+def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None, tempered: bool, gated: bool) -> ExitRule:
     chosen = spec.criterion if (criterion is None or spec.final) else criterion
     if chosen not in CRITERION_NAMES:
         raise UnknownNameError(f"unknown criterion {chosen!r}; expected one of {', '.join(CRITERION_NAMES)}")
@@ -42,10 +47,11 @@ def _rule(spec: ExitSpec, criterion: str | None, threshold: float | None, temper
         chosen = "similarity"  # an exit without a classifier can only stop by similarity
     limit = spec.threshold if (threshold is None or spec.final) else float(threshold)
     at_graph_temperature = tempered or spec.temperature == 1.0
-    use_graph = chosen == spec.criterion and chosen in IN_GRAPH_CRITERIA and at_graph_temperature
+    in_graph = chosen in IN_GRAPH_CRITERIA or (chosen == LEARNED_CRITERION and gated)
+    use_graph = chosen == spec.criterion and in_graph and at_graph_temperature
     if not use_graph:
-        return ExitRule(chosen, limit, spec.temperature, None, spec.final)
-    return ExitRule(chosen, limit, spec.temperature, spec.score, spec.final, spec.probabilities)
+        return ExitRule(chosen, limit, spec.temperature, None, spec.final, gate=spec.gate)
+    return ExitRule(chosen, limit, spec.temperature, spec.score, spec.final, spec.probabilities, spec.gate)
 
 
 #: How close to its threshold an in-graph score must be to be recomputed in numpy (scores are in
@@ -144,7 +150,9 @@ class Scorer:
         # the token mask the similarity criterion ignores padding by (a text encoder's attention mask)
         context = walk.context
         mask = context.get("attention_mask") if (context and criterion.needs_hidden) else None
-        boundary = Boundary(logits, hidden, walk.previous, tuple(walk.history), rule.temperature, probabilities, mask)
+        boundary = Boundary(
+            logits, hidden, walk.previous, tuple(walk.history), rule.temperature, probabilities, mask, rule.gate
+        )
         return criterion.score(boundary), probabilities
 
     def result(
@@ -199,7 +207,7 @@ class Scorer:
         if criterion.needs_hidden:
             score = np.ones(len(logits), np.float32)  # as the engine scores a final exit it cannot judge
         else:  # patience counts the agreeing exits that ran here (the tail's own are not reported)
-            boundary = Boundary(logits, None, None, pending.history, rule.temperature, probabilities)
+            boundary = Boundary(logits, None, None, pending.history, rule.temperature, probabilities, gate=rule.gate)
             score = criterion.score(boundary)
         times = pending.segment_ms
         return [

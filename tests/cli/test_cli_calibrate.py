@@ -427,3 +427,27 @@ def test_calibrate_takes_the_segment_costs_from_a_profile_of_this_package(
     _clean_error(cli("calibrate", "pkg", "--data", "val.npz", "--profile", "other.json"),
                  "the profile was measured on package 00000000000000000000000000000000")  # fmt: skip
     assert (package_copy / MANIFEST_FILE).read_bytes() == before
+
+
+def test_calibrate_with_the_learned_criterion_trains_a_gate_per_exit_and_inspect_says_so(
+    package_copy: Path, digits: LabelledData, cli: Runner, tmp_path: Path
+) -> None:
+    digits.save_npz(tmp_path / "val.npz")
+    out = _ok(cli("calibrate", "pkg", "--data", "val.npz", "--criterion", "learned", "--max-drop", "0.03",
+                  "--plot", "out.png"))  # fmt: skip
+    trained = round(0.3 * len(digits))
+    assert f"learned (gate of {trained} samples, numpy)" in out  # exported with max_prob: no gate in its graphs
+    manifest = _manifest(package_copy)
+    assert [spec.criterion for spec in manifest.exits] == ["learned", "learned", "max_prob"]
+    assert all(spec.gate is not None and spec.gate.samples == trained for spec in manifest.exits[:-1])
+    record = manifest.calibration
+    assert record is not None
+    assert record.criterion == "learned"
+    # the thresholds were chosen on the samples the gates never saw; on all of them the engine
+    # stays near the budget (the gates' own samples score a little better than unseen ones)
+    engine = Engine(package_copy, cache_dir=None)
+    x, y = prepare_dataset(digits, manifest)
+    accuracy, exits = _engine_accuracy(engine, x, y)
+    assert accuracy >= record.final_accuracy - 0.04
+    assert exits[:-1].sum() > 0
+    assert f"learned (gate of {trained} samples, numpy)" in _ok(cli("inspect", "pkg"))
