@@ -391,6 +391,12 @@ class Manifest:
             for name in (spec.logits, spec.score):
                 if name is not None:
                     self.segments[spec.segment].output(name)
+            gate = spec.gate
+            if gate is not None and not (gate.w1 and {len(row) for row in gate.w1} == {len(gate.b1)} == {len(gate.w2)}):
+                raise PackageError(
+                    f"exit {position}'s gate has inconsistent shapes (w1 rows of {sorted({len(r) for r in gate.w1})} "
+                    f"units, b1 {len(gate.b1)}, w2 {len(gate.w2)}); expected one width throughout: recalibrate"
+                )
         self._validate_tails()
         self._validate_variants()
         referenced = [

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.calibration.gates import GateTraining, fit_gate
+from edgeexit.calibration.gates import GateTraining, fit_gate, gate_share
 from edgeexit.calibration.risk_control import certify_thresholds, exit_predictions, ordering_split
 from edgeexit.calibration.scores import exit_scores
 from edgeexit.calibration.temperature import fit_temperature
@@ -123,11 +123,11 @@ def calibrate_manifest(
     keeps its threshold. The record's per-exit accuracy is among the samples that left there, or,
     where none did, the exit's accuracy over all samples (what it would score if it were used).
 
-    The ``learned`` criterion trains a gate per early exit (``fit_gates``) on the share of the
-    samples Learn-then-Test orders its candidates with (``ordering_split`` by ``seed``); every
-    method then chooses (and Learn-then-Test tests) the thresholds on the other samples only. With
-    Learn-then-Test or learned gates the temperatures are fitted on that share too, so nothing a
-    test sample's loss depends on was fitted to it.
+    The ``learned`` criterion trains a gate per early exit (``fit_gates``) on half of the share
+    Learn-then-Test orders its candidates with (``gates.gate_share``, drawn by ``seed``); every
+    method then chooses, orders and tests the thresholds on the other samples only. With
+    Learn-then-Test or learned gates the temperatures are fitted on the ordering share, so nothing
+    a test sample's loss depends on was fitted to it.
     """
     if criterion is not None and criterion not in CRITERION_NAMES:
         raise UnknownNameError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERION_NAMES)}")
@@ -165,7 +165,8 @@ def calibrate_manifest(
     costs = exit_costs(manifest, full.segment_ms)
     guarantee = None
     # the samples the margin and budget methods choose on: not those the gates were trained on
-    chosen_on = ordering_split(samples, seed)[1] if any(gate is not None for gate in gates) else slice(None)
+    unseen_by_gates = np.setdiff1d(np.arange(samples), gate_share(samples, seed)) if learned else None
+    chosen_on = slice(None) if unseen_by_gates is None else unseen_by_gates
     if budget_ms is not None and delta is not None:
         raise UsageError("a compute budget and a certified drop (delta) are two ways to choose thresholds; give one")
     if budget_ms is not None:
@@ -182,6 +183,7 @@ def calibrate_manifest(
             choice, guarantee = certify_thresholds(
                 scores, correct, costs, max_drop, delta, predictions=exit_predictions(full.logits, samples),
                 against=against, seed=seed, candidates=candidates,
+                ordering_rows=unseen_by_gates,
             )  # fmt: skip
         except ValueError as err:
             raise UsageError(f"cannot certify thresholds: {err}") from None
@@ -237,14 +239,14 @@ def fit_gates(
     criteria: Sequence[str], exits: Sequence[ExitSpec], full: FullDepth, temperatures: Sequence[float], seed: int
 ) -> list[ExitGate | None]:
     """Per exit, a gate trained for the ``learned`` criterion (None for the others and the final
-    exit) on the share of the samples that only ever orders candidates (``ordering_split``): the
-    thresholds are chosen and tested on the rest, so the scores they see are unseen-data scores."""
+    exit) on ``gate_share``: no threshold is chosen, ordered or tested on those samples, so the
+    scores thresholds see are the scores unseen data will get."""
     gates: list[ExitGate | None] = [None] * len(exits)
     learned = [k for k, name in enumerate(criteria) if name == LEARNED_CRITERION and not exits[k].final]
     final_logits = full.logits[-1]
     if not learned or final_logits is None:
         return gates
-    train = ordering_split(full.samples, seed)[0]
+    train = gate_share(full.samples, seed)
     if train.size == 0:
         raise DataError(f"the learned criterion needs calibration samples to train its gates on; got {full.samples}")
     final_answer = final_logits.argmax(axis=-1)

@@ -154,10 +154,13 @@ def certify_thresholds(
     path_share: float = PATH_SHARE,
     seed: int = 0,
     candidates: int = 64,
+    ordering_rows: np.ndarray | None = None,
 ) -> tuple[Choice, RiskGuarantee]:
     """The cheapest thresholds Learn-then-Test certifies: loss above ``eps`` on new data with
     probability at most ``delta``. ``scores`` / ``correct`` / ``segment_ms`` as for
-    ``choose_thresholds``; the Choice's outcome is on all the calibration data."""
+    ``choose_thresholds``; the Choice's outcome is on all the calibration data. ``ordering_rows``:
+    the ordering share's samples to order by (default: all of them); the others are left out when
+    their scores would flatter them (the samples a learned gate was trained on)."""
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be a fraction in (0, 1) (0.01 = one point); got {eps}")
     if not 0.0 < delta < 1.0:
@@ -169,6 +172,8 @@ def certify_thresholds(
     lost = losses(c, predictions, against)
     exits, samples = s.shape
     path, test = ordering_split(samples, seed, path_share)
+    if ordering_rows is not None:
+        path = np.intersect1d(path, ordering_rows)
     ms = np.asarray(segment_ms, dtype=np.float64)
     full = np.full(exits, np.inf)
     full[-1] = -np.inf

@@ -26,8 +26,10 @@ GATE_STATS = ("max_prob", "second_prob", "negentropy", "log_ratio")
 #: Up to this many classes the gate also sees every class's probability (so it can learn which
 #: classes exit safely); beyond it, the summary alone (an ImageNet head would need 1,000 inputs).
 GATE_MAX_CLASSES = 32
-#: Hidden units of the gate's one hidden layer.
-GATE_HIDDEN = 16
+#: Hidden units of the gate's one hidden layer (the exported graph's gate inputs have this width).
+#: Small on purpose: a gate is trained on a few thousand samples, and 16 units overfit them
+#: (docs/benchmarks.md, learned exits).
+GATE_HIDDEN = 8
 #: Probabilities are clipped here before a logarithm, in numpy and in the graph alike.
 GATE_EPSILON = 1e-12
 

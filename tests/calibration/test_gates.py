@@ -16,9 +16,17 @@ import numpy as np
 import pytest
 
 from edgeexit.calibration import calibrate_manifest, fit_gate, manifest_scores
+from edgeexit.calibration.gates import gate_share
 from edgeexit.calibration.risk_control import ordering_split
 from edgeexit.criteria import Boundary, create_criterion, softmax
-from edgeexit.criteria.learned import GATE_MAX_CLASSES, gate_arrays, gate_feature_count, gate_features, gate_score
+from edgeexit.criteria.learned import (
+    GATE_HIDDEN,
+    GATE_MAX_CLASSES,
+    gate_arrays,
+    gate_feature_count,
+    gate_features,
+    gate_score,
+)
 from edgeexit.data import LabelledData
 from edgeexit.fileio import atomic_write_text
 from edgeexit.manifest import MANIFEST_FILE, ExitGate, Manifest
@@ -29,9 +37,9 @@ from edgeexit.runtime.results import FullDepth
 def _random_gate(features: int, seed: int = 0) -> ExitGate:
     rng = np.random.default_rng(seed)
     return ExitGate(
-        w1=tuple(map(tuple, rng.normal(0, 1, (features, 16)).astype(np.float32).tolist())),
-        b1=tuple(rng.normal(0, 1, 16).astype(np.float32).tolist()),
-        w2=tuple(rng.normal(0, 1, 16).astype(np.float32).tolist()),
+        w1=tuple(map(tuple, rng.normal(0, 1, (features, GATE_HIDDEN)).astype(np.float32).tolist())),
+        b1=tuple(rng.normal(0, 1, GATE_HIDDEN).astype(np.float32).tolist()),
+        w2=tuple(rng.normal(0, 1, GATE_HIDDEN).astype(np.float32).tolist()),
         b2=0.25,
         samples=1,
     )
@@ -100,20 +108,24 @@ def digits_full(digits_package: Path, digits: LabelledData) -> tuple[Manifest, F
     return engine.manifest, engine.run_full(digits.x), digits.y
 
 
-def test_calibration_trains_the_gates_on_the_ordering_share_only(
+def test_calibration_trains_the_gates_on_their_own_share_only(
     digits_full: tuple[Manifest, FullDepth, np.ndarray],
 ) -> None:
     manifest, full, y = digits_full
     calibrated, choice = calibrate_manifest(manifest, full, y, criterion="learned", max_drop=0.02, data_sha256="",
                                             seed=3)  # fmt: skip
-    train, rest = ordering_split(full.samples, 3)
+    train = gate_share(full.samples, 3)
+    ordering, test = ordering_split(full.samples, 3)
+    assert train.size == ordering.size // 2
+    assert set(train) <= set(ordering)
     exits = calibrated.exits
     assert [spec.criterion for spec in exits] == ["learned", "learned", "max_prob"]
     assert all(spec.gate is not None and spec.gate.samples == train.size for spec in exits[:-1])
     assert exits[-1].gate is None
     # the thresholds were chosen on the other samples: the recorded outcome counts those
-    assert choice.outcome.samples == rest.size
-    # what the test share holds does not move a gate: scramble its logits, the gates stay
+    assert choice.outcome.samples == full.samples - train.size
+    # what the test share holds moves no gate (nor the temperatures): scramble its logits, the gates stay
+    rest = test
     scrambled = FullDepth(
         logits=tuple(_scramble(z, rest) for z in full.logits), similarity=full.similarity, segment_ms=full.segment_ms
     )
@@ -200,3 +212,16 @@ def test_the_engine_feeds_the_trained_gate_to_the_graph(
     np.testing.assert_allclose(scores[:, 0], scores[:, 1], atol=1e-5)
     batch = in_graph.run_batch(x[:64])
     assert [r.exit for r in batch] == [r.exit for r in graph_results[:64]]
+
+
+def test_a_manifest_with_a_misshapen_gate_is_refused(digits_full: tuple[Manifest, FullDepth, np.ndarray]) -> None:
+    from edgeexit.errors import PackageError
+
+    manifest, full, y = digits_full
+    calibrated, _ = calibrate_manifest(manifest, full, y, criterion="learned", max_drop=0.02, data_sha256="")
+    gate = calibrated.exits[0].gate
+    assert gate is not None
+    broken = dataclasses.replace(gate, b1=gate.b1[:-1])
+    exits = (dataclasses.replace(calibrated.exits[0], gate=broken), *calibrated.exits[1:])
+    with pytest.raises(PackageError, match="exit 0's gate has inconsistent shapes"):
+        Manifest.from_json(calibrated.with_exits(exits, calibrated.calibration).to_json())
