@@ -32,8 +32,9 @@ class Segment(Protocol):
     #: so a bound chain sees new values.
     constants: dict[str, np.ndarray]
 
-    def accepts(self, name: str) -> bool:
-        """Whether the graph has the optional input ``name`` (else it keeps its built-in value)."""
+    def accepts(self, name: str, shape: tuple[int, ...] | None = None) -> bool:
+        """Whether the graph has the optional input ``name`` (else it keeps its built-in value),
+        of that ``shape`` when one is given."""
         ...
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

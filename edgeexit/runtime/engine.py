@@ -111,14 +111,18 @@ class Engine:
     def _feed_gates(self) -> set[int]:
         """The exits whose graph computes the ``learned`` score from gate inputs it takes, their
         trained weights registered as segment constants (bound once, like the temperature); an
-        untrained gate is not fed, and the graph's default weights give its 0.5 everywhere."""
+        untrained gate is not fed, and the graph's default weights give its 0.5 everywhere. A gate
+        the graph's inputs do not fit (a graph exported by another edgeexit, with another gate
+        width) is scored in numpy instead, as on a backend without gate inputs."""
         gated: set[int] = set()
         for spec in self.exits:
             segment = self.segments[spec.segment]
-            if not spec.gate_inputs or not all(segment.accepts(name) for name in spec.gate_inputs):
+            arrays = gate_arrays(spec.gate) if spec.gate is not None else (None,) * len(spec.gate_inputs)
+            shapes = [None if a is None else a.shape for a in arrays]
+            if not spec.gate_inputs or not all(map(segment.accepts, spec.gate_inputs, shapes)):
                 continue
             if spec.gate is not None:
-                segment.constants.update(zip(spec.gate_inputs, gate_arrays(spec.gate), strict=True))
+                segment.constants.update(zip(spec.gate_inputs, arrays, strict=True))
             gated.add(spec.index)
         return gated
 

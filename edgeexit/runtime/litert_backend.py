@@ -162,7 +162,7 @@ class LiteRtSegment:
         self.interpreter.allocate_tensors()
         self._shapes = key
 
-    def accepts(self, name: str) -> bool:
+    def accepts(self, name: str, shape: tuple[int, ...] | None = None) -> bool:
         return False  # TFLite graphs take only the model's own inputs
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

@@ -37,10 +37,11 @@ class OrtSegment:
             raise PackageError(f"{path} has outputs {found}; the manifest declares {self.output_names}")
         self.constants: dict[str, np.ndarray] = {}
         # inputs with a stored default (ONNX "overridable initializers"): the exit temperature
-        self._optional = frozenset(i.name for i in self.session.get_overridable_initializers())
+        self._optional = {i.name: tuple(i.shape) for i in self.session.get_overridable_initializers()}
 
-    def accepts(self, name: str) -> bool:
-        return name in self._optional
+    def accepts(self, name: str, shape: tuple[int, ...] | None = None) -> bool:
+        found = self._optional.get(name)
+        return found is not None and (shape is None or found == tuple(shape))
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         feeds = {self.input_name: x, **context} if context else {self.input_name: x}

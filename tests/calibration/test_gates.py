@@ -225,3 +225,22 @@ def test_a_manifest_with_a_misshapen_gate_is_refused(digits_full: tuple[Manifest
     exits = (dataclasses.replace(calibrated.exits[0], gate=broken), *calibrated.exits[1:])
     with pytest.raises(PackageError, match="exit 0's gate has inconsistent shapes"):
         Manifest.from_json(calibrated.with_exits(exits, calibrated.calibration).to_json())
+
+
+def test_a_gate_the_graph_does_not_fit_is_scored_in_numpy(
+    learned_package: Path, digits: LabelledData, tmp_path: Path
+) -> None:
+    """A graph exported with another gate width (another edgeexit) keeps working: numpy scores the gate."""
+    package = tmp_path / "pkg"
+    shutil.copytree(learned_package, package)
+    manifest = Engine(package, cache_dir=None).manifest
+    narrow = ExitGate(w1=((1.0, 0.0),) * gate_feature_count(10), b1=(0.0, 0.0), w2=(4.0, 0.0), b2=-3.0, samples=1)
+    exits = tuple(
+        spec if spec.final else dataclasses.replace(spec, gate=narrow, threshold=0.7) for spec in manifest.exits
+    )
+    atomic_write_text(package / MANIFEST_FILE, manifest.with_exits(exits, None).to_json())
+    engine = Engine(package, cache_dir=None)
+    assert all(rule.graph_score is None and rule.gate == narrow for rule in engine.rules[:-1])
+    results = [engine.run(digits.x[i : i + 1]) for i in range(50)]
+    expected = gate_score(gate_features(softmax(engine.run_full(digits.x[:50]).logits[0])), gate_arrays(narrow))
+    assert [r.exit == 0 for r in results] == (expected >= np.float32(0.7)).tolist()
