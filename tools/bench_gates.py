@@ -4,14 +4,14 @@
                                 [--wall] [--max-length 128]
 
 PACKAGE: any classifier package (the demo CNN's, MiniLM's); it is read, never changed. ``--data``:
-what ``edgeexit calibrate --data`` takes (default: the built-in test images; a text set such as
-``rotten-tomatoes`` pools its validation and test splits). One full-depth pass gives every exit's
-logits; each random half/half split then calibrates every criterion on one half exactly as
-``edgeexit calibrate --criterion C`` does (temperatures, the learned gates, the thresholds) and
-measures the other half: the accuracy drop against the final exit and the expected speedup from the
-segments' measured costs (full depth's cost over the plan's). Three threshold methods: the margin
-method (1 standard error in reserve) and Learn-then-Test (``--delta``), against the final exit's
-answers and against the labels.
+what ``edgeexit calibrate --data`` takes (default: the built-in test images; a data set's test
+split; a text set such as ``rotten-tomatoes`` pools its validation and test splits). One
+full-depth pass gives every exit's logits; each random half/half split then calibrates every
+criterion on one half exactly as ``edgeexit calibrate --criterion C`` does (temperatures, the
+learned gates, the thresholds) and measures the other half: the accuracy drop against the final
+exit and the expected speedup from the segments' measured costs (full depth's cost over the
+plan's). Three threshold methods: the margin method (1 standard error in reserve) and
+Learn-then-Test (``--delta``), against the final exit's answers and against the labels.
 
 ``--wall``: for the first split, also runs every calibrated package through ``Engine.run`` on the
 unseen half, one sample at a time, and reports wall time per sample against full depth: what the
@@ -33,6 +33,7 @@ import numpy as np
 from edgeexit.calibration import calibrate_manifest, exit_index, manifest_scores
 from edgeexit.cli.labelled import load_labelled
 from edgeexit.data import builtin_images
+from edgeexit.data.text_sets import text_set_name
 from edgeexit.fileio import atomic_write_text
 from edgeexit.manifest import MANIFEST_FILE, Manifest
 from edgeexit.package import open_package
@@ -107,8 +108,10 @@ def main() -> None:
         found = builtin_images("test")
         x, y = prepare_dataset(found, opened.manifest)
         source = found.source
-    else:
+    elif text_set_name(args.data) is not None:
         x, y, source = _pooled(args.data, opened, args.max_length)
+    else:
+        x, y, source = load_labelled(args.data, "test", None, opened, args.max_length)
     engine = Engine(args.package, cache_dir=None)
     tick = time.perf_counter()
     full = engine.run_full(x)
