@@ -164,3 +164,27 @@ def test_verify_runs_the_tflite_variant_or_says_why_not(tflite_package: Path, cl
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "variant tflite: not run, ai-edge-litert is not installed" in " ".join(done.stdout.split())
+
+
+def test_a_learned_package_gets_a_tflite_variant_that_scores_its_gates_in_numpy(
+    tmp_path: Path, digits_model, digits: LabelledData
+) -> None:
+    """LiteRT takes no gate inputs: the variant's graphs compute max_prob where the ONNX ones hold the
+    gate, and the engine scores the calibrated gate in numpy there, taking the ONNX engine's exits."""
+    from edgeexit.calibration import calibrate_manifest
+    from edgeexit.compile.export import export
+    from edgeexit.fileio import atomic_write_text
+    from edgeexit.manifest import MANIFEST_FILE
+    from edgeexit.runtime import Engine
+
+    out = tmp_path / "learned"
+    export(digits_model, (1, 1, 8, 8), out, labels=digits.labels, sample=digits.x[:8], criterion="learned",
+           codecs=(), tflite=True)  # fmt: skip
+    engine = Engine(out, cache_dir=None)
+    calibrated, _ = calibrate_manifest(engine.manifest, engine.run_full(digits.x), digits.y, criterion="learned",
+                                       max_drop=0.03, data_sha256="")  # fmt: skip
+    atomic_write_text(out / MANIFEST_FILE, calibrated.to_json())
+    onnx, litert = Engine(out, cache_dir=None), Engine(out, cache_dir=None, backend="tflite")
+    assert all(rule.graph_score is None and rule.gate is not None for rule in litert.rules[:-1])
+    x = digits.x[:200]
+    assert [onnx.run(row[None]).exit for row in x] == [litert.run(row[None]).exit for row in x]
