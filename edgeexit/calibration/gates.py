@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeexit.calibration.risk_control import ordering_split
 from edgeexit.criteria.base import softmax
-from edgeexit.criteria.learned import GATE_HIDDEN, gate_arrays, gate_features, gate_score
+from edgeexit.criteria.learned import GATE_HIDDEN, gate_features
 from edgeexit.manifest import ExitGate
 
 
@@ -100,11 +100,6 @@ def _gradients(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, deca
         "w2": hidden.T @ error + decay * params["w2"],
         "b2": np.array([error.sum()]),
     }
-
-
-def gate_scores(logits: np.ndarray, temperature: float, gate: ExitGate) -> np.ndarray:
-    """(N,) float32: what ``gate`` scores the exit's (N, C) ``logits`` at ``temperature``, as the engine would."""
-    return gate_score(gate_features(softmax(logits, temperature)), gate_arrays(gate))
 
 
 def gate_share(samples: int, seed: int) -> np.ndarray:

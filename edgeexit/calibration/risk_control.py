@@ -135,8 +135,8 @@ def losses(correct: np.ndarray, predictions: np.ndarray | None, against: str) ->
 
 def ordering_split(samples: int, seed: int, share: float = PATH_SHARE) -> tuple[np.ndarray, np.ndarray]:
     """The indices that order the candidates (``share`` of them, drawn by ``seed``) and those
-    that test them. The ``learned`` criterion trains its gates on the first: nothing a test
-    sample's loss depends on was fitted to it."""
+    that test them. The ``learned`` criterion trains its gates on half of the first
+    (``gates.gate_share``): nothing a test sample's loss depends on was fitted to it."""
     order = np.random.default_rng(seed).permutation(samples)
     cut = round(share * samples)
     return order[:cut], order[cut:]
