@@ -56,11 +56,7 @@ class GateScore(nn.Module):
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = (getattr(self, name) for name in GATE_BUFFERS)
-        if self.classes >= 2:
-            top = torch.topk(probs, k=2, dim=-1).values
-            first, second = top[:, 0], top[:, 1]
-        else:
-            first, second = probs[:, 0], torch.zeros_like(probs[:, 0])
+        first, second = top_two(probs)
         entropy = -(probs * torch.log(probs.clamp_min(GATE_EPSILON))).sum(dim=-1)
         negentropy = 1.0 - entropy / math.log(self.classes) if self.classes > 1 else 1.0 - entropy
         log_ratio = torch.log(first.clamp_min(GATE_EPSILON)) - torch.log(second.clamp_min(GATE_EPSILON))
@@ -70,6 +66,18 @@ class GateScore(nn.Module):
         features = torch.cat(parts, dim=1)
         hidden = torch.relu(features @ w1 + b1)
         return torch.sigmoid(hidden @ w2 + b2)
+
+
+def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-1 and top-2 probabilities without a sort: ``topk`` becomes a sort op that the LiteRT
+    runtime cannot load (``STABLEHLO_SORT``), so the top-1's position is masked out by its one-hot
+    instead. Ties keep both values, as ``topk`` does; every value is exactly the input's."""
+    first = probs.max(dim=-1).values
+    if probs.shape[-1] < 2:
+        return first, torch.zeros_like(first)
+    positions = torch.arange(probs.shape[-1], device=probs.device)
+    top = (positions == probs.argmax(dim=-1, keepdim=True)).to(probs.dtype)  # one-hot (no one_hot: it asserts)
+    return first, (probs - 2.0 * top).max(dim=-1).values
 
 
 def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -82,8 +90,8 @@ def score_from_probabilities(probs: torch.Tensor, criterion: str) -> torch.Tenso
     if criterion == "max_prob":
         return probs.max(dim=-1).values
     if criterion == "margin":
-        top = torch.topk(probs, k=min(2, probs.shape[-1]), dim=-1).values
-        return top[:, 0] - top[:, -1] if top.shape[-1] > 1 else top[:, 0]
+        first, second = top_two(probs)
+        return first - second
     if criterion == "entropy":
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1)
         return 1.0 - entropy / math.log(probs.shape[-1]) if probs.shape[-1] > 1 else 1.0 - entropy  # 0/0 at 1 class

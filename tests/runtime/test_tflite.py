@@ -188,3 +188,21 @@ def test_a_learned_package_gets_a_tflite_variant_that_scores_its_gates_in_numpy(
     assert all(rule.graph_score is None and rule.gate is not None for rule in litert.rules[:-1])
     x = digits.x[:200]
     assert [onnx.run(row[None]).exit for row in x] == [litert.run(row[None]).exit for row in x]
+
+
+def test_a_margin_package_converts_to_tflite(tmp_path: Path, digits_model, digits: LabelledData) -> None:
+    """The in-graph margin takes its top two without a sort (``graphs.top_two``): topk became a
+    STABLEHLO_SORT op that the LiteRT runtime could not load, so `--criterion margin --tflite` failed."""
+    from edgeexit.compile.export import export
+    from edgeexit.runtime import Engine
+
+    out = tmp_path / "margin"
+    export(digits_model, (1, 1, 8, 8), out, labels=digits.labels, sample=digits.x[:8], criterion="margin",
+           codecs=(), tflite=True)  # fmt: skip
+    onnx, litert = (
+        Engine(out, cache_dir=None, threshold=0.5),
+        Engine(out, cache_dir=None, backend="tflite", threshold=0.5),
+    )
+    x = digits.x[:100]
+    found = [(litert.run(row[None]).exit, onnx.run(row[None]).exit) for row in x]
+    assert [a for a, _ in found] == [b for _, b in found]
