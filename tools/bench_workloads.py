@@ -16,7 +16,9 @@
    test images upsampled to 128x128 frames, ``frame128_val.npz`` and ``frame128_test.npz``.
 5. ``frame-export``: ``edgeexit export ...zoo_workloads:efficientnet_lite0_fashion -a size=128``:
    step 3's weights exported to take the 128x128 frame itself (the resize is in the graph, so the
-   weights do not depend on the input size), with fp32 / fp16 / int8 boundary tensors, ``frame128``.
+   weights do not depend on the input size), with fp32 and int8 boundary tensors, ``frame128`` (no
+   fp16: on one retrained model fp16-coding the frame moved logits by 0.155, past export's 0.01
+   tolerance for that codec, and failed the export; step 7 sends int8).
    What all-offload sends is then the frame a camera gives, 16 KB in int8, not a 784-byte
    thumbnail that is cheaper to send than any boundary tensor: only so can early exit + offload at
    a boundary beat both all-local and all-offload (docs/benchmarks.md, sweeps Q and R).
@@ -129,7 +131,7 @@ def steps(out: Path, quick: bool, text_args: list[str]) -> list[Step]:
         return [*found, *frame_steps(frames), Step("offload", OFFLOAD_TITLE, _policy(policy))]
     heavy = out / "image128"
     workload = ("--out", str(heavy), "--init-checkpoint", str(image / "model.pt"), *HEAVIER)
-    frames = Frames(out, heavy / "model.pt", workload, resolution=128, size=128, codecs="fp32,fp16,int8")
+    frames = Frames(out, heavy / "model.pt", workload, resolution=128, size=128, codecs="fp32,int8")
     policy = [
         "--speed-reference", "auto", "--package", str(frames.package), "--data", str(frames.test), "--codec", "int8",
         "--rows", "split@input,early+split,best-static", "--links", OFFLOAD_LINKS, "--samples", "100", "--rounds", "3",
