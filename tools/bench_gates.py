@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.calibration import calibrate_manifest, exit_index, manifest_scores
+from edgeexit.calibration import calibrate_manifest, manifest_outcome
 from edgeexit.cli.labelled import load_labelled
 from edgeexit.data import builtin_images
 from edgeexit.data.text_sets import text_set_name
@@ -39,28 +39,8 @@ from edgeexit.manifest import MANIFEST_FILE, Manifest
 from edgeexit.package import open_package
 from edgeexit.runtime import Engine
 from edgeexit.runtime.inputs import prepare_dataset
-from edgeexit.runtime.results import FullDepth
 
 CRITERIA = ("max_prob", "margin", "entropy", "patience", "learned")
-
-
-def subset(full: FullDepth, rows: np.ndarray) -> FullDepth:
-    return FullDepth(
-        logits=tuple(None if z is None else z[rows] for z in full.logits),
-        similarity=tuple(s[rows] for s in full.similarity),
-        segment_ms=full.segment_ms,
-    )
-
-
-def unseen_figures(manifest: Manifest, full: FullDepth, y: np.ndarray, at_exit: np.ndarray) -> tuple[float, float]:
-    """(drop in points against the final exit, expected speedup) of ``manifest``'s exits on ``full``."""
-    scores = manifest_scores(manifest.exits, full)
-    thresholds = [-np.inf if s.final else s.threshold for s in manifest.exits]
-    index = exit_index(scores, thresholds)
-    predictions = np.stack([z.argmax(axis=-1) for z in full.logits])  # type: ignore[union-attr]
-    chosen = predictions[index, np.arange(full.samples)]
-    drop = 100.0 * (float((predictions[-1] == y).mean()) - float((chosen == y).mean()))
-    return drop, float(at_exit[-1] / at_exit[index].mean())
 
 
 def calibrated_copy(package: Path, manifest: Manifest, where: Path) -> Path:
@@ -118,7 +98,7 @@ def main() -> None:
     print(f"{args.package}: {len(y)} samples ({source}), full-depth pass {time.perf_counter() - tick:.1f} s, "
           f"segments {' / '.join(f'{t:.3f}' for t in full.segment_ms)} ms")  # fmt: skip
     manifest = engine.manifest
-    at_exit = np.array([sum(full.segment_ms[: spec.segment + 1]) for spec in manifest.exits])
+    full_ms = sum(full.segment_ms)
     methods = {
         "margin 1 s.e.": {"margin": 1.0},
         f"LTT vs final, delta {args.delta:g}": {"delta": args.delta, "against": "final"},
@@ -134,7 +114,7 @@ def main() -> None:
     for split in range(args.splits):
         order = rng.permutation(n)
         cal, held = order[: n // 2], order[n // 2 :]
-        seen, unseen = subset(full, cal), subset(full, held)
+        seen, unseen = full.take(cal), full.take(held)
         for criterion in criteria:
             for method, keywords in methods.items():
                 extra = dict(keywords)
@@ -142,7 +122,9 @@ def main() -> None:
                     extra["seed"] = split
                 chosen, _ = calibrate_manifest(manifest, seen, y[cal], criterion=criterion, max_drop=args.max_drop,
                                                data_sha256="", **extra)  # type: ignore[arg-type]  # fmt: skip
-                drop, speedup = unseen_figures(chosen, unseen, y[held], at_exit)
+                outcome = manifest_outcome(chosen, unseen, y[held])
+                final = float((unseen.logits[-1].argmax(axis=-1) == y[held]).mean())  # type: ignore[union-attr]
+                drop, speedup = 100.0 * (final - outcome.accuracy), full_ms / outcome.expected_ms
                 drops.setdefault((criterion, method), []).append(drop)
                 speedups.setdefault((criterion, method), []).append(speedup)
                 if split == 0:

@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.calibration import calibrate_manifest, exit_index, manifest_scores
-from edgeexit.calibration.risk_control import exit_predictions
+from edgeexit.calibration import calibrate_manifest, manifest_outcome
 from edgeexit.data import builtin_images
 from edgeexit.runtime import Engine
-from edgeexit.runtime.results import FullDepth
 
 #: (row name, calibrate_manifest keywords)
 METHODS = {
@@ -39,14 +37,6 @@ METHODS = {
     "LTT vs final": {"against": "final"},
     "LTT vs labels": {"against": "labels"},
 }
-
-
-def subset(full: FullDepth, rows: np.ndarray) -> FullDepth:
-    return FullDepth(
-        logits=tuple(None if z is None else z[rows] for z in full.logits),
-        similarity=tuple(s[rows] for s in full.similarity),
-        segment_ms=full.segment_ms,
-    )
 
 
 def main() -> None:
@@ -64,7 +54,6 @@ def main() -> None:
     spent = time.perf_counter() - tick
     print(f"{args.package}: {len(test)} test images ({test.source}), full-depth pass {spent:.1f} s")
     manifest = engine.manifest
-    at_exit = np.array([sum(full.segment_ms[: spec.segment + 1]) for spec in manifest.exits])  # cost to reach exit k
     rng = np.random.default_rng(args.seed)
     n = len(test)
     drops: dict[str, list[float]] = {name: [] for name in METHODS}
@@ -74,7 +63,7 @@ def main() -> None:
     for split in range(args.splits):
         order = rng.permutation(n)
         cal, held = order[: n // 2], order[n // 2 :]
-        seen, unseen = subset(full, cal), subset(full, held)
+        seen, unseen = full.take(cal), full.take(held)
         for name, keywords in METHODS.items():
             extra = dict(keywords)
             if name.startswith("LTT"):
@@ -83,13 +72,10 @@ def main() -> None:
                                            data_sha256="", **extra)  # type: ignore[arg-type]  # fmt: skip
             guarantee = chosen.calibration.guarantee  # type: ignore[union-attr]
             certified[name] += guarantee is None or guarantee.certified
-            scores = manifest_scores(chosen.exits, unseen)
-            thresholds = [-math.inf if s.final else s.threshold for s in chosen.exits]
-            index = exit_index(scores, thresholds)
-            predictions = exit_predictions(unseen.logits, len(held))
-            right = predictions == test.y[held][None, :]
-            drops[name].append(float(right[-1].mean() - right[index, np.arange(len(held))].mean()))
-            speedups[name].append(float(at_exit[-1] / at_exit[index].mean()))
+            outcome = manifest_outcome(chosen, unseen, test.y[held])
+            final = float((unseen.logits[-1].argmax(axis=-1) == test.y[held]).mean())  # type: ignore[union-attr]
+            drops[name].append(final - outcome.accuracy)
+            speedups[name].append(sum(full.segment_ms) / outcome.expected_ms)
     spent = time.perf_counter() - tick
     noise = 3 * math.sqrt(args.delta * (1 - args.delta) / args.splits)
     print(f"{args.splits} splits of {n // 2} calibration / {n - n // 2} test images, max drop "

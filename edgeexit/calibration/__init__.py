@@ -6,7 +6,14 @@ setting whose accuracy stays within ``max_drop`` of the final exit. matplotlib i
 ``plot_pareto``.
 """
 
-from edgeexit.calibration.calibrate import calibrate_manifest, check_labels, digest_data, manifest_scores, pareto_for
+from edgeexit.calibration.calibrate import (
+    calibrate_manifest,
+    check_labels,
+    digest_data,
+    manifest_outcome,
+    manifest_scores,
+    pareto_for,
+)
 from edgeexit.calibration.gates import GateTraining, fit_gate
 from edgeexit.calibration.plot import plot_pareto
 from edgeexit.calibration.scores import exit_scores
@@ -38,6 +45,7 @@ __all__ = [
     "finite_threshold",
     "fit_gate",
     "fit_temperature",
+    "manifest_outcome",
     "manifest_scores",
     "pareto_curve",
     "pareto_for",

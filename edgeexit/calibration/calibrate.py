@@ -154,7 +154,8 @@ def calibrate_manifest(
         fit_temperature(logits[fit_on], y[fit_on]) if logits is not None else spec.temperature
         for spec, logits in zip(exits, full.logits, strict=True)
     ]
-    gates = fit_gates(scored, exits, full, temperatures, seed)
+    gate_rows = gate_share(samples, seed) if learned else np.empty(0, dtype=np.int64)
+    gates = fit_gates(scored, exits, full, temperatures, gate_rows, seed)
     scores = exit_scores(scored, full, temperatures, gates)
     correct = np.zeros(scores.shape, dtype=bool)
     for k, logits in enumerate(full.logits):
@@ -165,7 +166,7 @@ def calibrate_manifest(
     costs = exit_costs(manifest, full.segment_ms)
     guarantee = None
     # the samples the margin and budget methods choose on: not those the gates were trained on
-    unseen_by_gates = np.setdiff1d(np.arange(samples), gate_share(samples, seed)) if learned else None
+    unseen_by_gates = np.setdiff1d(np.arange(samples), gate_rows) if learned else None
     chosen_on = slice(None) if unseen_by_gates is None else unseen_by_gates
     if budget_ms is not None and delta is not None:
         raise UsageError("a compute budget and a certified drop (delta) are two ways to choose thresholds; give one")
@@ -236,17 +237,21 @@ def manifest_scores(exits: Sequence[ExitSpec], full: FullDepth) -> np.ndarray:
 
 
 def fit_gates(
-    criteria: Sequence[str], exits: Sequence[ExitSpec], full: FullDepth, temperatures: Sequence[float], seed: int
+    criteria: Sequence[str],
+    exits: Sequence[ExitSpec],
+    full: FullDepth,
+    temperatures: Sequence[float],
+    train: np.ndarray,
+    seed: int,
 ) -> list[ExitGate | None]:
     """Per exit, a gate trained for the ``learned`` criterion (None for the others and the final
-    exit) on ``gate_share``: no threshold is chosen, ordered or tested on those samples, so the
-    scores thresholds see are the scores unseen data will get."""
+    exit) on the samples ``train`` (``gates.gate_share``): no threshold is chosen, ordered or tested
+    on those, so the scores thresholds see are the scores unseen data will get."""
     gates: list[ExitGate | None] = [None] * len(exits)
     learned = [k for k, name in enumerate(criteria) if name == LEARNED_CRITERION and not exits[k].final]
     final_logits = full.logits[-1]
     if not learned or final_logits is None:
         return gates
-    train = gate_share(full.samples, seed)
     if train.size == 0:
         raise DataError(f"the learned criterion needs calibration samples to train its gates on; got {full.samples}")
     final_answer = final_logits.argmax(axis=-1)
@@ -261,6 +266,20 @@ def fit_gates(
 def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple[list[tuple[float, float]], Outcome]:
     """The accuracy-latency frontier of a (calibrated) manifest's criteria and temperatures on
     the same full-depth pass, and the outcome of its current thresholds, for the Pareto plot."""
+    scores, correct, costs, thresholds = _replay(manifest, full, labels)
+    return pareto_curve(scores, correct, costs), simulate(scores, correct, costs, thresholds)
+
+
+def manifest_outcome(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> Outcome:
+    """What a (calibrated) manifest's exits do on ``full``: accuracy, expected latency from the
+    pass's segment times, exit rates; the figures a benchmark reads on data it did not calibrate on."""
+    return simulate(*_replay(manifest, full, labels))
+
+
+def _replay(
+    manifest: Manifest, full: FullDepth, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """The manifest's scores, each exit's correctness, the exits' costs and thresholds on ``full``."""
     y = check_labels(labels, full.samples, manifest.num_classes)
     scores = manifest_scores(manifest.exits, full)
     correct = np.zeros(scores.shape, dtype=bool)
@@ -269,4 +288,4 @@ def pareto_for(manifest: Manifest, full: FullDepth, labels: np.ndarray) -> tuple
             correct[k] = logits.argmax(axis=-1) == y
     costs = exit_costs(manifest, full.segment_ms)
     thresholds = [-np.inf if spec.final else spec.threshold for spec in manifest.exits]
-    return pareto_curve(scores, correct, costs), simulate(scores, correct, costs, thresholds)
+    return scores, correct, costs, thresholds

@@ -250,3 +250,11 @@ class FullDepth:
     def samples(self) -> int:
         """N: every exit has a similarity row, with or without a classifier."""
         return int(self.similarity[0].shape[0]) if self.similarity else 0
+
+    def take(self, rows: np.ndarray) -> FullDepth:
+        """The same record for the samples ``rows`` only (a benchmark's calibration / test split)."""
+        return FullDepth(
+            logits=tuple(None if z is None else z[rows] for z in self.logits),
+            similarity=tuple(s[rows] for s in self.similarity),
+            segment_ms=self.segment_ms,
+        )
