@@ -407,8 +407,11 @@ def _graph_criterion(manifest: Manifest) -> str | None:
     """The criterion the ONNX segments compute in-graph: the one their exits with a score name."""
     for spec in manifest.exits:
         if spec.score is not None:
-            if spec.criterion == LEARNED_CRITERION:  # LiteRT takes no gate inputs (and has no sort op):
-                return "max_prob"  # the same outputs; the engine scores the gate in numpy there
+            # LiteRT takes no inputs to feed a gate, and its XNNPACK delegate fails to prepare the gate's
+            # ops (tried: "failed to reshape"): max_prob stands in, with the same outputs, and the engine
+            # scores the trained gate in numpy there
+            if spec.criterion == LEARNED_CRITERION:
+                return "max_prob"
             return spec.criterion if spec.criterion in IN_GRAPH_CRITERIA else None
     return None
 
