@@ -495,6 +495,17 @@ def package_id_of(files: dict[str, str], graphs: list[str]) -> str:
     return digest.hexdigest()[:32]
 
 
+def parse_json(kind: Any, raw: Any) -> Any:
+    """``raw`` (parsed JSON) as ``kind``, a dataclass of this module's field types, checked field by
+    field: the parser other package formats (decoder packages) share with this manifest."""
+    return _parse(kind, raw, "")
+
+
+def to_plain(value: Any) -> Any:
+    """A dataclass tree as plain JSON values (the inverse of ``parse_json``)."""
+    return _to_plain(value)
+
+
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

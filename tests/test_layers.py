@@ -182,7 +182,7 @@ def test_manifest_layer_does_not_import_a_runtime(module: str) -> None:
 #: The packages and top-level modules a device installs and runs: none may reach for the exporter.
 #: (``int8_schemes`` is a workstation module at the top level: quantize and tools use it, onnx lazily.)
 DEVICE_SIDE_PACKAGES = (
-    "runtime", "device", "server", "daemon", "transport", "policy", "profile", "data", "calibration",
+    "runtime", "generation", "device", "server", "daemon", "transport", "policy", "profile", "data", "calibration",
     "criteria", "codecs", "kserve",
 )  # fmt: skip
 DEVICE_SIDE_MODULES = (

@@ -15,6 +15,7 @@ from rich.markup import escape
 from edgeexit.cli import (
     bench_commands,
     daemon_commands,
+    decoder_commands,
     device_commands,
     package_commands,
     profile_commands,
@@ -38,6 +39,7 @@ device_commands.register(app)
 server_commands.register(app)
 profile_commands.register(app)
 daemon_commands.register(app)
+decoder_commands.register(app)
 bench_commands.register(app)
 quantize_commands.register(app)
 

@@ -17,7 +17,8 @@ FactoryArg = Annotated[
     str,
     typer.Argument(
         help="MODULE:FUNCTION returning a MultiExitModel (the current directory is importable), "
-        "or a built-in model (`edgeexit models` lists them), e.g. demo_cnn, tiny_resnet, efficientnet_lite0."
+        "or a built-in model (`edgeexit models` lists them), e.g. demo_cnn, tiny_resnet, efficientnet_lite0; "
+        "for `export`, also a decoder LLM: smollm2_135m, tiny_llama, or MODULE:FUNCTION returning a DecoderSource."
     ),
 ]
 FactoryArgs = Annotated[
@@ -37,9 +38,11 @@ def register(app: typer.Typer) -> None:
 def list_models() -> None:
     """List the built-in models, heads and adapters."""
     from edgeexit.compile import list_adapters, list_heads
+    from edgeexit.compile.decoders.zoo import list_decoders
     from edgeexit.compile.zoo import list_models as zoo_models
 
     console.print(f"models:   {', '.join(zoo_models())}")
+    console.print(f"decoders: {', '.join(list_decoders())}")
     console.print(f"heads:    {', '.join(list_heads())}")
     console.print(f"adapters: {', '.join(list_adapters())}")
 
@@ -218,8 +221,11 @@ def _weights(text: str | None) -> list[float] | None:
 
 def export(
     factory: FactoryArg,
-    input_shape: Annotated[str, typer.Option(help="Example input shape, e.g. 1,1,28,28 (the batch axis is dynamic).")],
     out: Annotated[Path, typer.Option(help="Package directory to write.")],
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="Example input shape, e.g. 1,1,28,28 (the batch axis is dynamic); not for decoders."),
+    ] = None,
     weights: WeightsOpt = None,
     data: Annotated[
         str | None,
@@ -250,17 +256,38 @@ def export(
         ),
     ] = False,
     arg: FactoryArgs = None,
+    boundaries: Annotated[
+        str | None,
+        typer.Option(
+            help="Decoders: the layer counts where layer groups end, e.g. 6,12,18,24,30 (default: five even groups)."
+        ),
+    ] = None,
 ) -> None:
-    """Export a multi-exit model into a package: one ONNX graph per segment, offload tails, manifest, reference."""
+    """Export a multi-exit model into a package: one ONNX graph per segment, offload tails, manifest, reference.
+
+    A decoder LLM (smollm2_135m, tiny_llama) becomes a decoder package instead: the embedding, one graph per
+    layer group taking and returning its layers' KV cache, the head, tokenizer.json and the chat template,
+    parity-checked against PyTorch per graph and over greedy continuations; run it with `edgeexit generate`."""
     from edgeexit.cli.render import parity_table, segments_table, tails_table
     from edgeexit.compile.checkpoint import load_checkpoint
+    from edgeexit.compile.decoders.export import DecoderSource
     from edgeexit.compile.export import export as export_model
     from edgeexit.compile.export import parity_rows
-    from edgeexit.compile.factory import build_from_factory, parse_factory_args
+    from edgeexit.compile.factory import build_object, parse_factory_args, require_model
     from edgeexit.data import load_dataset
 
+    built = build_object(factory, parse_factory_args(arg or []))
+    if isinstance(built, DecoderSource):
+        from edgeexit.cli.decoder_commands import export_decoder_command
+
+        export_decoder_command(built, out, boundaries=boundaries, force=force)
+        return
+    if input_shape is None:
+        raise ExportError("--input-shape is required for a classifier or encoder, e.g. --input-shape 1,1,28,28")
+    if boundaries is not None:
+        raise ExportError("--boundaries is for decoder LLMs; a classifier's boundaries are its exits")
     shape = _parse_shape(input_shape)
-    model = build_from_factory(factory, parse_factory_args(arg or []))
+    model = require_model(built, factory)
     if weights:
         load_checkpoint(model, weights)
     labels, sample = None, None

@@ -31,6 +31,7 @@ def export_graph(
     what: str,
     *,
     dynamic_sequence: bool = False,
+    dynamic_shapes: Sequence[object] | None = None,
 ) -> int:
     """torch.onnx (dynamo) with a dynamic batch axis on every input; returns the default-domain opset.
 
@@ -40,6 +41,9 @@ def export_graph(
     ``examples`` are the forward's positional inputs, in the order of ``in_names``; they all share
     one batch dimension, so a graph with several inputs (an int8 tail's hidden, scale, zero point)
     cannot be fed inputs of different batch sizes.
+
+    ``dynamic_shapes``: torch.export's own per-input axes instead (a decoder's layer group, whose
+    past, new and total lengths are three dynamic axes that the graph relates).
     """
     import onnx
 
@@ -59,7 +63,9 @@ def export_graph(
                 dynamo=True,
                 input_names=list(in_names),
                 output_names=list(out_names),
-                dynamic_shapes=_dynamic_shapes(graph, len(examples), axes),
+                dynamic_shapes=tuple(dynamic_shapes)
+                if dynamic_shapes is not None
+                else _dynamic_shapes(graph, len(examples), axes),
                 external_data=False,
             )
             program.save(str(path), external_data=False)

@@ -14,15 +14,24 @@ from edgeexit.errors import EdgeExitError, ModelError
 
 def build_from_factory(spec: str, kwargs: Mapping[str, object] | None = None) -> MultiExitModel:
     """``pkg.module:function`` (the current directory is importable) or a built-in zoo name."""
+    return require_model(build_object(spec, kwargs), spec)
+
+
+def build_object(spec: str, kwargs: Mapping[str, object] | None = None) -> object:
+    """What ``spec`` builds, unchecked: a ``MultiExitModel``, or a ``DecoderSource`` for a decoder
+    LLM (a built-in decoder name, or a MODULE:FUNCTION returning one)."""
     from edgeexit.compile import zoo
+    from edgeexit.compile.decoders.zoo import DECODERS, list_decoders
 
     kwargs = dict(kwargs or {})
     if ":" not in spec:
         if spec in zoo.MODELS:
             return _call(zoo.MODELS.get(spec), spec, kwargs)
+        if spec in DECODERS:
+            return _call(DECODERS.get(spec), spec, kwargs)
         raise ModelError(
             f"factory {spec!r} is neither MODULE:FUNCTION nor a built-in model; "
-            f"built-in models: {', '.join(zoo.list_models())}"
+            f"built-in models: {', '.join(zoo.list_models())}; decoders: {', '.join(list_decoders())}"
         )
     module_name, _, attr = spec.partition(":")
     if str(Path.cwd()) not in sys.path:
@@ -40,13 +49,16 @@ def build_from_factory(spec: str, kwargs: Mapping[str, object] | None = None) ->
     return _call(factory, spec, kwargs)
 
 
-def _call(factory: object, spec: str, kwargs: dict[str, object]) -> MultiExitModel:
+def _call(factory: object, spec: str, kwargs: dict[str, object]) -> object:
     try:
-        model = factory(**kwargs)  # type: ignore[operator]
+        return factory(**kwargs)  # type: ignore[operator]
     except EdgeExitError:
         raise
     except TypeError as err:
         raise ModelError(f"factory {spec!r} rejected arguments {kwargs}: {err}") from None
+
+
+def require_model(model: object, spec: str) -> MultiExitModel:
     if not isinstance(model, MultiExitModel):
         raise ModelError(
             f"factory {spec!r} returned {type(model).__name__}; expected a MultiExitModel "

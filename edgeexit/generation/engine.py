@@ -1,0 +1,202 @@
+"""Text generation on the device from a decoder package: ONNX Runtime and ``tokenizers``, no torch.
+
+``DecoderEngine.generate`` tokenizes the prompt (the chat template applied with ``chat=True``),
+runs it through the embedding, every layer-group segment and the head in one prefill pass, then
+one token at a time: each segment reads its past from the preallocated cache and writes the new
+token's keys and values into it in place (``edgeexit.generation.cache``). Greedy by default;
+``temperature`` > 0 samples, seeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgeexit.errors import InputError, PackageError, UsageError
+from edgeexit.generation.cache import KVCache
+from edgeexit.generation.manifest import DecoderManifest, DecoderSegment
+from edgeexit.generation.package import DecoderPackage, open_decoder_package
+from edgeexit.generation.sampling import Sampler
+from edgeexit.generation.tokenizer import PromptCodec
+
+Mode = Literal["full", "early-exit", "speculative"]
+MODES: tuple[str, ...] = ("full", "early-exit", "speculative")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's continuation and what it cost."""
+
+    text: str
+    #: the generated token ids (the prompt's not included; a stop token that ended it not included)
+    tokens: tuple[int, ...]
+    prompt_tokens: int
+    #: generated tokens per second of the whole call (tokenizing and the prompt's pass included)
+    tokens_per_s: float
+    #: decoder layers run per generated token (the model's depth at full depth)
+    mean_layers: float
+    mode: str
+    #: "stop" (a stop token), "length" (max_new_tokens reached)
+    finish: str
+    prefill_ms: float
+    total_ms: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "tokens_per_s": self.tokens_per_s,
+            "mean_layers": self.mean_layers,
+            "mode": self.mode,
+            "prompt_tokens": self.prompt_tokens,
+            "finish": self.finish,
+            "prefill_ms": self.prefill_ms,
+            "total_ms": self.total_ms,
+        }
+
+
+class _SegmentRunner:
+    """One layer group's session with its inputs and outputs bound by pointer (no copies)."""
+
+    def __init__(self, session: object, spec: DecoderSegment) -> None:
+        self.session = session
+        self.spec = spec
+        self.layers = list(spec.layers)
+        self.binding = session.io_binding()  # type: ignore[attr-defined]
+
+    def run(self, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        index = self.spec.index
+        past = cache.lengths[index]
+        new = hidden.shape[1]
+        cache.room(index, new)
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_cpu_input("hidden", hidden)
+        b.bind_cpu_input("position_ids", positions)
+        b.bind_cpu_input("attention_mask", mask)
+        out = np.empty_like(hidden)
+        b.bind_output("hidden_out", "cpu", 0, np.float32, out.shape, out.ctypes.data)
+        past_shape = (past, *cache.entry_shape)
+        new_shape = (new, *cache.entry_shape)
+        offset = past * cache.position_bytes
+        for layer in self.layers:
+            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+                buffer = buffers[layer]
+                b.bind_input(f"past_{kind}_{layer}", "cpu", 0, np.float32, past_shape, buffer.ctypes.data)
+                b.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, new_shape, buffer.ctypes.data + offset)
+        self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
+        cache.lengths[index] = past + new
+        return out
+
+
+class DecoderEngine:
+    """A decoder package loaded for generation: sessions, tokenizer, a cache sized per call.
+
+    ``variant``: ``fp32`` or a weight-only variant the package holds (``int8``, ``int4``);
+    ``threads``: ONNX Runtime intra-op threads (one by default, as for every edgeexit engine)."""
+
+    def __init__(self, package: str | Path | DecoderPackage, *, variant: str = "fp32", threads: int = 1,
+                 cache_dir: Path | None = None) -> None:  # fmt: skip
+        from edgeexit.runtime.sessions import load_session
+
+        self.package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
+        manifest = self.package.manifest
+        self.manifest: DecoderManifest = manifest
+        self.variant = variant
+        files = {} if variant == "fp32" else manifest.variant(variant).files
+
+        def load(file: str) -> object:
+            chosen = files.get(file, file)
+            return load_session(self.package.path(chosen), threads, cache_dir=cache_dir,
+                                sha256=manifest.files.get(chosen))  # fmt: skip
+
+        self.embedding = load(manifest.embedding.file)
+        self.segments = [_SegmentRunner(load(s.graph.file), s) for s in manifest.segments]
+        self.head = load(manifest.head.file)
+        self.codec = PromptCodec.from_package(self.package)
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 64,
+        *,
+        mode: str = "full",
+        chat: bool = False,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[int] | None = None,
+    ) -> Generation:
+        """Continue ``prompt`` (text, or token ids as the package's tokenizer gives them) by up to
+        ``max_new_tokens`` tokens, stopping early at a stop token (the package's by default)."""
+        started = time.perf_counter()
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode != "full":
+            raise UsageError(f"mode {mode!r} needs exit adapters, and this package has none; generate with --mode full")
+        if max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
+        ids = self.codec.encode(prompt, chat=chat) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise InputError("the prompt is empty; expected text (or token ids) to continue")
+        context = self.manifest.shape.max_context
+        if len(ids) >= context:
+            raise InputError(
+                f"the prompt is {len(ids)} tokens; the model's context is {context}: shorten it to leave room for "
+                "the continuation"
+            )
+        budget = min(max_new_tokens, context - len(ids))
+        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        stops = set(self.manifest.tokens.stop if stop is None else stop)
+        cache = KVCache(self.manifest.shape, [s.layers for s in self.manifest.segments], batch=1,
+                        capacity=len(ids) + budget)  # fmt: skip
+        logits = self.forward(np.asarray([ids], dtype=np.int64), cache)
+        prefill_ms = (time.perf_counter() - started) * 1e3
+        out: list[int] = []
+        finish = "length"
+        while True:
+            token = sampler.pick(logits[0, -1])
+            if token in stops:
+                finish = "stop"
+                break
+            out.append(token)
+            if len(out) >= budget:
+                break
+            logits = self.forward(np.asarray([[token]], dtype=np.int64), cache)
+        text = self.codec.decode(out)
+        total = time.perf_counter() - started
+        return Generation(
+            text=text,
+            tokens=tuple(out),
+            prompt_tokens=len(ids),
+            tokens_per_s=len(out) / total if total > 0 else 0.0,
+            mean_layers=float(self.manifest.shape.layers),
+            mode=mode,
+            finish=finish,
+            prefill_ms=prefill_ms,
+            total_ms=total * 1e3,
+        )
+
+    def forward(self, ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """``ids`` ``(B, S)`` after what ``cache`` holds, through every layer: the head's logits at
+        the last position ``(B, 1, V)``; the cache gains the S positions."""
+        start = cache.lengths[0]
+        if any(n != start for n in cache.lengths):
+            raise PackageError(f"the cache's segments hold {cache.lengths} positions; full depth needs them equal")
+        batch, length = ids.shape
+        positions = np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)).copy()
+        mask = np.ones((batch, start + length), dtype=np.int64)
+        (hidden,) = self.embedding.run(None, {"input_ids": ids})  # type: ignore[attr-defined]
+        for segment in self.segments:
+            hidden = segment.run(hidden, positions, mask, cache)
+        (logits,) = self.head.run(None, {"hidden": np.ascontiguousarray(hidden[:, -1:])})  # type: ignore[attr-defined]
+        return logits  # type: ignore[no-any-return]
