@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     app.command()(generate)
+    app.command(name="train-exits")(train_exits)
 
 
-def export_decoder_command(source: DecoderSource, out: Path, *, boundaries: str | None, force: bool) -> None:
+def export_decoder_command(source: DecoderSource, out: Path, *, boundaries: str | None, variants: str,
+                           force: bool) -> None:  # fmt: skip
     from edgeexit.compile.decoders.export import export_decoder
     from edgeexit.errors import ExportError
 
@@ -29,7 +31,8 @@ def export_decoder_command(source: DecoderSource, out: Path, *, boundaries: str 
             chosen = [int(part) for part in boundaries.split(",")]
         except ValueError:
             raise ExportError(f"--boundaries {boundaries!r}: expected layer counts, e.g. 6,12,18,24,30") from None
-    package = export_decoder(source, out, boundaries=chosen, overwrite=force)
+    names = [name.strip() for name in variants.split(",") if name.strip()]
+    package = export_decoder(source, out, boundaries=chosen, weights=names, overwrite=force)
     manifest = package.manifest
     table = Table(title="parity: ONNX Runtime vs PyTorch (largest |difference|, relative to the largest |value|)")
     for column in ("graph", "max |diff|", "max |value|", "relative"):
@@ -41,6 +44,14 @@ def export_decoder_command(source: DecoderSource, out: Path, *, boundaries: str 
     greedy = manifest.reference.get("greedy", [])
     same = sum(bool(row["identical"]) for row in greedy)
     console.print(f"greedy continuations identical to transformers' generate on {same} of {len(greedy)} prompts")
+    for variant in manifest.variants:
+        found = variant.agreement
+        console.print(
+            f"{variant.name}: weight-only {variant.bits}-bit (MatMulNBits, blocks of {variant.block_size}); "
+            f"against fp32 over {found['prompts']} greedy continuations of {found['tokens']} tokens: "
+            f"{100 * found['teacher_forced_agreement']:.1f}% of next tokens agree (teacher-forced), "
+            f"{found['identical_continuations']} continuations identical"
+        )
     segments = ", ".join(f"{s.first_layer}-{s.stop_layer - 1}" for s in manifest.segments)
     seconds = manifest.metadata.get("export", {}).get("seconds", 0.0)
     console.print(f"[green]exported[/] {out}: embedding, layer groups {segments}, head; in {seconds:.1f} s")
@@ -79,3 +90,61 @@ def generate(
         f"{result.mean_layers:.1f} layers per token, mode {result.mode}, prompt {result.prompt_tokens} tokens "
         f"in {result.prefill_ms:.0f} ms[/]"
     )
+
+
+def train_exits(
+    package: Annotated[Path, typer.Argument(help="A decoder package written by `edgeexit export`.")],
+    layers: Annotated[str, typer.Option(help="Exit after these layers (ends of layer groups), e.g. 6,12,18,24.")],
+    prompts: Annotated[int, typer.Option(help="Training prompts (review snippets and Hamlet lines).")] = 256,
+    steps: Annotated[int, typer.Option(help="Adam steps per adapter.")] = 400,
+    answer_tokens: Annotated[int, typer.Option(help="Longest answer the model writes per prompt.")] = 48,
+    agreement: Annotated[
+        float, typer.Option(help="Share of tokens that must agree with the full model's greedy choice.")
+    ] = 0.9,
+    delta: Annotated[float, typer.Option(help="Allowed probability that the agreement guarantee fails.")] = 0.1,
+    draft_exit: Annotated[int, typer.Option(help="Which exit (index) drafts for --mode speculative.")] = 0,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", "-a", help="key=value for the model's factory (as at export).")
+    ] = None,
+) -> None:
+    """Train exit adapters into a decoder package by self-distillation (backbone frozen), with gates and
+    thresholds calibrated for --agreement; then `edgeexit generate --mode early-exit|speculative` uses them."""
+    from edgeexit.compile.decoders.exits import ExitTraining
+    from edgeexit.compile.decoders.export import DecoderSource
+    from edgeexit.compile.decoders.train_exits import add_exits
+    from edgeexit.compile.factory import build_object, parse_factory_args
+    from edgeexit.data.prompts import instruction_prompts
+    from edgeexit.errors import ExportError
+    from edgeexit.generation import open_decoder_package
+
+    opened = open_decoder_package(package)
+    source = build_object(opened.manifest.model_name, parse_factory_args(arg or []))
+    if not isinstance(source, DecoderSource):
+        raise ExportError(f"{opened.manifest.model_name} does not build a decoder; expected the package's own model")
+    try:
+        chosen = [int(part) for part in layers.split(",")]
+    except ValueError:
+        raise ExportError(f"--layers {layers!r}: expected layer counts, e.g. 6,12,18,24") from None
+    training = ExitTraining(steps=steps, answer_tokens=answer_tokens)
+    updated = add_exits(opened, source, chosen, instruction_prompts(prompts), training=training,
+                        agreement=agreement, delta=delta, draft_exit=draft_exit)  # fmt: skip
+    manifest = updated.manifest
+    table = Table(title=f"exits trained on {manifest.exit_calibration['train_tokens']} tokens; held-out tokens")
+    for column in ("layer", "top-1 agrees", "AUC max_prob", "AUC gate", "AUC similarity", "thresholds"):
+        table.add_column(column, justify="right")
+    for found in manifest.exits:
+        record = found.record
+        thresholds = ", ".join(f"{k} {v:.3g}" for k, v in found.thresholds.items()) or "never"
+        table.add_row(str(found.layer), f"{record['held_out_top1_agreement']:.3f}", f"{record['max_prob_auc']:.3f}",
+                      f"{record['gate_auc']:.3f}", f"{record['similarity_auc']:.3f}", thresholds)  # fmt: skip
+    console.print(table)
+    calibration = manifest.exit_calibration
+    for criterion in ("max_prob", "gate", "similarity"):
+        found = calibration[criterion]
+        console.print(
+            f"{criterion}: {found['expected_layers']:.1f} layers per token expected at "
+            f"{100 * found['agreement']:.1f}% agreement on {calibration['calibration_tokens']} calibration tokens "
+            f"({'certified' if found['certified'] else 'NOT certified: full depth'} for >= {100 * agreement:g}% "
+            f"with probability {1 - delta:g})"
+        )
+    console.print(f"[green]saved[/] {package} in {calibration['seconds']:.0f} s")

@@ -262,6 +262,13 @@ def export(
             help="Decoders: the layer counts where layer groups end, e.g. 6,12,18,24,30 (default: five even groups)."
         ),
     ] = None,
+    variants: Annotated[
+        str,
+        typer.Option(
+            help="Decoders: weight-only quantized variants to add (ONNX Runtime MatMulNBits), comma-separated: int8, "
+            "int4; an empty string adds none. Their agreement with fp32 is measured and recorded."
+        ),
+    ] = "int8,int4",
 ) -> None:
     """Export a multi-exit model into a package: one ONNX graph per segment, offload tails, manifest, reference.
 
@@ -280,7 +287,7 @@ def export(
     if isinstance(built, DecoderSource):
         from edgeexit.cli.decoder_commands import export_decoder_command
 
-        export_decoder_command(built, out, boundaries=boundaries, force=force)
+        export_decoder_command(built, out, boundaries=boundaries, variants=variants, force=force)
         return
     if input_shape is None:
         raise ExportError("--input-shape is required for a classifier or encoder, e.g. --input-shape 1,1,28,28")

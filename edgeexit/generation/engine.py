@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from edgeexit.errors import InputError, PackageError, UsageError
 from edgeexit.generation.cache import KVCache
+from edgeexit.generation.decoding import DEFAULT_CRITERION, EarlyExit, Run, Speculative, full_depth
 from edgeexit.generation.manifest import DecoderManifest, DecoderSegment
 from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.generation.sampling import Sampler
@@ -45,6 +46,8 @@ class Generation:
     finish: str
     prefill_ms: float
     total_ms: float
+    #: what the mode measured: exits taken, recomputed positions, acceptance of drafts, ...
+    details: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +60,7 @@ class Generation:
             "finish": self.finish,
             "prefill_ms": self.prefill_ms,
             "total_ms": self.total_ms,
+            **self.details,
         }
 
 
@@ -119,6 +123,7 @@ class DecoderEngine:
         self.embedding = load(manifest.embedding.file)
         self.segments = [_SegmentRunner(load(s.graph.file), s) for s in manifest.segments]
         self.head = load(manifest.head.file)
+        self.exit_sessions = [load(e.graph.file) for e in manifest.exits]
         self.codec = PromptCodec.from_package(self.package)
 
     # ---------------------------------------------------------------- generation
@@ -135,14 +140,21 @@ class DecoderEngine:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[int] | None = None,
+        criterion: str | None = None,
+        max_draft: int | None = None,
+        stop_below: float | None = None,
     ) -> Generation:
         """Continue ``prompt`` (text, or token ids as the package's tokenizer gives them) by up to
-        ``max_new_tokens`` tokens, stopping early at a stop token (the package's by default)."""
+        ``max_new_tokens`` tokens, stopping early at a stop token (the package's by default).
+
+        ``mode``: ``full`` (every layer for every token), ``early-exit`` (a token leaves at the
+        first exit whose ``criterion`` score reaches its calibrated threshold; the package's
+        default criterion: ``gate``), or ``speculative`` (the layers up to the draft exit propose
+        up to ``max_draft`` tokens, a draft stopping early when its top probability falls below
+        ``stop_below``, and one pass of the remaining layers keeps those the model agrees with:
+        the same greedy text as ``full``). Unset, these come from the package."""
         started = time.perf_counter()
-        if mode not in MODES:
-            raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        if mode != "full":
-            raise UsageError(f"mode {mode!r} needs exit adapters, and this package has none; generate with --mode full")
+        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature)
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
         ids = self.codec.encode(prompt, chat=chat) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -156,47 +168,83 @@ class DecoderEngine:
             )
         budget = min(max_new_tokens, context - len(ids))
         sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        stops = set(self.manifest.tokens.stop if stop is None else stop)
-        cache = KVCache(self.manifest.shape, [s.layers for s in self.manifest.segments], batch=1,
-                        capacity=len(ids) + budget)  # fmt: skip
+        stops = frozenset(self.manifest.tokens.stop if stop is None else stop)
+        cache = self.new_cache(min(context, len(ids) + budget + (strategy.lookahead if strategy else 0)))
         logits = self.forward(np.asarray([ids], dtype=np.int64), cache)
         prefill_ms = (time.perf_counter() - started) * 1e3
-        out: list[int] = []
-        finish = "length"
-        while True:
-            token = sampler.pick(logits[0, -1])
-            if token in stops:
-                finish = "stop"
-                break
-            out.append(token)
-            if len(out) >= budget:
-                break
-            logits = self.forward(np.asarray([[token]], dtype=np.int64), cache)
-        text = self.codec.decode(out)
+        run = Run(sampler=sampler, stops=stops, budget=budget)
+        first = sampler.pick(logits[0, -1])
+        if strategy is None:
+            full_depth(self, cache, first, run)
+        else:
+            strategy.decode(self, cache, first, run)
         total = time.perf_counter() - started
         return Generation(
-            text=text,
-            tokens=tuple(out),
+            text=self.codec.decode(run.tokens),
+            tokens=tuple(run.tokens),
             prompt_tokens=len(ids),
-            tokens_per_s=len(out) / total if total > 0 else 0.0,
-            mean_layers=float(self.manifest.shape.layers),
+            tokens_per_s=len(run.tokens) / total if total > 0 else 0.0,
+            mean_layers=float(np.mean(run.layers)) if run.layers else float(self.manifest.shape.layers),
             mode=mode,
-            finish=finish,
+            finish=run.finish,
             prefill_ms=prefill_ms,
             total_ms=total * 1e3,
+            details=run.details(),
         )
 
-    def forward(self, ids: np.ndarray, cache: KVCache) -> np.ndarray:
+    def _strategy(self, mode: str, criterion: str | None, max_draft: int | None, stop_below: float | None,
+                  temperature: float) -> Any:  # fmt: skip
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode == "full":
+            return None
+        manifest = self.manifest
+        if not manifest.exits:
+            raise UsageError(
+                f"mode {mode!r} needs exit adapters, and this package has none: train them with "
+                "`edgeexit train-exits`, or generate with --mode full"
+            )
+        if mode == "early-exit":
+            return EarlyExit.from_manifest(manifest, criterion or DEFAULT_CRITERION)
+        if temperature > 0:
+            raise UsageError("speculative mode decodes greedily (its output is full depth's); drop --temperature")
+        return Speculative.from_manifest(manifest, max_draft, stop_below)
+
+    # ---------------------------------------------------------------- the steps every mode is made of
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.manifest.shape, [s.layers for s in self.manifest.segments], batch=1, capacity=capacity)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        (hidden,) = self.embedding.run(None, {"input_ids": ids})  # type: ignore[attr-defined]
+        return hidden  # type: ignore[no-any-return]
+
+    def segment(self, index: int, hidden: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Layer group ``index`` over ``hidden`` ``(B, S, H)``, the positions after those its cache holds."""
+        start = cache.lengths[index]
+        batch, length = hidden.shape[:2]
+        positions = np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)).copy()
+        mask = np.ones((batch, start + length), dtype=np.int64)
+        return self.segments[index].run(hidden, positions, mask, cache)
+
+    def adapt(self, exit_index: int, hidden: np.ndarray) -> np.ndarray:
+        """Exit ``exit_index``'s adapter: ``hidden`` into the final layer's space."""
+        (adapted,) = self.exit_sessions[exit_index].run(None, {"hidden": hidden})  # type: ignore[attr-defined]
+        return adapted  # type: ignore[no-any-return]
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The head (final norm + vocabulary projection) at every position of ``hidden``."""
+        (logits,) = self.head.run(None, {"hidden": np.ascontiguousarray(hidden)})  # type: ignore[attr-defined]
+        return logits  # type: ignore[no-any-return]
+
+    def forward(self, ids: np.ndarray, cache: KVCache, *, every_position: bool = False) -> np.ndarray:
         """``ids`` ``(B, S)`` after what ``cache`` holds, through every layer: the head's logits at
-        the last position ``(B, 1, V)``; the cache gains the S positions."""
+        the last position ``(B, 1, V)`` (``every_position``: at all S, ``(B, S, V)``); the cache
+        gains the S positions."""
         start = cache.lengths[0]
         if any(n != start for n in cache.lengths):
             raise PackageError(f"the cache's segments hold {cache.lengths} positions; full depth needs them equal")
-        batch, length = ids.shape
-        positions = np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)).copy()
-        mask = np.ones((batch, start + length), dtype=np.int64)
-        (hidden,) = self.embedding.run(None, {"input_ids": ids})  # type: ignore[attr-defined]
-        for segment in self.segments:
-            hidden = segment.run(hidden, positions, mask, cache)
-        (logits,) = self.head.run(None, {"hidden": np.ascontiguousarray(hidden[:, -1:])})  # type: ignore[attr-defined]
-        return logits  # type: ignore[no-any-return]
+        hidden = self.embed(ids)
+        for index in range(len(self.segments)):
+            hidden = self.segment(index, hidden, cache)
+        return self.logits(hidden if every_position else hidden[:, -1:])

@@ -92,6 +92,41 @@ class WeightVariant:
     agreement: dict[str, Any] = field(default_factory=dict)
 
 
+#: How an exit can decide that a token may leave: the probability of its top token through the
+#: head (CALM's softmax response: a vocabulary projection per attempt), a trained gate on its
+#: adapter's output (CALM's hidden-state classifier: a dot product), or the cosine similarity of
+#: the hidden state entering and leaving the layer group (MuE).
+EXIT_CRITERIA = ("max_prob", "gate", "similarity")
+
+
+@dataclass(frozen=True)
+class DecoderExit:
+    """An exit after layer group ``segment`` (``layer`` layers in): an adapter graph ``hidden ->
+    hidden`` into the final layer's space, read through the shared head."""
+
+    segment: int
+    layer: int
+    graph: GraphSpec
+    #: the gate: ``sigmoid(gate_weights . rms_normalize(adapter output) + gate_bias)``
+    gate_weights: tuple[float, ...]
+    gate_bias: float
+    #: a token may leave here when the criterion's score reaches this (per criterion; absent: never)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    #: what training and the held-out tokens measured (top-1 agreement with the final layer, ...)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Self-speculative decoding's defaults: draft with the layers up to exit ``exit`` (an index
+    into ``exits``), at most ``max_draft`` tokens per round, stopping a draft early when its top
+    token's probability falls below ``stop_below`` (Kangaroo's second early exit)."""
+
+    exit: int
+    max_draft: int = 4
+    stop_below: float = 0.5
+
+
 @dataclass(frozen=True)
 class DecoderManifest:
     model_name: str
@@ -110,6 +145,10 @@ class DecoderManifest:
     #: the model's Jinja chat template (applied on the device for ``--chat``), None: plain prompts only
     chat_template: str | None = None
     variants: tuple[WeightVariant, ...] = ()
+    exits: tuple[DecoderExit, ...] = ()
+    #: how the exits' thresholds were chosen (target agreement, guarantee, held-out outcome)
+    exit_calibration: dict[str, Any] = field(default_factory=dict)
+    speculation: Speculation | None = None
     #: parity with the framework the package was exported from (per graph and greedy continuations)
     reference: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +179,25 @@ class DecoderManifest:
             unknown = sorted(set(variant.files) - set(graphs))
             if unknown:
                 raise PackageError(f"variant {variant.name!r} replaces {unknown}, which are not graphs of the package")
+        ends = {segment.index: segment.stop_layer for segment in self.segments[:-1]}
+        for position, found in enumerate(self.exits):
+            if ends.get(found.segment) != found.layer:
+                raise PackageError(
+                    f"exits[{position}]: after segment {found.segment} at layer {found.layer}; expected an exit "
+                    f"where a layer group other than the last ends ({ends})"
+                )
+            if len(found.gate_weights) != s.hidden:
+                raise PackageError(f"exits[{position}].gate_weights: {len(found.gate_weights)} weights for {s.hidden}")
+            unknown = sorted(set(found.thresholds) - set(EXIT_CRITERIA))
+            if unknown:
+                raise PackageError(
+                    f"exits[{position}].thresholds: unknown criteria {unknown}; expected {EXIT_CRITERIA}"
+                )
+            graphs.append(found.graph.file)
+        if [e.segment for e in self.exits] != sorted({e.segment for e in self.exits}):
+            raise PackageError("exits: expected at most one exit per segment, in order")
+        if self.speculation is not None and not 0 <= self.speculation.exit < len(self.exits):
+            raise PackageError(f"speculation.exit {self.speculation.exit}: the package has {len(self.exits)} exits")
         if self.tokenizer is not None:
             graphs.append(self.tokenizer)
         missing = sorted(set(graphs) - set(self.files))

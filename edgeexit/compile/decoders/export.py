@@ -22,6 +22,7 @@ import torch
 
 import edgeexit
 from edgeexit.compile.decoders.llama import LayerGroup, LlamaShape, split_llama
+from edgeexit.compile.decoders.weights import ACCURACY_LEVEL, BLOCK_SIZE, WEIGHT_VARIANTS, quantize_weights
 from edgeexit.compile.exporter import export_graph
 from edgeexit.errors import ExportError
 from edgeexit.fileio import atomic_write_text, sha256_file, staged_directory
@@ -31,6 +32,7 @@ from edgeexit.generation.manifest import (
     DecoderShape,
     GraphSpec,
     Tokens,
+    WeightVariant,
 )
 from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.manifest import MANIFEST_FILE, TensorSpec, package_id_of
@@ -72,14 +74,22 @@ def export_decoder(
     out: str | Path,
     *,
     boundaries: Sequence[int] | None = None,
+    weights: Sequence[str] = ("int8", "int4"),
     parity_tokens: int = 12,
+    agreement_tokens: int = 32,
     overwrite: bool = False,
 ) -> DecoderPackage:
-    """Write ``source`` as a decoder package at ``out`` (staged, moved into place when complete)."""
+    """Write ``source`` as a decoder package at ``out`` (staged, moved into place when complete),
+    with a weight-only quantized variant per name in ``weights`` (``int8``, ``int4``; their
+    agreement with fp32 over ``agreement_tokens``-token greedy continuations of the prompts
+    recorded in the manifest)."""
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; pass --force (overwrite=True in Python) to replace it")
+    unknown = sorted(set(weights) - set(WEIGHT_VARIANTS))
+    if unknown:
+        raise ExportError(f"unknown weight variant(s) {unknown}; expected some of {', '.join(WEIGHT_VARIANTS)}")
     model = source.model.eval()
     shape = LlamaShape(model.config)
     chosen = tuple(boundaries or source.boundaries or default_boundaries(shape.layers))
@@ -137,7 +147,7 @@ def export_decoder(
                 f"greedy continuations through the device runtime differ from transformers' generate on "
                 f"{len(differing)} of {len(continuations)} prompts: {differing[0]}"
             )
-        manifest = package.manifest
+        manifest = _with_variants(package, weights, source, agreement_tokens)
         manifest = DecoderManifest(**{**manifest.__dict__, "reference": {
             "framework": f"transformers {_transformers_version()}, torch {torch.__version__}",
             "graphs": graphs,
@@ -149,6 +159,40 @@ def export_decoder(
         }}})  # fmt: skip
         package.save_manifest(manifest)
     return open_decoder_package(out)
+
+
+def _with_variants(package: DecoderPackage, names: Sequence[str], source: DecoderSource,
+                   tokens: int) -> DecoderManifest:  # fmt: skip
+    """The manifest with a weight-only variant per name: segments and head quantized, hashed, and
+    measured against fp32 on the source's prompts."""
+    from edgeexit.generation.agreement import agreement
+    from edgeexit.generation.engine import DecoderEngine
+
+    manifest = package.manifest
+    if not names:
+        return manifest
+    reference = DecoderEngine(package)
+    prompts = [_prompt_ids(source, reference, prompt) for prompt in source.prompts or ("",)]
+    files = dict(manifest.files)
+    variants = []
+    for name in names:
+        bits = WEIGHT_VARIANTS[name]
+        (package.root / name).mkdir(exist_ok=True)
+        mapping = {}
+        for graph in [*(s.graph.file for s in manifest.segments), manifest.head.file]:
+            target = f"{name}/{Path(graph).name}"
+            quantize_weights(package.path(graph), package.path(target), bits)
+            files[target] = sha256_file(package.path(target))
+            mapping[graph] = target
+        variants.append(WeightVariant(name=name, bits=bits, block_size=BLOCK_SIZE, files=mapping))
+    manifest = DecoderManifest(**{**manifest.__dict__, "files": files, "variants": tuple(variants)})
+    package = package.save_manifest(manifest)
+    measured = []
+    for variant in variants:
+        found = agreement(reference, DecoderEngine(package, variant=variant.name), prompts, tokens)
+        found["accuracy_level"] = ACCURACY_LEVEL
+        measured.append(WeightVariant(**{**variant.__dict__, "agreement": found}))
+    return DecoderManifest(**{**manifest.__dict__, "variants": tuple(measured)})
 
 
 def chat_frame(tokenizer: Any) -> tuple[str, str]:

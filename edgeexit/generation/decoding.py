@@ -1,0 +1,237 @@
+"""The three ways a token is decoded: full depth, early exit, and self-speculation.
+
+**Early exit** (CALM): after each layer group with an exit, the exit's adapter maps the token's
+hidden state into the final layer's space and a criterion scores it (``max_prob``: the top
+probability through the head; ``gate``: the trained gate on the adapter's output, no vocabulary
+projection; ``similarity``: MuE's cosine between the hidden state entering and leaving the
+group). At the first score that reaches its threshold the token leaves, read through the head.
+
+The layers it skipped still need its keys and values for later tokens. They are computed lazily
+(as EE-LLM and FREE do): each layer group keeps the hidden states of the positions it has not seen
+(``pending``), and the next token that goes deeper takes them along in one pass over several
+positions, which costs a memory-bound CPU little more than one. So every cache entry is exactly
+what full depth computes from the hidden states the token really had; a skipped token's entries
+arrive late, not approximated (CALM's alternative, copying the exit's hidden state into the
+skipped layers, would approximate them; not implemented).
+
+**Speculative** (Kangaroo, LayerSkip, greedy): the layers up to the draft exit, its adapter and
+the head propose tokens one by one, stopping when the draft's top probability falls below
+``stop_below`` or at ``max_draft``; the remaining layers then run once over the drafted positions
+(their shallow layers' cache entries were computed by the draft and are the full model's own) and
+the head gives the model's greedy token at each. The longest agreeing prefix is kept, plus the
+model's token where it first disagrees (or after the last draft); the cache is cut back to what
+was kept. Every kept token is the full model's greedy choice: the output is full depth's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeexit.errors import UsageError
+from edgeexit.generation.manifest import EXIT_CRITERIA, DecoderManifest, Speculation
+from edgeexit.generation.sampling import Sampler
+
+if TYPE_CHECKING:
+    from edgeexit.generation.cache import KVCache
+    from edgeexit.generation.engine import DecoderEngine
+
+#: What ``--mode early-exit`` decides with when not told: the gate costs a dot product per exit,
+#: max_prob a vocabulary projection (on SmolLM2 the head is as large as 8 of its 30 layers).
+DEFAULT_CRITERION = "gate"
+
+
+@dataclass
+class Run:
+    """One generation's progress: tokens, the layers each ran, why it stopped, what it cost."""
+
+    sampler: Sampler
+    stops: frozenset[int]
+    budget: int
+    tokens: list[int] = field(default_factory=list)
+    layers: list[float] = field(default_factory=list)
+    finish: str = "length"
+    counters: dict[str, float] = field(default_factory=dict)
+
+    def emit(self, token: int, layers: float) -> bool:
+        """Take ``token`` (decoded with ``layers`` layers); False when generation is over (a stop
+        token, which is not kept, or the budget reached)."""
+        if token in self.stops:
+            self.finish = "stop"
+            return False
+        self.tokens.append(token)
+        self.layers.append(layers)
+        return len(self.tokens) < self.budget
+
+    def count(self, name: str, value: float = 1.0) -> None:
+        self.counters[name] = self.counters.get(name, 0.0) + value
+
+    def details(self) -> dict[str, float]:
+        return dict(self.counters)
+
+
+def full_depth(engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+    token = first
+    depth = float(engine.manifest.shape.layers)
+    while run.emit(token, depth):
+        logits = engine.forward(np.asarray([[token]], dtype=np.int64), cache)
+        token = run.sampler.pick(logits[0, -1])
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(-1).astype(np.float64)
+    b = b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def _max_prob(logits: np.ndarray) -> float:
+    shifted = logits.reshape(-1).astype(np.float64)
+    shifted = shifted - shifted.max()
+    return float(1.0 / np.exp(shifted).sum())
+
+
+@dataclass(frozen=True)
+class EarlyExit:
+    """Per-token early exit with ``criterion`` at ``thresholds`` (exit index -> threshold)."""
+
+    criterion: str
+    thresholds: dict[int, float]
+    lookahead: int = 0
+
+    @classmethod
+    def from_manifest(cls, manifest: DecoderManifest, criterion: str) -> EarlyExit:
+        if criterion not in EXIT_CRITERIA:
+            raise UsageError(f"unknown exit criterion {criterion!r}; expected one of {', '.join(EXIT_CRITERIA)}")
+        thresholds = {i: e.thresholds[criterion] for i, e in enumerate(manifest.exits) if criterion in e.thresholds}
+        return cls(criterion, thresholds)
+
+    def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        manifest = engine.manifest
+        exit_at = {e.segment: i for i, e in enumerate(manifest.exits)}
+        gates = [(np.asarray(e.gate_weights, dtype=np.float32), e.gate_bias) for e in manifest.exits]
+        eps = 1e-5
+        last = len(engine.segments) - 1
+        pending: list[np.ndarray | None] = [None] * len(engine.segments)
+        token = first
+        depth = float(manifest.shape.layers)
+        layers = depth
+        while run.emit(token, layers):
+            block = engine.embed(np.asarray([[token]], dtype=np.int64))
+            logits = None
+            for index in range(last + 1):
+                waiting = pending[index]
+                if waiting is not None:  # positions an earlier token skipped: computed now, together
+                    block = np.concatenate([waiting, block], axis=1)
+                    pending[index] = None
+                    run.count("recomputed_positions", waiting.shape[1])
+                entering = block[:, -1:]
+                block = engine.segment(index, block, cache)
+                chosen = exit_at.get(index)
+                if index == last or chosen is None or chosen not in self.thresholds:
+                    continue
+                leaving = block[:, -1:]
+                adapted = engine.adapt(chosen, leaving)
+                if self.criterion == "max_prob":
+                    logits = engine.logits(adapted)
+                    score = _max_prob(logits)
+                elif self.criterion == "gate":
+                    weights, bias = gates[chosen]
+                    x = adapted.reshape(-1)
+                    normed = x / np.sqrt(np.mean(x * x) + eps)
+                    score = float(1.0 / (1.0 + np.exp(-(normed @ weights + bias))))
+                else:
+                    score = _cosine(entering, leaving)
+                if score >= self.thresholds[chosen]:
+                    later = pending[index + 1]
+                    pending[index + 1] = block if later is None else np.concatenate([later, block], axis=1)
+                    if logits is None:
+                        logits = engine.logits(adapted)
+                    layers = float(manifest.exits[chosen].layer)
+                    run.count(f"exit_{manifest.exits[chosen].layer}")
+                    break
+                logits = None
+            else:
+                logits = engine.logits(block[:, -1:])
+                layers = depth
+                run.count("full_depth")
+            token = run.sampler.pick(logits.reshape(-1))
+
+
+@dataclass(frozen=True)
+class Speculative:
+    """Greedy self-speculation drafting with exit ``exit`` (its layer groups + adapter + head)."""
+
+    exit: int
+    max_draft: int
+    stop_below: float
+
+    @property
+    def lookahead(self) -> int:
+        return self.max_draft + 1
+
+    @classmethod
+    def from_manifest(cls, manifest: DecoderManifest, max_draft: int | None, stop_below: float | None) -> Speculative:
+        spec = manifest.speculation or Speculation(exit=0)
+        drafts = spec.max_draft if max_draft is None else max_draft
+        below = spec.stop_below if stop_below is None else stop_below
+        if drafts < 1:
+            raise UsageError(f"max_draft is {drafts}; expected at least 1 drafted token per round")
+        if not 0 <= below < 1:
+            raise UsageError(f"stop_below is {below}; expected a probability in [0, 1)")
+        return cls(spec.exit, drafts, below)
+
+    def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        try:
+            self._decode(engine, cache, first, run)
+        finally:
+            drafted, rounds = run.counters.get("drafted", 0.0), run.counters.get("rounds", 0.0)
+            accepted = run.counters.get("accepted", 0.0)
+            run.counters["acceptance_rate"] = accepted / drafted if drafted else 0.0
+            run.counters["mean_accepted"] = (accepted + rounds) / rounds if rounds else 0.0
+
+    def _decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        manifest = engine.manifest
+        draft_exit = manifest.exits[self.exit]
+        shallow = range(draft_exit.segment + 1)
+        deep = range(draft_exit.segment + 1, len(engine.segments))
+        depth = manifest.shape.layers
+        token = first
+        if not run.emit(token, float(depth)):
+            return
+        while True:
+            start = cache.lengths[0]  # the position of ``token``: no layer has seen it yet
+            room = cache.capacity - start - 1
+            drafts: list[int] = []
+            entering: list[np.ndarray] = []
+            current = token
+            while True:
+                hidden = engine.embed(np.asarray([[current]], dtype=np.int64))
+                for index in shallow:
+                    hidden = engine.segment(index, hidden, cache)
+                entering.append(hidden)
+                if len(drafts) >= min(self.max_draft, room, run.budget - len(run.tokens)):
+                    break
+                logits = engine.logits(engine.adapt(self.exit, hidden))
+                proposal = int(np.argmax(logits.reshape(-1)))
+                if _max_prob(logits) < self.stop_below or proposal in run.stops:
+                    break
+                drafts.append(proposal)
+                current = proposal
+            block = np.concatenate(entering, axis=1)
+            for index in deep:
+                block = engine.segment(index, block, cache)
+            verdict = np.argmax(engine.logits(block)[0], axis=-1)  # the model's greedy token after each position
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == int(verdict[accepted]):
+                accepted += 1
+            run.count("rounds")
+            run.count("drafted", len(drafts))
+            run.count("accepted", accepted)
+            cache.truncate(start + accepted + 1)  # keep ``token`` and the accepted drafts
+            kept = [*drafts[:accepted], int(verdict[accepted])]
+            for produced in kept:  # every kept token went through every layer (drafted or verified)
+                if not run.emit(produced, float(depth)):
+                    return
+            token = kept[-1]

@@ -1,0 +1,146 @@
+"""Exits for generation: trained adapters, calibrated thresholds, early exit with lazily recomputed
+KV entries, and self-speculative decoding that gives full depth's greedy text token for token."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeexit.errors import PackageError, UsageError
+from edgeexit.generation import DecoderEngine, open_decoder_package
+from edgeexit.generation.decoding import EarlyExit, Run
+from edgeexit.generation.sampling import Sampler
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_with_exits: Path) -> DecoderEngine:
+    return DecoderEngine(tiny_with_exits)
+
+
+def _prompts(count: int, seed: int = 5) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
+
+
+def test_training_records_adapters_gates_and_certified_thresholds(tiny_with_exits: Path) -> None:
+    manifest = open_decoder_package(tiny_with_exits).manifest
+    assert [(e.segment, e.layer) for e in manifest.exits] == [(0, 1), (1, 2), (2, 3)]
+    for found in manifest.exits:
+        assert (tiny_with_exits / found.graph.file).is_file()
+        assert len(found.gate_weights) == manifest.shape.hidden
+        assert 0.0 <= found.record["held_out_top1_agreement"] <= 1.0
+        assert found.record["loss_every_50_steps"][-1] < found.record["loss_every_50_steps"][0]
+    calibration = manifest.exit_calibration
+    assert calibration["method"].startswith("learn-then-test")
+    assert set(calibration) >= {"max_prob", "gate", "similarity", "calibration_tokens"}
+    assert manifest.speculation is not None
+    assert manifest.speculation.exit == 2
+
+
+@pytest.mark.parametrize("max_draft", [1, 3, 6])
+def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngine, max_draft: int) -> None:
+    drafted = accepted = 0
+    for ids in _prompts(10):
+        full = engine.generate(ids, 24, stop=())
+        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0)
+        assert fast.tokens == full.tokens, ids
+        assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
+        drafted += fast.details["drafted"]
+        accepted += fast.details["accepted"]
+    assert drafted > 0
+    assert accepted > 0  # both the accepting and the rejecting paths ran
+
+
+def test_speculation_stops_at_a_stop_token_and_the_budget(engine: DecoderEngine) -> None:
+    ids = _prompts(1, seed=9)[0]
+    free = engine.generate(ids, 20, stop=())
+    stop = free.tokens[7]
+    full = engine.generate(ids, 20, stop=[stop])
+    fast = engine.generate(ids, 20, stop=[stop], mode="speculative", stop_below=0.0)
+    assert fast.tokens == full.tokens
+    assert fast.finish == full.finish == "stop"
+    short = engine.generate(ids, 5, stop=(), mode="speculative", stop_below=0.0, max_draft=4)
+    assert short.tokens == free.tokens[:5]
+
+
+@pytest.mark.parametrize("criterion", ["max_prob", "gate", "similarity"])
+def test_early_exit_fills_every_cache_entry_as_full_depth_would(engine: DecoderEngine, criterion: str) -> None:
+    """Run early exit with every exit open (threshold 0 at the first exit): the cache entries that
+    exist, those computed late for skipped tokens included, equal full depth's for the same text."""
+    manifest = engine.manifest
+    for ids in _prompts(3, seed=11):
+        cache = engine.new_cache(len(ids) + 16)
+        logits = engine.forward(np.asarray([ids], dtype=np.int64), cache)
+        run = Run(sampler=Sampler(), stops=frozenset(), budget=12)
+        thresholds = {0: 0.0 if len(ids) % 2 else 2.0, 1: 0.0, 2: 2.0}  # some leave at 1, some at 2
+        EarlyExit(criterion, thresholds).decode(engine, cache, int(np.argmax(logits[0, -1])), run)
+        assert run.counters.get("exit_1", 0) + run.counters.get("exit_2", 0) > 0
+        text = [*ids, *run.tokens[:-1]]  # the last token was emitted but never run
+        reference = engine.new_cache(len(text))
+        engine.forward(np.asarray([text], dtype=np.int64), reference)
+        for segment in manifest.segments:
+            filled = cache.lengths[segment.index]
+            assert filled >= len(ids)
+            for layer in segment.layers:
+                np.testing.assert_allclose(cache.keys[layer][:filled], reference.keys[layer][:filled], atol=1e-4)
+                np.testing.assert_allclose(cache.values[layer][:filled], reference.values[layer][:filled], atol=1e-4)
+
+
+def test_early_exit_takes_fewer_layers_and_reports_them(engine: DecoderEngine) -> None:
+    for criterion in ("max_prob", "gate", "similarity"):
+        layers = []
+        for ids in _prompts(6):
+            result = engine.generate(ids, 16, stop=(), mode="early-exit", criterion=criterion)
+            assert result.mode == "early-exit"
+            assert 1.0 <= result.mean_layers <= 4.0
+            layers.append(result.mean_layers)
+        assert min(layers) <= 4.0
+
+
+def test_modes_refuse_what_they_cannot_do(engine: DecoderEngine, tiny_decoder: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="train them with `edgeexit train-exits`"):
+        DecoderEngine(tiny_decoder).generate([5, 6], 4, mode="early-exit")
+    with pytest.raises(UsageError, match="unknown exit criterion 'entropy'"):
+        engine.generate([5, 6], 4, mode="early-exit", criterion="entropy")
+    with pytest.raises(UsageError, match="decodes greedily"):
+        engine.generate([5, 6], 4, mode="speculative", temperature=0.7)
+    with pytest.raises(UsageError, match="max_draft is 0"):
+        engine.generate([5, 6], 4, mode="speculative", max_draft=0)
+    copy = shutil.copytree(engine.package.root, tmp_path / "copy")
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["exits"][0]["thresholds"] = {"entropy": 0.5}
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(PackageError, match="unknown criteria"):
+        open_decoder_package(copy)
+    raw["exits"][0]["thresholds"] = {}
+    raw["speculation"]["exit"] = 7
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(PackageError, match=r"speculation\.exit 7"):
+        open_decoder_package(copy)
+
+
+def test_train_exits_and_generate_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    steps = [
+        ["export", "tiny_llama", "--out", str(out), "--variants", ""],
+        ["train-exits", str(out), "--layers", "2,3", "--prompts", "48", "--steps", "40", "--answer-tokens", "12",
+         "--draft-exit", "1"],
+    ]  # fmt: skip
+    for step in steps:
+        done = subprocess.run([sys.executable, "-m", "edgeexit", *step], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "layers per token expected" in done.stdout
+    command = [sys.executable, "-m", "edgeexit", "generate", str(out), "--prompt", "the quick brown fox", "--json"]
+    for mode in ("early-exit", "speculative"):
+        done = subprocess.run([*command, "--mode", mode], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        found = json.loads(done.stdout)
+        assert found["mode"] == mode
+        assert found["mean_layers"] <= 4.0
+    assert "acceptance_rate" in found

@@ -1,0 +1,171 @@
+"""Text generation on this CPU: edgeexit's device loop against Hugging Face transformers, side by side.
+
+    python tools/bench_generation.py PKG [--tokens 64] [--prompts 8] [--variants fp32,int8,int4]
+                                         [--modes full] [--no-transformers] [--threads 1] [--json OUT]
+
+PKG is a decoder package (``edgeexit export smollm2_135m --out PKG``). Every prompt (chat-framed
+instructions) is generated greedily by each row in turn, one row after the other per prompt, so
+that a neighbour's load falls on all rows alike; tokens/s is generated tokens over wall time of
+the whole call (the prompt's pass included), summed over the prompts. transformers runs the same
+float32 weights (``smollm2_135m``, dequantized from the same GGUF file) with ``generate(do_sample=False)``
+on one torch thread by default, and every row's continuations are compared with its, token for
+token. A weight variant's agreement with fp32 is the export's measurement, quoted from the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import _tool
+
+#: Instructions of the kind an assistant on a small device answers; chat-framed.
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a CPU does in two sentences.",
+    "Give me three tips for sleeping better.",
+    "Tell me a short story about a dragon who learns to cook.",
+    "What are the main causes of the seasons on Earth?",
+    "Write a polite email declining a meeting invitation.",
+    "List the planets of the solar system in order.",
+    "How do I boil an egg?",
+    "Summarize the plot of Romeo and Juliet.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a coffee shop and explain it.",
+)
+
+
+@dataclass
+class Row:
+    name: str
+    tokens: int = 0
+    seconds: float = 0.0
+    layers: list[float] = field(default_factory=list)
+    outputs: list[tuple[int, ...]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("package", type=Path)
+    parser.add_argument("--tokens", type=int, default=64, help="max new tokens per prompt")
+    parser.add_argument("--prompts", type=int, default=8, help=f"how many of the {len(PROMPTS)} built-in prompts")
+    parser.add_argument("--variants", default="fp32,int8,int4")
+    parser.add_argument("--modes", default="full", help="generation modes to run per variant")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers row")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from edgeexit.generation import DecoderEngine
+
+    prompts = PROMPTS[: args.prompts]
+    engines = {}
+    for variant in args.variants.split(","):
+        for mode in args.modes.split(","):
+            engines[f"edgeexit {mode} {variant}"] = (DecoderEngine(args.package, variant=variant, threads=args.threads),
+                                                     mode)  # fmt: skip
+    first = next(iter(engines.values()))[0]
+    manifest = first.manifest
+    encoded = [first.codec.encode(p, chat=first.codec.chat_frame is not None) for p in prompts]
+    rows = {name: Row(name) for name in engines}
+    reference = None
+    if not args.no_transformers:
+        reference = _transformers(manifest.model_name, args.threads)
+        rows["transformers generate fp32"] = Row("transformers generate fp32")
+    for engine, mode in engines.values():  # warm: sessions' first runs, arenas
+        engine.generate(encoded[0], 4, mode=mode)
+    for ids in encoded:
+        for name, (engine, mode) in engines.items():
+            result = engine.generate(ids, args.tokens, mode=mode)
+            row = rows[name]
+            row.tokens += len(result.tokens)
+            row.seconds += result.total_ms / 1e3
+            row.layers.append(result.mean_layers)
+            row.outputs.append(result.tokens)
+        if reference is not None:
+            tokens, seconds = reference(ids, args.tokens, manifest.tokens.stop)
+            row = rows["transformers generate fp32"]
+            row.tokens += len(tokens)
+            row.seconds += seconds
+            row.layers.append(float(manifest.shape.layers))
+            row.outputs.append(tokens)
+    baseline = rows.get("transformers generate fp32") or next(iter(rows.values()))
+    full = rows.get("edgeexit full fp32") or baseline
+    report = {
+        "package": str(args.package),
+        "model": manifest.model_name,
+        "prompts": len(prompts),
+        "max_new_tokens": args.tokens,
+        "threads": args.threads,
+        "rows": [],
+    }
+    print(f"{manifest.model_name}: {len(prompts)} chat prompts x up to {args.tokens} new tokens, greedy, "
+          f"{args.threads} thread(s)")  # fmt: skip
+    print(f"{'row':34} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
+          f"{'identical to transformers':>26} {'to edgeexit fp32':>17}")  # fmt: skip
+    for row in rows.values():
+        same_as_baseline = sum(a == b for a, b in zip(row.outputs, baseline.outputs, strict=True))
+        same_as_full = sum(a == b for a, b in zip(row.outputs, full.outputs, strict=True))
+        entry = {
+            "row": row.name,
+            "tokens": row.tokens,
+            "seconds": row.seconds,
+            "tokens_per_s": row.tokens_per_s,
+            "vs_transformers": row.tokens_per_s / baseline.tokens_per_s,
+            "vs_full": row.tokens_per_s / full.tokens_per_s,
+            "mean_layers": statistics.mean(row.layers),
+            "identical_to_transformers": same_as_baseline,
+            "identical_to_full": same_as_full,
+        }
+        report["rows"].append(entry)
+        print(f"{row.name:34} {row.tokens_per_s:9.1f} {entry['vs_transformers']:15.2f} {entry['vs_full']:16.2f} "
+              f"{entry['mean_layers']:13.1f} {same_as_baseline:>20} of {len(prompts):<3} {same_as_full:>11} of "
+              f"{len(prompts)}")  # fmt: skip
+    for variant in manifest.variants:
+        found = variant.agreement
+        print(f"{variant.name} (export's measurement against fp32): {100 * found['teacher_forced_agreement']:.1f}% "
+              f"of next tokens agree teacher-forced over {found['prompts']} prompts x {found['tokens']} tokens, "
+              f"{found['identical_continuations']} continuations identical")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _transformers(name: str, threads: int):  # type: ignore[no-untyped-def]
+    """transformers' greedy ``generate`` on the package's source model, as ``(ids, tokens, stops) ->
+    (generated ids without the stop, seconds)``."""
+    import torch
+
+    from edgeexit.compile.factory import build_object
+
+    torch.set_num_threads(threads)
+    source = build_object(name, {})
+    model = source.model
+
+    def run(ids: list[int], tokens: int, stops: tuple[int, ...]) -> tuple[tuple[int, ...], float]:
+        tick = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.int64),
+                                 max_new_tokens=tokens, do_sample=False, num_beams=1, eos_token_id=list(stops),
+                                 pad_token_id=stops[0] if stops else 0)  # fmt: skip
+        seconds = time.perf_counter() - tick
+        generated = [int(t) for t in out[0, len(ids) :]]
+        if generated and generated[-1] in stops:
+            generated = generated[:-1]
+        return tuple(generated), seconds
+
+    run([1, 2, 3], 2, stops=(2,))  # warm
+    return run
+
+
+if __name__ == "__main__":
+    _tool.run(main)
