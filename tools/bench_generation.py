@@ -1,7 +1,8 @@
 """Text generation on this CPU: edgeexit's device loop against Hugging Face transformers, side by side.
 
     python tools/bench_generation.py PKG [--tokens 64] [--prompts 8] [--variants fp32,int8,int4]
-                                         [--modes full] [--no-transformers] [--threads 1] [--json OUT]
+                                         [--modes full,early-exit,speculative] [--criteria gate,max_prob,similarity]
+                                         [--no-transformers] [--threads 1] [--json OUT]
 
 PKG is a decoder package (``edgeexit export smollm2_135m --out PKG``). Every prompt (chat-framed
 instructions) is generated greedily by each row in turn, one row after the other per prompt, so
@@ -10,12 +11,19 @@ the whole call (the prompt's pass included), summed over the prompts. transforme
 float32 weights (``smollm2_135m``, dequantized from the same GGUF file) with ``generate(do_sample=False)``
 on one torch thread by default, and every row's continuations are compared with its, token for
 token. A weight variant's agreement with fp32 is the export's measurement, quoted from the manifest.
+
+Quality against the full model (fp32, full depth) for every row: *agreement*, the share of
+generated tokens that are the full model's greedy choice given the same text before them, and
+the full model's *perplexity* on the generated text (full depth's own text sets the floor).
+Speculative rows also report the acceptance rate of drafted tokens and the mean tokens kept per
+verification round. Early exit runs once per ``--criteria`` entry.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,6 +55,10 @@ class Row:
     seconds: float = 0.0
     layers: list[float] = field(default_factory=list)
     outputs: list[tuple[int, ...]] = field(default_factory=list)
+    agreed: int = 0
+    nll: float = 0.0
+    judged: int = 0
+    details: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -60,6 +72,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=8, help=f"how many of the {len(PROMPTS)} built-in prompts")
     parser.add_argument("--variants", default="fp32,int8,int4")
     parser.add_argument("--modes", default="full", help="generation modes to run per variant")
+    parser.add_argument("--criteria", default="gate", help="early exit's criteria, one row each")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers row")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -68,12 +81,19 @@ def main() -> int:
     from edgeexit.generation import DecoderEngine
 
     prompts = PROMPTS[: args.prompts]
+    from edgeexit.generation.agreement import judge
+
     engines = {}
     for variant in args.variants.split(","):
+        engine = DecoderEngine(args.package, variant=variant, threads=args.threads)
         for mode in args.modes.split(","):
-            engines[f"edgeexit {mode} {variant}"] = (DecoderEngine(args.package, variant=variant, threads=args.threads),
-                                                     mode)  # fmt: skip
-    first = next(iter(engines.values()))[0]
+            if mode == "early-exit":
+                for criterion in args.criteria.split(","):
+                    engines[f"edgeexit {mode} ({criterion}) {variant}"] = (engine, mode, {"criterion": criterion})
+            else:
+                engines[f"edgeexit {mode} {variant}"] = (engine, mode, {})
+    judge_engine = DecoderEngine(args.package)
+    first = judge_engine
     manifest = first.manifest
     encoded = [first.codec.encode(p, chat=first.codec.chat_frame is not None) for p in prompts]
     rows = {name: Row(name) for name in engines}
@@ -81,23 +101,32 @@ def main() -> int:
     if not args.no_transformers:
         reference = _transformers(manifest.model_name, args.threads)
         rows["transformers generate fp32"] = Row("transformers generate fp32")
-    for engine, mode in engines.values():  # warm: sessions' first runs, arenas
-        engine.generate(encoded[0], 4, mode=mode)
+    for engine, mode, options in engines.values():  # warm: sessions' first runs, arenas
+        engine.generate(encoded[0], 4, mode=mode, **options)
     for ids in encoded:
-        for name, (engine, mode) in engines.items():
-            result = engine.generate(ids, args.tokens, mode=mode)
+        for name, (engine, mode, options) in engines.items():
+            result = engine.generate(ids, args.tokens, mode=mode, **options)
             row = rows[name]
             row.tokens += len(result.tokens)
             row.seconds += result.total_ms / 1e3
-            row.layers.append(result.mean_layers)
+            row.layers.extend([result.mean_layers] * len(result.tokens))
             row.outputs.append(result.tokens)
+            for key, value in result.details.items():
+                if key not in ("acceptance_rate", "mean_accepted"):
+                    row.details[key] = row.details.get(key, 0.0) + value
         if reference is not None:
             tokens, seconds = reference(ids, args.tokens, manifest.tokens.stop)
             row = rows["transformers generate fp32"]
             row.tokens += len(tokens)
             row.seconds += seconds
-            row.layers.append(float(manifest.shape.layers))
+            row.layers.extend([float(manifest.shape.layers)] * len(tokens))
             row.outputs.append(tokens)
+    for row in rows.values():  # the full model's view of every row's text
+        for ids, tokens in zip(encoded, row.outputs, strict=True):
+            agreed, nll, count = judge(judge_engine, ids, tokens)
+            row.agreed += agreed
+            row.nll += nll
+            row.judged += count
     baseline = rows.get("transformers generate fp32") or next(iter(rows.values()))
     full = rows.get("edgeexit full fp32") or baseline
     report = {
@@ -110,8 +139,9 @@ def main() -> int:
     }
     print(f"{manifest.model_name}: {len(prompts)} chat prompts x up to {args.tokens} new tokens, greedy, "
           f"{args.threads} thread(s)")  # fmt: skip
-    print(f"{'row':34} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
-          f"{'identical to transformers':>26} {'to edgeexit fp32':>17}")  # fmt: skip
+    print(f"{'row':40} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
+          f"{'agreement':>10} {'perplexity':>11} {'identical to transformers':>26} "
+          f"{'to edgeexit fp32':>17}")  # fmt: skip
     for row in rows.values():
         same_as_baseline = sum(a == b for a, b in zip(row.outputs, baseline.outputs, strict=True))
         same_as_full = sum(a == b for a, b in zip(row.outputs, full.outputs, strict=True))
@@ -122,14 +152,29 @@ def main() -> int:
             "tokens_per_s": row.tokens_per_s,
             "vs_transformers": row.tokens_per_s / baseline.tokens_per_s,
             "vs_full": row.tokens_per_s / full.tokens_per_s,
-            "mean_layers": statistics.mean(row.layers),
+            "mean_layers": statistics.mean(row.layers) if row.layers else 0.0,
+            "agreement": row.agreed / row.judged if row.judged else 1.0,
+            "perplexity": math.exp(row.nll / row.judged) if row.judged else float("nan"),
             "identical_to_transformers": same_as_baseline,
             "identical_to_full": same_as_full,
+            "details": row.details,
         }
+        drafted = row.details.get("drafted")
+        if drafted:
+            entry["acceptance_rate"] = row.details["accepted"] / drafted
+            entry["mean_accepted"] = (row.details["accepted"] + row.details["rounds"]) / row.details["rounds"]
         report["rows"].append(entry)
-        print(f"{row.name:34} {row.tokens_per_s:9.1f} {entry['vs_transformers']:15.2f} {entry['vs_full']:16.2f} "
-              f"{entry['mean_layers']:13.1f} {same_as_baseline:>20} of {len(prompts):<3} {same_as_full:>11} of "
-              f"{len(prompts)}")  # fmt: skip
+        print(f"{row.name:40} {row.tokens_per_s:9.1f} {entry['vs_transformers']:15.2f} {entry['vs_full']:16.2f} "
+              f"{entry['mean_layers']:13.1f} {entry['agreement']:10.3f} {entry['perplexity']:11.2f} "
+              f"{same_as_baseline:>20} of {len(prompts):<3} {same_as_full:>11} of {len(prompts)}")  # fmt: skip
+        if drafted:
+            print(f"{'':40} drafts accepted {100 * entry['acceptance_rate']:.1f}%, "
+                  f"{entry['mean_accepted']:.2f} tokens kept per verification round")  # fmt: skip
+        exits = {k: v for k, v in row.details.items() if k.startswith("exit_") or k == "full_depth"}
+        if exits:
+            total = sum(exits.values())
+            print(f"{'':40} tokens leaving at " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in exits.items())
+                  + f"; recomputed positions {row.details.get('recomputed_positions', 0):.0f}")  # fmt: skip
     for variant in manifest.variants:
         found = variant.agreement
         print(f"{variant.name} (export's measurement against fp32): {100 * found['teacher_forced_agreement']:.1f}% "

@@ -48,9 +48,10 @@ import grpc
 from edgeexit.calibration.drift import DriftReport
 from edgeexit.calibration.thresholds import finite_threshold
 from edgeexit.daemon.config import DaemonConfig, load_config
+from edgeexit.daemon.generation import GenerationRuntime
 from edgeexit.daemon.logs import event
 from edgeexit.daemon.metrics import DaemonMetrics
-from edgeexit.daemon.runner import Runtime
+from edgeexit.daemon.runner import Runtime, load_runtime
 from edgeexit.daemon.service import DeviceService
 from edgeexit.device.shadow import Recertified
 from edgeexit.errors import EdgeExitError, ServerError
@@ -67,7 +68,7 @@ class DeviceDaemon:
         self.config_path = Path(config_path)
         self.config: DaemonConfig = load_config(self.config_path)
         self.metrics = DaemonMetrics() if self.config.metrics_port is not None else None
-        self.runtime: Runtime | None = None
+        self.runtime: Runtime | GenerationRuntime | None = None
         self.answered = 0
         self.refused = 0
         self._server: grpc.aio.Server | None = None
@@ -77,7 +78,7 @@ class DeviceDaemon:
         self.address: str | None = None
         self._metrics_port: int | None = None
 
-    def _current(self) -> Runtime:
+    def _current(self) -> Runtime | GenerationRuntime:
         assert self.runtime is not None
         return self.runtime
 
@@ -126,7 +127,7 @@ class DeviceDaemon:
             loop.add_signal_handler(signum, on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
 
-        self.runtime = await asyncio.to_thread(Runtime, self.config, self._on_drift, self._on_recertified)
+        self.runtime = await asyncio.to_thread(load_runtime, self.config, self._on_drift, self._on_recertified)
         event("loaded", **self.runtime.describe())
         try:
             await self._start()
@@ -217,7 +218,7 @@ class DeviceDaemon:
         event("reloading", config=str(self.config_path))
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
-            fresh = await asyncio.to_thread(Runtime, config, self._on_drift, self._on_recertified)
+            fresh = await asyncio.to_thread(load_runtime, config, self._on_drift, self._on_recertified)
         except Exception as err:  # a bad config or package: say why, keep serving the old one
             reason = str(err) if isinstance(err, EdgeExitError) else f"{type(err).__name__}: {err}"
             event("reload_failed", logging.ERROR, reason=reason, generation=self._current().generation)

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeexit.calibration.drift import DriftReport
 from edgeexit.daemon.config import ConfigError, DaemonConfig
+from edgeexit.daemon.generation import GenerationRuntime
 from edgeexit.device.factory import DeviceRunner, build_runner
 from edgeexit.device.shadow import Recertified, ShadowSampler, apply_thresholds
 from edgeexit.errors import EdgeExitError, ProfileError
@@ -103,6 +104,24 @@ class Runtime:
             "threads": self.config.threads,
             "mode": self.mode,
         }
+
+
+def load_runtime(
+    config: DaemonConfig,
+    on_drift: DriftListener | None = None,
+    on_recertified: Callable[[Recertified], None] | None = None,
+) -> Runtime | GenerationRuntime:
+    """The Runtime for ``config``'s package: a classifier's (engine, offload, shadow) or, for a decoder
+    package, text generation's (``edgeexit.daemon.generation``; ``[offload]`` and ``[shadow]`` do
+    not apply to it and are refused)."""
+    from edgeexit.generation.package import is_decoder_package
+
+    if not is_decoder_package(config.package):
+        return Runtime(config, on_drift, on_recertified)
+    for table in ("offload", "shadow"):
+        if getattr(config, table) is not None:
+            raise ConfigError(f"[{table}] applies to classifier packages; {config.package} is a decoder package")
+    return GenerationRuntime(config)
 
 
 def _shadow(config: DaemonConfig, manifest: Manifest, on_drift: DriftListener | None) -> ShadowSampler | None:

@@ -1,5 +1,7 @@
 """The device's local API: KServe v2 ``inference.GRPCInferenceService`` for the *full* model.
 
+(A decoder package is served text in, text out: ``edgeexit.daemon.generation`` says how.)
+
 Applications send the model input and get the answer; whether it exited early, was offloaded or
 fell back is reported alongside. One model is served, named as the package's model
 (``manifest.model_name``, version ``1``; an empty model name in a request also means it).
@@ -42,7 +44,9 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from edgeexit.errors import InputError, RequestError
+from edgeexit.daemon import generation
+from edgeexit.daemon.generation import GenerationRuntime
+from edgeexit.errors import InputError, RequestError, UsageError
 from edgeexit.kserve.request import MessageLimit, parse_request, requested_outputs
 from edgeexit.kserve.response import add_output, set_parameter
 from edgeexit.kserve.service import SERVICE, KServeService
@@ -51,7 +55,9 @@ from edgeexit.runtime.engine import Result
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
 if TYPE_CHECKING:  # the service only calls what ``current()`` hands it; app.py builds the Runtimes
-    from edgeexit.daemon.runner import Runtime
+    from edgeexit.daemon.runner import Runtime as ClassifierRuntime
+
+    Runtime = ClassifierRuntime | GenerationRuntime
 
 __all__ = ["MODEL_VERSION", "OUTPUTS", "SERVICE", "DeviceService"]
 
@@ -117,6 +123,8 @@ class DeviceService(KServeService["Runtime"]):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         runtime = await self.model_or_abort(request.name, request.version, context)
+        if isinstance(runtime, GenerationRuntime):
+            return generation.metadata(runtime, MODEL_VERSION)
         manifest = runtime.manifest
         response = pb.ModelMetadataResponse(name=manifest.model_name, versions=[MODEL_VERSION], platform="edgeexit")
         dims = [-1 if d is None else int(d) for d in _input_dims(runtime)]
@@ -145,11 +153,18 @@ class DeviceService(KServeService["Runtime"]):
         try:
             request = parse_request(data, self.limit)
             runtime = self.find_model(request.model_name, request.model_version)
+            if isinstance(runtime, GenerationRuntime):  # a decoder package: text in, text out
+                prompt, options = generation.decode_request(request, runtime)
+                samples = 1
+                result = await runtime.generate(prompt, options)
+                latency = (time.perf_counter() - started) * 1e3
+                self.on_request(grpc.StatusCode.OK.name, 1, latency / 1e3, [])
+                return generation.response(request, runtime, result, latency, MODEL_VERSION)
             xs, outputs = _decode(request, runtime)
             samples = xs.shape[0]
             results = await runtime.infer(xs)
             response = _response(request, runtime, outputs, results, (time.perf_counter() - started) * 1e3)
-        except InputError as err:  # an input the engine refused: the client's to fix
+        except (InputError, UsageError) as err:  # an input or option the engine refused: the client's to fix
             self.on_request(grpc.StatusCode.INVALID_ARGUMENT.name, samples, time.perf_counter() - started, [])
             await abort(context, invalid(str(err)))
         except RequestError as err:

@@ -48,3 +48,22 @@ def agreement(reference: DecoderEngine, candidate: DecoderEngine, prompts: Seque
         "identical_continuations": identical,
         "max_abs_logit_diff": worst,
     }
+
+
+def judge(reference: DecoderEngine, prompt: Sequence[int], generated: Sequence[int]) -> tuple[int, float, int]:
+    """The full model's view of a continuation: at how many of its tokens the full model's greedy
+    choice (given the same text before it) is that token, the summed negative log-likelihood the
+    full model gives the continuation, and its length. Perplexity is ``exp(nll / length)``."""
+    from edgeexit.generation.cache import KVCache
+
+    if not generated:
+        return 0, 0.0, 0
+    sequence = np.asarray([[*prompt, *generated[:-1]]], dtype=np.int64)
+    manifest = reference.manifest
+    cache = KVCache(manifest.shape, [s.layers for s in manifest.segments], batch=1, capacity=sequence.shape[1])
+    logits = reference.forward(sequence, cache, every_position=True)[0, len(prompt) - 1 :].astype(np.float64)
+    target = np.asarray(generated)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted[np.arange(len(target)), target] - np.log(np.exp(shifted).sum(axis=-1))
+    agreed = int(np.sum(np.argmax(logits, axis=-1) == target))
+    return agreed, float(-log_probs.sum()), len(target)
