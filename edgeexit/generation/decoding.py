@@ -26,7 +26,7 @@ was kept. Every kept token is the full model's greedy choice: the output is full
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class Run:
     sampler: Sampler
     stops: frozenset[int]
     budget: int
+    #: the prompt's token ids (what a separate draft cache is filled from)
+    prompt: tuple[int, ...] = ()
     tokens: list[int] = field(default_factory=list)
     layers: list[float] = field(default_factory=list)
     finish: str = "length"
@@ -161,18 +163,26 @@ class EarlyExit:
 
 @dataclass(frozen=True)
 class Speculative:
-    """Greedy self-speculation drafting with exit ``exit`` (its layer groups + adapter + head)."""
+    """Greedy self-speculation drafting with exit ``exit`` (its layer groups + adapter + head).
+
+    ``drafter``: None drafts with the engine's own layers, whose cache entries verification then
+    reuses (the deep groups alone run over the drafted positions). An engine of a weight-only
+    variant (int4) drafts with its quantized copies of the same layers and its own small cache,
+    several times cheaper per drafted token, and verification runs every layer at full precision
+    over the drafted positions: the output is still the full-precision model's greedy text."""
 
     exit: int
     max_draft: int
     stop_below: float
+    drafter: Any = None
 
     @property
     def lookahead(self) -> int:
         return self.max_draft + 1
 
     @classmethod
-    def from_manifest(cls, manifest: DecoderManifest, max_draft: int | None, stop_below: float | None) -> Speculative:
+    def from_manifest(cls, manifest: DecoderManifest, max_draft: int | None, stop_below: float | None,
+                      drafter: Any = None) -> Speculative:  # fmt: skip
         spec = manifest.speculation or Speculation(exit=0)
         drafts = spec.max_draft if max_draft is None else max_draft
         below = spec.stop_below if stop_below is None else stop_below
@@ -180,7 +190,7 @@ class Speculative:
             raise UsageError(f"max_draft is {drafts}; expected at least 1 drafted token per round")
         if not 0 <= below < 1:
             raise UsageError(f"stop_below is {below}; expected a probability in [0, 1)")
-        return cls(spec.exit, drafts, below)
+        return cls(spec.exit, drafts, below, drafter)
 
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         try:
@@ -192,6 +202,9 @@ class Speculative:
             run.counters["mean_accepted"] = (accepted + rounds) / rounds if rounds else 0.0
 
     def _decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        if self.drafter is not None:
+            self._decode_apart(engine, cache, first, run)
+            return
         manifest = engine.manifest
         draft_exit = manifest.exits[self.exit]
         shallow = range(draft_exit.segment + 1)
@@ -234,4 +247,48 @@ class Speculative:
             for produced in kept:  # every kept token went through every layer (drafted or verified)
                 if not run.emit(produced, float(depth)):
                     return
+            token = kept[-1]
+
+    def _decode_apart(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        """Drafting with ``drafter`` (its own cache of the shallow groups), verifying with every
+        layer of ``engine``."""
+        drafter = self.drafter
+        shallow = range(engine.manifest.exits[self.exit].segment + 1)
+        depth = float(engine.manifest.shape.layers)
+        drafts_cache = drafter.new_cache(cache.capacity)
+        sequence = list(run.prompt)
+        token = first
+        if not run.emit(token, depth):
+            return
+        sequence.append(token)
+        while True:
+            start = len(sequence) - 1  # the position of ``token``, which no layer has seen yet
+            limit = min(self.max_draft, cache.capacity - start - 1, run.budget - len(run.tokens))
+            drafts: list[int] = []
+            block = sequence[drafts_cache.lengths[0] :]  # what the draft's cache lacks, ``token`` last
+            while len(drafts) < limit:
+                hidden = drafter.embed(np.asarray([block], dtype=np.int64))
+                for index in shallow:
+                    hidden = drafter.segment(index, hidden, drafts_cache)
+                logits = drafter.logits(drafter.adapt(self.exit, hidden[:, -1:]))
+                proposal = int(np.argmax(logits.reshape(-1)))
+                if _max_prob(logits) < self.stop_below or proposal in run.stops:
+                    break
+                drafts.append(proposal)
+                block = [proposal]
+            verdict = np.argmax(engine.forward(np.asarray([[token, *drafts]], dtype=np.int64), cache,
+                                               every_position=True)[0], axis=-1)  # fmt: skip
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == int(verdict[accepted]):
+                accepted += 1
+            run.count("rounds")
+            run.count("drafted", len(drafts))
+            run.count("accepted", accepted)
+            cache.truncate(start + accepted + 1)
+            drafts_cache.truncate(start + accepted + 1)
+            kept = [*drafts[:accepted], int(verdict[accepted])]
+            for produced in kept:
+                if not run.emit(produced, depth):
+                    return
+                sequence.append(produced)
             token = kept[-1]

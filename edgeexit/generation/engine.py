@@ -113,6 +113,9 @@ class DecoderEngine:
         manifest = self.package.manifest
         self.manifest: DecoderManifest = manifest
         self.variant = variant
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self._drafters: dict[str, DecoderEngine] = {}
         files = {} if variant == "fp32" else manifest.variant(variant).files
 
         def load(file: str) -> object:
@@ -143,6 +146,7 @@ class DecoderEngine:
         criterion: str | None = None,
         max_draft: int | None = None,
         stop_below: float | None = None,
+        draft_variant: str | None = None,
     ) -> Generation:
         """Continue ``prompt`` (text, or token ids as the package's tokenizer gives them) by up to
         ``max_new_tokens`` tokens, stopping early at a stop token (the package's by default).
@@ -152,9 +156,11 @@ class DecoderEngine:
         default criterion: ``gate``), or ``speculative`` (the layers up to the draft exit propose
         up to ``max_draft`` tokens, a draft stopping early when its top probability falls below
         ``stop_below``, and one pass of the remaining layers keeps those the model agrees with:
-        the same greedy text as ``full``). Unset, these come from the package."""
+        the same greedy text as ``full``; ``draft_variant``, e.g. ``int4``: draft with that weight
+        variant's layers instead, and verify with all of this engine's). Unset, these come from the
+        package."""
         started = time.perf_counter()
-        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature)
+        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant)
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
         ids = self.codec.encode(prompt, chat=chat) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -172,7 +178,7 @@ class DecoderEngine:
         cache = self.new_cache(min(context, len(ids) + budget + (strategy.lookahead if strategy else 0)))
         logits = self.forward(np.asarray([ids], dtype=np.int64), cache)
         prefill_ms = (time.perf_counter() - started) * 1e3
-        run = Run(sampler=sampler, stops=stops, budget=budget)
+        run = Run(sampler=sampler, stops=stops, budget=budget, prompt=tuple(ids))
         first = sampler.pick(logits[0, -1])
         if strategy is None:
             full_depth(self, cache, first, run)
@@ -193,7 +199,7 @@ class DecoderEngine:
         )
 
     def _strategy(self, mode: str, criterion: str | None, max_draft: int | None, stop_below: float | None,
-                  temperature: float) -> Any:  # fmt: skip
+                  temperature: float, draft_variant: str | None) -> Any:  # fmt: skip
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode == "full":
@@ -208,7 +214,19 @@ class DecoderEngine:
             return EarlyExit.from_manifest(manifest, criterion or DEFAULT_CRITERION)
         if temperature > 0:
             raise UsageError("speculative mode decodes greedily (its output is full depth's); drop --temperature")
-        return Speculative.from_manifest(manifest, max_draft, stop_below)
+        if draft_variant is None and manifest.speculation is not None:
+            draft_variant = manifest.speculation.draft_variant
+        drafter = None if draft_variant in (None, self.variant) else self._drafter(draft_variant)
+        return Speculative.from_manifest(manifest, max_draft, stop_below, drafter)
+
+    def _drafter(self, variant: str) -> DecoderEngine:
+        """An engine of weight variant ``variant`` to draft with, loaded once and kept."""
+        found = self._drafters.get(variant)
+        if found is None:
+            self.manifest.variant(variant)  # refuses a variant the package does not have
+            found = DecoderEngine(self.package, variant=variant, threads=self.threads, cache_dir=self.cache_dir)
+            self._drafters[variant] = found
+        return found
 
     # ---------------------------------------------------------------- the steps every mode is made of
 

@@ -125,6 +125,8 @@ class Speculation:
     exit: int
     max_draft: int = 4
     stop_below: float = 0.5
+    #: draft with this weight variant's layers (e.g. ``int4``; None: the engine's own)
+    draft_variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,9 @@ class DecoderManifest:
             raise PackageError("exits: expected at most one exit per segment, in order")
         if self.speculation is not None and not 0 <= self.speculation.exit < len(self.exits):
             raise PackageError(f"speculation.exit {self.speculation.exit}: the package has {len(self.exits)} exits")
+        draft = self.speculation.draft_variant if self.speculation is not None else None
+        if draft is not None and draft not in {v.name for v in self.variants}:
+            raise PackageError(f"speculation.draft_variant {draft!r}: the package has no such weight variant")
         if self.tokenizer is not None:
             graphs.append(self.tokenizer)
         missing = sorted(set(graphs) - set(self.files))

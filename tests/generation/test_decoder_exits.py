@@ -43,12 +43,15 @@ def test_training_records_adapters_gates_and_certified_thresholds(tiny_with_exit
     assert manifest.speculation.exit == 2
 
 
-@pytest.mark.parametrize("max_draft", [1, 3, 6])
-def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngine, max_draft: int) -> None:
+@pytest.mark.parametrize(("max_draft", "draft_variant"), [(1, None), (3, None), (6, None), (3, "int8"), (5, "int4")])
+def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngine, max_draft: int,
+                                                            draft_variant: str | None) -> None:  # fmt: skip
+    """Drafting with the engine's own layers or a quantized variant's: full depth's tokens either way."""
     drafted = accepted = 0
     for ids in _prompts(10):
         full = engine.generate(ids, 24, stop=())
-        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0)
+        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
+                               draft_variant=draft_variant)  # fmt: skip
         assert fast.tokens == full.tokens, ids
         assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
         drafted += fast.details["drafted"]
