@@ -73,6 +73,10 @@ def main() -> int:
     parser.add_argument("--variants", default="fp32,int8,int4")
     parser.add_argument("--modes", default="full", help="generation modes to run per variant")
     parser.add_argument("--criteria", default="gate", help="early exit's criteria, one row each")
+    parser.add_argument("--drafts", default="own", help="speculative's drafts, one row each: own (the engine's "
+                        "layers) or a weight variant (int4)")  # fmt: skip
+    parser.add_argument("--max-draft", type=int, default=None)
+    parser.add_argument("--stop-below", type=float, default=None)
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers row")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -90,6 +94,11 @@ def main() -> int:
             if mode == "early-exit":
                 for criterion in args.criteria.split(","):
                     engines[f"edgeexit {mode} ({criterion}) {variant}"] = (engine, mode, {"criterion": criterion})
+            elif mode == "speculative":
+                for draft in args.drafts.split(","):
+                    options = {"draft_variant": draft, "max_draft": args.max_draft,
+                               "stop_below": args.stop_below}  # fmt: skip
+                    engines[f"edgeexit {mode} ({draft} draft) {variant}"] = (engine, mode, options)
             else:
                 engines[f"edgeexit {mode} {variant}"] = (engine, mode, {})
     judge_engine = DecoderEngine(args.package)
@@ -139,7 +148,7 @@ def main() -> int:
     }
     print(f"{manifest.model_name}: {len(prompts)} chat prompts x up to {args.tokens} new tokens, greedy, "
           f"{args.threads} thread(s)")  # fmt: skip
-    print(f"{'row':40} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
+    print(f"{'row':46} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
           f"{'agreement':>10} {'perplexity':>11} {'identical to transformers':>26} "
           f"{'to edgeexit fp32':>17}")  # fmt: skip
     for row in rows.values():
@@ -164,16 +173,16 @@ def main() -> int:
             entry["acceptance_rate"] = row.details["accepted"] / drafted
             entry["mean_accepted"] = (row.details["accepted"] + row.details["rounds"]) / row.details["rounds"]
         report["rows"].append(entry)
-        print(f"{row.name:40} {row.tokens_per_s:9.1f} {entry['vs_transformers']:15.2f} {entry['vs_full']:16.2f} "
+        print(f"{row.name:46} {row.tokens_per_s:9.1f} {entry['vs_transformers']:15.2f} {entry['vs_full']:16.2f} "
               f"{entry['mean_layers']:13.1f} {entry['agreement']:10.3f} {entry['perplexity']:11.2f} "
               f"{same_as_baseline:>20} of {len(prompts):<3} {same_as_full:>11} of {len(prompts)}")  # fmt: skip
         if drafted:
-            print(f"{'':40} drafts accepted {100 * entry['acceptance_rate']:.1f}%, "
+            print(f"{'':46} drafts accepted {100 * entry['acceptance_rate']:.1f}%, "
                   f"{entry['mean_accepted']:.2f} tokens kept per verification round")  # fmt: skip
         exits = {k: v for k, v in row.details.items() if k.startswith("exit_") or k == "full_depth"}
         if exits:
             total = sum(exits.values())
-            print(f"{'':40} tokens leaving at " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in exits.items())
+            print(f"{'':46} tokens leaving at " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in exits.items())
                   + f"; recomputed positions {row.details.get('recomputed_positions', 0):.0f}")  # fmt: skip
     for variant in manifest.variants:
         found = variant.agreement

