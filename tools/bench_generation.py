@@ -73,11 +73,16 @@ def main() -> int:
     parser.add_argument("--variants", default="fp32,int8,int4")
     parser.add_argument("--modes", default="full", help="generation modes to run per variant")
     parser.add_argument("--criteria", default="gate", help="early exit's criteria, one row each")
+    parser.add_argument("--skipped", default="recompute", help="early exit's skipped-layer KV: recompute, "
+                        "propagate, or both comma-separated (a row each)")  # fmt: skip
     parser.add_argument("--drafts", default="own", help="speculative's drafts, one row each: own (the engine's "
                         "layers) or a weight variant (int4)")  # fmt: skip
     parser.add_argument("--max-draft", type=int, default=None)
     parser.add_argument("--stop-below", type=float, default=None)
-    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers row")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
+    parser.add_argument("--assistant-early-exit", type=int, action="append", default=[],
+                        help="also run transformers' generate(assistant_early_exit=N) (LayerSkip self-speculation "
+                        "with the model's own head after N layers); repeatable")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -93,7 +98,9 @@ def main() -> int:
         for mode in args.modes.split(","):
             if mode == "early-exit":
                 for criterion in args.criteria.split(","):
-                    engines[f"edgeexit {mode} ({criterion}) {variant}"] = (engine, mode, {"criterion": criterion})
+                    for skipped in args.skipped.split(","):
+                        name = f"edgeexit {mode} ({criterion}, {skipped}) {variant}"
+                        engines[name] = (engine, mode, {"criterion": criterion, "skipped": skipped})
             elif mode == "speculative":
                 for draft in args.drafts.split(","):
                     options = {"draft_variant": draft, "max_draft": args.max_draft,
@@ -106,10 +113,15 @@ def main() -> int:
     manifest = first.manifest
     encoded = [first.codec.encode(p, chat=first.codec.chat_frame is not None) for p in prompts]
     rows = {name: Row(name) for name in engines}
-    reference = None
+    references = {}
     if not args.no_transformers:
-        reference = _transformers(manifest.model_name, args.threads)
-        rows["transformers generate fp32"] = Row("transformers generate fp32")
+        run = _transformers(manifest.model_name, args.threads)
+        references["transformers generate fp32"] = lambda ids, n, stops: run(ids, n, stops)
+        for layers in args.assistant_early_exit:  # LayerSkip-style self-speculation, its own untrained exit
+            references[f"transformers assistant_early_exit={layers}"] = lambda ids, n, stops, layers=layers: run(
+                ids, n, stops, assistant_early_exit=layers
+            )
+        rows.update({name: Row(name) for name in references})
     for engine, mode, options in engines.values():  # warm: sessions' first runs, arenas
         engine.generate(encoded[0], 4, mode=mode, **options)
     for ids in encoded:
@@ -123,9 +135,9 @@ def main() -> int:
             for key, value in result.details.items():
                 if key not in ("acceptance_rate", "mean_accepted"):
                     row.details[key] = row.details.get(key, 0.0) + value
-        if reference is not None:
+        for name, reference in references.items():
             tokens, seconds = reference(ids, args.tokens, manifest.tokens.stop)
-            row = rows["transformers generate fp32"]
+            row = rows[name]
             row.tokens += len(tokens)
             row.seconds += seconds
             row.layers.extend([float(manifest.shape.layers)] * len(tokens))
@@ -205,12 +217,12 @@ def _transformers(name: str, threads: int):  # type: ignore[no-untyped-def]
     source = build_object(name, {})
     model = source.model
 
-    def run(ids: list[int], tokens: int, stops: tuple[int, ...]) -> tuple[tuple[int, ...], float]:
+    def run(ids: list[int], tokens: int, stops: tuple[int, ...], **extra: object) -> tuple[tuple[int, ...], float]:
         tick = time.perf_counter()
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.int64),
                                  max_new_tokens=tokens, do_sample=False, num_beams=1, eos_token_id=list(stops),
-                                 pad_token_id=stops[0] if stops else 0)  # fmt: skip
+                                 pad_token_id=stops[0] if stops else 0, **extra)  # fmt: skip
         seconds = time.perf_counter() - tick
         generated = [int(t) for t in out[0, len(ids) :]]
         if generated and generated[-1] in stops:

@@ -73,6 +73,10 @@ def generate(
     criterion: Annotated[
         str | None, typer.Option(help="early-exit: max_prob, gate or similarity (default: the package's, gate).")
     ] = None,
+    skipped: Annotated[
+        str,
+        typer.Option(help="early-exit: how skipped layers get a token's KV: recompute (exact, later) or propagate."),
+    ] = "recompute",
     max_draft: Annotated[int | None, typer.Option(help="speculative: most tokens drafted per round.")] = None,
     stop_below: Annotated[
         float | None, typer.Option(help="speculative: stop a draft when its top probability falls below this.")
@@ -90,7 +94,7 @@ def generate(
 
     engine = DecoderEngine(package, variant=variant, threads=threads)
     result = engine.generate(prompt, max_new_tokens, mode=mode, chat=chat, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed, criterion=criterion, max_draft=max_draft,
+                             top_p=top_p, seed=seed, criterion=criterion, skipped=skipped, max_draft=max_draft,
                              stop_below=stop_below, draft_variant=draft_variant)  # fmt: skip
     if as_json:
         print(json.dumps(result.to_dict()))

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 #: What ``--mode early-exit`` decides with when not told: the gate costs a dot product per exit,
 #: max_prob a vocabulary projection (on SmolLM2 the head is as large as 8 of its 30 layers).
 DEFAULT_CRITERION = "gate"
+#: How the layers a token skipped get its keys and values: computed later from the token's real
+#: hidden state (exact), or projected from the exit's hidden state at once (CALM's propagation).
+SKIPPED_KV = ("recompute", "propagate")
 
 
 @dataclass
@@ -100,14 +103,19 @@ class EarlyExit:
 
     criterion: str
     thresholds: dict[int, float]
+    skipped: str = "recompute"
     lookahead: int = 0
 
     @classmethod
-    def from_manifest(cls, manifest: DecoderManifest, criterion: str) -> EarlyExit:
+    def from_manifest(cls, manifest: DecoderManifest, criterion: str, skipped: str = "recompute") -> EarlyExit:
         if criterion not in EXIT_CRITERIA:
             raise UsageError(f"unknown exit criterion {criterion!r}; expected one of {', '.join(EXIT_CRITERIA)}")
+        if skipped not in SKIPPED_KV:
+            raise UsageError(f"skipped {skipped!r}: expected one of {', '.join(SKIPPED_KV)}")
+        if skipped == "propagate" and any(s.propagate is None for s in manifest.segments[1:]):
+            raise UsageError("this package has no KV projection graphs for state propagation; re-export it")
         thresholds = {i: e.thresholds[criterion] for i, e in enumerate(manifest.exits) if criterion in e.thresholds}
-        return cls(criterion, thresholds)
+        return cls(criterion, thresholds, skipped)
 
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         manifest = engine.manifest
@@ -146,8 +154,12 @@ class EarlyExit:
                 else:
                     score = _cosine(entering, leaving)
                 if score >= self.thresholds[chosen]:
-                    later = pending[index + 1]
-                    pending[index + 1] = block if later is None else np.concatenate([later, block], axis=1)
+                    if self.skipped == "propagate":  # CALM: the exit's hidden state stands in for the skipped layers'
+                        for skipped in range(index + 1, last + 1):
+                            engine.propagate(skipped, leaving, cache)
+                    else:  # the next token that goes deeper computes them
+                        later = pending[index + 1]
+                        pending[index + 1] = block if later is None else np.concatenate([later, block], axis=1)
                     if logits is None:
                         logits = engine.logits(adapted)
                     layers = float(manifest.exits[chosen].layer)

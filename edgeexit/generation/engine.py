@@ -99,6 +99,33 @@ class _SegmentRunner:
         return out
 
 
+class _PropagationRunner:
+    """A group's KV projection (CALM's state propagation), its outputs bound into the cache."""
+
+    def __init__(self, session: object, spec: DecoderSegment) -> None:
+        self.session = session
+        self.spec = spec
+        self.binding = session.io_binding()  # type: ignore[attr-defined]
+
+    def run(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache) -> None:
+        index = self.spec.index
+        past = cache.lengths[index]
+        new = hidden.shape[1]
+        cache.room(index, new)
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_cpu_input("hidden", hidden)
+        b.bind_cpu_input("position_ids", positions)
+        offset = past * cache.position_bytes
+        for layer in self.spec.layers:
+            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+                b.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, (new, *cache.entry_shape),
+                              buffers[layer].ctypes.data + offset)  # fmt: skip
+        self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
+        cache.lengths[index] = past + new
+
+
 class DecoderEngine:
     """A decoder package loaded for generation: sessions, tokenizer, a cache sized per call.
 
@@ -127,6 +154,10 @@ class DecoderEngine:
         self.segments = [_SegmentRunner(load(s.graph.file), s) for s in manifest.segments]
         self.head = load(manifest.head.file)
         self.exit_sessions = [load(e.graph.file) for e in manifest.exits]
+        self.propagators = [
+            None if s.propagate is None or not manifest.exits else _PropagationRunner(load(s.propagate.file), s)
+            for s in manifest.segments
+        ]
         self.codec = PromptCodec.from_package(self.package)
 
     # ---------------------------------------------------------------- generation
@@ -144,6 +175,7 @@ class DecoderEngine:
         seed: int | None = None,
         stop: Sequence[int] | None = None,
         criterion: str | None = None,
+        skipped: str = "recompute",
         max_draft: int | None = None,
         stop_below: float | None = None,
         draft_variant: str | None = None,
@@ -153,14 +185,16 @@ class DecoderEngine:
 
         ``mode``: ``full`` (every layer for every token), ``early-exit`` (a token leaves at the
         first exit whose ``criterion`` score reaches its calibrated threshold; the package's
-        default criterion: ``gate``), or ``speculative`` (the layers up to the draft exit propose
+        default criterion: ``gate``; the layers a token skipped get its keys and values by
+        ``skipped``: ``recompute``, exactly, when the next deeper token runs them, or ``propagate``,
+        CALM's copy of the exit's hidden state), or ``speculative`` (the layers up to the draft exit propose
         up to ``max_draft`` tokens, a draft stopping early when its top probability falls below
         ``stop_below``, and one pass of the remaining layers keeps those the model agrees with:
         the same greedy text as ``full``; ``draft_variant``, e.g. ``int4``: draft with that weight
         variant's layers instead, and verify with all of this engine's; ``own``: this engine's).
         Unset, these come from the package."""
         started = time.perf_counter()
-        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant)
+        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant, skipped)
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
         ids = self.codec.encode(prompt, chat=chat) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -199,7 +233,7 @@ class DecoderEngine:
         )
 
     def _strategy(self, mode: str, criterion: str | None, max_draft: int | None, stop_below: float | None,
-                  temperature: float, draft_variant: str | None) -> Any:  # fmt: skip
+                  temperature: float, draft_variant: str | None, skipped: str) -> Any:  # fmt: skip
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode == "full":
@@ -211,7 +245,7 @@ class DecoderEngine:
                 "`edgeexit train-exits`, or generate with --mode full"
             )
         if mode == "early-exit":
-            return EarlyExit.from_manifest(manifest, criterion or DEFAULT_CRITERION)
+            return EarlyExit.from_manifest(manifest, criterion or DEFAULT_CRITERION, skipped)
         if temperature > 0:
             raise UsageError("speculative mode decodes greedily (its output is full depth's); drop --temperature")
         if draft_variant is None and manifest.speculation is not None:
@@ -244,6 +278,17 @@ class DecoderEngine:
         positions = np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)).copy()
         mask = np.ones((batch, start + length), dtype=np.int64)
         return self.segments[index].run(hidden, positions, mask, cache)
+
+    def propagate(self, index: int, hidden: np.ndarray, cache: KVCache) -> None:
+        """Fill layer group ``index``'s cache at its next positions from ``hidden`` alone (its layers
+        not run): the keys and values a token that skipped the group gets under state propagation."""
+        runner = self.propagators[index]
+        if runner is None:
+            raise PackageError(f"layer group {index} has no KV projection graph; re-export the package")
+        start = cache.lengths[index]
+        batch, length = hidden.shape[:2]
+        positions = np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)).copy()
+        runner.run(hidden, positions, cache)
 
     def adapt(self, exit_index: int, hidden: np.ndarray) -> np.ndarray:
         """Exit ``exit_index``'s adapter: ``hidden`` into the final layer's space."""

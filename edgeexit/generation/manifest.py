@@ -61,6 +61,9 @@ class DecoderSegment:
     first_layer: int
     stop_layer: int
     graph: GraphSpec
+    #: ``hidden, position_ids -> key_i, value_i ...`` from one hidden state for every layer of the
+    #: group (CALM's state propagation for tokens that skipped it); None for the first group
+    propagate: GraphSpec | None = None
 
     @property
     def layers(self) -> range:
@@ -176,6 +179,7 @@ class DecoderManifest:
         if expected != s.layers:
             raise PackageError(f"segments end at layer {expected}; expected them to cover all {s.layers} layers")
         graphs = [self.embedding.file, self.head.file, *(seg.graph.file for seg in self.segments)]
+        graphs += [seg.propagate.file for seg in self.segments if seg.propagate is not None]
         for variant in self.variants:
             graphs += list(variant.files.values())
             unknown = sorted(set(variant.files) - set(graphs))

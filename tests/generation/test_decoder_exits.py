@@ -95,11 +95,12 @@ def test_early_exit_fills_every_cache_entry_as_full_depth_would(engine: DecoderE
                 np.testing.assert_allclose(cache.values[layer][:filled], reference.values[layer][:filled], atol=1e-4)
 
 
-def test_early_exit_takes_fewer_layers_and_reports_them(engine: DecoderEngine) -> None:
+@pytest.mark.parametrize("skipped", ["recompute", "propagate"])
+def test_early_exit_takes_fewer_layers_and_reports_them(engine: DecoderEngine, skipped: str) -> None:
     for criterion in ("max_prob", "gate", "similarity"):
         layers = []
         for ids in _prompts(6):
-            result = engine.generate(ids, 16, stop=(), mode="early-exit", criterion=criterion)
+            result = engine.generate(ids, 16, stop=(), mode="early-exit", criterion=criterion, skipped=skipped)
             assert result.mode == "early-exit"
             assert 1.0 <= result.mean_layers <= 4.0
             layers.append(result.mean_layers)
@@ -147,3 +148,19 @@ def test_train_exits_and_generate_from_the_command_line(tmp_path: Path) -> None:
         assert found["mode"] == mode
         assert found["mean_layers"] <= 4.0
     assert "acceptance_rate" in found
+
+
+def test_state_propagation_fills_every_group_at_once(engine: DecoderEngine) -> None:
+    """CALM's propagation: a token that leaves early gets the skipped groups' entries from its exit's
+    hidden state right away, so no group lags behind; the projection graphs match PyTorch at export."""
+    manifest = engine.manifest
+    assert any(row["graph"] == "propagate 1" for row in manifest.reference["graphs"])
+    ids = _prompts(1, seed=3)[0]
+    cache = engine.new_cache(len(ids) + 16)
+    logits = engine.forward(np.asarray([ids], dtype=np.int64), cache)
+    run = Run(sampler=Sampler(), stops=frozenset(), budget=12)
+    EarlyExit("gate", {0: 0.0}, skipped="propagate").decode(engine, cache, int(np.argmax(logits[0, -1])), run)
+    assert run.counters["exit_1"] == 11  # every token but the last left at the first exit
+    assert cache.lengths == [len(ids) + 11] * len(manifest.segments)
+    with pytest.raises(UsageError, match="skipped 'copy'"):
+        engine.generate([5, 6], 4, mode="early-exit", skipped="copy")

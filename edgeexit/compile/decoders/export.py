@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import edgeexit
-from edgeexit.compile.decoders.llama import LayerGroup, LlamaShape, split_llama
+from edgeexit.compile.decoders.llama import KVProjection, LayerGroup, LlamaShape, split_llama
 from edgeexit.compile.decoders.weights import ACCURACY_LEVEL, BLOCK_SIZE, WEIGHT_VARIANTS, quantize_weights
 from edgeexit.compile.exporter import export_graph
 from edgeexit.errors import ExportError
@@ -107,7 +107,8 @@ def export_decoder(
             extra.append(tokenizer_file)
             template = getattr(source.tokenizer, "chat_template", None)
             frame = chat_frame(source.tokenizer) if template else None
-        graph_files = [specs["embedding"].file, *(s.graph.file for s in specs["segments"]), specs["head"].file]
+        graph_files = [specs["embedding"].file, *(s.graph.file for s in specs["segments"]), specs["head"].file,
+                       *(s.propagate.file for s in specs["segments"] if s.propagate is not None)]  # fmt: skip
         files = {name: sha256_file(stage / name) for name in [*graph_files, *extra]}
         manifest = DecoderManifest(
             model_name=source.name,
@@ -257,7 +258,11 @@ def _export_graphs(stage: Path, embedding: torch.nn.Module, groups: list[LayerGr
             TensorSpec("hidden_out", (None, None, h), "float32"),
             *(TensorSpec(name, entry, "float32") for name in out_names[1:]),
         )
-        segments.append(DecoderSegment(index, first, layers.stop, GraphSpec(file, inputs, outputs, _params(group))))
+        propagate = None
+        if index > 0:  # a token can skip every group but the first
+            propagate = _export_propagation(stage, index, group, shape, entry, out_names[1:])
+        graph = GraphSpec(file, inputs, outputs, _params(group))
+        segments.append(DecoderSegment(index, first, layers.stop, graph, propagate))
         first = layers.stop
     specs["segments"] = segments
     export_graph(head, [torch.randn(batch, new, h)], stage / "graphs/head.onnx", ["hidden"], ["logits"], "the head",
@@ -266,6 +271,20 @@ def _export_graphs(stage: Path, embedding: torch.nn.Module, groups: list[LayerGr
         "graphs/head.onnx", (hidden_spec,), (TensorSpec("logits", (None, None, shape.vocab), "float32"),), _params(head)
     )
     return opset, specs
+
+
+def _export_propagation(stage: Path, index: int, group: LayerGroup, shape: LlamaShape,
+                        entry: tuple[int | None, ...], names: list[str]) -> GraphSpec:  # fmt: skip
+    """Group ``index``'s keys and values from one hidden state (``KVProjection``), as its own graph."""
+    auto = torch.export.Dim.AUTO
+    module = KVProjection(list(group.layers), shape)
+    file = f"graphs/propagate_{index}.onnx"
+    examples = [torch.randn(2, 3, shape.hidden), torch.arange(4, 7).expand(2, 3).contiguous()]
+    export_graph(module, examples, stage / file, ["hidden", "position_ids"], names, f"group {index}'s KV projection",
+                 dynamic_shapes=[{0: auto, 1: auto}, {0: auto, 1: auto}])  # fmt: skip
+    inputs = (TensorSpec("hidden", (None, None, shape.hidden), "float32"),
+              TensorSpec("position_ids", (None, None), "int64"))  # fmt: skip
+    return GraphSpec(file, inputs, tuple(TensorSpec(n, entry, "float32") for n in names), _params(module))
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -316,6 +335,13 @@ def graph_parity(package: DecoderPackage, embedding: torch.nn.Module, groups: li
                 outputs = session.run(None, feeds)
                 expected = group(hidden, torch.from_numpy(positions), torch.from_numpy(mask), *cache)
                 note(f"segment {segment.index} hidden", outputs[0], expected[0])
+                if segment.propagate is not None:
+                    projected = load_session(package.path(segment.propagate.file)).run(
+                        None, {"hidden": hidden.numpy(), "position_ids": positions}
+                    )
+                    reference = KVProjection(list(group.layers), group.shape)(hidden, torch.from_numpy(positions))
+                    for value, want in zip(projected, reference, strict=True):
+                        note(f"propagate {segment.index}", value, want)
                 for i, (value, reference) in enumerate(zip(outputs[1:], expected[1:], strict=True)):
                     note(f"segment {segment.index} cache", value, reference)
                     cache[i] = torch.cat((cache[i], reference), dim=0)

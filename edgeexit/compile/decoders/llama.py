@@ -147,6 +147,38 @@ class LayerGroup(nn.Module):
         return hidden, key, value
 
 
+class KVProjection(nn.Module):
+    """``(hidden, position_ids) -> (key_i, value_i, ...)`` for every layer ``i`` of a group, each
+    computed from the *same* ``hidden`` (the group's layers are not run): CALM's state propagation,
+    which gives the layers an early-exiting token skipped the keys and values of its exit's hidden
+    state instead of the ones full depth would compute. Same layout as ``LayerGroup``'s outputs."""
+
+    def __init__(self, layers: Sequence[nn.Module], shape: LlamaShape) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.shape = shape
+        inv_freq = 1.0 / (
+            shape.rope_theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim)
+        )
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = self.shape
+        batch, length, _ = hidden.shape
+        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+        out: list[torch.Tensor] = []
+        for layer in self.layers:
+            attn = layer.self_attn
+            x = _norm(hidden, layer.input_layernorm.weight, s.eps)
+            k = attn.k_proj(x).view(batch, length, s.kv_heads, s.head_dim).transpose(1, 2)
+            k = k * cos + _rotate_half(k) * sin
+            v = attn.v_proj(x).view(batch, length, s.kv_heads, s.head_dim)
+            out += [k.permute(2, 0, 1, 3), v.permute(1, 0, 2, 3)]
+        return tuple(out)
+
+
 class Head(nn.Module):
     """``hidden (B, S, H) -> logits (B, S, V)``: the final norm and the LM head. Every exit ends in
     it too (an exit's adapter maps its layer's hidden state into the final layer's space), so the
