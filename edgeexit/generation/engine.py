@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.generation.sampling import Sampler
 from edgeexit.generation.tokenizer import PromptCodec
 
-Mode = Literal["full", "early-exit", "speculative"]
 MODES: tuple[str, ...] = ("full", "early-exit", "speculative")
 
 
@@ -64,6 +63,16 @@ class Generation:
         }
 
 
+def _bind_new_entries(binding: Any, layers: Sequence[int], cache: KVCache, past: int, new: int) -> None:
+    """Bind each layer's ``key_i`` / ``value_i`` outputs to positions ``past .. past + new`` of its
+    cache buffer: ONNX Runtime writes the new entries there, nothing is copied after."""
+    offset = past * cache.position_bytes
+    shape = (new, *cache.entry_shape)
+    for layer in layers:
+        for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+            binding.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, shape, buffers[layer].ctypes.data + offset)
+
+
 class _SegmentRunner:
     """One layer group's session with its inputs and outputs bound by pointer (no copies)."""
 
@@ -87,13 +96,10 @@ class _SegmentRunner:
         out = np.empty_like(hidden)
         b.bind_output("hidden_out", "cpu", 0, np.float32, out.shape, out.ctypes.data)
         past_shape = (past, *cache.entry_shape)
-        new_shape = (new, *cache.entry_shape)
-        offset = past * cache.position_bytes
         for layer in self.layers:
             for kind, buffers in (("key", cache.keys), ("value", cache.values)):
-                buffer = buffers[layer]
-                b.bind_input(f"past_{kind}_{layer}", "cpu", 0, np.float32, past_shape, buffer.ctypes.data)
-                b.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, new_shape, buffer.ctypes.data + offset)
+                b.bind_input(f"past_{kind}_{layer}", "cpu", 0, np.float32, past_shape, buffers[layer].ctypes.data)
+        _bind_new_entries(b, self.layers, cache, past, new)
         self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
         cache.lengths[index] = past + new
         return out
@@ -117,11 +123,7 @@ class _PropagationRunner:
         b.clear_binding_outputs()
         b.bind_cpu_input("hidden", hidden)
         b.bind_cpu_input("position_ids", positions)
-        offset = past * cache.position_bytes
-        for layer in self.spec.layers:
-            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
-                b.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, (new, *cache.entry_shape),
-                              buffers[layer].ctypes.data + offset)  # fmt: skip
+        _bind_new_entries(b, self.spec.layers, cache, past, new)
         self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
         cache.lengths[index] = past + new
 
