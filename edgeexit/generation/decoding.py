@@ -44,6 +44,8 @@ DEFAULT_CRITERION = "gate"
 #: How the layers a token skipped get its keys and values: computed later from the token's real
 #: hidden state (exact), or projected from the exit's hidden state at once (CALM's propagation).
 SKIPPED_KV = ("recompute", "propagate")
+#: The epsilon of the RMS normalisation a gate's input gets, here and where gates are trained.
+GATE_EPS = 1e-5
 
 
 @dataclass
@@ -121,7 +123,6 @@ class EarlyExit:
         manifest = engine.manifest
         exit_at = {e.segment: i for i, e in enumerate(manifest.exits)}
         gates = [(np.asarray(e.gate_weights, dtype=np.float32), e.gate_bias) for e in manifest.exits]
-        eps = 1e-5
         last = len(engine.segments) - 1
         pending: list[np.ndarray | None] = [None] * len(engine.segments)
         token = first
@@ -149,7 +150,7 @@ class EarlyExit:
                 elif self.criterion == "gate":
                     weights, bias = gates[chosen]
                     x = adapted.reshape(-1)
-                    normed = x / np.sqrt(np.mean(x * x) + eps)
+                    normed = x / np.sqrt(np.mean(x * x) + GATE_EPS)
                     score = float(1.0 / (1.0 + np.exp(-(normed @ weights + bias))))
                 else:
                     score = _cosine(entering, leaving)

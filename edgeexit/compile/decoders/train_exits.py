@@ -33,6 +33,7 @@ from edgeexit.compile.decoders.llama import LlamaShape, _norm
 from edgeexit.compile.exporter import export_graph
 from edgeexit.errors import ExportError
 from edgeexit.fileio import sha256_file
+from edgeexit.generation.decoding import GATE_EPS
 from edgeexit.generation.manifest import DecoderExit, DecoderManifest, GraphSpec, Speculation
 from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.manifest import TensorSpec
@@ -102,7 +103,7 @@ def add_exits(
             adapted = adapter(torch.from_numpy(features.hidden[layer])).numpy()
         top, probs_max = _head_top(head, adapted)
         agree = top == teacher
-        gate_features = normalized(adapted, shape.eps)
+        gate_features = normalized(adapted, GATE_EPS)
         weights, bias = fit_linear_gate(gate_features[gate_rows], agree[gate_rows])
         gate = 1.0 / (1.0 + np.exp(-(gate_features @ weights + bias)))
         before, after = features.hidden[previous], features.hidden[layer]
