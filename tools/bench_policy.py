@@ -172,15 +172,18 @@ def summarize(rows: dict[str, list[bench.BenchRow]], slo_ms: float) -> dict[str,
     oracle = min(statics, key=lambda n: med(rows[n], "mean_ms"))
     within = [n for n in statics if med(rows[n], "mean_ms") <= slo_ms]
     oracle_energy = min(within, key=lambda n: med(rows[n], "energy_mj")) if within else oracle
-    offload = "split@input" if "split@input" in rows else min(
-        (n for n in statics if n.startswith("split@")), key=lambda n: int(n.rpartition("@")[2])
-    )  # fmt: skip
+    splits = [n for n in statics if n.startswith("split@")]
+    offload = "split@input" if "split@input" in rows else (
+        min(splits, key=lambda n: int(n.rpartition("@")[2])) if splits else None
+    )  # fmt: skip  # None: --rows ran no all-offload plan to compare with
     found: dict[str, object] = {"oracle": oracle, "oracle_energy": oracle_energy, "all_offload": offload}
     for objective, row, what, best in (("latency", "adaptive", "mean_ms", oracle),
                                        ("energy", "adaptive/energy", "energy_mj", oracle_energy)):  # fmt: skip
         mine = med(rows[row], what)
         checks = {"oracle": (best, TARGET_ORACLE * med(rows[best], what))}
         for base in ("local", offload):
+            if base is None or base not in rows:
+                continue
             noise = max(spread(rows[row], what), spread(rows[base], what))
             checks[base] = (base, med(rows[base], what) + noise)
         found[objective] = {
@@ -222,7 +225,8 @@ def markdown(results, slo_ms: float, meta: dict[str, object]) -> str:
         rows, summary = results[link]
         for objective, row in (("latency", "adaptive"), ("energy", "adaptive/energy")):
             checks = summary[objective]
-            cells = [f"{c['ratio']:.3f} {VERDICTS[c['met']]}" for c in checks.values()]
+            picked = [checks.get("oracle"), checks.get("local"), checks.get(summary["all_offload"])]
+            cells = ["-" if c is None else f"{c['ratio']:.3f} {VERDICTS[c['met']]}" for c in picked]
             verdict = "met" if summary["energy_row_meets_slo"] else "**missed**"
             slo = f"{summary['energy_row_latency_ms']:.2f} ms {verdict}" if objective == "energy" else ""
             oracle = summary["oracle" if objective == "latency" else "oracle_energy"]
