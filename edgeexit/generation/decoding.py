@@ -174,6 +174,18 @@ class EarlyExit:
             token = run.sampler.pick(logits.reshape(-1))
 
 
+def _accepted(drafts: list[int], verdict: np.ndarray, run: Run) -> int:
+    """How many drafts, from the first, are the model's own greedy tokens (``verdict[i]`` is its
+    token after the i-th verified position); counted into ``run``."""
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == int(verdict[accepted]):
+        accepted += 1
+    run.count("rounds")
+    run.count("drafted", len(drafts))
+    run.count("accepted", accepted)
+    return accepted
+
+
 @dataclass(frozen=True)
 class Speculative:
     """Greedy self-speculation drafting with exit ``exit`` (its layer groups + adapter + head).
@@ -249,12 +261,7 @@ class Speculative:
             for index in deep:
                 block = engine.segment(index, block, cache)
             verdict = np.argmax(engine.logits(block)[0], axis=-1)  # the model's greedy token after each position
-            accepted = 0
-            while accepted < len(drafts) and drafts[accepted] == int(verdict[accepted]):
-                accepted += 1
-            run.count("rounds")
-            run.count("drafted", len(drafts))
-            run.count("accepted", accepted)
+            accepted = _accepted(drafts, verdict, run)
             cache.truncate(start + accepted + 1)  # keep ``token`` and the accepted drafts
             kept = [*drafts[:accepted], int(verdict[accepted])]
             for produced in kept:  # every kept token went through every layer (drafted or verified)
@@ -291,12 +298,7 @@ class Speculative:
                 block = [proposal]
             verdict = np.argmax(engine.forward(np.asarray([[token, *drafts]], dtype=np.int64), cache,
                                                every_position=True)[0], axis=-1)  # fmt: skip
-            accepted = 0
-            while accepted < len(drafts) and drafts[accepted] == int(verdict[accepted]):
-                accepted += 1
-            run.count("rounds")
-            run.count("drafted", len(drafts))
-            run.count("accepted", accepted)
+            accepted = _accepted(drafts, verdict, run)
             cache.truncate(start + accepted + 1)
             drafts_cache.truncate(start + accepted + 1)
             kept = [*drafts[:accepted], int(verdict[accepted])]

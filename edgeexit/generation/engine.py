@@ -63,18 +63,8 @@ class Generation:
         }
 
 
-def _bind_new_entries(binding: Any, layers: Sequence[int], cache: KVCache, past: int, new: int) -> None:
-    """Bind each layer's ``key_i`` / ``value_i`` outputs to positions ``past .. past + new`` of its
-    cache buffer: ONNX Runtime writes the new entries there, nothing is copied after."""
-    offset = past * cache.position_bytes
-    shape = (new, *cache.entry_shape)
-    for layer in layers:
-        for kind, buffers in (("key", cache.keys), ("value", cache.values)):
-            binding.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, shape, buffers[layer].ctypes.data + offset)
-
-
-class _SegmentRunner:
-    """One layer group's session with its inputs and outputs bound by pointer (no copies)."""
+class _GroupRunner:
+    """A session over one layer group's cache: its inputs and outputs bound by pointer (no copies)."""
 
     def __init__(self, session: object, spec: DecoderSegment) -> None:
         self.session = session
@@ -82,16 +72,29 @@ class _SegmentRunner:
         self.layers = list(spec.layers)
         self.binding = session.io_binding()  # type: ignore[attr-defined]
 
-    def run(self, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
-        index = self.spec.index
-        past = cache.lengths[index]
+    def _bind(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache) -> tuple[Any, int, int]:
+        """Bind the inputs both graphs take and the new entries' slots; the binding, past and new lengths."""
+        past = cache.lengths[self.spec.index]
         new = hidden.shape[1]
-        cache.room(index, new)
+        cache.room(self.spec.index, new)
         b = self.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         b.bind_cpu_input("hidden", hidden)
         b.bind_cpu_input("position_ids", positions)
+        offset = past * cache.position_bytes
+        shape = (new, *cache.entry_shape)
+        for layer in self.layers:
+            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+                b.bind_output(f"{kind}_{layer}", "cpu", 0, np.float32, shape, buffers[layer].ctypes.data + offset)
+        return b, past, new
+
+
+class _SegmentRunner(_GroupRunner):
+    """A layer group: reads its past from the cache in place, writes its new entries into it."""
+
+    def run(self, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        b, past, new = self._bind(hidden, positions, cache)
         b.bind_cpu_input("attention_mask", mask)
         out = np.empty_like(hidden)
         b.bind_output("hidden_out", "cpu", 0, np.float32, out.shape, out.ctypes.data)
@@ -99,33 +102,18 @@ class _SegmentRunner:
         for layer in self.layers:
             for kind, buffers in (("key", cache.keys), ("value", cache.values)):
                 b.bind_input(f"past_{kind}_{layer}", "cpu", 0, np.float32, past_shape, buffers[layer].ctypes.data)
-        _bind_new_entries(b, self.layers, cache, past, new)
         self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
-        cache.lengths[index] = past + new
+        cache.lengths[self.spec.index] = past + new
         return out
 
 
-class _PropagationRunner:
-    """A group's KV projection (CALM's state propagation), its outputs bound into the cache."""
-
-    def __init__(self, session: object, spec: DecoderSegment) -> None:
-        self.session = session
-        self.spec = spec
-        self.binding = session.io_binding()  # type: ignore[attr-defined]
+class _PropagationRunner(_GroupRunner):
+    """A group's KV projection (CALM's state propagation): the new entries from one hidden state."""
 
     def run(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache) -> None:
-        index = self.spec.index
-        past = cache.lengths[index]
-        new = hidden.shape[1]
-        cache.room(index, new)
-        b = self.binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        b.bind_cpu_input("hidden", hidden)
-        b.bind_cpu_input("position_ids", positions)
-        _bind_new_entries(b, self.spec.layers, cache, past, new)
+        b, past, new = self._bind(hidden, positions, cache)
         self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
-        cache.lengths[index] = past + new
+        cache.lengths[self.spec.index] = past + new
 
 
 class DecoderEngine:

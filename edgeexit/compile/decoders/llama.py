@@ -39,6 +39,21 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class _Rotary(nn.Module):
+    """Llama's rotary position embedding: cos and sin at ``position_ids``, shaped ``(B, 1, S, d)``
+    to broadcast over heads, computed in float32 as Hugging Face does."""
+
+    def __init__(self, shape: LlamaShape) -> None:
+        super().__init__()
+        exponents = torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim
+        self.register_buffer("inv_freq", 1.0 / (shape.rope_theta**exponents), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq  # (B, S, d/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
+
 class LlamaShape:
     """The dimensions a part needs, read from a Hugging Face Llama config (refusing what the
     parts do not implement: RoPE scaling, attention or MLP biases)."""
@@ -86,19 +101,14 @@ class LayerGroup(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.shape = shape
-        inv_freq = 1.0 / (
-            shape.rope_theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary = _Rotary(shape)
 
     def forward(
         self, hidden: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         if len(past) != 2 * len(self.layers):
             raise ModelError(f"expected {2 * len(self.layers)} past tensors (key, value per layer), got {len(past)}")
-        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq  # (B, S, d/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, S, d): broadcast over heads
+        cos, sin = self.rotary(position_ids)
         total = past[0].shape[0] + hidden.shape[1]
         queries = (past[0].shape[0] + torch.arange(hidden.shape[1]))[:, None]  # absolute positions of the new tokens
         causal = torch.arange(total)[None, :] <= queries  # (S, P + S)
@@ -157,17 +167,12 @@ class KVProjection(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.shape = shape
-        inv_freq = 1.0 / (
-            shape.rope_theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary = _Rotary(shape)
 
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = self.shape
         batch, length, _ = hidden.shape
-        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+        cos, sin = self.rotary(position_ids)
         out: list[torch.Tensor] = []
         for layer in self.layers:
             attn = layer.self_attn
