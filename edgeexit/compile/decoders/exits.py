@@ -23,7 +23,6 @@ per-token records the thresholds are calibrated on (``edgeexit.generation.calibr
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -205,7 +204,3 @@ def check_layers(layers: Sequence[int], boundaries: Sequence[int]) -> None:
             f"exit layers {list(layers)}: an exit sits where a layer group ends, before the last; "
             f"this package's groups end at {list(boundaries)[:-1]}"
         )
-
-
-def seconds_since(tick: float) -> float:
-    return round(time.perf_counter() - tick, 1)
