@@ -183,8 +183,8 @@ class DecoderEngine:
         the same greedy text as ``full``; ``draft_variant``, e.g. ``int4``: draft with that weight
         variant's layers instead, and verify with all of this engine's; ``own``: this engine's).
         Unset, these come from the package."""
-        started = time.perf_counter()
         strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant, skipped)
+        started = time.perf_counter()  # after loading a draft variant's sessions (once per engine)
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
         ids = self.codec.encode(prompt, chat=chat) if isinstance(prompt, str) else [int(t) for t in prompt]
