@@ -471,6 +471,11 @@ class Manifest:
     def from_dict(cls, raw: Any, *, source: str = "manifest.json") -> Manifest:
         if not isinstance(raw, dict):
             raise PackageError(f"{source}: expected a JSON object, found {type(raw).__name__}")
+        if raw.get("format") == "edgeexit-decoder":
+            raise PackageError(
+                f"{source} is a decoder (LLM) package; this command takes classifier packages: run it with "
+                "`edgeexit generate` (its hashes are checked when it loads)"
+            )
         if raw.get("format") != FORMAT_NAME:
             raise PackageError(f"{source}: 'format' is {raw.get('format')!r}; expected {FORMAT_NAME!r}")
         version = raw.get("format_version")

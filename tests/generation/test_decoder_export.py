@@ -121,3 +121,11 @@ def test_tiny_llama_is_the_real_architecture() -> None:
     config = tiny_llama(layers=2).model.config
     assert config.num_attention_heads % config.num_key_value_heads == 0
     assert config.tie_word_embeddings
+
+
+def test_classifier_commands_say_a_decoder_package_is_for_generate(tiny_decoder: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "edgeexit", "verify", str(tiny_decoder)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "is a decoder (LLM) package" in done.stderr
+    assert "edgeexit generate" in done.stderr
