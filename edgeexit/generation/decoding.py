@@ -11,8 +11,10 @@ The layers it skipped still need its keys and values for later tokens. They are 
 (``pending``), and the next token that goes deeper takes them along in one pass over several
 positions, which costs a memory-bound CPU little more than one. So every cache entry is exactly
 what full depth computes from the hidden states the token really had; a skipped token's entries
-arrive late, not approximated (CALM's alternative, copying the exit's hidden state into the
-skipped layers, would approximate them; not implemented).
+arrive late, not approximated. CALM's alternative (``skipped="propagate"``) projects the exit's
+hidden state to the skipped layers' keys and values at once (``graphs/propagate_K.onnx``):
+cheaper when many tokens leave early, approximate (on SmolLM2 its text agreed with full depth's
+less: docs/benchmarks.md).
 
 **Speculative** (Kangaroo, LayerSkip, greedy): the layers up to the draft exit, its adapter and
 the head propose tokens one by one, stopping when the draft's top probability falls below
