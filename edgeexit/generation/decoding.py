@@ -89,6 +89,13 @@ def full_depth(engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> N
         token = run.sampler.pick(logits[0, -1])
 
 
+def _gate_score(adapted: np.ndarray, gate: tuple[np.ndarray, float]) -> float:
+    """An exit gate's probability that the final layer agrees, from the adapter's output (one token)."""
+    x = adapted.reshape(-1)
+    normed = x / np.sqrt(np.mean(x * x) + GATE_EPS)
+    return float(1.0 / (1.0 + np.exp(-(normed @ gate[0] + gate[1]))))
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(-1).astype(np.float64)
     b = b.reshape(-1).astype(np.float64)
@@ -150,10 +157,7 @@ class EarlyExit:
                     logits = engine.logits(adapted)
                     score = _max_prob(logits)
                 elif self.criterion == "gate":
-                    weights, bias = gates[chosen]
-                    x = adapted.reshape(-1)
-                    normed = x / np.sqrt(np.mean(x * x) + GATE_EPS)
-                    score = float(1.0 / (1.0 + np.exp(-(normed @ weights + bias))))
+                    score = _gate_score(adapted, gates[chosen])
                 else:
                     score = _cosine(entering, leaving)
                 if score >= self.thresholds[chosen]:
@@ -202,6 +206,9 @@ class Speculative:
     max_draft: int
     stop_below: float
     drafter: Any = None
+    #: the draft exit's gate (weights, bias) and the score below which a draft stops before the head
+    gate: tuple[np.ndarray, float] | None = None
+    gate_below: float = 0.0
 
     @property
     def lookahead(self) -> int:
@@ -209,7 +216,7 @@ class Speculative:
 
     @classmethod
     def from_manifest(cls, manifest: DecoderManifest, max_draft: int | None, stop_below: float | None,
-                      drafter: Any = None) -> Speculative:  # fmt: skip
+                      drafter: Any = None, gate_below: float | None = None) -> Speculative:  # fmt: skip
         spec = manifest.speculation or Speculation(exit=0)
         drafts = spec.max_draft if max_draft is None else max_draft
         below = spec.stop_below if stop_below is None else stop_below
@@ -217,7 +224,12 @@ class Speculative:
             raise UsageError(f"max_draft is {drafts}; expected at least 1 drafted token per round")
         if not 0 <= below < 1:
             raise UsageError(f"stop_below is {below}; expected a probability in [0, 1)")
-        return cls(spec.exit, drafts, below, drafter)
+        gate_below = spec.gate_below if gate_below is None else gate_below
+        if gate_below is None:  # the draft exit's own calibrated gate threshold
+            gate_below = manifest.exits[spec.exit].thresholds.get("gate", 0.0)
+        found = manifest.exits[spec.exit]
+        gate = (np.asarray(found.gate_weights, dtype=np.float32), found.gate_bias) if gate_below > 0 else None
+        return cls(spec.exit, drafts, below, drafter, gate, gate_below)
 
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         try:
@@ -253,7 +265,10 @@ class Speculative:
                 entering.append(hidden)
                 if len(drafts) >= min(self.max_draft, room, run.budget - len(run.tokens)):
                     break
-                logits = engine.logits(engine.adapt(self.exit, hidden))
+                adapted = engine.adapt(self.exit, hidden)
+                if self.gate is not None and _gate_score(adapted, self.gate) < self.gate_below:
+                    break  # the gate expects the full model to disagree: no head, no draft
+                logits = engine.logits(adapted)
                 proposal = int(np.argmax(logits.reshape(-1)))
                 if _max_prob(logits) < self.stop_below or proposal in run.stops:
                     break
@@ -292,7 +307,10 @@ class Speculative:
                 hidden = drafter.embed(np.asarray([block], dtype=np.int64))
                 for index in shallow:
                     hidden = drafter.segment(index, hidden, drafts_cache)
-                logits = drafter.logits(drafter.adapt(self.exit, hidden[:, -1:]))
+                adapted = drafter.adapt(self.exit, hidden[:, -1:])
+                if self.gate is not None and _gate_score(adapted, self.gate) < self.gate_below:
+                    break
+                logits = drafter.logits(adapted)
                 proposal = int(np.argmax(logits.reshape(-1)))
                 if _max_prob(logits) < self.stop_below or proposal in run.stops:
                     break

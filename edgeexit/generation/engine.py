@@ -169,6 +169,7 @@ class DecoderEngine:
         max_draft: int | None = None,
         stop_below: float | None = None,
         draft_variant: str | None = None,
+        gate_below: float | None = None,
     ) -> Generation:
         """Continue ``prompt`` (text, or token ids as the package's tokenizer gives them) by up to
         ``max_new_tokens`` tokens, stopping early at a stop token (the package's by default).
@@ -177,13 +178,15 @@ class DecoderEngine:
         first exit whose ``criterion`` score reaches its calibrated threshold; the package's
         default criterion: ``gate``; the layers a token skipped get its keys and values by
         ``skipped``: ``recompute``, exactly, when the next deeper token runs them, or ``propagate``,
-        CALM's copy of the exit's hidden state), or ``speculative`` (the layers up to the draft exit propose
-        up to ``max_draft`` tokens, a draft stopping early when its top probability falls below
-        ``stop_below``, and one pass of the remaining layers keeps those the model agrees with:
-        the same greedy text as ``full``; ``draft_variant``, e.g. ``int4``: draft with that weight
-        variant's layers instead, and verify with all of this engine's; ``own``: this engine's).
-        Unset, these come from the package."""
-        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant, skipped)
+        CALM's copy of the exit's hidden state), or ``speculative`` (the layers up to the draft
+        exit propose up to ``max_draft`` tokens, a draft stopping early when its exit's gate scores
+        below ``gate_below`` or its top probability falls below ``stop_below``, and one pass of the
+        remaining layers keeps those the model agrees with: the same greedy text as ``full``;
+        ``draft_variant``, e.g. ``int4``: draft with that weight variant's layers instead, and
+        verify with all of this engine's; ``own``: this engine's). Unset, these come from the
+        package."""
+        strategy = self._strategy(mode, criterion, max_draft, stop_below, temperature, draft_variant, skipped,
+                                  gate_below)  # fmt: skip
         started = time.perf_counter()  # after loading a draft variant's sessions (once per engine)
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
@@ -223,7 +226,8 @@ class DecoderEngine:
         )
 
     def _strategy(self, mode: str, criterion: str | None, max_draft: int | None, stop_below: float | None,
-                  temperature: float, draft_variant: str | None, skipped: str) -> Any:  # fmt: skip
+                  temperature: float, draft_variant: str | None, skipped: str,
+                  gate_below: float | None = None) -> Any:  # fmt: skip
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode == "full":
@@ -241,7 +245,7 @@ class DecoderEngine:
         if draft_variant is None and manifest.speculation is not None:
             draft_variant = manifest.speculation.draft_variant
         drafter = None if draft_variant in (None, "own", self.variant) else self._drafter(draft_variant)
-        return Speculative.from_manifest(manifest, max_draft, stop_below, drafter)
+        return Speculative.from_manifest(manifest, max_draft, stop_below, drafter, gate_below)
 
     def _drafter(self, variant: str) -> DecoderEngine:
         """An engine of weight variant ``variant`` to draft with, loaded once and kept."""

@@ -122,14 +122,18 @@ class DecoderExit:
 @dataclass(frozen=True)
 class Speculation:
     """Self-speculative decoding's defaults: draft with the layers up to exit ``exit`` (an index
-    into ``exits``), at most ``max_draft`` tokens per round, stopping a draft early when its top
-    token's probability falls below ``stop_below`` (Kangaroo's second early exit)."""
+    into ``exits``), at most ``max_draft`` tokens per round, stopping a draft early when the exit's
+    gate expects disagreement (``gate_below``) or its top token's probability falls below
+    ``stop_below`` (Kangaroo's second early exit)."""
 
     exit: int
     max_draft: int = 4
     stop_below: float = 0.5
     #: draft with this weight variant's layers (e.g. ``int4``; None: the engine's own)
     draft_variant: str | None = None
+    #: stop a draft before the head when the draft exit's gate scores below this (None: the
+    #: exit's calibrated gate threshold; 0: never): a dot product instead of a vocabulary projection
+    gate_below: float | None = None
 
 
 @dataclass(frozen=True)

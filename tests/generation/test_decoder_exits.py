@@ -51,7 +51,7 @@ def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngin
     for ids in _prompts(10):
         full = engine.generate(ids, 24, stop=())
         fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
-                               draft_variant=draft_variant)  # fmt: skip
+                               draft_variant=draft_variant, gate_below=0.0)  # fmt: skip
         assert fast.tokens == full.tokens, ids
         assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
         drafted += fast.details["drafted"]
@@ -164,3 +164,12 @@ def test_state_propagation_fills_every_group_at_once(engine: DecoderEngine) -> N
     assert cache.lengths == [len(ids) + 11] * len(manifest.segments)
     with pytest.raises(UsageError, match="skipped 'copy'"):
         engine.generate([5, 6], 4, mode="early-exit", skipped="copy")
+
+
+def test_the_draft_exits_gate_stops_drafts_before_the_head(engine: DecoderEngine) -> None:
+    """A gate threshold of 1 drafts nothing (every round is one full-depth step); the text is the same."""
+    ids = _prompts(1, seed=4)[0]
+    full = engine.generate(ids, 16, stop=())
+    gated = engine.generate(ids, 16, stop=(), mode="speculative", stop_below=0.0, gate_below=1.0)
+    assert gated.tokens == full.tokens
+    assert gated.details["drafted"] == 0
