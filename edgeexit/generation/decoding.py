@@ -131,7 +131,7 @@ class EarlyExit:
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         manifest = engine.manifest
         exit_at = {e.segment: i for i, e in enumerate(manifest.exits)}
-        gates = [(np.asarray(e.gate_weights, dtype=np.float32), e.gate_bias) for e in manifest.exits]
+        gates = engine.gates
         last = len(engine.segments) - 1
         pending: list[np.ndarray | None] = [None] * len(engine.segments)
         token = first
@@ -216,7 +216,8 @@ class Speculative:
 
     @classmethod
     def from_manifest(cls, manifest: DecoderManifest, max_draft: int | None, stop_below: float | None,
-                      drafter: Any = None, gate_below: float | None = None) -> Speculative:  # fmt: skip
+                      drafter: Any = None, gate_below: float | None = None,
+                      gates: Any = None) -> Speculative:  # fmt: skip
         spec = manifest.speculation or Speculation(exit=0)
         drafts = spec.max_draft if max_draft is None else max_draft
         below = spec.stop_below if stop_below is None else stop_below
@@ -227,8 +228,10 @@ class Speculative:
         gate_below = spec.gate_below if gate_below is None else gate_below
         if gate_below is None:  # the draft exit's own calibrated gate threshold
             gate_below = manifest.exits[spec.exit].thresholds.get("gate", 0.0)
-        found = manifest.exits[spec.exit]
-        gate = (np.asarray(found.gate_weights, dtype=np.float32), found.gate_bias) if gate_below > 0 else None
+        if gates is None:
+            found = manifest.exits[spec.exit]
+            gates = {spec.exit: (np.asarray(found.gate_weights, dtype=np.float32), found.gate_bias)}
+        gate = gates[spec.exit] if gate_below > 0 else None
         return cls(spec.exit, drafts, below, drafter, gate, gate_below)
 
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:

@@ -144,6 +144,8 @@ class DecoderEngine:
         self.segments = [_SegmentRunner(load(s.graph.file), s) for s in manifest.segments]
         self.head = load(manifest.head.file)
         self.exit_sessions = [load(e.graph.file) for e in manifest.exits]
+        #: each exit's gate as arrays, converted once (the manifest holds it as JSON numbers)
+        self.gates = [(np.asarray(e.gate_weights, dtype=np.float32), e.gate_bias) for e in manifest.exits]
         self.propagators = [
             None if s.propagate is None or not manifest.exits else _PropagationRunner(load(s.propagate.file), s)
             for s in manifest.segments
@@ -245,7 +247,7 @@ class DecoderEngine:
         if draft_variant is None and manifest.speculation is not None:
             draft_variant = manifest.speculation.draft_variant
         drafter = None if draft_variant in (None, "own", self.variant) else self._drafter(draft_variant)
-        return Speculative.from_manifest(manifest, max_draft, stop_below, drafter, gate_below)
+        return Speculative.from_manifest(manifest, max_draft, stop_below, drafter, gate_below, self.gates)
 
     def _drafter(self, variant: str) -> DecoderEngine:
         """An engine of weight variant ``variant`` to draft with, loaded once and kept."""

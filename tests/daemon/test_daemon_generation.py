@@ -38,30 +38,30 @@ def test_tritonclient_generates_text_through_the_daemon(kit, start_daemon, tiny_
         client.close()
 
 
+def _prompt(text: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="prompt", datatype="BYTES", shape=[1]).contents.bytes_contents.append(text)
+    return request
+
+
+def _refused(stub, request: pb.ModelInferRequest) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return caught.value
+
+
 def test_a_bad_generation_request_is_refused_and_the_daemon_serves_on(kit, start_daemon, tiny_decoder: Path,
                                                                         tmp_path: Path) -> None:  # fmt: skip
     daemon = start_daemon(kit.write_config(tmp_path / "device.toml", tiny_decoder, "127.0.0.1:0"))
     with kit.client(daemon.address) as stub:
         wrong = kit.infer_request(np.zeros((1, 4), np.float32), name="prompt")
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(wrong)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "expects one input 'prompt' BYTES [1]" in caught.value.details()
-        empty = pb.ModelInferRequest()
-        empty.inputs.add(name="prompt", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"   ")
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(empty)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "the prompt is empty" in caught.value.details()
-        early = pb.ModelInferRequest()
-        early.inputs.add(name="prompt", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"to be")
+        assert "expects one input 'prompt' BYTES [1]" in _refused(stub, wrong).details()
+        assert "the prompt is empty" in _refused(stub, _prompt(b"   ")).details()
+        early = _prompt(b"to be")
         early.parameters["mode"].string_param = "early-exit"
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(early)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "needs exit adapters" in caught.value.details()
-        fine = pb.ModelInferRequest()
-        fine.inputs.add(name="prompt", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"to be")
+        assert "needs exit adapters" in _refused(stub, early).details()
+        fine = _prompt(b"to be")
         fine.parameters["max_new_tokens"].int64_param = 3
         answer = stub.ModelInfer(fine)
         assert answer.parameters["tokens"].int64_param <= 3

@@ -141,14 +141,17 @@ def export_decoder(
         bad = [row for row in graphs if row["max_abs_diff"] > PARITY_RTOL * max(row["max_abs"], 1.0)]
         if bad:
             raise ExportError(f"ONNX Runtime differs from PyTorch beyond {PARITY_RTOL} of the largest value: {bad}")
-        continuations = greedy_parity(package, source, parity_tokens)
+        from edgeexit.generation.engine import DecoderEngine
+
+        reference = DecoderEngine(package)  # loaded once: the continuations and the variants' agreement
+        continuations = greedy_parity(reference, source, parity_tokens)
         differing = [row for row in continuations if not row["identical"]]
         if differing:
             raise ExportError(
                 f"greedy continuations through the device runtime differ from transformers' generate on "
                 f"{len(differing)} of {len(continuations)} prompts: {differing[0]}"
             )
-        manifest = _with_variants(package, weights, source, agreement_tokens)
+        manifest = _with_variants(reference, weights, source, agreement_tokens)
         manifest = DecoderManifest(**{**manifest.__dict__, "reference": {
             "framework": f"transformers {_transformers_version()}, torch {torch.__version__}",
             "graphs": graphs,
@@ -162,17 +165,17 @@ def export_decoder(
     return open_decoder_package(out)
 
 
-def _with_variants(package: DecoderPackage, names: Sequence[str], source: DecoderSource,
+def _with_variants(reference: Any, names: Sequence[str], source: DecoderSource,
                    tokens: int) -> DecoderManifest:  # fmt: skip
     """The manifest with a weight-only variant per name: segments and head quantized, hashed, and
     measured against fp32 on the source's prompts."""
     from edgeexit.generation.agreement import agreement
     from edgeexit.generation.engine import DecoderEngine
 
+    package = reference.package
     manifest = package.manifest
     if not names:
         return manifest
-    reference = DecoderEngine(package)
     prompts = [_prompt_ids(source, reference, prompt) for prompt in source.prompts or ("",)]
     files = dict(manifest.files)
     variants = []
@@ -305,6 +308,8 @@ def graph_parity(package: DecoderPackage, embedding: torch.nn.Module, groups: li
     rng = np.random.default_rng(0)
     ids = rng.integers(0, manifest.shape.vocab, size=(2, prompt_length + 1), dtype=np.int64)
     sessions = [load_session(package.path(s.graph.file)) for s in manifest.segments]
+    projections = [None if s.propagate is None else load_session(package.path(s.propagate.file))
+                   for s in manifest.segments]  # fmt: skip
     rows: dict[str, tuple[float, float]] = {}
 
     def note(name: str, ours: np.ndarray, theirs: torch.Tensor) -> None:
@@ -336,7 +341,7 @@ def graph_parity(package: DecoderPackage, embedding: torch.nn.Module, groups: li
                 expected = group(hidden, torch.from_numpy(positions), torch.from_numpy(mask), *cache)
                 note(f"segment {segment.index} hidden", outputs[0], expected[0])
                 if segment.propagate is not None:
-                    projected = load_session(package.path(segment.propagate.file)).run(
+                    projected = projections[segment.index].run(  # type: ignore[union-attr]
                         None, {"hidden": hidden.numpy(), "position_ids": positions}
                     )
                     reference = KVProjection(list(group.layers), group.shape)(hidden, torch.from_numpy(positions))
@@ -351,11 +356,9 @@ def graph_parity(package: DecoderPackage, embedding: torch.nn.Module, groups: li
     return [{"graph": name, "max_abs_diff": diff, "max_abs": scale} for name, (diff, scale) in rows.items()]
 
 
-def greedy_parity(package: DecoderPackage, source: DecoderSource, tokens: int) -> list[dict[str, Any]]:
-    """Each prompt's greedy continuation through ``DecoderEngine`` against transformers' ``generate``."""
-    from edgeexit.generation.engine import DecoderEngine
-
-    engine = DecoderEngine(package)
+def greedy_parity(engine: Any, source: DecoderSource, tokens: int) -> list[dict[str, Any]]:
+    """Each prompt's greedy continuation through ``engine`` (a ``DecoderEngine``) against
+    transformers' ``generate``."""
     rows = []
     for prompt in source.prompts or ("",):
         ids = _prompt_ids(source, engine, prompt)
