@@ -91,6 +91,9 @@ class SegmentSpec:
 
     ``hidden`` names the output that feeds the next segment (None for the last one);
     ``flops`` counts one sample's floating-point operations (a multiply-add is 2).
+    ``carries`` names the boundary's further outputs that the next segment takes besides
+    ``hidden`` (a skip connection a later layer still reads), in the order the next segment's
+    inputs list them; empty when the boundary is one tensor. ``hidden_bytes`` counts them all.
     """
 
     index: int
@@ -102,6 +105,12 @@ class SegmentSpec:
     flops: int
     params: int
     hidden_bytes: int | None
+    carries: tuple[str, ...] = ()
+
+    @property
+    def boundary(self) -> tuple[str, ...]:
+        """Every tensor this segment hands to the next, ``hidden`` first (empty for the last)."""
+        return () if self.hidden is None else (self.hidden, *self.carries)
 
     def output(self, name: str) -> TensorSpec:
         for spec in self.outputs:
@@ -373,8 +382,15 @@ class Manifest:
                     f"segment {position}: only the last segment may lack a hidden output "
                     f"(found hidden={segment.hidden!r})"
                 )
-            if segment.hidden is not None:
-                segment.output(segment.hidden)
+            for name in segment.boundary:
+                segment.output(name)
+            if not last:
+                taken = tuple(spec.name for spec in self.segments[position + 1].inputs[: len(segment.boundary)])
+                if taken != segment.boundary:
+                    raise PackageError(
+                        f"segment {position + 1} takes {list(taken)} first; expected boundary {position}'s tensors "
+                        f"{list(segment.boundary)} in that order"
+                    )
         for position, spec in enumerate(self.exits):
             if spec.index != position:
                 raise PackageError(f"exits[{position}].index is {spec.index}; expected {position}")

@@ -48,17 +48,24 @@ def criterion_label(spec: ExitSpec) -> str:
     return f"learned (gate of {spec.gate.samples} samples, {where})"
 
 
+def _shape(dims: Sequence[int | None], more: int = 0) -> str:
+    """``Nx16x7x7``, and ``+ 2 more`` when a boundary carries further tensors (hidden KiB counts them all)."""
+    text = "x".join("N" if d is None else str(d) for d in dims)
+    return f"{text} + {more} more" if more else text
+
+
 def segments_table(manifest: Manifest) -> Table:
     rows = []
     for segment in manifest.segments:
         spec = manifest.exit_of_segment(segment.index)
         hidden = segment.output(segment.hidden) if segment.hidden else None
+        taken = len(manifest.segments[segment.index - 1].carries) if segment.index else 0
         rows.append(
             (
                 segment.index,
                 segment.file,
-                "x".join("N" if d is None else str(d) for d in segment.inputs[0].shape),
-                "x".join("N" if d is None else str(d) for d in hidden.shape) if hidden else "-",
+                _shape(segment.inputs[0].shape, taken),
+                _shape(hidden.shape, len(segment.carries)) if hidden else "-",
                 f"{segment.hidden_bytes / 1024:.1f}" if segment.hidden_bytes else "-",
                 f"{segment.flops / 1e6:.2f}",
                 f"{segment.params:,}",

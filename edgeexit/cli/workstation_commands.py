@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command()(demo)
     app.command(name="models")(list_models)
+    app.command()(cuts)
 
 
 def list_models() -> None:
@@ -242,12 +243,13 @@ def export(
     monolithic: Annotated[bool, typer.Option(help="Also write the whole model as one graph, for comparison.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing package directory.")] = False,
     codecs: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Offload tails to write under tails/ (a Triton model repository), comma-separated: fp32, fp16, "
-            "int8; one model per boundary and codec. An empty string writes none."
+            "int8; one model per boundary and codec. An empty string writes none. Default: fp32 where the model "
+            "has tails (not yet for text encoders or boundaries of several tensors)."
         ),
-    ] = "fp32",
+    ] = None,
     tflite: Annotated[
         bool,
         typer.Option(
@@ -316,7 +318,7 @@ def export(
         threshold=threshold,
         monolithic=monolithic,
         overwrite=force,
-        codecs=codecs.split(","),
+        codecs=codecs.split(",") if codecs is not None else None,
         tflite=tflite,
     )
     console.print(parity_table("parity: ONNX Runtime vs PyTorch", parity_rows(package)))
@@ -355,6 +357,65 @@ def demo(
     from edgeexit.compile.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(out=out, model=model, epochs=epochs, limit=limit))
+
+
+def cuts(
+    factory: Annotated[
+        str,
+        typer.Argument(
+            help="MODULE:FUNCTION (or a class) returning the nn.Module to cut, e.g. "
+            "edgeexit.compile.zoo_graphs:UNetClassifier; a built-in model name cuts that model's backbone."
+        ),
+    ],
+    input_shape: Annotated[str, typer.Option(help="Example input shape, e.g. 1,3,224,224 (batch axis dynamic).")],
+    arg: FactoryArgs = None,
+    png: Annotated[Path | None, typer.Option(help="Also plot bytes crossing against compute before each cut.")] = None,
+    all_modules: Annotated[
+        bool, typer.Option("--all", help="Every module, not only those whose path has at most two parts.")
+    ] = False,
+) -> None:
+    """List where a model can be cut: tensors and bytes crossing each cut, compute before it.
+
+    A good split point has few, small tensors crossing it (Neurosurgeon; the split-computing
+    survey). Every candidate is a module whose output the generic adapter can put an exit after:
+    pass its path to attach_exits(exits=[...]).
+    """
+    import torch
+
+    from edgeexit.compile.cuts import candidate_cuts, plot_cuts
+    from edgeexit.compile.factory import build_object, parse_factory_args
+    from edgeexit.compile.model import MultiExitModel
+    from edgeexit.console import table
+    from edgeexit.errors import ModelError
+
+    built = build_object(factory, parse_factory_args(arg or []))
+    if isinstance(built, MultiExitModel):
+        raise ModelError(
+            f"{factory} already has exits; `edgeexit cuts` reads the plain network (its class or a function returning "
+            "the nn.Module), e.g. edgeexit.compile.zoo_graphs:UNetClassifier"
+        )
+    if not isinstance(built, torch.nn.Module):
+        raise ModelError(f"{factory} returned a {type(built).__name__}; expected a torch nn.Module to cut")
+    shape = _parse_shape(input_shape)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((max(shape[0], 2), *shape[1:]), generator=generator)
+    found = candidate_cuts(built, (example,))
+    shown = found if all_modules else [c for c in found if c.name.count(".") <= 1]
+    rows = [
+        (c.name, c.tensors, f"{c.bytes_per_sample / 1024:.1f}", f"{c.flops_before / 1e6:.2f}", f"{c.share_before:.1%}")
+        for c in shown
+    ]
+    console.print(
+        table(
+            f"{type(built).__name__}: {len(shown)} of {len(found)} cut candidates"
+            + ("" if all_modules else " (--all for every module)"),
+            ["after module", "tensors crossing", "KiB/sample", "MFLOPs before", "of the model"],
+            rows,
+        )
+    )
+    if png is not None:
+        plot_cuts(found, png, type(built).__name__)
+        console.print(f"wrote {png}")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 Usage: ``from edgeexit.compile import attach_exits, train, export``.
 """
 
+from edgeexit.compile import zoo_graphs  # noqa: F401  (registers the generic adapter's zoo models)
 from edgeexit.compile.adapters import attach_exits, list_adapters
 from edgeexit.compile.checkpoint import load_checkpoint, save_checkpoint
 from edgeexit.compile.export import export

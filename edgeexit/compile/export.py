@@ -28,7 +28,7 @@ from edgeexit.compile.graphs import (
     SegmentGraph,
     gate_inputs,
     monolithic_output_names,
-    segment_input_name,
+    segment_input_names,
     segment_output_names,
     temperature_input,
 )
@@ -103,14 +103,25 @@ def export(
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
     if criterion not in CRITERION_NAMES:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERION_NAMES}")
+    several = [k for k, names in enumerate(model.carried) if names]
     if codecs is None:
-        codecs = () if model.context_names else ("fp32",)
-    if model.context_names and codecs:
+        codecs = () if model.context_names or several else ("fp32",)
+    chosen_codecs = check_codecs(codecs)
+    if model.context_names and chosen_codecs:
         raise ExportError(
             f"offload tails for a model with context inputs {list(model.context_names)} are not supported yet; "
             "export it with codecs=() (--codecs '')"
         )
-    chosen_codecs = check_codecs(codecs)
+    if several and tflite:
+        raise ExportError(
+            f"TFLite segments for boundaries that carry several tensors (boundaries {several} of {model.name!r}) are "
+            "not supported yet; export without --tflite"
+        )
+    if several and chosen_codecs:
+        raise ExportError(
+            f"offload tails for boundaries that carry several tensors (boundaries {several} of {model.name!r}) are "
+            "not supported yet; export it with codecs=() (--codecs '')"
+        )
     if not (atol >= 0 and rtol >= 0):  # also refuses NaN
         raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")
     shape = tuple(int(d) for d in input_shape)
@@ -159,7 +170,7 @@ def _write_package(
     input_name = model.input_name
     context_names = model.context_names
     context_feeds = {name: value.numpy() for name, value in zip(context_names, context, strict=True)}
-    sequence = bool(context_names)
+    sequence = model.layout == "NL"  # a text encoder: the token axis is dynamic too
     segments: list[SegmentSpec] = []
     exits: list[ExitSpec] = []
     parity: list[ParityCheck] = []
@@ -168,17 +179,19 @@ def _write_package(
     boundaries: list[BoundaryTensors] = []
     final_logits = np.empty(0, np.float32)
     opset = 0
-    x_torch = inputs
-    x_onnx = inputs.numpy()
+    carried_torch: tuple[torch.Tensor, ...] = (inputs,)  # boundary k-1's tensors as PyTorch computes them
+    carried_onnx: tuple[np.ndarray, ...] = (inputs.numpy(),)  # ... and as the ONNX Runtime chain does
     for k in range(model.num_exits):
         graph = SegmentGraph(model, k, graph_criterion).eval()
-        in_name = segment_input_name(k, input_name)
+        in_names = segment_input_names(model, k)
         out_names = segment_output_names(model, k, graph_criterion)
+        own_context = model.segment_context(k, context)
+        own_feeds = {name: context_feeds[name] for name in in_names[graph.takes :]}
         relative = f"segments/{k}.onnx"
         with torch.no_grad():
-            expected = [t.numpy() for t in graph(x_torch, *context)]
+            expected = [t.numpy() for t in graph(*carried_torch, *own_context)]
         opset = export_graph(
-            graph, [x_torch, *context], stage / relative, [in_name, *context_names], out_names, f"segment {k}",
+            graph, [*carried_torch, *own_context], stage / relative, in_names, out_names, f"segment {k}",
             dynamic_sequence=sequence,
         )  # fmt: skip
         temperature = temperature_input(k) if graph.scores_in_graph else None
@@ -188,27 +201,28 @@ def _write_package(
         for buffer, name in zip(GATE_BUFFERS, gated, strict=False):
             expose_initializer(stage / relative, f"gate.{buffer}", name, f"segment {k}")
         session = load_session(stage / relative)
-        isolated = session.run(out_names, {in_name: x_torch.numpy(), **context_feeds})
-        chained = session.run(out_names, {in_name: x_onnx, **context_feeds})
+        carried_names = in_names[: graph.takes]
+        torch_feeds = dict(zip(carried_names, (t.numpy() for t in carried_torch), strict=True))
+        isolated = session.run(out_names, {**torch_feeds, **own_feeds})
+        chained = session.run(out_names, {**dict(zip(carried_names, carried_onnx, strict=True)), **own_feeds})
         for name, ref, got, end_to_end in zip(out_names, expected, isolated, chained, strict=True):
             parity.append(compare(f"segment {k}", name, ref, got, atol, rtol))
             parity.append(compare(f"chain to {k}", name, ref, end_to_end, atol, rtol))
             reference[f"{k}/{name}"] = ref[:2]
         outputs = tuple(_tensor_spec(name, ref, sequence) for name, ref in zip(out_names, expected, strict=True))
+        given = [*(t.numpy() for t in carried_torch), *own_feeds.values()]
         hidden = None if k == model.num_exits - 1 else out_names[0]
         spec = SegmentSpec(
             index=k,
             file=relative,
-            inputs=(
-                _tensor_spec(in_name, x_torch.numpy(), sequence),
-                *(_tensor_spec(name, value, sequence) for name, value in context_feeds.items()),
-            ),
+            inputs=tuple(_tensor_spec(name, value, sequence) for name, value in zip(in_names, given, strict=True)),
             outputs=outputs,
             hidden=hidden,
             exit=k,
-            flops=_flops(graph, (x_torch[:1], *(c[:1] for c in context))),
+            flops=_flops(graph, tuple(t[:1] for t in (*carried_torch, *own_context))),
             params=sum(p.numel() for p in graph.parameters()),
-            hidden_bytes=outputs[0].sample_bytes() if hidden else None,
+            hidden_bytes=_boundary_bytes(outputs[: graph.carries]) if hidden else None,
+            carries=tuple(out_names[1 : graph.carries]),
         )
         segments.append(spec)
         head = model.head(k)
@@ -230,10 +244,10 @@ def _write_package(
             )
         )
         if hidden is not None:
-            boundaries.append(BoundaryTensors(boundary=k, onnx=chained[0], reference=expected[0][:2]))
-            with torch.no_grad():
-                x_torch = graph(x_torch, *context)[0]
-            x_onnx = chained[0]
+            if not spec.carries:  # tails for several carried tensors: not yet (export refuses their codecs)
+                boundaries.append(BoundaryTensors(boundary=k, onnx=chained[0], reference=expected[0][:2]))
+            carried_torch = tuple(torch.from_numpy(t) for t in expected[: graph.carries])
+            carried_onnx = tuple(chained[: graph.carries])
         else:
             final_logits = expected[out_names.index(f"exit_{k}_logits")]
 
@@ -337,8 +351,10 @@ def _parity_inputs(
     model: MultiExitModel, shape: tuple[int, ...], sample: np.ndarray | Mapping[str, np.ndarray] | None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The inputs every graph is exported with and checked on: up to 8 real samples + 2 random."""
-    if model.context_names:
+    if model.context_names and model.context_everywhere:
         return _token_inputs(model, shape, sample)
+    if model.context_names:
+        return _several_inputs(model, sample)
     if isinstance(sample, Mapping):
         raise ExportError(f"sample is a mapping {sorted(sample)}; this image model takes one array of shape {shape}")
     generator = torch.Generator().manual_seed(0)
@@ -375,6 +391,40 @@ def _token_inputs(
         raise ExportError(f"sample arrays must all be (N, L) integers of one shape; got {shapes}")
     tensors = [torch.from_numpy(a[:8].astype(np.int64)) for a in arrays]
     return tensors[0], tuple(tensors[1:])
+
+
+def _several_inputs(
+    model: MultiExitModel, sample: np.ndarray | Mapping[str, np.ndarray] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A traced model's inputs (generic adapter): up to 8 of the sample's rows per input, and
+    4 seeded rows shaped like the examples it was traced with."""
+    names = (model.input_name, *model.context_names)
+    examples = model.example_inputs((4,))
+    generator = torch.Generator().manual_seed(0)
+    random = [torch.randn(e.shape, generator=generator).to(e.dtype) if e.is_floating_point() else e for e in examples]
+    if sample is None:
+        return random[0], tuple(random[1:])
+    if not isinstance(sample, Mapping) or sorted(sample) != sorted(names):
+        found = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
+        raise ExportError(f"sample for this model must map each of its inputs {list(names)} to an array; got {found}")
+    tensors = []
+    for name, example in zip(names, random, strict=True):
+        real = np.asarray(sample[name])
+        if real.shape[1:] != tuple(example.shape[1:]):
+            raise ExportError(
+                f"sample input {name!r} has shape {real.shape[1:]} per item; expected {tuple(example.shape[1:])}"
+            )
+        tensors.append(torch.cat([torch.from_numpy(real[:8].copy()).to(example.dtype), example[:2]]))
+    rows = {t.shape[0] for t in tensors}
+    if len(rows) != 1:
+        raise ExportError(f"sample inputs {list(names)} have different numbers of rows; expected one per input")
+    return tensors[0], tuple(tensors[1:])
+
+
+def _boundary_bytes(tensors: Sequence[TensorSpec]) -> int | None:
+    """One sample's bytes over a boundary's tensors; None when a token axis makes one unknown."""
+    sizes = [t.sample_bytes() for t in tensors]
+    return None if any(size is None for size in sizes) else sum(sizes)  # type: ignore[misc]
 
 
 def _tensor_spec(name: str, value: np.ndarray, sequence: bool = False) -> TensorSpec:

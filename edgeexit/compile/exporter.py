@@ -82,13 +82,17 @@ def export_graph(
 
 
 def _dynamic_shapes(graph: nn.Module, count: int, axes: dict[int, object]) -> tuple[object, ...]:
-    """torch.export wants dynamic_shapes shaped like forward's signature: a ``*context`` parameter
-    is one tuple of inputs, so its entries go in a nested tuple."""
+    return shaped_like_forward(graph, [dict(axes) for _ in range(count)])
+
+
+def shaped_like_forward(graph: nn.Module, shapes: Sequence[object]) -> tuple[object, ...]:
+    """torch.export wants dynamic_shapes shaped like forward's signature: a ``*inputs`` parameter
+    is one tuple of inputs, so its entries go in a nested tuple (none for an empty one)."""
     parameters = inspect.signature(graph.forward).parameters.values()
     fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
-    if count <= fixed or not any(p.kind == p.VAR_POSITIONAL for p in parameters):
-        return tuple(dict(axes) for _ in range(count))
-    return (*(dict(axes) for _ in range(fixed)), tuple(dict(axes) for _ in range(count - fixed)))
+    if len(shapes) <= fixed or not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return tuple(shapes)
+    return (*shapes[:fixed], tuple(shapes[fixed:]))
 
 
 def expose_initializer(path: Path, initializer: str, input_name: str, what: str) -> None:

@@ -99,7 +99,7 @@ def score_from_probabilities(probs: torch.Tensor, criterion: str) -> torch.Tenso
 
 
 def segment_output_names(model: MultiExitModel, k: int, criterion: str | None) -> list[str]:
-    names = [] if k == model.num_exits - 1 else [f"hidden_{k}"]
+    names = [] if k == model.num_exits - 1 else boundary_names(model, k)
     if model.head(k) is not None:
         names.append(f"exit_{k}_logits")
         if criterion is not None:
@@ -109,6 +109,19 @@ def segment_output_names(model: MultiExitModel, k: int, criterion: str | None) -
 
 def segment_input_name(k: int, model_input: str) -> str:
     return model_input if k == 0 else f"hidden_{k - 1}"
+
+
+def boundary_names(model: MultiExitModel, k: int) -> list[str]:
+    """Boundary ``k``'s tensors as segment k emits them and segment k+1 takes them: the hidden
+    tensor its exit reads, then whatever else later segments still need."""
+    return [f"hidden_{k}", *model.carried[k]]
+
+
+def segment_input_names(model: MultiExitModel, k: int) -> list[str]:
+    """Segment ``k``'s graph inputs: boundary k-1 (or the model input), then its context inputs."""
+    carried = [model.input_name] if k == 0 else boundary_names(model, k - 1)
+    context = model.context_names if model.context_everywhere or k == 0 else ()
+    return [*carried, *context]
 
 
 class SegmentGraph(nn.Module):
@@ -132,16 +145,25 @@ class SegmentGraph(nn.Module):
             self.criterion = "max_prob"  # the final exit answers anyway: no gate to pay for there
         learned = self.head is not None and self.criterion == LEARNED_CRITERION
         self.gate = GateScore(model.num_classes) if learned else None
+        #: how many leading outputs are boundary k's tensors (0 for the last segment)
+        self.carries = 0 if self.last else len(boundary_names(model, k))
+        #: how many leading inputs are boundary k-1's tensors (segment 0: the model input)
+        self.takes = 1 if k == 0 else len(boundary_names(model, k - 1))
+        self.head_context = model.context_everywhere
 
     @property
     def scores_in_graph(self) -> bool:
         """Whether this segment's graph computes its exit's score (and so has a temperature)."""
         return self.head is not None and self.criterion is not None
 
-    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden = self.body(x, *context)
-        outputs: list[torch.Tensor] = [] if self.last else [hidden]
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``inputs``: boundary k-1's tensors (or the model input), then the segment's context."""
+        result = self.body(*inputs)
+        carried = result if isinstance(result, tuple) else (result,)
+        hidden = carried[0]
+        outputs: list[torch.Tensor] = [] if self.last else list(carried)
         if self.head is not None:
+            context = inputs[self.takes :] if self.head_context else ()
             logits = self.head(hidden, *context)
             outputs.append(logits)
             if self.criterion is not None:
@@ -161,16 +183,15 @@ class MonolithicGraph(nn.Module):
     def __init__(self, model: MultiExitModel, criterion: str | None) -> None:
         super().__init__()
         self.parts = nn.ModuleList(SegmentGraph(model, k, criterion) for k in range(model.num_exits))
+        self.model_context = model.segment_context
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs: list[torch.Tensor] = []
-        for part in self.parts:
-            result = part(x, *context)
-            if part.last:
-                outputs.extend(result)
-            else:
-                x = result[0]
-                outputs.extend(result[1:])
+        carried: tuple[torch.Tensor, ...] = (x,)
+        for k, part in enumerate(self.parts):
+            result = part(*carried, *self.model_context(k, context))
+            carried = result[: part.carries]
+            outputs.extend(result[part.carries :])
         return tuple(outputs)
 
 

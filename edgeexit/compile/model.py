@@ -69,9 +69,24 @@ class MultiExitModel(nn.Module):
         #: a ``tokenizers`` JSON file export copies into the package (text encoders)
         self.tokenizer_file: str | None = None
 
+    #: Whether context inputs go to every segment and head (a text encoder's mask), or only to
+    #: segment 0 as further model inputs that later segments get through the boundaries (generic).
+    context_everywhere = True
+
     @property
     def num_exits(self) -> int:
         return len(self.segments)
+
+    @property
+    def carried(self) -> tuple[tuple[str, ...], ...]:
+        """Per boundary with a later segment, the names of the tensors it carries besides its
+        hidden tensor (``hidden_k_1``, ...), in the order segment k emits them. None here: the
+        family adapters' boundaries are one tensor each."""
+        return ((),) * (len(self.segments) - 1)
+
+    def segment_context(self, k: int, context: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The context inputs segment ``k`` takes after its boundary tensors."""
+        return tuple(context) if self.context_everywhere or k == 0 else ()
 
     def head(self, k: int) -> nn.Module | None:
         return self.heads[str(k)] if str(k) in self.heads else None  # noqa: SIM401 (ModuleDict has no get)
@@ -93,15 +108,18 @@ class MultiExitModel(nn.Module):
             )
         outputs: list[torch.Tensor | None] = []
         hidden: list[torch.Tensor] = []
+        carried: tuple[torch.Tensor, ...] = (x,)  # boundary k-1: one tensor, or several (generic adapter)
+        head_context = context if self.context_everywhere else ()
         for k, segment in enumerate(self.segments):
             if k > 0 and (return_hidden or torch.is_grad_enabled()):
                 # The next segment may start in place (ReLU(inplace=True) after the cut), which would
                 # overwrite boundary k-1 under its exit head's autograd graph and the returned hidden.
-                x = x.clone()
-            x = segment(x, *context)
-            hidden.append(x)
+                carried = tuple(t.clone() for t in carried)
+            result = segment(*carried, *self.segment_context(k, context))
+            carried = result if isinstance(result, tuple) else (result,)
+            hidden.append(carried[0])
             head = self.head(k)
-            outputs.append(head(x, *context) if head is not None else None)
+            outputs.append(head(carried[0], *head_context) if head is not None else None)
         return (outputs, hidden) if return_hidden else outputs
 
     def example_inputs(self, input_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:

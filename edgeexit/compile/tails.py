@@ -111,13 +111,17 @@ class TailGraph(nn.Module):
                 "with a later segment, and -1 (the model input)"
             )
         self.decode: Decoder = DECODERS[codec]
-        self.body = nn.Sequential(*model.segments[boundary + 1 :])  # the model's own modules, not copies
+        self.body = nn.ModuleList(model.segments[boundary + 1 :])  # the model's own modules, not copies
         self.head = model.head(model.num_exits - 1)
 
     def forward(
         self, hidden: torch.Tensor, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.head(self.body(self.decode(hidden, scale, zero_point)))
+        carried: tuple[torch.Tensor, ...] = (self.decode(hidden, scale, zero_point),)
+        for segment in self.body:  # a traced segment (the generic adapter) returns its boundary as a tuple
+            result = segment(*carried)
+            carried = result if isinstance(result, tuple) else (result,)
+        return self.head(carried[0])
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ at padding positions is never read.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeexit.compile.exporter import shaped_like_forward
 from edgeexit.compile.graphs import SegmentGraph, exit_score
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.errors import ExportError
@@ -291,7 +291,7 @@ def _convert(
     try:
         with _quiet(litert_torch):
             return litert_torch.convert(
-                graph, args, dynamic_shapes=_structured(graph, shapes)
+                graph, args, dynamic_shapes=shaped_like_forward(graph, shapes)
             ).model_content(), "dynamic"
     except Exception as err:  # torch.export raises many types; the fallback records why
         dynamic_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -381,15 +381,6 @@ def _convert_static(
 
 def _first(mask: np.ndarray | None) -> np.ndarray | None:
     return None if mask is None else mask[:1]
-
-
-def _structured(graph: torch.nn.Module, shapes: list[dict[int, Any]]) -> tuple[Any, ...]:
-    """``dynamic_shapes`` shaped like ``forward``'s parameters: torch.export wants the context
-    of ``forward(x, *context)`` as one nested tuple, and nothing for an empty ``*context``."""
-    params = list(inspect.signature(graph.forward).parameters.values())
-    if len(shapes) > 1 and len(params) == 2 and params[1].kind is inspect.Parameter.VAR_POSITIONAL:
-        return (shapes[0], tuple(shapes[1:]))
-    return tuple(shapes)
 
 
 @contextlib.contextmanager

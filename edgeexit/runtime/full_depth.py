@@ -14,6 +14,7 @@ from edgeexit.criteria import Boundary, create_criterion
 from edgeexit.manifest import ExitSpec
 from edgeexit.runtime.backends import Segment
 from edgeexit.runtime.results import Context
+from edgeexit.runtime.walk import carrying, hand_on
 
 
 def full_depth_outputs(
@@ -28,8 +29,11 @@ def full_depth_outputs(
     for current, context in chunks:
         previous = None
         mask = context.get("attention_mask") if context else None
+        flags = carrying(segments)
         for k, segment in enumerate(segments):
             outputs = segment.run(current, context)
+            if flags[k]:
+                context = hand_on(context, segment.spec, outputs, segments[k - 1].spec if k > 0 else None)
             name = exits[k].logits
             if name is not None:
                 logits[k].append(outputs[name])

@@ -31,6 +31,8 @@ class OrtSegment:
         # one arena for all of a package's segments, as inside one graph (see runtime.sessions)
         self.session = load_session(path, threads, cache_dir=cache_dir, sha256=sha256, shared_arena=True)
         self.input_name = spec.inputs[0].name
+        #: the graph's inputs after the first: what it takes of a context (other entries are for other segments)
+        self._takes = frozenset(i.name for i in spec.inputs[1:])
         self.output_names = [o.name for o in spec.outputs]
         found = [o.name for o in self.session.get_outputs()]
         if sorted(found) != sorted(self.output_names):
@@ -44,7 +46,10 @@ class OrtSegment:
         return found is not None and (shape is None or found == tuple(shape))
 
     def run(self, x: np.ndarray, context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        feeds = {self.input_name: x, **context} if context else {self.input_name: x}
+        feeds = {self.input_name: x}
+        if context:
+            takes = self._takes
+            feeds.update(context if context.keys() <= takes else {n: v for n, v in context.items() if n in takes})
         if self.constants:
             feeds.update(self.constants)
         values = self.session.run(self.output_names, feeds)
@@ -72,10 +77,13 @@ class BoundChain:
         self._bindings: list[ort.IOBinding] = []
         self._runs: list[Callable[[], object]] = []
         self._segments = segments
-        source = self.input
+        sources = {segments[0].input_name: self.input}  # what the next segment's inputs are bound to, by name
         for segment in segments:
             binding = segment.session.io_binding()
-            binding.bind_ortvalue_input(segment.input_name, ort.OrtValue.ortvalue_from_numpy(source))
+            for spec in segment.spec.inputs:  # a boundary of several tensors binds each
+                if spec.name not in sources:
+                    raise ValueError(f"input {spec.name} is fed per request: no fixed buffer to bind")
+                binding.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(sources[spec.name]))
             for name, value in segment.constants.items():  # shares the array: in-place updates apply
                 binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
             buffers: dict[str, np.ndarray] = {}
@@ -88,8 +96,7 @@ class BoundChain:
             self._bindings.append(binding)
             self._runs.append(_direct_run(segment.session, binding))
             self.outputs.append(buffers)
-            if segment.spec.hidden is not None:
-                source = buffers[segment.spec.hidden]
+            sources = {name: buffers[name] for name in segment.spec.boundary}
 
     def run_segment(self, k: int) -> dict[str, np.ndarray]:
         """Run segment k on whatever its input buffer holds; returns views of its output buffers."""

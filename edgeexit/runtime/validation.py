@@ -81,6 +81,8 @@ class InputCheck:
             raise InputError(f"input mapping has keys {sorted(x)}; expected exactly {names}")
         if not self.context_names:
             return self._array(x[self.spec.name], batched=batched), {}
+        if not np.issubdtype(np.dtype(self.spec.dtype), np.integer):
+            return self._several(x, batched=batched)
         arrays: dict[str, np.ndarray] = {}
         for name in names:
             value = x[name]
@@ -98,6 +100,31 @@ class InputCheck:
             raise InputError(f"inputs have different shapes {shapes}; expected one (N, L) shape for all")
         primary = arrays.pop(self.spec.name)
         return primary, arrays
+
+    def _several(self, x: Mapping[str, object], *, batched: bool) -> tuple[np.ndarray, Context]:
+        """A traced model's several inputs (an image and a side vector): each as its spec says,
+        one row per sample in all of them."""
+        primary = self._array(x[self.spec.name], batched=batched)
+        context: dict[str, np.ndarray] = {}
+        for spec in self.spec.context:
+            value = x[spec.name]
+            want = np.dtype(spec.dtype)
+            if not isinstance(value, np.ndarray) or value.dtype != want:
+                what = f"dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+                raise InputError(f"input {spec.name!r} is {what}; expected a numpy array of {want}")
+            if not batched and value.ndim == len(spec.shape) - 1:
+                value = value[None]
+            fits = value.ndim == len(spec.shape) and all(
+                d is None or d == g for d, g in zip(spec.shape[1:], value.shape[1:], strict=False)
+            )
+            if not fits or value.shape[0] != primary.shape[0]:
+                dims = "x".join("N" if d is None else str(d) for d in spec.shape)
+                raise InputError(
+                    f"input {spec.name!r} has shape {tuple(value.shape)}; expected {dims} with the same N as "
+                    f"{self.spec.name!r} ({primary.shape[0]})"
+                )
+            context[spec.name] = np.ascontiguousarray(value)
+        return primary, context
 
     def _array(self, x: object, *, batched: bool) -> np.ndarray:
         spec = self.spec

@@ -74,22 +74,23 @@ def verify_package(path: str | Path) -> VerifyReport:
     atol, rtol = manifest.reference.atol, manifest.reference.rtol
     checks: list[ParityCheck] = []
     x, context = reference_inputs(manifest, reference)
+    available = {manifest.input.name: x, **context}  # every tensor so far, by name: what a segment takes
     for segment in manifest.segments:
         session = load_session(package.path(segment.file))
         _check_signature(session, segment.inputs, segment.outputs, segment.file)
         names = [o.name for o in segment.outputs]
-        outputs = _run(session, names, {segment.inputs[0].name: x, **context}, segment.file)
+        feeds = {spec.name: available[spec.name] for spec in segment.inputs}
+        outputs = _run(session, names, feeds, segment.file)
         for name, got in zip(names, outputs, strict=True):
             key = f"{segment.index}/{name}"
             if key not in reference:
                 raise PackageError(f"{manifest.reference.file} lacks the expected output {key!r}")
             checks.append(compare(f"segment {segment.index}", name, reference[key], got, atol, rtol))
-        if segment.hidden is not None:
-            x = outputs[names.index(segment.hidden)]
+        available.update(zip(names, outputs, strict=True))
     if manifest.monolithic:
         session = load_session(package.path(manifest.monolithic))
-        # the monolithic graph computes every segment's outputs but the hidden tensors, in order
-        declared = [o for s in manifest.segments for o in s.outputs if o.name != s.hidden]
+        # the monolithic graph computes every segment's outputs but the boundary tensors, in order
+        declared = [o for s in manifest.segments for o in s.outputs if o.name not in s.boundary]
         inputs = (manifest.input.tensor, *manifest.input.context)
         _check_signature(session, inputs, tuple(declared), manifest.monolithic)
         names = [o.name for o in declared]
@@ -123,6 +124,7 @@ def _check_variant(
     mask = context.get("attention_mask")
     checks: list[ParityCheck] = []
     x = reference["input"]
+    carried: dict[str, np.ndarray] = dict(context)
     by_segment: dict[int, dict[str, np.ndarray]] = {}
     for file, spec in zip(variant.files, manifest.segments, strict=True):
         segment = open_segment(variant.backend, package.path(file), spec, threads=1, cache_dir=None,
@@ -130,7 +132,7 @@ def _check_variant(
         if variant.backend == "onnxruntime":
             _check_signature(segment.session, spec.inputs, spec.outputs, file)  # type: ignore[attr-defined]
         try:
-            outputs = segment.run(x, context)
+            outputs = segment.run(x, carried)
         except InputError as err:  # e.g. a reference longer than the TFLite graphs' longest token length
             return checks, f"variant {variant.name}: not run on the reference sample: {err}"
         except EdgeExitError:
@@ -144,6 +146,7 @@ def _check_variant(
         by_segment[spec.index] = outputs
         if spec.hidden is not None:
             x = outputs[spec.hidden]
+            carried.update((name, outputs[name]) for name in spec.carries)
     if variant.precision == "fp32":
         return checks, None
     kernels, kernel_note = _check_int8_kernels(package, variant, by_segment)

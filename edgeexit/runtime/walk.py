@@ -10,17 +10,36 @@ code whatever the entry point.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgeexit.criteria import softmax
+from edgeexit.manifest import SegmentSpec
 from edgeexit.runtime.backends import Chain, Segment
 from edgeexit.runtime.results import Context, Pending, Result
 from edgeexit.runtime.scoring import Scorer
 
 _NOTHING = np.empty(0, np.float32)
+
+
+def hand_on(
+    context: Context, done: SegmentSpec, outputs: Mapping[str, np.ndarray], before: SegmentSpec | None
+) -> Context:
+    """The context the segment after ``done`` runs with: the request's own context inputs and the
+    tensors ``done``'s boundary carries besides its hidden one (a skip connection a later layer
+    reads), without those of the boundary before, which no later segment takes."""
+    kept = {n: v for n, v in context.items() if n not in before.carries} if before is not None else dict(context)
+    kept.update((name, outputs[name]) for name in done.carries)
+    return kept
+
+
+def carrying(segments: Sequence[Segment]) -> list[bool]:
+    """Per segment, whether a walk must call ``hand_on`` after it (its boundary, or the one before,
+    carries several tensors); False throughout for a package of one-tensor boundaries."""
+    specs = [s.spec for s in segments]
+    return [bool(spec.carries or (k > 0 and specs[k - 1].carries)) for k, spec in enumerate(specs)]
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +111,8 @@ class Walker:
         self.scorer = scorer
         self.chain = chain
         self._hidden_names = [s.spec.hidden for s in segments]
+        self._specs = [s.spec for s in segments]
+        self._carrying = carrying(segments)
 
     def steps(
         self, source: np.ndarray, start: int = 0, context: Context | None = None
@@ -102,8 +123,7 @@ class Walker:
         current = source
         chain = self.chain
         if chain is not None:
-            target = chain.input if start == 0 else chain.outputs[start - 1][self._hidden_names[start - 1]]
-            np.copyto(target, source)
+            self._load_chain(start, source, context or {})
         hidden_names = self._hidden_names
         for k in range(start, len(self.segments)):
             tick = time.perf_counter()
@@ -111,6 +131,23 @@ class Walker:
             yield k, outputs, (time.perf_counter() - tick) * 1e3
             if hidden_names[k]:
                 current = outputs[hidden_names[k]]  # type: ignore[index]
+            if self._carrying[k]:
+                context = self._hand_on(k, context or {}, outputs)
+
+    def _hand_on(self, k: int, context: Context, outputs: Mapping[str, np.ndarray]) -> Context:
+        return hand_on(context, self._specs[k], outputs, self._specs[k - 1] if k > 0 else None)
+
+    def _load_chain(self, start: int, source: np.ndarray, context: Context) -> None:
+        """Put a walk's starting tensors where the chain's segment ``start`` reads them."""
+        chain = self.chain
+        assert chain is not None
+        if start == 0:
+            np.copyto(chain.input, source)
+            return
+        buffers = chain.outputs[start - 1]
+        np.copyto(buffers[self._hidden_names[start - 1]], source)  # type: ignore[index]
+        for name in self._specs[start - 1].carries:
+            np.copyto(buffers[name], context[name])
 
     def one(self, walk: Walk) -> Result | Pending:
         """One sample from ``walk.start``, stopping at the first confident exit, or with a
@@ -129,13 +166,16 @@ class Walker:
         if chain is not None:
             if start == 0 and walk.stop is None and scorer.straight(walk.early_exit):
                 return self.straight(current, walk.keep_hidden, walk.started)
-            np.copyto(chain.input if start == 0 else chain.outputs[start - 1][hidden_names[start - 1]], current)  # type: ignore[index]
+            self._load_chain(start, current, context)
+        handing_on = self._carrying
         for k in range(start, len(hidden_names)):
             tick = time.perf_counter()
             outputs = chain.run_segment(k) if chain is not None else self.segments[k].run(current, context)
             times.append((time.perf_counter() - tick) * 1e3)
             hidden_name = hidden_names[k]
             hidden = outputs.get(hidden_name) if hidden_name else None
+            if handing_on[k]:
+                context = self._hand_on(k, context, outputs)
             if live[k] or keeps_history:  # an exit that cannot fire and feeds no history costs nothing
                 logits = scorer.logits(k, outputs)
                 if live[k]:
@@ -193,6 +233,8 @@ class Walker:
             tick = time.perf_counter()
             outputs = segments[k].run(current, walk.context)
             times.append((time.perf_counter() - tick) * 1e3)
+            if self._carrying[k]:
+                walk.context = self._hand_on(k, walk.context, outputs)
             hidden_name = hidden_names[k]
             hidden = outputs.get(hidden_name) if hidden_name else None
             logits = scorer.logits(k, outputs)

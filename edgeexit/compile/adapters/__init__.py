@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
-from edgeexit.compile.adapters import bert, efficientnet, resnet, sequential, vit  # noqa: F401  (they register themselves)
+from edgeexit.compile.adapters import bert, efficientnet, generic, resnet, sequential, vit  # noqa: F401  (they register themselves)
 from edgeexit.compile.adapters.base import ADAPTERS, Adapter, ExitRequest
 from edgeexit.compile.model import MultiExitModel
 from edgeexit.errors import EdgeExitError, ModelError
+
+GENERIC = "generic"
 
 
 def attach_exits(
@@ -29,6 +32,7 @@ def attach_exits(
     adapter: str | None = None,
     name: str | None = None,
     input_shape: Sequence[int] | None = None,
+    example_inputs: Sequence[torch.Tensor] = (),
 ) -> MultiExitModel:
     """Put exit heads after the given boundaries of ``backbone``.
 
@@ -37,6 +41,12 @@ def attach_exits(
     indices). ``head`` is one registered head name for all exits or one per exit (``None``: no
     classifier, for the similarity criterion). ``final_head`` replaces the backbone's own
     classifier when given. ``input_shape`` materializes lazy layers right away.
+
+    A backbone no family adapter recognises (or ``adapter="generic"``) is traced with
+    ``torch.export`` and cut at ``exits`` named by module path (``"features.3"``: that module's
+    output) or exported node; every tensor a later segment reads crosses each boundary
+    (``edgeexit.compile.adapters.generic``). It needs ``input_shape`` or, for several inputs,
+    ``example_inputs`` (one tensor per input, batch first) to trace with.
     """
     heads = [head] * len(exits) if isinstance(head, str) else list(head)
     if len(heads) != len(exits):
@@ -49,6 +59,8 @@ def attach_exits(
         head_options=dict(head_options or {}),
         pool=pool,
         name=name or type(backbone).__name__.lower(),
+        input_shape=tuple(int(d) for d in input_shape) if input_shape is not None else None,
+        examples=tuple(example_inputs),
     )
     chosen = _forced(adapter, backbone) if adapter else _detect(backbone)
     model = chosen.build(backbone, request)
@@ -68,14 +80,34 @@ def _forced(name: str, backbone: nn.Module) -> Adapter:
 
 
 def _detect(backbone: nn.Module) -> Adapter:
-    for name in ADAPTERS.names():
+    families = [n for n in ADAPTERS.names() if n != GENERIC]
+    for name in families:
         candidate = ADAPTERS.get(name)
         if candidate.accepts(backbone):
             return candidate
-    expected = "; ".join(f"{n}: {ADAPTERS.get(n).expects}" for n in ADAPTERS.names())
-    raise ModelError(
-        f"cannot split a {type(backbone).__name__}: no adapter recognises it. Expected one of — {expected}"
-    )
+    return _Fallback(families)
+
+
+class _Fallback:
+    """The generic adapter for a backbone no family claims; its errors also name the families."""
+
+    expects = "any traceable model"
+
+    def __init__(self, families: Sequence[str]) -> None:
+        self.families = families
+
+    def accepts(self, backbone: nn.Module) -> bool:
+        return True
+
+    def build(self, backbone: nn.Module, request: ExitRequest) -> MultiExitModel:
+        try:
+            return ADAPTERS.get(GENERIC).build(backbone, request)
+        except ModelError as err:
+            expected = "; ".join(f"{n}: {ADAPTERS.get(n).expects}" for n in self.families)
+            raise ModelError(
+                f"cannot split a {type(backbone).__name__}: no family adapter recognises it (expected one of — "
+                f"{expected}), and the generic adapter could not cut it: {err}"
+            ) from None
 
 
 def list_adapters(pattern: str = "*") -> list[str]:

@@ -24,6 +24,10 @@ class ExitRequest:
     head_options: dict[str, object] = field(default_factory=dict)
     pool: str = "cls"
     name: str = "model"
+    #: what the generic adapter traces the backbone with: ``examples`` (one tensor per model
+    #: input), else seeded random inputs of ``input_shape``; family adapters need neither
+    input_shape: tuple[int, ...] | None = None
+    examples: tuple[object, ...] = ()
 
 
 class Adapter(Protocol):
