@@ -107,10 +107,6 @@ def segment_output_names(model: MultiExitModel, k: int, criterion: str | None) -
     return names
 
 
-def segment_input_name(k: int, model_input: str) -> str:
-    return model_input if k == 0 else f"hidden_{k - 1}"
-
-
 def boundary_names(model: MultiExitModel, k: int) -> list[str]:
     """Boundary ``k``'s tensors as segment k emits them and segment k+1 takes them: the hidden
     tensor its exit reads, then whatever else later segments still need."""

@@ -80,7 +80,7 @@ class MultiExitModel(nn.Module):
     @property
     def carried(self) -> tuple[tuple[str, ...], ...]:
         """Per boundary with a later segment, the names of the tensors it carries besides its
-        hidden tensor (``hidden_k_1``, ...), in the order segment k emits them. None here: the
+        hidden tensor (``hidden_k_1``, ...), in the order segment k emits them. Empty here: the
         family adapters' boundaries are one tensor each."""
         return ((),) * (len(self.segments) - 1)
 

@@ -26,10 +26,10 @@ def full_depth_outputs(
     logits: list[list[np.ndarray]] = [[] for _ in segments]
     similarity: list[list[np.ndarray]] = [[] for _ in segments]
     similar = create_criterion("similarity")
+    flags = carrying(segments)
     for current, context in chunks:
         previous = None
         mask = context.get("attention_mask") if context else None
-        flags = carrying(segments)
         for k, segment in enumerate(segments):
             outputs = segment.run(current, context)
             if flags[k]:
