@@ -56,8 +56,11 @@ def tail_config(
     package_id: str,
     max_batch_size: int = DEFAULT_MAX_BATCH,
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    more_dims: tuple[tuple[int, ...], ...] = (),
 ) -> pb.ModelConfig:
-    """The configuration of one tail model: its codec's inputs, the logits output, batching."""
+    """The configuration of one tail model: its codec's inputs, the logits output, batching.
+
+    ``more_dims``: the per-sample shapes of the boundary's further tensors (``hidden_1``, ...)."""
     config = pb.ModelConfig(
         name=name,
         platform=PLATFORM,
@@ -65,7 +68,7 @@ def tail_config(
         max_batch_size=max_batch_size,
         default_model_filename="model.onnx",
     )
-    for wire in create_codec(codec).wire_inputs(hidden_dims):
+    for wire in create_codec(codec).boundary_wire_inputs((hidden_dims, *more_dims)):
         config.input.add(name=wire.name, data_type=pb.DataType.Value(f"TYPE_{wire.datatype}"), dims=list(wire.dims))
     config.output.add(name=LOGITS, data_type=pb.TYPE_FP32, dims=[num_classes])
     config.dynamic_batching.SetInParent()  # present even when every field is 0: batching is on

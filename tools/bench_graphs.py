@@ -1,14 +1,19 @@
 """The generic adapter's models: what cutting a traced graph costs at run time.
 
-    python tools/bench_graphs.py [--samples 300] [--rounds 5] [--threads 1]
+    python tools/bench_graphs.py [--samples 300] [--rounds 5] [--threads 1] [--train-samples 20000]
 
 For each zoo model the generic adapter cuts (MobileNetV2, a U-Net whose skips cross the cuts,
 ConvNeXt, an image + side-vector model), exported here with its monolithic graph, measured side
 by side in one run with the same thread count, rounds alternating: batch-1 full-depth latency of
 the segmented package through the engine (its bound chain where the package allows one) against
 the monolithic graph in one ONNX Runtime session. Also printed: the tensors and bytes per sample
-crossing each boundary. Weights are untrained: this is about time, not accuracy. Workstation tool
-(uses torch to build and export the models).
+crossing each boundary. Weights are untrained there: that table is about time, not accuracy.
+
+With ``--train-samples N`` (> 0), the one-input models are then built for 28x28 grey images, trained
+jointly on N of the built-in images (Fashion-MNIST when installed, else the 5k MNIST digits),
+calibrated on held-out images (max drop 1 point) and measured as bench_runtime measures its CNNs:
+early exit at the calibrated thresholds against full depth, per sample, mean ms, accuracy, exit
+rates. Workstation tool (uses torch to build, train and export the models).
 """
 
 from __future__ import annotations
@@ -79,12 +84,57 @@ def bench(name: str, workdir: Path, args: argparse.Namespace) -> None:
     )
 
 
+def bench_trained(name: str, workdir: Path, args: argparse.Namespace) -> None:
+    import hashlib
+
+    import torch
+
+    from edgeexit.calibration import calibrate_manifest
+    from edgeexit.compile import create_model, export, train
+    from edgeexit.data import builtin_images
+    from edgeexit.runtime import Engine
+    from edgeexit.runtime.evaluation import summarize
+
+    train_data = builtin_images("train").head(args.train_samples)
+    test = builtin_images("test")
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = create_model(name, num_classes=10, in_channels=1, size=28)
+    report = train(model, train_data, epochs=args.epochs, progress=False)
+    package = export(model, (1, 1, 28, 28), workdir / f"{name}_trained", labels=train_data.labels)
+    half = min(args.samples * 4, len(test) // 2)
+    validation, evaluation = test.subset(np.arange(0, half)), test.subset(np.arange(len(test) - half, len(test)))
+    full = Engine(package, threads=args.threads, threshold=1.01, cache_dir=None)
+    outputs = full.run_full(validation.x)
+    digest = hashlib.sha256(validation.x.tobytes()).hexdigest()
+    calibrated, _ = calibrate_manifest(
+        package.manifest, outputs, validation.y, criterion=None, max_drop=0.01, data_sha256=digest
+    )
+    early = Engine(package.save_manifest(calibrated), threads=args.threads, cache_dir=None)
+    summaries: dict[str, list] = {"full": [], "early": []}
+    for _ in range(args.rounds):
+        summaries["full"].append(summarize(full, evaluation.x, evaluation.y))
+        summaries["early"].append(summarize(early, evaluation.x, evaluation.y))
+    full_ms = statistics.median(r.mean_ms for r in summaries["full"])
+    early_ms = statistics.median(r.mean_ms for r in summaries["early"])
+    accuracy = summaries["full"][0].accuracy, summaries["early"][0].accuracy
+    rates = " / ".join(f"{r:.0%}" for r in summaries["early"][0].exit_rates)
+    trained = " / ".join(f"{a.accuracy:.3f}" for a in report.accuracy)
+    print(
+        f"| {name} | {report.seconds:.0f} s, per exit {trained} | {accuracy[0]:.4f} | {accuracy[1]:.4f} | "
+        f"{100 * (accuracy[0] - accuracy[1]):+.2f} | {full_ms:.3f} | {early_ms:.3f} | **{full_ms / early_ms:.2f}x** | "
+        f"{rates} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-samples", type=int, default=0, help="> 0: also train the one-input models")
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     print(f"batch 1, full depth, {args.samples} samples x {args.rounds} rounds, {args.threads} thread(s), medians")
     print("| model | segments | crossing each boundary | monolithic ms | segmented ms | ratio | engine path |")
@@ -92,6 +142,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-graphs-") as scratch:
         for name in args.models:
             bench(name, Path(scratch), args)
+        if args.train_samples > 0:
+            from edgeexit.data import builtin_images
+
+            print(f"\ntrained on {args.train_samples} images of {builtin_images('test').source}, {args.epochs} epochs; "
+                  f"calibrated on {min(args.samples * 4, 5000)} held-out images (max drop 1 pt), evaluated on as many "
+                  "others, one sample at a time")  # fmt: skip
+            print("| model | training | full-depth accuracy | early-exit accuracy | drop (pt) | full ms | early ms | "
+                  "speedup | exit rates |")  # fmt: skip
+            print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+            for name in args.models:
+                if name != "graph_two_inputs":  # edgeexit.compile.train takes one input tensor
+                    bench_trained(name, Path(scratch), args)
 
 
 if __name__ == "__main__":

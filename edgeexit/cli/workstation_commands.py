@@ -247,7 +247,7 @@ def export(
         typer.Option(
             help="Offload tails to write under tails/ (a Triton model repository), comma-separated: fp32, fp16, "
             "int8; one model per boundary and codec. An empty string writes none. Default: fp32 where the model "
-            "has tails (not yet for text encoders or boundaries of several tensors)."
+            "has tails (not yet for text encoders)."
         ),
     ] = None,
     tflite: Annotated[

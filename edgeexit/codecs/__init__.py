@@ -15,7 +15,9 @@ from edgeexit.codecs.base import (
     Codec,
     Encoded,
     WireTensor,
+    base_name,
     datatype_of,
+    wire_name,
 )
 
 
@@ -38,7 +40,9 @@ __all__ = [
     "Codec",
     "Encoded",
     "WireTensor",
+    "base_name",
     "create_codec",
     "datatype_of",
     "list_codecs",
+    "wire_name",
 ]

@@ -4,10 +4,16 @@
 A codec also names the tensors a tail model takes (``wire_inputs``), because the tail graph
 decodes inside itself: the export writes those inputs into the graph and its config.pbtxt,
 the device client sends them, the tail server checks requests against them.
+
+A boundary may carry several tensors (a U-Net's skips beside its hidden tensor): each is encoded
+on its own (its own scale and zero point), and the tail takes the j-th one's inputs under the
+names ``hidden_j``, ``scale_j``, ``zero_point_j`` (j >= 1; the first keeps the plain names).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +60,17 @@ def datatype_of(array: np.ndarray) -> str:
     raise ValueError(f"dtype {array.dtype} has no v2 datatype; expected one of {', '.join(DATATYPES)}")
 
 
+def wire_name(base: str, j: int) -> str:
+    """The tail input ``base`` (hidden, scale, zero_point) of a boundary's j-th tensor."""
+    return base if j == 0 else f"{base}_{j}"
+
+
+def base_name(name: str) -> str:
+    """``wire_name``'s inverse: ``scale_2`` -> ``scale``; a name without a numeric suffix as is."""
+    head, _, tail = name.rpartition("_")
+    return head if head and tail.isdigit() else name
+
+
 @dataclass(frozen=True)
 class WireTensor:
     """One tail input: its name, v2 datatype and per-sample shape (no batch axis)."""
@@ -66,25 +83,34 @@ class WireTensor:
 @dataclass(frozen=True, eq=False)
 class Encoded:
     """An encoded batch of boundary tensors: ``data`` travels as raw bytes; an affine codec
-    adds one scale and zero point for the whole request (dynamic quantization per request)."""
+    adds one scale and zero point for the whole request (dynamic quantization per request).
+    ``more``: the boundary's further tensors, each encoded on its own, in the boundary's order."""
 
     codec: str
     data: np.ndarray
     scale: float | None = None
     zero_point: int | None = None
+    more: tuple[Encoded, ...] = ()
 
     @property
     def nbytes(self) -> int:
         """Bytes of tensor data that travel (the request's framing and parameters excluded)."""
-        return int(self.data.nbytes)
+        return int(self.data.nbytes) + sum(part.nbytes for part in self.more)
+
+    @property
+    def parts(self) -> tuple[Encoded, ...]:
+        """Every tensor of the boundary, this one first, each with its own side values."""
+        return (self, *self.more) if self.more else (self,)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Every tail input as an array with the batch axis: what Triton-style clients send."""
-        found = {HIDDEN: self.data}
-        if self.scale is not None and self.zero_point is not None:
-            n = self.data.shape[0]
-            found[SCALE] = np.full((n, 1), self.scale, np.float32)
-            found[ZERO_POINT] = np.full((n, 1), self.zero_point, np.uint8)
+        found: dict[str, np.ndarray] = {}
+        for j, part in enumerate(self.parts):
+            found[wire_name(HIDDEN, j)] = part.data
+            if part.scale is not None and part.zero_point is not None:
+                n = part.data.shape[0]
+                found[wire_name(SCALE, j)] = np.full((n, 1), part.scale, np.float32)
+                found[wire_name(ZERO_POINT, j)] = np.full((n, 1), part.zero_point, np.uint8)
         return found
 
 
@@ -103,6 +129,21 @@ class Codec:
     def wire_inputs(self, dims: tuple[int, ...]) -> tuple[WireTensor, ...]:
         """The tail model's inputs for a boundary tensor of per-sample shape ``dims``."""
         return (WireTensor(HIDDEN, self.datatype, tuple(dims)),)
+
+    def encode_boundary(self, tensors: Sequence[np.ndarray]) -> Encoded:
+        """A boundary of one or several tensors (the hidden one first), each encoded on its own."""
+        first = self.encode(tensors[0])
+        if len(tensors) == 1:
+            return first
+        return dataclasses.replace(first, more=tuple(self.encode(t) for t in tensors[1:]))
+
+    def boundary_wire_inputs(self, dims: Sequence[tuple[int, ...]]) -> tuple[WireTensor, ...]:
+        """The tail's inputs for a boundary whose tensors have per-sample shapes ``dims``, in order."""
+        return tuple(
+            WireTensor(wire_name(wire.name, j), wire.datatype, wire.dims)
+            for j, shape in enumerate(dims)
+            for wire in self.wire_inputs(tuple(shape))
+        )
 
 
 CODECS: Registry[type[Codec]] = Registry("codec")

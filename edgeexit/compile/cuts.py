@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgeexit.compile.adapters.generic import find_cut, module_paths, trace
+from edgeexit.compile.adapters.generic import find_cut, is_size, module_paths, trace
 from edgeexit.errors import ModelError
 
 
@@ -83,10 +83,10 @@ def candidate_cuts(backbone: nn.Module, examples: Sequence[torch.Tensor]) -> lis
             continue
         if cut in seen:
             continue
-        live = [v for v in values if position[v] <= cut < last_use[v] or v is nodes[cut]]
-        sizes = [_sample_bytes(v) for v in live]
+        live = [v for v in values if (position[v] <= cut < last_use[v] or v is nodes[cut]) and not is_size(v)]
+        sizes = [_sample_bytes(v) for v in live]  # a batch size in flight is derived again after the cut
         if any(s is None for s in sizes):
-            continue  # a shape or scalar in flight: no cut here
+            continue  # a scalar in flight: no cut here
         seen.add(cut)
         flops = max((interpreter.after.get(n, 0) for n in nodes[: cut + 1]), default=0)
         found.append(CutCandidate(name, nodes[cut].name, len(live), sum(sizes), flops, total))  # type: ignore[arg-type]

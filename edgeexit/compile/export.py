@@ -90,8 +90,9 @@ def export(
     (N, L); the sequence axis is exported dynamic. The exit score graphs compute ``criterion``
     (max_prob, margin or entropy); other criteria are evaluated by the runtime from the logits.
     ``codecs`` (fp32, fp16, int8; empty: none; default fp32) chooses the offload tails written
-    under ``tails/``, one per boundary with a later segment and codec (docs/offload.md); models
-    with context inputs get none (their tails would need the context on the wire too).
+    under ``tails/``, one per boundary with a later segment and codec (docs/offload.md); a boundary
+    of several tensors gets tails that take each of them; text encoders get none (their tails
+    would need the attention mask on the wire too).
     ``tokenizer`` is a ``tokenizers`` JSON file copied into the package for the device (default:
     the model's ``tokenizer_file``).
     ``tflite`` also converts every segment to ``tflite/k.tflite`` (the ``[tflite-export]`` extra);
@@ -104,10 +105,11 @@ def export(
     if criterion not in CRITERION_NAMES:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERION_NAMES}")
     several = [k for k, names in enumerate(model.carried) if names]
+    text = bool(model.context_names) and model.context_everywhere  # a mask beside every segment's tensor
     if codecs is None:
-        codecs = () if model.context_names or several else ("fp32",)
+        codecs = () if text else ("fp32",)
     chosen_codecs = check_codecs(codecs)
-    if model.context_names and chosen_codecs:
+    if text and chosen_codecs:
         raise ExportError(
             f"offload tails for a model with context inputs {list(model.context_names)} are not supported yet; "
             "export it with codecs=() (--codecs '')"
@@ -116,11 +118,6 @@ def export(
         raise ExportError(
             f"TFLite segments for boundaries that carry several tensors (boundaries {several} of {model.name!r}) are "
             "not supported yet; export without --tflite"
-        )
-    if several and chosen_codecs:
-        raise ExportError(
-            f"offload tails for boundaries that carry several tensors (boundaries {several} of {model.name!r}) are "
-            "not supported yet; export it with codecs=() (--codecs '')"
         )
     if not (atol >= 0 and rtol >= 0):  # also refuses NaN
         raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")
@@ -244,8 +241,8 @@ def _write_package(
             )
         )
         if hidden is not None:
-            if not spec.carries:  # tails for several carried tensors: not yet (export refuses their codecs)
-                boundaries.append(BoundaryTensors(boundary=k, onnx=chained[0], reference=expected[0][:2]))
+            carried = slice(0, graph.carries)
+            boundaries.append(BoundaryTensors(k, tuple(chained[carried]), tuple(e[:2] for e in expected[carried])))
             carried_torch = tuple(torch.from_numpy(t) for t in expected[: graph.carries])
             carried_onnx = tuple(chained[: graph.carries])
         else:
@@ -276,7 +273,9 @@ def _write_package(
     graphs = [s.file for s in segments]
     package_id = package_id_of({name: sha256_file(stage / name) for name in graphs}, graphs)
     if boundaries:  # the input tail (the whole model on the server), after the boundaries' tails
-        boundaries.append(BoundaryTensors(boundary=INPUT_BOUNDARY, onnx=inputs.numpy(), reference=reference["input"]))
+        given = (inputs.numpy(), *context_feeds.values())  # a traced model's further inputs travel too
+        stored = (reference["input"], *(reference[f"context/{name}"] for name in context_feeds))
+        boundaries.append(BoundaryTensors(INPUT_BOUNDARY, given, stored))
     tails = write_tails(model, stage, boundaries, final_logits, codecs, package_id, atol, rtol)
     _check_tails(tails, int(inputs.shape[0]))
     for tail in tails:

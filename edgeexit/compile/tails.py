@@ -100,8 +100,11 @@ def check_codecs(codecs: Sequence[str] | str) -> tuple[str, ...]:
 
 
 class TailGraph(nn.Module):
-    """Boundary ``k``'s encoded tensor -> decode -> segments k+1 .. last -> the final exit's logits
-    (k = -1: the model input, through every segment)."""
+    """Boundary ``k``'s encoded tensors -> decode -> segments k+1 .. last -> the final exit's logits
+    (k = -1: the model input, through every segment).
+
+    Its inputs are each boundary tensor's codec inputs in turn (``hidden``, then for int8 ``scale``
+    and ``zero_point``; then ``hidden_1``, ... for a boundary of several tensors)."""
 
     def __init__(self, model: MultiExitModel, boundary: int, codec: str) -> None:
         super().__init__()
@@ -111,13 +114,14 @@ class TailGraph(nn.Module):
                 "with a later segment, and -1 (the model input)"
             )
         self.decode: Decoder = DECODERS[codec]
+        self.per_tensor = len(create_codec(codec).wire_inputs(()))  # hidden (, scale, zero_point)
         self.body = nn.ModuleList(model.segments[boundary + 1 :])  # the model's own modules, not copies
         self.head = model.head(model.num_exits - 1)
 
-    def forward(
-        self, hidden: torch.Tensor, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        carried: tuple[torch.Tensor, ...] = (self.decode(hidden, scale, zero_point),)
+    def forward(self, *wire: torch.Tensor) -> torch.Tensor:
+        step = self.per_tensor
+        groups = [wire[i : i + step] for i in range(0, len(wire), step)]
+        carried: tuple[torch.Tensor, ...] = tuple(self.decode(*group, *(None,) * (3 - step)) for group in groups)
         for segment in self.body:  # a traced segment (the generic adapter) returns its boundary as a tuple
             result = segment(*carried)
             carried = result if isinstance(result, tuple) else (result,)
@@ -130,8 +134,8 @@ class BoundaryTensors:
     (k = -1: the model input itself)."""
 
     boundary: int
-    onnx: np.ndarray  # the ONNX Runtime chain's hidden tensor on the parity inputs: what a device sends
-    reference: np.ndarray  # PyTorch's hidden tensor on the reference samples (reference.npz)
+    onnx: tuple[np.ndarray, ...]  # the ONNX Runtime chain's boundary tensors on the parity inputs: what a device sends
+    reference: tuple[np.ndarray, ...]  # PyTorch's boundary tensors on the reference samples (reference.npz)
 
 
 @dataclass(frozen=True)
@@ -203,11 +207,11 @@ def _write_tail(
     k = tensors.boundary
     name = tail_model_name(model.name, k, codec)
     relative = f"{TAILS_DIR}/{name}/1/{MODEL_FILE}"
-    dims = tuple(int(d) for d in tensors.onnx.shape[1:])
+    dims = tuple(tuple(int(d) for d in array.shape[1:]) for array in tensors.onnx)
     graph = TailGraph(model, k, codec).eval()
     coder = create_codec(codec)
-    in_names = [wire.name for wire in coder.wire_inputs(dims)]
-    feed = coder.encode(tensors.onnx).tensors()  # one request, one scale and zero point (docs/offload.md)
+    in_names = [wire.name for wire in coder.boundary_wire_inputs(dims)]
+    feed = coder.encode_boundary(tensors.onnx).tensors()  # one request: a scale and zero point per tensor
     expected = _torch_logits(graph, feed, in_names)
     (stage / relative).parent.mkdir(parents=True)
     export_graph(graph, [torch.from_numpy(feed[n].copy()) for n in in_names], stage / relative, in_names, [LOGITS],
@@ -216,7 +220,13 @@ def _write_tail(
     write_config(
         stage / TAILS_DIR / name,
         tail_config(
-            name=name, codec=codec, boundary=k, hidden_dims=dims, num_classes=model.num_classes, package_id=package_id
+            name=name,
+            codec=codec,
+            boundary=k,
+            hidden_dims=dims[0],
+            num_classes=model.num_classes,
+            package_id=package_id,
+            more_dims=dims[1:],
         ),
     )
     spec = TailSpec(
@@ -225,9 +235,9 @@ def _write_tail(
         file=relative,
         codec=codec,
         # measured, not computed: the first parity input (a real sample when export was given ``sample``)
-        encoded_bytes=coder.encode(tensors.onnx[:1]).nbytes,
+        encoded_bytes=coder.encode_boundary([array[:1] for array in tensors.onnx]).nbytes,
     )
-    reference_feed = coder.encode(tensors.reference).tensors()
+    reference_feed = coder.encode_boundary(tensors.reference).tensors()
     return Tail(
         spec=spec,
         parity=_parity(name, codec, k, expected, got, final_logits, atol, rtol),

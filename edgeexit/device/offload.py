@@ -101,7 +101,7 @@ def offload_or_resume(
     try:
         if client is None:
             raise OffloadError("no tail server was given (no --server): finished on this device")
-        encoded = codec.encode(pending.hidden)
+        encoded = codec.encode_boundary(engine.boundary_tensors(pending))
         reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id, classes=classes)
         infos = [
             info(share, reply.transfer_ms, reply.attempts, server=reply.server, queue_ms=reply.queue_ms,

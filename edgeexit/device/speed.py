@@ -114,6 +114,10 @@ class SlowedChain:
         return self._chain.input  # type: ignore[no-any-return]
 
     @property
+    def context(self) -> dict[str, np.ndarray]:
+        return self._chain.context  # type: ignore[no-any-return]
+
+    @property
     def outputs(self) -> list[dict[str, np.ndarray]]:
         return self._chain.outputs  # type: ignore[no-any-return]
 

@@ -49,6 +49,8 @@ class Chain(Protocol):
     segment's outputs are views of buffers the next run overwrites."""
 
     input: np.ndarray
+    #: the further model inputs' buffers by name (empty for one-input models), written per request
+    context: dict[str, np.ndarray]
     outputs: list[dict[str, np.ndarray]]
 
     def run_segment(self, k: int) -> dict[str, np.ndarray]:

@@ -165,8 +165,8 @@ class Engine:
         """One sample, shaped like the model input with or without the batch axis of 1."""
         sample, context = self._inputs.inputs(x, batched=False)
         walker = self._walker
-        if not context and walker.chain is not None and self._scorer.straight(True):  # full depth: no Walk needed
-            return walker.straight(sample, keep_hidden, time.perf_counter())
+        if walker.chain is not None and self._scorer.straight(True):  # full depth: no Walk needed
+            return walker.straight(sample, keep_hidden, time.perf_counter(), context)
         return walker.one(Walk.from_input(sample, context, None, early_exit=True, keep_hidden=keep_hidden))  # type: ignore[return-value]
 
     def run_until(
@@ -269,6 +269,15 @@ class Engine:
         return found  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- a tail's answer
+
+    def boundary_tensors(self, pending: Pending) -> tuple[np.ndarray, ...]:
+        """What a tail from ``pending``'s boundary takes, in its order: the hidden tensor, then the
+        boundary's further tensors (at the input: the model input, then the further inputs)."""
+        if pending.boundary == -1:
+            names = [spec.name for spec in self.manifest.input.context]
+        else:
+            names = list(self.manifest.segments[pending.boundary].carries)
+        return (pending.hidden, *(pending.context[name] for name in names))
 
     def tail_results(self, pending: Pending, logits: np.ndarray, *, offload: OffloadInfo | None = None) -> list[Result]:
         """Results from a tail's final logits ``(M, classes)`` for ``pending``'s samples, in order:

@@ -68,16 +68,18 @@ _NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int3
 class BoundChain:
     """Pre-allocated batch-1 buffers, bound once to every segment's IOBinding."""
 
-    def __init__(self, segments: list[OrtSegment], input_spec: TensorSpec) -> None:
+    def __init__(self, segments: list[OrtSegment], input_spec: TensorSpec, context: Sequence[TensorSpec] = ()) -> None:
         shape = _static_shape(input_spec)
-        if shape is None:
+        if shape is None or any(_static_shape(spec) is None for spec in context):
             raise ValueError("dynamic non-batch axes: no fixed buffers to bind")
         self.input = np.zeros(shape, dtype=_NUMPY[input_spec.dtype])
+        #: a buffer per further model input (a traced model's side vector), written per request
+        self.context = {spec.name: np.zeros(_static_shape(spec), dtype=_NUMPY[spec.dtype]) for spec in context}  # type: ignore[arg-type]
         self.outputs: list[dict[str, np.ndarray]] = []
         self._bindings: list[ort.IOBinding] = []
         self._runs: list[Callable[[], object]] = []
         self._segments = segments
-        sources = {segments[0].input_name: self.input}  # what the next segment's inputs are bound to, by name
+        sources = {segments[0].input_name: self.input, **self.context}  # what a segment's inputs are bound to
         for segment in segments:
             binding = segment.session.io_binding()
             for spec in segment.spec.inputs:  # a boundary of several tensors binds each
@@ -131,12 +133,10 @@ def _direct_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callab
 
 
 def bind_chain(segments: Sequence[OrtSegment], input_spec: InputSpec) -> BoundChain | None:
-    """A ``BoundChain`` over ``segments``, or None where fixed buffers cannot be bound: a model
-    with context inputs (a text encoder's mask is fed beside every hidden tensor), or dynamic
-    non-batch axes (then the engine runs segment by segment)."""
-    if input_spec.context:
-        return None
+    """A ``BoundChain`` over ``segments``, or None where fixed buffers cannot be bound: dynamic
+    non-batch axes (a text encoder's token axis, in its ids and its mask: then the engine runs
+    segment by segment). A traced model's further inputs of fixed shape get buffers of their own."""
     try:
-        return BoundChain(list(segments), input_spec.tensor)
+        return BoundChain(list(segments), input_spec.tensor, input_spec.context)
     except ValueError:
         return None

@@ -171,7 +171,9 @@ class Pending:
     exits' predictions for patience, ``segment_ms`` the device segments' times so far and
     ``started`` the request's ``time.perf_counter()`` start, so a finished Result's latency
     counts everything, a failed offload included. ``context`` holds the request's context inputs
-    (a text encoder's attention mask), rows aligned with ``hidden``; empty for image models.
+    (a text encoder's attention mask, a traced model's further inputs) and the further tensors of
+    a boundary that carries several (``SegmentSpec.carries``), rows aligned with ``hidden``; empty
+    for image models with one-tensor boundaries.
     """
 
     boundary: int

@@ -231,30 +231,31 @@ def tail_reference_key(model: str) -> str:
 
 
 def _check_tail(package: Package, tail: TailSpec, reference: dict[str, np.ndarray]) -> ParityCheck:
-    """Config vs manifest, graph vs config, then the graph on the reference sample's boundary tensor."""
+    """Config vs manifest, graph vs config, then the graph on the reference sample's boundary tensors."""
     manifest = package.manifest
-    if tail.boundary == -1:  # the input tail: its reference input is the model input
-        hidden, hidden_key = manifest.input.tensor, "input"
+    if tail.boundary == -1:  # the input tail: its reference inputs are the model inputs
+        specs = (manifest.input.tensor, *manifest.input.context)
+        keys = ["input", *(f"context/{spec.name}" for spec in manifest.input.context)]
     else:
         segment = manifest.segments[tail.boundary]
-        hidden = segment.output(segment.hidden) if segment.hidden else None
-        if hidden is None:
+        if segment.hidden is None:
             raise PackageError(f"tail {tail.model} starts at boundary {tail.boundary}, which has no hidden tensor")
-        hidden_key = f"{tail.boundary}/{hidden.name}"
-    dims = tuple(-1 if d is None else d for d in hidden.shape[1:])
+        specs = tuple(segment.output(name) for name in segment.boundary)
+        keys = [f"{tail.boundary}/{name}" for name in segment.boundary]
+    dims = [tuple(-1 if d is None else d for d in spec.shape[1:]) for spec in specs]
     try:
         codec = create_codec(tail.codec)
     except EdgeExitError as err:
         raise PackageError(f"tail {tail.model}: {err}; this edgeexit cannot encode its input") from None
     config = read_config(package.path(tail.config))
-    _check_config(config, tail, manifest, codec.wire_inputs(dims))
+    _check_config(config, tail, manifest, codec.boundary_wire_inputs(dims))
     session = load_session(package.path(tail.file))
     _check_tail_signature(session, config, tail.file)
     key = tail_reference_key(tail.model)
-    for needed in (key, hidden_key):
+    for needed in (key, *keys):
         if needed not in reference:
             raise PackageError(f"{manifest.reference.file} lacks the expected array {needed!r}")  # type: ignore[union-attr]
-    feed = codec.encode(reference[hidden_key]).tensors()
+    feed = codec.encode_boundary([reference[k] for k in keys]).tensors()
     (got,) = _run(session, [LOGITS], feed, tail.file)
     atol, rtol = manifest.reference.atol, manifest.reference.rtol  # type: ignore[union-attr]
     return compare(f"tail {tail.model}", LOGITS, reference[key], got, atol, rtol)

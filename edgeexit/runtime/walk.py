@@ -143,6 +143,8 @@ class Walker:
         assert chain is not None
         if start == 0:
             np.copyto(chain.input, source)
+            for name, buffer in chain.context.items():
+                np.copyto(buffer, context[name])
             return
         buffers = chain.outputs[start - 1]
         np.copyto(buffers[self._hidden_names[start - 1]], source)  # type: ignore[index]
@@ -165,7 +167,7 @@ class Walker:
         start = walk.start
         if chain is not None:
             if start == 0 and walk.stop is None and scorer.straight(walk.early_exit):
-                return self.straight(current, walk.keep_hidden, walk.started)
+                return self.straight(current, walk.keep_hidden, walk.started, context)
             self._load_chain(start, current, context)
         handing_on = self._carrying
         for k in range(start, len(hidden_names)):
@@ -192,13 +194,15 @@ class Walker:
             walk.previous = current = hidden  # type: ignore[assignment]
         raise AssertionError("the final exit always exits")  # pragma: no cover
 
-    def straight(self, source: np.ndarray, keep_hidden: bool, started: float) -> Result:
+    def straight(self, source: np.ndarray, keep_hidden: bool, started: float, context: Context | None = None) -> Result:
         """One sample from the model input when only the final exit can answer (the chain must be
         bound and ``scorer.straight`` hold): every segment runs back to back (``Chain.run_all``)
         and the final exit is read once, from the graph's own answer when it gives one."""
         chain = self.chain
         assert chain is not None
         np.copyto(chain.input, source)
+        for name, buffer in chain.context.items():  # a traced model's further inputs
+            np.copyto(buffer, context[name])  # type: ignore[index]
         times: list[float] = []
         chain.run_all(times)
         k = len(self._hidden_names) - 1

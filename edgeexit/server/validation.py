@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeexit.codecs import SCALE, ZERO_POINT
+from edgeexit.codecs import SCALE, ZERO_POINT, base_name
 from edgeexit.kserve.request import requested_outputs, string_parameter
 from edgeexit.kserve.status import failed_precondition, invalid
 from edgeexit.repository import PARAM_CODEC, PARAM_PACKAGE_ID
@@ -23,8 +23,13 @@ from edgeexit.server.models import TailModel, TensorSpec
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
 #: Inputs a client may send as one request parameter for the whole request instead of a tensor
-#: (the int8 codec's scale and zero point); the server expands them to ``[N, 1]``.
+#: (the int8 codec's scale and zero point, and ``scale_j`` / ``zero_point_j`` of a boundary's
+#: further tensors); the server expands them to ``[N, 1]``.
 PARAMETER_INPUTS = (SCALE, ZERO_POINT)
+
+
+def _parameter_input(name: str) -> bool:
+    return base_name(name) in PARAMETER_INPUTS
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +80,7 @@ def _expected(model: TailModel) -> str:
     inputs = []
     for spec in model.inputs:
         text = spec.describe()
-        if spec.name in PARAMETER_INPUTS and spec.dims == (1,):
+        if _parameter_input(spec.name) and spec.dims == (1,):
             text += f" (or request parameter {spec.name!r})"
         inputs.append(text)
     return (
@@ -138,9 +143,10 @@ def _array(
 def _parameter_inputs(
     request: pb.ModelInferRequest, model: TailModel, feeds: dict[str, np.ndarray], batch: int
 ) -> None:
-    """Expand request parameters ``scale`` / ``zero_point`` into ``[N, 1]`` inputs (one pair per request)."""
-    for key in PARAMETER_INPUTS:
-        if key not in request.parameters:
+    """Expand request parameters ``scale`` / ``zero_point`` (``_j``) into ``[N, 1]`` inputs (one pair per
+    request and boundary tensor)."""
+    for key in request.parameters:
+        if not _parameter_input(key):
             continue
         spec = model.input(key)
         if spec is None or spec.dims != (1,):

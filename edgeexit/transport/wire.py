@@ -6,18 +6,31 @@ device falls back) rather than a numpy error deep inside the runtime.
 
 Request: ``model_name`` the tail, ``inputs[0]`` = ``hidden`` (codec datatype, shape ``[N, *dims]``)
 with its bytes in ``raw_input_contents[0]`` (little-endian, row-major); parameters ``package_id``,
-``codec`` and, for int8, ``scale`` (double) and ``zero_point`` (int64). Reply: ``logits`` FP32
+``codec`` and, for int8, ``scale`` (double) and ``zero_point`` (int64). A boundary of several
+tensors adds ``hidden_1``, ``hidden_2``, ... (and ``scale_j`` / ``zero_point_j``), in its order. Reply: ``logits`` FP32
 ``[N, classes]`` in ``raw_output_contents``; parameters ``queue_ms``, ``compute_ms`` and ``server_ms``
 (double; ``server_ms`` is the request's whole time inside the server, when it says).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgeexit.codecs import DATATYPES, HIDDEN, LOGITS, Encoded, create_codec, datatype_of
+from edgeexit.codecs import (
+    DATATYPES,
+    HIDDEN,
+    LOGITS,
+    SCALE,
+    ZERO_POINT,
+    Codec,
+    Encoded,
+    create_codec,
+    datatype_of,
+    wire_name,
+)
 from edgeexit.errors import InputError, OffloadError, UsageError
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
@@ -57,51 +70,64 @@ def build_request(
     if side_inputs not in SIDE_INPUTS:
         raise UsageError(f"side_inputs is {side_inputs!r}; expected one of {', '.join(SIDE_INPUTS)}")
     codec = create_codec(encoded.codec)
-    data = np.asarray(encoded.data)
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request.parameters[PARAM_PACKAGE_ID].string_param = package_id
+    request.parameters[PARAM_CODEC].string_param = encoded.codec
+    for j, part in enumerate(encoded.parts):  # a boundary of several tensors: hidden, hidden_1, ...
+        _add_part(request, codec, j, part, side_inputs)
+    return request
+
+
+def _add_part(request: pb.ModelInferRequest, codec: Codec, j: int, part: Encoded, side_inputs: str) -> None:
+    data = np.asarray(part.data)
     wire_dtype = DATATYPES[codec.datatype]
     if data.dtype != wire_dtype:
         if data.dtype.kind != wire_dtype.kind or data.dtype.itemsize != wire_dtype.itemsize:
             raise OffloadError(
-                f"the {encoded.codec} payload holds {data.dtype} values; expected {codec.datatype} ({wire_dtype}): "
+                f"the {part.codec} payload holds {data.dtype} values; expected {codec.datatype} ({wire_dtype}): "
                 "encode the hidden tensor with the codec's encode()"
             )
         data = data.astype(wire_dtype)  # the same type in the other byte order: little-endian on the wire
     if data.ndim < 1 or data.shape[0] < 1:
         raise OffloadError(f"the payload has shape {tuple(data.shape)}; expected [N, *dims] with N >= 1")
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    tensor = request.inputs.add(name=HIDDEN, datatype=codec.datatype)
+    tensor = request.inputs.add(name=wire_name(HIDDEN, j), datatype=codec.datatype)
     tensor.shape.extend(int(d) for d in data.shape)
     request.raw_input_contents.append(np.ascontiguousarray(data).tobytes())
-    request.parameters[PARAM_PACKAGE_ID].string_param = package_id
-    request.parameters[PARAM_CODEC].string_param = encoded.codec
-    if encoded.scale is not None or encoded.zero_point is not None:
-        if encoded.scale is None or encoded.zero_point is None:
-            raise OffloadError(f"the {encoded.codec} payload has a scale or a zero point but not both; expected both")
-        if side_inputs == "tensors":
-            for name, array in list(encoded.tensors().items())[1:]:  # after hidden: scale, zero_point
-                side = request.inputs.add(name=name, datatype=datatype_of(array))
-                side.shape.extend(int(d) for d in array.shape)
-                request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
-        else:
-            request.parameters[PARAM_SCALE].double_param = float(encoded.scale)
-            request.parameters[PARAM_ZERO_POINT].int64_param = int(encoded.zero_point)
-    return request
+    if part.scale is None and part.zero_point is None:
+        return
+    if part.scale is None or part.zero_point is None:
+        raise OffloadError(f"the {part.codec} payload has a scale or a zero point but not both; expected both")
+    if side_inputs == "tensors":
+        n = data.shape[0]
+        for name, array in ((SCALE, np.full((n, 1), part.scale, np.float32)),
+                            (ZERO_POINT, np.full((n, 1), part.zero_point, np.uint8))):  # fmt: skip
+            side = request.inputs.add(name=wire_name(name, j), datatype=datatype_of(array))
+            side.shape.extend(int(d) for d in array.shape)
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    else:
+        request.parameters[wire_name(PARAM_SCALE, j)].double_param = float(part.scale)
+        request.parameters[wire_name(PARAM_ZERO_POINT, j)].int64_param = int(part.zero_point)
 
 
 def read_request(request: pb.ModelInferRequest) -> tuple[str, Encoded]:
     """The inverse of ``build_request`` for edgeexit's own requests: (package_id, payload).
 
     For tests and stand-in servers; a real server validates far more (docs/offload.md)."""
-    if len(request.inputs) != 1 or len(request.raw_input_contents) != 1:
-        raise InputError("expected one input tensor 'hidden' with its bytes in raw_input_contents")
-    tensor = request.inputs[0]
+    if not request.inputs or len(request.raw_input_contents) != len(request.inputs):
+        raise InputError("expected input tensors hidden (, hidden_1, ...) with their bytes in raw_input_contents")
     params = request.parameters
     codec = params[PARAM_CODEC].string_param if PARAM_CODEC in params else ""
-    data = np.frombuffer(request.raw_input_contents[0], dtype=DATATYPES[tensor.datatype]).reshape(tuple(tensor.shape))
-    scale = params[PARAM_SCALE].double_param if PARAM_SCALE in params else None
-    zero_point = params[PARAM_ZERO_POINT].int64_param if PARAM_ZERO_POINT in params else None
+    parts: list[Encoded] = []
+    for j, (tensor, raw) in enumerate(zip(request.inputs, request.raw_input_contents, strict=True)):
+        if tensor.name != wire_name(HIDDEN, j):
+            raise InputError(f"input {j} is {tensor.name!r}; expected {wire_name(HIDDEN, j)!r}")
+        data = np.frombuffer(raw, dtype=DATATYPES[tensor.datatype]).reshape(tuple(tensor.shape))
+        scale_key, zero_key = wire_name(PARAM_SCALE, j), wire_name(PARAM_ZERO_POINT, j)
+        scale = params[scale_key].double_param if scale_key in params else None
+        zero_point = params[zero_key].int64_param if zero_key in params else None
+        parts.append(Encoded(codec, data, scale=scale, zero_point=zero_point))
     package_id = params[PARAM_PACKAGE_ID].string_param if PARAM_PACKAGE_ID in params else ""
-    return package_id, Encoded(codec, data, scale=scale, zero_point=zero_point)
+    return package_id, dataclasses.replace(parts[0], more=tuple(parts[1:]))
 
 
 def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | None = None) -> TailAnswer:

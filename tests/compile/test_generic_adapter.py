@@ -16,9 +16,11 @@ from torch import nn
 from edgeexit.compile import attach_exits, create_model
 from edgeexit.compile.adapters.generic import GraphSegment
 from edgeexit.compile.export import export
+from edgeexit.compile.zoo import TinyResNet, TinyViT
 from edgeexit.compile.zoo_graphs import ImageWithMetadata, MobileNetV2, UNetClassifier
 from edgeexit.errors import ExportError, ModelError
 from edgeexit.runtime import Engine
+from edgeexit.runtime.backends import bind_chain
 from edgeexit.runtime.verify import verify_package
 
 #: zoo name -> the tensors each boundary carries besides its hidden one
@@ -74,6 +76,8 @@ def test_every_exit_answers_as_pytorch_does_one_by_one_and_batched(exported: tup
     for k in range(model.num_exits):
         # 0: the first exit answers everything; above 1: only the final exit can
         engine = Engine(out, threshold=0.0 if k == 0 else 1.01, cache_dir=None)
+        # fixed shapes everywhere: the copy-free chain binds every boundary tensor and side input
+        assert bind_chain("onnxruntime", engine.segments, engine.manifest.input) is not None
         one = [engine.run(_feed(model, values, slice(i, i + 1))) for i in range(5)]
         batch = engine.run_batch(_feed(model, values, slice(None)))
         want = 0 if k == 0 else model.num_exits - 1
@@ -191,10 +195,10 @@ def test_a_backbone_no_family_claims_falls_to_the_generic_adapter() -> None:
     assert (model.input_name, model.context_names) == ("image", ("metadata",))
 
 
-def test_offload_tails_for_several_tensors_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_tflite_for_several_tensors_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     model = create_model("graph_unet")
-    with pytest.raises(ExportError, match=r"boundaries that carry several tensors \(boundaries \[0, 1\]"):
-        export(model, (1, 1, 28, 28), tmp_path / "unet", codecs=("fp32",))
+    with pytest.raises(ExportError, match=r"TFLite segments for boundaries that carry several tensors"):
+        export(model, (1, 1, 28, 28), tmp_path / "unet", tflite=True)
     assert not (tmp_path / "unet").exists()
 
 
@@ -222,3 +226,47 @@ def test_the_generic_path_gives_the_sequential_adapters_segments() -> None:
         _, generic_hidden = generic(x, return_hidden=True)
     for a, b in zip(family_hidden, generic_hidden, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "family_exits", "generic_exits", "shape"),
+    [
+        (TinyResNet(10, 3, 8, 1), ["layer1", "layer2", "layer3"], ["layer1", "layer2", "layer3"], (2, 3, 32, 32)),
+        (TinyViT(10, 1, 28, 7, 16, 3), [0, 1], ["blocks.0", "blocks.1"], (2, 1, 28, 28)),
+    ],
+    ids=["resnet", "vit"],
+)
+def test_the_generic_path_cuts_the_families_where_their_adapters_do(
+    backbone: nn.Module, family_exits: list[object], generic_exits: list[str], shape: tuple[int, ...]
+) -> None:
+    """Same boundaries, one tensor each, same values: the family adapters stay for their heads'
+    defaults (pooling, token layout), not because the generic path could not cut these models."""
+    torch.manual_seed(0)
+    backbone.eval()
+    family = attach_exits(backbone, exits=family_exits, num_classes=10, input_shape=shape).eval()
+    generic = attach_exits(backbone, exits=generic_exits, num_classes=10, input_shape=shape, adapter="generic").eval()
+    assert generic.carried == ((),) * len(generic_exits)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        family_logits, family_hidden = family(x, return_hidden=True)
+        generic_logits, generic_hidden = generic(x, return_hidden=True)
+    assert len(family_hidden) == len(generic_hidden)
+    for a, b in zip(family_hidden[:-1], generic_hidden[:-1], strict=True):  # every boundary with a later segment
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(family_logits[-1], generic_logits[-1])  # both end in the backbone's classifier
+
+
+def test_a_batch_size_read_after_the_cut_is_derived_again_in_the_later_segment(tmp_path: Path) -> None:
+    """A ViT reads ``x.shape[0]`` (the batch) in every attention block: no boundary carries a size,
+    each segment takes it from its own input, and the graphs keep their dynamic batch axis."""
+    torch.manual_seed(0)
+    model = attach_exits(TinyViT(10, 1, 28, 7, 16, 3), exits=["blocks.0", "blocks.1"], num_classes=10,
+                         input_shape=(2, 1, 28, 28), adapter="generic").eval()  # fmt: skip
+    assert model.carried == ((), ())
+    export(model, (1, 1, 28, 28), tmp_path / "vit", codecs=("fp32",))
+    assert verify_package(tmp_path / "vit").ok
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        want = torch.softmax(model(x)[-1], dim=-1).numpy()
+    got = Engine(tmp_path / "vit", threshold=1.01, cache_dir=None).run_batch(x.numpy())
+    np.testing.assert_allclose(np.stack([r.probabilities for r in got]), want, atol=1e-5)

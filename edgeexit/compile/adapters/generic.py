@@ -19,7 +19,7 @@ The final exit is the backbone's own output, which must be the class logits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,11 @@ _MODE_FLAGS = {
     torch.ops.aten.dropout_.default: 2,
     torch.ops.aten.feature_dropout.default: 2,
 }
+
+
+#: torch.export's placeholder entry for nodes outside any module (the stem of a ViT: a parameter's
+#: expand), which names no module of the user's
+_EXPORT_PSEUDO_MODULE = "_empty_nn_module_stack"
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def module_paths(graph: fx.Graph) -> list[str]:
     last: dict[str, int] = {}
     for position, node in enumerate(graph.nodes):
         for path, _ in node.meta.get("nn_module_stack", {}).values():
-            if path:
+            if path and not path.startswith(_EXPORT_PSEUDO_MODULE):
                 last[path] = position
     return sorted(last, key=last.__getitem__)
 
@@ -116,8 +121,13 @@ def _separated(nodes: list[fx.Node], a: int, b: int) -> bool:
     return any(n.op == "call_function" for n in nodes[a + 1 : b])
 
 
-def _tensor_value(node: fx.Node) -> bool:
+def is_tensor(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), torch.Tensor)
+
+
+def is_size(node: fx.Node) -> bool:
+    """A size that depends on the dynamic batch axis (``x.shape[0]``, or arithmetic on it)."""
+    return isinstance(node.meta.get("val"), torch.SymInt)
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,7 @@ def plan(graph: fx.Graph, cuts: Sequence[Cut]) -> list[SegmentPlan]:
     placeholders = [n for n in nodes if n.op == "placeholder"]
     output = next(n for n in nodes if n.op == "output")
     results = [a for a in output.args[0]] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
-    if len(results) != 1 or not isinstance(results[0], fx.Node) or not _tensor_value(results[0]):
+    if len(results) != 1 or not isinstance(results[0], fx.Node) or not is_tensor(results[0]):
         raise ModelError(
             f"the traced model returns {len(results)} values; the generic adapter expects one tensor of class "
             "logits (N, classes) as the final exit"
@@ -149,17 +159,18 @@ def plan(graph: fx.Graph, cuts: Sequence[Cut]) -> list[SegmentPlan]:
         body = tuple(n for n in nodes[start : end + 1] if n.op in ("call_function", "call_method", "call_module"))
         if k < len(cuts):
             primary = nodes[cuts[k].position]
-            if not _tensor_value(primary):
+            if not is_tensor(primary):
                 raise ModelError(f"the cut after {cuts[k].name!r} is not a tensor; expected a module that returns one")
             available = [*carried, *body]
             live = [v for v in available if any(position[u] > end for u in v.users) and v is not primary]
             for value in live:
-                if not _tensor_value(value):
+                if not (is_tensor(value) or is_size(value)):
                     raise ModelError(
                         f"value {value.name!r} ({type(value.meta.get('val')).__name__}) crosses the cut after "
-                        f"{cuts[k].name!r}; a boundary carries tensors only: cut where no shape or scalar is in flight"
+                        f"{cuts[k].name!r}; a boundary carries tensors only: cut where no scalar is in flight"
                     )
-            outputs = (primary, *sorted(live, key=position.__getitem__))
+            tensors = [v for v in live if is_tensor(v)]  # sizes are derived again where they are read
+            outputs = (primary, *sorted(tensors, key=position.__getitem__))
         else:
             outputs = (results[0],)
         plans.append(SegmentPlan(body, tuple(carried), outputs))
@@ -178,9 +189,12 @@ def build_segment(root: fx.GraphModule, piece: SegmentPlan, final: bool) -> fx.G
 
     def lookup(node: fx.Node) -> fx.Node:
         if node not in env:
-            if node.op != "get_attr":
-                raise ModelError(f"node {node.name!r} reads {node.name!r}, which no boundary carries")  # a bug here
-            env[node] = graph.node_copy(node, lookup)
+            if node.op == "get_attr":
+                env[node] = graph.node_copy(node, lookup)
+            elif is_size(node):
+                env[node] = _size_again(graph, node, piece.inputs, env, lookup)
+            else:  # pragma: no cover  # plan() carries every tensor a segment reads
+                raise ModelError(f"segment reads {node.name!r}, which no boundary carries")
         return env[node]
 
     for node in piece.nodes:
@@ -189,6 +203,23 @@ def build_segment(root: fx.GraphModule, piece: SegmentPlan, final: bool) -> fx.G
     graph.output(out[0] if final else tuple(out))
     graph.lint()
     return fx.GraphModule(root, graph)
+
+
+def _size_again(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], env: dict[fx.Node, fx.Node],
+                lookup: Callable[[fx.Node], fx.Node]) -> fx.Node:  # fmt: skip
+    """A size computed before the cut, computed again from this segment's own inputs: a boundary
+    carries tensors, and every size is the batch axis or arithmetic on it."""
+    if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+        wanted = node.meta["val"].node.expr
+        for value in inputs:
+            shape = value.meta["val"].shape if is_tensor(value) else ()
+            for axis, size in enumerate(shape):
+                if isinstance(size, torch.SymInt) and size.node.expr == wanted:
+                    found = graph.call_function(torch.ops.aten.sym_size.int, (env[value], axis))
+                    found.meta = dict(node.meta)
+                    return found
+        raise ModelError(f"size {node.name!r} crosses a cut and no tensor after it has that size to read it from")
+    return graph.node_copy(node, lookup)  # arithmetic on sizes: its operands are looked up in turn
 
 
 class GraphSegment(nn.Module):
@@ -200,7 +231,7 @@ class GraphSegment(nn.Module):
         self.input_names = tuple(inputs)
         self.output_names = tuple(outputs)
         self.final = final
-        self._set_mode(False)
+        self._set_mode(self.training)  # a new module trains, as the backbone's own modules would
 
     def forward(self, *values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.module(*values)
