@@ -104,7 +104,6 @@ def export(
         raise ModelError(f"export expects a MultiExitModel; got {type(model).__name__} (use attach_exits)")
     if criterion not in CRITERION_NAMES:
         raise ExportError(f"unknown criterion {criterion!r}; expected one of {CRITERION_NAMES}")
-    several = [k for k, names in enumerate(model.carried) if names]
     text = bool(model.context_names) and model.context_everywhere  # a mask beside every segment's tensor
     if codecs is None:
         codecs = () if text else ("fp32",)
@@ -113,11 +112,6 @@ def export(
         raise ExportError(
             f"offload tails for a model with context inputs {list(model.context_names)} are not supported yet; "
             "export it with codecs=() (--codecs '')"
-        )
-    if several and tflite:
-        raise ExportError(
-            f"TFLite segments for boundaries that carry several tensors (boundaries {several} of {model.name!r}) are "
-            "not supported yet; export without --tflite"
         )
     if not (atol >= 0 and rtol >= 0):  # also refuses NaN
         raise ExportError(f"parity tolerances must be >= 0; got atol={atol}, rtol={rtol}")

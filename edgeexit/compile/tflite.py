@@ -133,9 +133,11 @@ def write_tflite_variant(
     def compared(names: list[str]) -> list[str]:
         return [name for name in names if name not in gated]
 
+    given_chain = dict(given)  # the LiteRT chain's own boundary tensors, for the chained comparison
     for spec in segments:
         k = spec.index
         ctx = _context_for(spec, given)
+        ctx_chain = _context_for(spec, given_chain)
         graph = SegmentGraph(model, k, criterion).eval()
         relative = f"{DIRECTORY}/{k}.tflite"
         began = time.perf_counter()
@@ -154,7 +156,7 @@ def write_tflite_variant(
         onnx = dict(zip(names, session.run(names, feeds), strict=True))
         isolated = segment.run(x_onnx, ctx)
         single = segment.run(x_onnx[:1], {n: v[:1] for n, v in ctx.items()})
-        chained = segment.run(x_tflite, ctx)
+        chained = segment.run(x_tflite, ctx_chain)
         mask = ctx.get(MASK_NAME) if tokens is not None else None
         for name in compared(names):
             ref, one = onnx[name], onnx[name][:1]
@@ -170,6 +172,8 @@ def write_tflite_variant(
                 parity.append(compare(graph_name, name, want[name], got[name], atol, rtol, fed_ctx.get(MASK_NAME)))
         if spec.hidden is not None:
             x_onnx, x_tflite = onnx[spec.hidden], chained[spec.hidden]
+            given.update((name, onnx[name]) for name in spec.carries)  # a boundary of several tensors
+            given_chain.update((name, chained[name]) for name in spec.carries)
 
     failures = [row for row in parity if not row.ok]
     if failures:

@@ -18,7 +18,7 @@ from edgeexit.compile.adapters.generic import GraphSegment
 from edgeexit.compile.export import export
 from edgeexit.compile.zoo import TinyResNet, TinyViT
 from edgeexit.compile.zoo_graphs import ImageWithMetadata, MobileNetV2, UNetClassifier
-from edgeexit.errors import ExportError, ModelError
+from edgeexit.errors import ModelError
 from edgeexit.runtime import Engine
 from edgeexit.runtime.backends import bind_chain
 from edgeexit.runtime.verify import verify_package
@@ -193,13 +193,6 @@ def test_a_backbone_no_family_claims_falls_to_the_generic_adapter() -> None:
                          example_inputs=(torch.randn(2, 1, 28, 28), torch.randn(2, 4)))  # fmt: skip
     assert isinstance(model.segments[0], GraphSegment)
     assert (model.input_name, model.context_names) == ("image", ("metadata",))
-
-
-def test_tflite_for_several_tensors_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    model = create_model("graph_unet")
-    with pytest.raises(ExportError, match=r"TFLite segments for boundaries that carry several tensors"):
-        export(model, (1, 1, 28, 28), tmp_path / "unet", tflite=True)
-    assert not (tmp_path / "unet").exists()
 
 
 def test_one_tensor_boundaries_of_a_traced_model_get_working_tails(tmp_path: Path) -> None:
