@@ -48,7 +48,7 @@ def criterion_label(spec: ExitSpec) -> str:
     return f"learned (gate of {spec.gate.samples} samples, {where})"
 
 
-def _shape(dims: Sequence[int | None], more: int = 0) -> str:
+def shape_text(dims: Sequence[int | None], more: int = 0) -> str:
     """``Nx16x7x7``, and ``+ 2 more`` when a boundary carries further tensors (hidden KiB counts them all)."""
     text = "x".join("N" if d is None else str(d) for d in dims)
     return f"{text} + {more} more" if more else text
@@ -64,8 +64,8 @@ def segments_table(manifest: Manifest) -> Table:
             (
                 segment.index,
                 segment.file,
-                _shape(segment.inputs[0].shape, taken),
-                _shape(hidden.shape, len(segment.carries)) if hidden else "-",
+                shape_text(segment.inputs[0].shape, taken),
+                shape_text(hidden.shape, len(segment.carries)) if hidden else "-",
                 f"{segment.hidden_bytes / 1024:.1f}" if segment.hidden_bytes else "-",
                 f"{segment.flops / 1e6:.2f}",
                 f"{segment.params:,}",

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from edgeexit.console import table
 from edgeexit.manifest import NEVER_THRESHOLD, CalibrationRecord, Manifest
-from edgeexit.reports import accuracy_table, criterion_label, parity_table, segments_table
+from edgeexit.reports import accuracy_table, criterion_label, parity_table, segments_table, shape_text
 
 
 def tails_table(manifest: Manifest) -> Table:
@@ -26,7 +26,7 @@ def tails_table(manifest: Manifest) -> Table:
                 tail.model,
                 tail.boundary,
                 tail.codec,
-                "x".join("N" if d is None else str(d) for d in hidden.shape) if hidden else "-",
+                shape_text(hidden.shape, len(segment.carries)) if hidden and tail.boundary >= 0 else "-",
                 tail.encoded_bytes,
                 f"{tail.encoded_bytes / segment.hidden_bytes:.2f}"
                 if tail.encoded_bytes and segment.hidden_bytes
