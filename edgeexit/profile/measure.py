@@ -97,18 +97,8 @@ def _inputs(engine: Engine, seed: int = 0) -> tuple[np.ndarray, Context, str]:
 
 def _walk(engine: Engine, x: np.ndarray, context: Context) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
     """(segment, outputs, ms) for one sample: through the engine's bound chain when it has one
-    (what ``Engine.run`` uses), else segment by segment."""
-    walk = getattr(engine, "_walk", None)
-    if walk is not None:
-        yield from walk(x, 0, context)
-        return
-    current = x
-    for k, segment in enumerate(engine.segments):
-        tick = time.perf_counter()
-        outputs = segment.run(current, context)
-        yield k, outputs, (time.perf_counter() - tick) * 1e3
-        if segment.spec.hidden:
-            current = outputs[segment.spec.hidden]
+    (what ``Engine.run`` uses), else segment by segment, boundary tensors handed on as it does."""
+    return engine.steps(x, context)
 
 
 class _ExitCheck:
@@ -178,6 +168,7 @@ def profile_package(
     latency: list[list[float]] = [[] for _ in range(n)]
     checks: list[list[float]] = [[] for _ in range(n)]
     seg_inputs: list[np.ndarray] = []  # what each segment takes, for the energy runs
+    carried: list[Context] = [{}]  # per segment, the further tensors of the boundary before it
     first: Context | None = None
     with progress_bar(progress) as bar:
         task = bar.add_task("latency", total=warmup + runs)
@@ -202,6 +193,8 @@ def profile_package(
                     previous = hidden.copy()  # the chain's buffers are reused by the next segment
                     if len(seg_inputs) <= k + 1:
                         seg_inputs.append(previous)
+                        names = engine.segments[k].spec.carries
+                        carried.append({name: outputs[name].copy() for name in names})
                 if i >= 0:
                     latency[k].append(ms)
                     checks[k].append(check_ms)
@@ -211,12 +204,13 @@ def profile_package(
         task = bar.add_task(f"energy ({choice.source})", total=n)
         for k, segment in enumerate(engine.segments):
             feed = seg_inputs[k]
-            segment.run(feed, first or {})  # warm
+            takes = {**(first or {}), **carried[k]}
+            segment.run(feed, takes)  # warm
             count = 0
             choice.meter.start()
             started = time.perf_counter()
             while count < runs or time.perf_counter() - started < energy_seconds:
-                segment.run(feed, first or {})
+                segment.run(feed, takes)
                 count += 1
             reading = choice.meter.stop()
             energy.append(reading.joules / count)
@@ -240,7 +234,7 @@ def profile_package(
         inputs=inputs_note,
         peak_rss_bytes=peak_rss_bytes(),
         segments=tuple(segments),
-        encoded=encoded_sizes(engine, seg_inputs[1:]),
+        encoded=encoded_sizes(engine, [(x, *c.values()) for x, c in zip(seg_inputs[1:], carried[1:], strict=True)]),
         created=now_iso(),
         edgeexit_version=__version__,
         backend=engine.backend,
@@ -248,21 +242,23 @@ def profile_package(
     )
 
 
-def encoded_sizes(engine: Engine, hidden: list[np.ndarray]) -> tuple[EncodedSize, ...]:
+def encoded_sizes(engine: Engine, hidden: list[tuple[np.ndarray, ...]]) -> tuple[EncodedSize, ...]:
     """Bytes per sample for every boundary with a hidden tensor and every codec: the manifest's
-    tail figure where there is one, else measured by encoding ``hidden[k]`` (one sample)."""
+    tail figure where there is one, else measured by encoding ``hidden[k]`` (one sample: the
+    boundary's tensors, each encoded on its own)."""
     from_tails = {
         (tail.boundary, tail.codec): tail.encoded_bytes
         for tail in engine.manifest.tails
         if tail.encoded_bytes is not None
     }
     found = []
-    for k, tensor in enumerate(hidden[: len(engine.segments) - 1]):
+    for k, tensors in enumerate(hidden[: len(engine.segments) - 1]):
         for name in list_codecs():
             size = from_tails.get((k, name))
             if size is not None:
                 found.append(EncodedSize(k, name, int(size), "manifest"))
             else:
-                encoded = create_codec(name).encode(np.ascontiguousarray(tensor, dtype=np.float32))
-                found.append(EncodedSize(k, name, encoded.nbytes // max(tensor.shape[0], 1), "measured"))
+                floats = [np.ascontiguousarray(t, dtype=np.float32) for t in tensors]
+                encoded = create_codec(name).encode_boundary(floats)
+                found.append(EncodedSize(k, name, encoded.nbytes // max(tensors[0].shape[0], 1), "measured"))
     return tuple(found)

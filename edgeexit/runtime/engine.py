@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +300,14 @@ class Engine:
         else:
             segment_ms = self._walker.segment_latency(batch[:timing_samples], context_rows(context, 0, timing_samples))
         return FullDepth(logits=logits, similarity=similarity, segment_ms=segment_ms)
+
+    def steps(
+        self, x: np.ndarray, context: Context | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+        """One sample (batch of 1, already validated) segment by segment, as ``run`` walks it but
+        never stopping: (index, outputs, ms). Outputs may be views of the bound chain's buffers,
+        overwritten by the next segment. What ``edgeexit profile`` times."""
+        return self._walker.steps(x, 0, context)
 
     def segment_latency(self, xs: Inputs, warmup: int = 3) -> tuple[float, ...]:
         """Mean batch-1 latency of each segment in ms, through the bound chain when there is one."""

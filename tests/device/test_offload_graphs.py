@@ -134,3 +134,28 @@ def test_the_wire_round_trips_a_boundary_of_several_tensors() -> None:
         np.testing.assert_array_equal(sent.data, received.data)
         assert (sent.scale, sent.zero_point) == (received.scale, received.zero_point)
     assert encoded.nbytes == sum(t.size for t in tensors)  # one byte per value, per tensor
+
+
+def test_policies_count_every_tensor_a_boundary_carries(packages: dict[str, Path], address: str) -> None:
+    """The U-Net's skips make each cut 12-14x its input: a policy that saw only the hidden tensor
+    would misjudge every boundary. On a slow device and a slow link it keeps everything here; on a
+    fast link it sends the input, the cheapest thing to send."""
+    from edgeexit.device import PolicyRunner
+    from edgeexit.policy import DeviceCosts, LinkEstimator, create_policy
+
+    engine = Engine(packages["graph_unet"], cache_dir=None, threshold=1.01)
+    manifest = engine.manifest
+    costs = DeviceCosts.from_manifest(manifest, (50.0,) * 3, codec="int8", active_w=5.0, idle_w=1.0)
+    assert costs.encoded_bytes == tuple(s.hidden_bytes // 4 for s in manifest.segments[:-1])  # every tensor, int8
+    assert costs.input_bytes == 28 * 28
+    feeds = _feeds("graph_unet", 3)
+    with TailClient([address], timeout_s=10.0) as client:
+        for bits_per_s, where in ((2e4, None), (1e9, -1)):  # 20 kbit/s: local; 1 Gbit/s: the input
+            link = LinkEstimator()
+            link.observe_probe(1e-4)
+            assert link.observe_transfer(int(bits_per_s / 8), 1.0)
+            runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec="int8", estimator=link)
+            for feed in feeds:
+                got = runner.run(feed)  # type: ignore[arg-type]
+                assert got.prediction == engine.run(feed).prediction
+                assert (got.offload.boundary if got.offload and got.offload.offloaded else None) == where
