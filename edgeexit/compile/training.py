@@ -100,6 +100,7 @@ def train(
         raise ModelError(f"got {len(weights)} exit weights for {model.num_exits} exits; expected one per exit")
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(data.y)
+    further = [torch.from_numpy(data.extra[name]) for name in _further_inputs(model)]
 
     def loss(logits: list[torch.Tensor | None], y: torch.Tensor | None) -> torch.Tensor:
         assert y is not None
@@ -107,8 +108,11 @@ def train(
             return _distillation_loss(logits, y, weights, distill_temperature, distill_alpha)
         return _joint_loss(logits, y, weights)
 
+    def batch(idx: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        return model(x_all[idx], *(t[idx] for t in further)), y_all[idx]  # type: ignore[return-value]
+
     loss_value, seconds = _fit(
-        model, len(data), data.sample_shape, lambda idx: (model(x_all[idx]), y_all[idx]), loss,
+        model, len(data), data.sample_shape, batch, loss,
         epochs=epochs, batch_size=batch_size, lr=lr, freeze_backbone=freeze_backbone, seed=seed, progress=progress,
     )  # fmt: skip
     return TrainReport(
@@ -158,6 +162,12 @@ def distill(
         )
     if not any(model.head(k) is not None for k in range(model.num_exits - 1)):
         raise ModelError("distillation needs at least one early exit with a head; expected exits with heads")
+    if _further_inputs(model):
+        raise ModelError(
+            f"label-free distillation feeds images alone, and model {model.name!r} also takes "
+            f"{list(_further_inputs(model))}; train it with labels instead: train(model, LabelledData(..., extra=...), "
+            "freeze_backbone=True) is the same two-stage scheme with the final exit as the teacher"
+        )
     weights = list(exit_weights) if exit_weights is not None else [1.0] * model.num_exits
     if len(weights) != model.num_exits:
         raise ModelError(f"got {len(weights)} exit weights for {model.num_exits} exits; expected one per exit")
@@ -409,10 +419,12 @@ def evaluate(model: MultiExitModel, data: LabelledData, batch_size: int = 512) -
     _check_data(model, data)
     model.eval()
     correct = np.zeros(model.num_exits)
+    names = _further_inputs(model)
     for start in range(0, len(data), batch_size):
         x = torch.from_numpy(data.x[start : start + batch_size])
         y = data.y[start : start + batch_size]
-        for k, logits in enumerate(model(x)):
+        further = (torch.from_numpy(data.extra[name][start : start + batch_size]) for name in names)
+        for k, logits in enumerate(model(x, *further)):
             if logits is not None:
                 correct[k] += int((logits.argmax(dim=1).numpy() == y).sum())
     return [
@@ -431,6 +443,18 @@ def _check_data(model: MultiExitModel, data: LabelledData) -> None:
         raise ModelError(
             f"the data has {data.num_classes} classes ({data.source}) but the model has {model.num_classes} outputs"
         )
+    wanted = _further_inputs(model)
+    if sorted(data.extra) != sorted(wanted):
+        raise ModelError(
+            f"model {model.name!r} takes the further input(s) {list(wanted)} besides the images; the data has "
+            f"{sorted(data.extra) or 'none'} ({data.source}): give LabelledData(extra={{name: (N, ...) float32}})"
+        )
+
+
+def _further_inputs(model: MultiExitModel) -> tuple[str, ...]:
+    """The model inputs after the image that training feeds from ``LabelledData.extra`` (a traced
+    model's side inputs; a text encoder's mask is not image training's business)."""
+    return () if model.context_everywhere else tuple(model.context_names)
 
 
 def _set_trainable(model: MultiExitModel, freeze_backbone: bool) -> list[nn.Parameter]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.data.records import LabelledData, to_unit_float32
+from edgeexit.data.records import EXTRA_PREFIX, LabelledData, to_unit_float32
 from edgeexit.errors import DataError
 
 __all__ = ["EXPECTED_NPZ_LAYOUT", "load_npz"]
@@ -105,7 +105,8 @@ def load_npz(path: str | os.PathLike[str]) -> LabelledData:
         x = to_unit_float32(x, f"{path}: x")
     except DataError as exc:
         raise DataError(f"{exc}; expected {EXPECTED_NPZ_LAYOUT}") from None
-    return LabelledData(x=x, y=y, labels=labels, source=f"arrays in {path}")
+    extra = {key[len(EXTRA_PREFIX) :]: value for key, value in arrays.items() if key.startswith(EXTRA_PREFIX)}
+    return LabelledData(x=x, y=y, labels=labels, source=f"arrays in {path}", extra=extra)
 
 
 def _describe(a: np.ndarray) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ import numpy as np
 from edgeexit.errors import DataError
 from edgeexit.fileio import atomic_write_bytes
 
-__all__ = ["LabelledData"]
+__all__ = ["EXTRA_PREFIX", "LabelledData"]
+
+#: the .npz key prefix of a data set's further model inputs (``context/metadata``), as in reference.npz
+EXTRA_PREFIX = "context/"
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,10 +37,25 @@ class LabelledData:
     y: np.ndarray
     labels: tuple[str, ...]
     source: str
+    #: further model inputs by name (a traced model's side vector), float32, one row per image; a
+    #: model with several inputs takes ``x`` first, then these in its own order (``context_names``)
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept any sequence of names but store a tuple, so the record stays hashable and frozen.
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "extra", dict(self.extra))
+        for name, value in self.extra.items():
+            if not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.ndim < 2:
+                raise DataError(
+                    f"LabelledData.extra[{name!r}] must be a float32 array of shape (N, ...); got {_describe(value)} "
+                    f"(source: {self.source})"
+                )
+            if len(value) != len(self.x):
+                raise DataError(
+                    f"LabelledData.extra[{name!r}] has {len(value)} rows for {len(self.x)} images; expected one "
+                    f"per image (source: {self.source})"
+                )
         x, y, labels = self.x, self.y, self.labels
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
             raise DataError(
@@ -96,11 +114,12 @@ class LabelledData:
                 raise DataError(f"subset() takes integer positions, a boolean mask or a slice; got {key.dtype} values")
         try:
             x, y = self.x[key], self.y[key]
+            extra = {name: value[key] for name, value in self.extra.items()}
         except IndexError as exc:
             raise DataError(f"subset() of a data set with {len(self)} samples failed: {exc}") from None
         if x.ndim != 4:  # a scalar index would drop the sample axis
             raise DataError("subset() needs a sequence of positions, not a single index")
-        return LabelledData(x=x, y=y, labels=self.labels, source=self.source)
+        return LabelledData(x=x, y=y, labels=self.labels, source=self.source, extra=extra)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
         """Shuffle once with ``seed`` and cut in two, e.g. to hold out a validation set.
@@ -134,7 +153,8 @@ class LabelledData:
         if not target.parent.is_dir():
             raise DataError(f"cannot write data set to {target}: directory {target.parent} does not exist")
         buffer = io.BytesIO()
-        np.savez(buffer, x=self.x, y=self.y, labels=np.array(self.labels, dtype=np.str_))
+        extra = {f"{EXTRA_PREFIX}{name}": value for name, value in self.extra.items()}
+        np.savez(buffer, x=self.x, y=self.y, labels=np.array(self.labels, dtype=np.str_), **extra)
         try:
             atomic_write_bytes(target, buffer.getvalue())
         except OSError as exc:

@@ -154,6 +154,19 @@ class Branchy(nn.Module):
         return self.b(y)
 
 
+class WithCond(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.inner = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)  # a data-dependent branch torch.export can trace: its body is a subgraph
+        y = torch.cond(y.sum() > 0, lambda t: self.inner(t), lambda t: -t, (y,))
+        return self.b(y)
+
+
 class Twice(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -178,12 +191,13 @@ SHAPE = {"input_shape": (2, 3, 32, 32)}
         (MobileNetV2(num_classes=7), ["features.3"], SHAPE, "outputs 7 classes but num_classes is 10"),
         (Branchy(), ["a"], {"input_shape": (2, 4)}, r"torch\.export cannot trace Branchy.*control flow"),
         (Twice(), ["shared"], {"input_shape": (2, 4)}, "module 'shared' runs more than once"),
+        (WithCond(), ["inner"], {"input_shape": (2, 4)}, "module 'inner' .* inside a data-dependent branch"),
     ],
 )
 def test_a_cut_that_cannot_be_made_is_a_clear_error(
     backbone: nn.Module, exits: list[str], options: dict[str, object], message: str
 ) -> None:
-    classes = 3 if isinstance(backbone, (Branchy, Twice)) else 10
+    classes = 3 if isinstance(backbone, (Branchy, Twice, WithCond)) else 10
     with pytest.raises(ModelError, match=message):
         attach_exits(backbone, exits=exits, num_classes=classes, adapter="generic", **options)
 
@@ -263,3 +277,27 @@ def test_a_batch_size_read_after_the_cut_is_derived_again_in_the_later_segment(t
         want = torch.softmax(model(x)[-1], dim=-1).numpy()
     got = Engine(tmp_path / "vit", threshold=1.01, cache_dir=None).run_batch(x.numpy())
     np.testing.assert_allclose(np.stack([r.probabilities for r in got]), want, atol=1e-5)
+
+
+def test_a_model_with_two_inputs_trains_on_images_and_their_side_inputs(tmp_path: Path) -> None:
+    """The label is the side vector's argmax, so only a model fed its second input can learn it."""
+    from edgeexit.compile import evaluate, train
+    from edgeexit.data import LabelledData, load_npz
+
+    rng = np.random.default_rng(0)
+    side = rng.normal(size=(96, 4)).astype(np.float32)
+    data = LabelledData(
+        x=rng.random((96, 1, 28, 28), dtype=np.float32), y=side.argmax(axis=1).astype(np.int64),
+        labels=("a", "b", "c", "d"), source="synthetic", extra={"metadata": side},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model("graph_two_inputs", num_classes=4)
+    report = train(model, data, epochs=40, batch_size=32, lr=1e-2, progress=False)
+    final = report.accuracy[-1].accuracy
+    assert final is not None
+    assert final >= 0.9
+    assert evaluate(model, data.subset(np.arange(10)))[-1].accuracy is not None
+    with pytest.raises(ModelError, match=r"takes the further input\(s\) \['metadata'\]"):
+        train(model, LabelledData(data.x, data.y, data.labels, "images alone"), epochs=1, progress=False)
+    data.save_npz(tmp_path / "two.npz")  # the side inputs travel with the images
+    np.testing.assert_array_equal(load_npz(tmp_path / "two.npz").subset(np.arange(3)).extra["metadata"], side[:3])

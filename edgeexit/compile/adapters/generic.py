@@ -277,6 +277,28 @@ class GraphExitModel(MultiExitModel):
         return tuple(_rows(e, batch) for e in self._examples)
 
 
+def _cut_in(backbone: nn.Module, root: fx.GraphModule, name: str) -> Cut:
+    """``find_cut``, saying why when ``name`` is a module of the backbone that the main graph never
+    runs: it is called inside a branch (``torch.cond``) or a loop body, or not at all."""
+    graph = root.graph
+    known = name in module_paths(graph) or any(node.name == name for node in graph.nodes)
+    if known or not _is_submodule(backbone, name):
+        return find_cut(graph, name)  # found, or not a module at all: its message lists the candidates
+    raise ModelError(
+        f"module {name!r} computes nothing in the traced graph's main path: it runs inside a data-dependent "
+        "branch (torch.cond) or a loop, or is never called; the graph cannot be cut in the middle of a branch, "
+        "so cut before or after it (`edgeexit cuts` lists the candidates)"
+    )
+
+
+def _is_submodule(backbone: nn.Module, name: str) -> bool:
+    try:
+        backbone.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _rows(example: torch.Tensor, batch: int) -> torch.Tensor:
     repeats = -(-batch // example.shape[0])
     return example.repeat(repeats, *(1,) * (example.dim() - 1))[:batch].clone()
@@ -311,7 +333,7 @@ class GenericAdapter:
         examples = _examples_for(request)
         root = trace(backbone, examples)
         names = [str(e) for e in request.exits]
-        cuts = [find_cut(root.graph, name) for name in names]
+        cuts = [_cut_in(backbone, root, name) for name in names]
         order = [c.position for c in cuts]
         if order != sorted(set(order)):
             raise ModelError(
