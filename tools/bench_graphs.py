@@ -170,9 +170,10 @@ def main() -> None:
         if args.train_samples > 0:
             from edgeexit.data import builtin_images
 
-            print(f"\ntrained on {args.train_samples} images of {builtin_images('test').source}, {args.epochs} epochs; "
-                  f"calibrated on {min(args.samples * 4, 5000)} held-out images (max drop 1 pt), evaluated on as many "
-                  "others, one sample at a time")  # fmt: skip
+            source = builtin_images("train").source
+            print(f"\ntrained on {args.train_samples} images of {source}, {args.epochs} epochs; calibrated on "
+                  f"{min(args.samples * 4, 5000)} held-out test images (max drop 1 pt), evaluated on as many others, "
+                  "one sample at a time")  # fmt: skip
             print("| model | training | full-depth accuracy | early-exit accuracy | drop (pt) | full ms | early ms | "
                   "speedup | exit rates |")  # fmt: skip
             print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

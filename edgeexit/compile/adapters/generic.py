@@ -78,10 +78,6 @@ def trace(backbone: nn.Module, examples: Sequence[torch.Tensor]) -> fx.GraphModu
     return module
 
 
-def _compute_nodes(graph: fx.Graph) -> list[fx.Node]:
-    return [n for n in graph.nodes if n.op in ("call_function", "call_method", "call_module")]
-
-
 def module_paths(graph: fx.Graph) -> list[str]:
     """Every module path that computed something, in the order its last node ran: what a cut can name."""
     last: dict[str, int] = {}
