@@ -43,7 +43,7 @@ def test_litert_runs_the_carried_tensors_as_onnx_runtime_does(name: str, tmp_pat
         litert = Engine(package, threshold=threshold, backend="tflite", cache_dir=None).run_batch(feed)
         for a, b in zip(onnx, litert, strict=True):
             assert a.exit == b.exit
-            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-3)  # XNNPACK vs MLAS
 
 
 def test_a_segment_the_converter_cannot_take_fails_the_export_cleanly(tmp_path: Path) -> None:
