@@ -17,6 +17,7 @@ from edgeexit.archive import unpack
 from edgeexit.errors import PackageError
 from edgeexit.fileio import atomic_write_text, sha256_file
 from edgeexit.manifest import MANIFEST_FILE, Manifest
+from edgeexit.signing import SIGNATURE_FILE, TrustedKeys, check_signature
 
 _EXPECTED = "expected a directory written by `edgeexit export` or a tar written by `edgeexit pack`"
 
@@ -45,14 +46,26 @@ class Package:
 
 
 def open_package(
-    path: str | os.PathLike[str], *, verify_hashes: bool = True, cache_dir: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    verify_hashes: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> Package:
     """Open a package directory, or a tar of one (unpacked into ``cache_dir``, default
-    ``edgeexit.archive.default_cache_dir()``, and reused while its manifest is unchanged)."""
+    ``edgeexit.archive.default_cache_dir()``, and reused while its manifest is unchanged).
+
+    ``trusted_keys``: refuse the package unless a trusted key signed its manifest
+    (``edgeexit.signing``), checked before the manifest is read. Not yet for a tar."""
     root = Path(path)
     if not root.exists():
         raise PackageError(f"package {root} does not exist; {_EXPECTED}")
     if root.is_file():
+        if trusted_keys is not None:
+            raise PackageError(
+                f"{root} is a packed package: signature checks on a tar are not supported yet; tar -xf it and "
+                "open the directory, whose manifest.sig is checked"
+            )
         unpacked = unpack(root, cache_dir=cache_dir, verify_hashes=verify_hashes)  # hashes checked there
         return Package(unpacked.root, unpacked.manifest, archive=root)
     if not root.is_dir():
@@ -61,9 +74,13 @@ def open_package(
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path} is missing; expected the manifest written by `edgeexit export`")
     try:
-        text = manifest_path.read_text(encoding="utf-8")
+        body = manifest_path.read_bytes()
+        text = body.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PackageError(f"cannot read {manifest_path} ({err}); expected a UTF-8 JSON manifest") from None
+    if trusted_keys is not None:  # before a byte of the manifest is believed
+        signature = root / SIGNATURE_FILE
+        check_signature(body, signature.read_bytes() if signature.is_file() else None, trusted_keys, f"package {root}")
     manifest = Manifest.from_json(text, source=str(manifest_path))
     if verify_hashes:
         verify_files(root, manifest)

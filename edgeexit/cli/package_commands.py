@@ -14,10 +14,51 @@ PackageArg = Annotated[
 ]
 
 
+TrustedKeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key",
+        help="A PEM Ed25519 public key (`edgeexit keygen`) whose signature this package must carry; repeat for "
+        "several (keys rotate). Given any, an unsigned package or one signed by another key is refused first.",
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     app.command()(verify)
     app.command()(inspect)
     app.command()(pack)
+    app.command()(keygen)
+    app.command()(sign)
+
+
+def keygen(
+    out: Annotated[Path, typer.Option(help="Private key file to write (PEM, mode 0600); the public key: OUT.pub.")],
+) -> None:
+    """Make an Ed25519 key pair for signing packages (`edgeexit sign`); devices trust the .pub file."""
+    from edgeexit.signing import generate_keypair
+
+    public = out.with_name(out.name + ".pub")
+    found = generate_keypair(out, public)
+    console.print(f"wrote {out} (private: keep it on the build machine) and {public} (key id {found})")
+
+
+def sign(
+    package: Annotated[Path, typer.Argument(help="Package directory to sign (after its last calibration).")],
+    key: Annotated[Path, typer.Option(help="PEM Ed25519 private key (`edgeexit keygen`).")],
+) -> None:
+    """Sign a package's manifest, which hashes every file: writes manifest.sig beside it.
+
+    Readers given trusted keys (`verify --trusted-key`, `Engine(..., trusted_keys=...)`) refuse an
+    unsigned package, one signed by another key, and one whose manifest changed after signing.
+    Calibrating rewrites the manifest: sign again after."""
+    from edgeexit.package import open_package, require_directory
+    from edgeexit.signing import sign_package
+
+    require_directory(package, "sign it")
+    open_package(package)  # sign only what verifies: every file against its hash
+    found = sign_package(package, key)
+    console.print(f"signed {package} with key {found}: {package / 'manifest.sig'}")
 
 
 def pack(
@@ -56,7 +97,7 @@ def pack(
         )
 
 
-def verify(package: PackageArg) -> None:
+def verify(package: PackageArg, trusted_key: TrustedKeyOpt = None) -> None:
     """Re-check a package: schema, version, file hashes, graph signatures and parity.
 
     Parity: the chained segments (and the monolithic graph) run on the stored reference input
@@ -70,8 +111,12 @@ def verify(package: PackageArg) -> None:
     from edgeexit.cli.render import parity_table
     from edgeexit.errors import PackageError
     from edgeexit.runtime.verify import verify_package
+    from edgeexit.signing import TrustedKeys
 
-    report = verify_package(package)
+    trusted = TrustedKeys.load(trusted_key) if trusted_key else None
+    report = verify_package(package, trusted_keys=trusted)
+    if trusted is not None:
+        console.print(f"signature: the manifest is signed by a trusted key ({', '.join(sorted(trusted.keys))})")
     console.print(parity_table(f"verify {package}: {report.files_checked} file hashes ok", report.checks))
     if report.tails_checked:
         console.print(

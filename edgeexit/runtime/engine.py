@@ -47,6 +47,7 @@ from edgeexit.runtime.sessions import default_cache_dir
 from edgeexit.runtime.settings import EngineSettings
 from edgeexit.runtime.validation import InputCheck
 from edgeexit.runtime.walk import Walk, Walker, context_rows
+from edgeexit.signing import TrustedKeys
 
 
 class Engine:
@@ -56,7 +57,8 @@ class Engine:
     ``--criterion`` and ``--threshold``). ``cache_dir=None`` disables the optimized-graph cache.
     ``backend`` (onnxruntime, tflite) and ``precision`` (fp32, int8) pick which build of the
     segments runs: the ONNX fp32 graphs, or one of the package's variants (``tflite/``,
-    ``int8/``), with that variant's own calibrated thresholds when it has them.
+    ``int8/``), with that variant's own calibrated thresholds when it has them. ``trusted_keys``
+    (``edgeexit.signing.TrustedKeys``): refuse a package no trusted key signed, before loading it.
     """
 
     def __init__(
@@ -69,13 +71,16 @@ class Engine:
         cache_dir: Path | str | None = "default",
         backend: str = "onnxruntime",
         precision: str = "fp32",
+        trusted_keys: TrustedKeys | None = None,
     ) -> None:
         if backend not in BACKENDS or precision not in PRECISIONS:
             raise UnknownNameError(
                 f"backend {backend!r} / precision {precision!r} is unknown; expected a backend in {BACKENDS} "
                 f"and a precision in {PRECISIONS}"
             )
-        self.package = package if isinstance(package, Package) else open_package(package)
+        if isinstance(package, Package) and trusted_keys is not None:
+            raise UsageError("trusted_keys check a package as it is opened; pass its path, not an opened Package")
+        self.package = package if isinstance(package, Package) else open_package(package, trusted_keys=trusted_keys)
         manifest = self.package.manifest
         self.manifest = manifest
         self.backend = backend

@@ -36,6 +36,7 @@ from edgeexit.package import Package, open_package
 from edgeexit.parity import ParityCheck, compare
 from edgeexit.repository import PARAM_BOUNDARY, PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, read_config
 from edgeexit.runtime.sessions import load_session
+from edgeexit.signing import TrustedKeys
 from edgeexit.transport.generated import model_config_pb2 as pb
 
 #: Where an int8 variant keeps its oracle outputs on the reference sample (see ``edgeexit.int8_schemes``).
@@ -65,8 +66,10 @@ class VerifyReport:
         return all(c.ok for c in self.checks)
 
 
-def verify_package(path: str | Path) -> VerifyReport:
-    package = open_package(path)  # schema, version, hashes
+def verify_package(path: str | Path, trusted_keys: TrustedKeys | None = None) -> VerifyReport:
+    """Schema, version, hashes (and, given ``trusted_keys``, the manifest's signature first), then
+    every graph's signature and parity against the stored reference outputs."""
+    package = open_package(path, trusted_keys=trusted_keys)
     manifest = package.manifest
     if manifest.reference is None:
         raise PackageError(f"{path}: the manifest has no reference sample to verify parity against")
