@@ -62,6 +62,14 @@ def serve(
     grace_s: Annotated[
         float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
     ] = 10.0,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="PEM Ed25519 public key (`edgeexit keygen`); given any (repeat for several), serve only packages "
+            "a trusted key signed (`edgeexit sign`), checked before any graph loads.",
+        ),
+    ] = None,
 ) -> None:
     """Serve tail models over KServe v2 gRPC with dynamic batching, health, TLS, tokens and metrics."""
     from edgeexit.server.app import MIB, ServerOptions, TailServer
@@ -90,6 +98,7 @@ def serve(
             metrics_port=metrics_port,
             max_message_bytes=int(max_message_mb * MIB),
             grace_s=grace_s,
+            trusted_keys=tuple(trusted_key or ()),
         )
         server = TailServer(sources, options).start()
         try:

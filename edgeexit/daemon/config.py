@@ -126,6 +126,7 @@ def parse_config(data: dict[str, Any], *, base: Path, source: Path | None = None
             threshold=table.optional_number("threshold", minimum=0.0),
             backend=table.choice("backend", "onnxruntime", BACKENDS),
             precision=table.choice("precision", "fp32", PRECISIONS),
+            trusted_keys=table.paths("trusted_keys"),
         ),
         max_batch=table.integer("max_batch", 64, minimum=1),
         grace_s=table.number("grace_s", 10.0, minimum=0.0),
@@ -323,6 +324,18 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise self.wrong(key, value, "a list of HOST:PORT strings")
         return tuple(v.strip() for v in value)
+
+    def paths(self, key: str) -> tuple[Path, ...]:
+        """A list of file paths (relative ones from the config file's directory); absent: none."""
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self.wrong(key, value, "a list of file paths")
+        found = [Path(v.strip()).expanduser() for v in value]
+        return tuple(p if p.is_absolute() else self.base / p for p in found)
 
     def path(self, key: str, *, required: bool = False) -> Path | None:
         value = self.optional_string(key)

@@ -138,8 +138,10 @@ class Engine:
     @classmethod
     def from_settings(cls, package: str | Path | Package, settings: EngineSettings) -> Engine:
         """The engine the CLI, ``device.toml`` and the benchmarks build: one record, one place."""
+        trusted = TrustedKeys.load(settings.trusted_keys) if settings.trusted_keys else None
         return cls(package, threads=settings.threads, criterion=settings.criterion, threshold=settings.threshold,
-                   cache_dir=settings.cache_dir, backend=settings.backend, precision=settings.precision)  # fmt: skip
+                   cache_dir=settings.cache_dir, backend=settings.backend, precision=settings.precision,
+                   trusted_keys=trusted)  # fmt: skip
 
     @property
     def num_exits(self) -> int:

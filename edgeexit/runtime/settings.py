@@ -18,7 +18,8 @@ class EngineSettings:
     exit's calibrated criterion or threshold (None: the manifest's). ``backend`` / ``precision``:
     which of the package's variants runs (``onnxruntime`` / ``tflite``; ``fp32`` / ``int8``).
     ``cache_dir``: where ONNX Runtime's optimized graphs are kept ("default": the user cache; None:
-    never cached)."""
+    never cached). ``trusted_keys``: PEM Ed25519 public keys; given any, a package no trusted key
+    signed is refused before it loads (``edgeexit.signing``)."""
 
     threads: int = 1
     criterion: str | None = None
@@ -26,3 +27,4 @@ class EngineSettings:
     backend: str = "onnxruntime"
     precision: str = "fp32"
     cache_dir: Path | str | None = "default"
+    trusted_keys: tuple[Path, ...] = ()

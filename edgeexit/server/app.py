@@ -34,6 +34,7 @@ from edgeexit.server.models import ModelSet, load_models
 from edgeexit.server.reflection import enable_reflection
 from edgeexit.server.service import SERVICE, InferenceService
 from edgeexit.server.tls import server_credentials
+from edgeexit.signing import TrustedKeys
 
 MIB = 1 << 20
 DEFAULT_LISTEN = "127.0.0.1:8001"
@@ -58,6 +59,7 @@ class ServerOptions:
     metrics_port: int | None = None  # given: Prometheus /metrics on the listen host (0: ephemeral)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 10.0
+    trusted_keys: tuple[Path, ...] = ()  # given: serve signed packages only (edgeexit.signing)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -107,6 +109,7 @@ class TailServer:
             threads=self.options.threads,
             max_batch_size=self.options.max_batch_size,
             max_queue_delay_us=self.options.max_queue_delay_us,
+            trusted_keys=TrustedKeys.load(self.options.trusted_keys) if self.options.trusted_keys else None,
         )
         self.metrics = ServerMetrics()
         self.port: int | None = None

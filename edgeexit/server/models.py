@@ -31,6 +31,7 @@ from edgeexit.manifest import MANIFEST_FILE
 from edgeexit.package import open_package
 from edgeexit.repository import PARAM_CODEC, PARAM_PACKAGE_ID, PLATFORM, RepositoryModel, scan_repository
 from edgeexit.runtime.sessions import load_session
+from edgeexit.signing import TrustedKeys
 from edgeexit.transport.generated import model_config_pb2 as pb
 
 TAILS_DIR = "tails"
@@ -138,12 +139,13 @@ class Source:
     listed: frozenset[str] | None = None  # a package's tails (hash-verified); None: a plain repository
 
 
-def source_of(path: Path) -> Source:
+def source_of(path: Path, trusted_keys: TrustedKeys | None = None) -> Source:
     """A package directory (it holds manifest.json) or a package tar (``edgeexit pack``; unpacked into
     the package cache) → its verified ``tails/``; any other directory as is."""
     path = Path(path)
     if path.is_file() or (path / MANIFEST_FILE).is_file():
-        package = open_package(path)  # verifies every hash, the tails' graphs and configs included
+        # verifies the signature (given trusted keys), then every hash, the tails' graphs and configs included
+        package = open_package(path, trusted_keys=trusted_keys)
         manifest = package.manifest
         tails = package.root / TAILS_DIR
         if not manifest.tails or not tails.is_dir():
@@ -156,6 +158,11 @@ def source_of(path: Path) -> Source:
         raise PackageError(
             f"{path} is not a directory; expected a package directory, a package tar (`edgeexit pack`) or a "
             "Triton model repository"
+        )
+    if trusted_keys is not None:
+        raise PackageError(
+            f"{path} is a plain model repository, which carries no signature; with trusted keys, serve signed "
+            "packages (`edgeexit sign`)"
         )
     return Source(path)
 
@@ -184,14 +191,16 @@ def load_models(
     threads: int = 1,
     max_batch_size: int | None = None,
     max_queue_delay_us: int | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> ModelSet:
-    """Load every model of every source; flags, when given, override each config's batching."""
+    """Load every model of every source; flags, when given, override each config's batching.
+    ``trusted_keys``: every source must be a package a trusted key signed."""
     if not sources:
         raise PackageError("no model repository or package given; expected at least one directory")
     models: list[TailModel] = []
     origin: dict[str, Path] = {}
     for path in sources:
-        source = source_of(Path(path))
+        source = source_of(Path(path), trusted_keys)
         root = source.root
         found = scan_repository(root)
         if not found:
