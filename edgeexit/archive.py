@@ -47,6 +47,10 @@ from typing import IO
 from edgeexit.errors import ArchiveError, PackageError
 from edgeexit.fileio import atomic_output, current_umask, sha256_file
 from edgeexit.manifest import MANIFEST_FILE, Manifest
+from edgeexit.signing import SIGNATURE_FILE, TrustedKeys, check_signature
+
+#: the largest manifest.sig a tar may hold (`edgeexit sign` writes about 200 bytes)
+MAX_SIGNATURE_BYTES = 64 * 1024
 
 #: Overrides where tars are unpacked (default ``$XDG_CACHE_HOME/edgeexit/packages``).
 CACHE_ENV = "EDGEEXIT_PACKAGE_CACHE"
@@ -126,8 +130,11 @@ def pack(
     listed = dict(manifest.files)
     for relative in listed:
         _check_listed_name(relative, str(manifest_path))
+    signature = source / SIGNATURE_FILE
     skipped = tuple(
-        relative for relative in _walk_files(source) if relative != MANIFEST_FILE and relative not in listed
+        relative
+        for relative in _walk_files(source)
+        if relative not in (MANIFEST_FILE, SIGNATURE_FILE) and relative not in listed
     )
     mtime = source_date_epoch()
     directories = sorted({str(parent) for relative in listed for parent in _parents(relative)})
@@ -137,6 +144,9 @@ def pack(
     with atomic_output(target) as stream, tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_info(name, None, mtime))
         tar.addfile(_info(f"{name}/{MANIFEST_FILE}", len(manifest_bytes), mtime), io.BytesIO(manifest_bytes))
+        if signature.is_file():  # `edgeexit sign`'s signature travels with the manifest it signs
+            signed = signature.read_bytes()
+            tar.addfile(_info(f"{name}/{SIGNATURE_FILE}", len(signed), mtime), io.BytesIO(signed))
         for relative, expected in entries:
             if expected is None:
                 tar.addfile(_info(f"{name}/{relative}", None, mtime))
@@ -217,6 +227,7 @@ class _Listing:
     manifest_bytes: bytes
     files: dict[str, tarfile.TarInfo]
     directories: frozenset[str]
+    signature: bytes | None = None  # manifest.sig, read from the tar (never from the cache)
 
 
 def _open_tar(archive: Path) -> tarfile.TarFile:
@@ -259,6 +270,7 @@ def _read_listing(tar: tarfile.TarFile, archive: Path) -> _Listing:
             continue
         relative[name.removeprefix(prefix)] = member
     manifest_member = relative.pop(MANIFEST_FILE)
+    signature = _signature(tar, relative.pop(SIGNATURE_FILE, None), archive)
     if not manifest_member.isreg():
         raise ArchiveError(f"{archive}: {prefix}{MANIFEST_FILE} is not a regular file")
     if manifest_member.size > MAX_MANIFEST_BYTES:
@@ -299,7 +311,18 @@ def _read_listing(tar: tarfile.TarFile, archive: Path) -> _Listing:
     clash = sorted(set(manifest.files) & needed_directories)
     if clash:
         raise ArchiveError(f"{archive}: the manifest lists {clash[0]!r} both as a file and as a directory")
-    return _Listing(manifest, manifest_bytes, files, frozenset(needed_directories))
+    return _Listing(manifest, manifest_bytes, files, frozenset(needed_directories), signature)
+
+
+def _signature(tar: tarfile.TarFile, member: tarfile.TarInfo | None, archive: Path) -> bytes | None:
+    """The tar's manifest.sig (``edgeexit sign``): outside the manifest's hashes, as in a directory."""
+    if member is None:
+        return None
+    if not member.isreg() or member.size > MAX_SIGNATURE_BYTES:
+        raise ArchiveError(f"{archive}: {member.name!r} is not a signature file of at most {MAX_SIGNATURE_BYTES} bytes")
+    stream = tar.extractfile(member)
+    assert stream is not None  # a regular file
+    return stream.read()
 
 
 def _member_name(member: tarfile.TarInfo, archive: Path) -> str:
@@ -405,7 +428,11 @@ def cache_key(manifest: Manifest, manifest_bytes: bytes) -> str:
 
 
 def unpack(
-    path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None, verify_hashes: bool = True
+    path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify_hashes: bool = True,
+    trusted_keys: TrustedKeys | None = None,
 ) -> Unpacked:
     """The tar's package as a complete, verified directory in the cache (extracted once, then reused).
 
@@ -413,11 +440,14 @@ def unpack(
     is written (see the module docstring). A new entry is extracted into a staging directory with
     every file's sha256 checked as it streams, then renamed into place. A cached entry is reused when
     its manifest is byte-identical to the tar's and (``verify_hashes``, the default) its files still
-    match their hashes; a damaged entry is replaced.
+    match their hashes; a damaged entry is replaced. ``trusted_keys``: the tar's own manifest.sig must
+    verify against one of them, before the cache is looked at.
     """
     archive = Path(path)
     with _open_tar(archive) as tar:
         listing = _read_listing(tar, archive)
+        if trusted_keys is not None:
+            check_signature(listing.manifest_bytes, listing.signature, trusted_keys, f"package tar {archive}")
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         entry = cache / cache_key(listing.manifest, listing.manifest_bytes)
         if _usable(entry, listing, verify_hashes):

@@ -56,17 +56,14 @@ def open_package(
     ``edgeexit.archive.default_cache_dir()``, and reused while its manifest is unchanged).
 
     ``trusted_keys``: refuse the package unless a trusted key signed its manifest
-    (``edgeexit.signing``), checked before the manifest is read. Not yet for a tar."""
+    (``edgeexit.signing``), checked before the manifest is read (a tar's own manifest.sig, before
+    its cache entry is looked at)."""
     root = Path(path)
     if not root.exists():
         raise PackageError(f"package {root} does not exist; {_EXPECTED}")
     if root.is_file():
-        if trusted_keys is not None:
-            raise PackageError(
-                f"{root} is a packed package: signature checks on a tar are not supported yet; tar -xf it and "
-                "open the directory, whose manifest.sig is checked"
-            )
-        unpacked = unpack(root, cache_dir=cache_dir, verify_hashes=verify_hashes)  # hashes checked there
+        # signature (given trusted keys) and hashes checked there
+        unpacked = unpack(root, cache_dir=cache_dir, verify_hashes=verify_hashes, trusted_keys=trusted_keys)
         return Package(unpacked.root, unpacked.manifest, archive=root)
     if not root.is_dir():
         raise PackageError(f"package {root} is neither a directory nor a file; {_EXPECTED}")

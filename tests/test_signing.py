@@ -97,7 +97,15 @@ def test_unsigned_and_foreign_packages_are_refused_before_loading(
         open_package(signed, trusted_keys=stranger)
     sign_package(signed, keys["stranger"])  # the Python API signs as the CLI does
     assert open_package(signed, trusted_keys=stranger).manifest.package_id
-    packed = tmp_path / "digits.tar"
+    packed = tmp_path / "digits.tar"  # the signature travels in the tar, beside the manifest it signs
     assert _cli("pack", str(signed), str(packed)).returncode == 0
-    with pytest.raises(PackageError, match="signature checks on a tar are not supported yet"):
-        open_package(packed, trusted_keys=stranger)
+    cache = tmp_path / "cache"
+    assert open_package(packed, trusted_keys=stranger, cache_dir=cache).manifest.package_id
+    builder = TrustedKeys.load([f"{keys['build']}.pub"])
+    with pytest.raises(PackageError, match=r"package tar .* which this reader does not trust"):
+        open_package(packed, trusted_keys=builder, cache_dir=cache)  # checked from the tar, not the cache entry
+    (signed / SIGNATURE_FILE).unlink()
+    unsigned = tmp_path / "unsigned.tar"
+    assert _cli("pack", str(signed), str(unsigned)).returncode == 0
+    with pytest.raises(PackageError, match="is not signed"):
+        open_package(unsigned, trusted_keys=stranger, cache_dir=cache)
