@@ -36,6 +36,7 @@ in memory: the package's manifest is not rewritten, and a reload serves its thre
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -137,7 +138,7 @@ class DeviceDaemon:
             event("listening", address=self.address, metrics_port=self._metrics_port)
             await stop.wait()
             event("draining", signal=stop_signal[0] if stop_signal else None, grace_s=self.config.grace_s)
-            await self._drain()
+            await self._drain(stop_signal[0] if stop_signal else "stopping")
         finally:
             if self._reloading is not None:
                 await asyncio.gather(self._reloading, return_exceptions=True)
@@ -188,19 +189,19 @@ class DeviceDaemon:
             self._metrics_port = self.metrics.start_http(self.config.metrics_port or 0)
         self._service.ready = True
 
-    async def _drain(self) -> None:
-        """Refuse new calls with UNAVAILABLE (a reason, not grpc's bare CANCELLED for calls that
-        arrive while it shuts down), let the running ones finish, then close the server."""
-        started = time.perf_counter()
+    async def _drain(self, reason: str) -> None:
+        """Refuse new calls with UNAVAILABLE and ``reason`` (edgeexit.kserve.drain: grpc's own shutdown
+        answers a call arriving while it runs with a bare CANCELLED), let the running ones finish and
+        wait for a quiet moment, then close the server."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace_s
         if self._service is not None:
             self._service.ready = False
-            self._service.draining = True
-            try:
-                await asyncio.wait_for(self._service.wait_idle(), timeout=self.config.grace_s)
-            except asyncio.TimeoutError:
-                event("drain_timeout", logging.WARNING, in_flight=self._service.in_flight)
+            self._service.drain.begin(reason)
+            if not await self._service.drain.settle(self.config.grace_s):
+                event("drain_timeout", logging.WARNING, in_flight=self._service.drain.in_flight)
         if self._server is not None:
-            await self._server.stop(max(self.config.grace_s - (time.perf_counter() - started), 0.0))
+            await self._server.stop(max(deadline - loop.time(), 0.0))
 
     # -- SIGHUP --------------------------------------------------------------------------------------------------
 
@@ -218,7 +219,10 @@ class DeviceDaemon:
         event("reloading", config=str(self.config_path))
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
-            fresh = await asyncio.to_thread(load_runtime, config, self._on_drift, self._on_recertified)
+            generation = self._current().generation + 1  # taken only once the runtime loaded
+            fresh = await asyncio.to_thread(
+                functools.partial(load_runtime, generation=generation), config, self._on_drift, self._on_recertified
+            )
         except Exception as err:  # a bad config or package: say why, keep serving the old one
             reason = str(err) if isinstance(err, EdgeExitError) else f"{type(err).__name__}: {err}"
             event("reload_failed", logging.ERROR, reason=reason, generation=self._current().generation)

@@ -22,7 +22,6 @@ asks for fewer tokens per call (``max_new_tokens``) and continues from the text 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,6 @@ from edgeexit.transport.generated import grpc_service_pb2 as pb
 PROMPT = "prompt"
 OUTPUTS = {"text": "BYTES", "tokens": "INT64"}
 DEFAULT_NEW_TOKENS = 64
-_generations = itertools.count(1)
 
 
 class GenerationRuntime:
@@ -50,9 +48,9 @@ class GenerationRuntime:
 
     kind = "decoder"
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, *, generation: int = 1) -> None:
         self.config = config
-        self.generation = next(_generations)
+        self.generation = generation
         self.engine = DecoderEngine(config.package, threads=config.threads)  # verifies every hash
         self.manifest: DecoderManifest = self.engine.manifest
         self.mode = "generate"

@@ -12,7 +12,6 @@ Engine), which watches the early answers' disagreement with full depth.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -33,14 +32,19 @@ from edgeexit.runtime.engine import Engine, Result
 DriftListener = Callable[[DriftReport, bool], None]
 
 log = logging.getLogger("edgeexit.daemon")
-_generations = itertools.count(1)
 
 
 class Runtime:
-    def __init__(self, config: DaemonConfig, on_drift: DriftListener | None = None,
-                 on_recertified: Callable[[Recertified], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: DaemonConfig,
+        on_drift: DriftListener | None = None,
+        on_recertified: Callable[[Recertified], None] | None = None,
+        *,
+        generation: int = 1,
+    ) -> None:
         self.config = config
-        self.generation = next(_generations)
+        self.generation = generation
         self.engine = Engine.from_settings(config.package, config.engine)  # verifies every hash
         self.device: DeviceRunner = _device_runner(self.engine, config)
         self.mode = self.device.mode
@@ -110,14 +114,17 @@ def load_runtime(
     config: DaemonConfig,
     on_drift: DriftListener | None = None,
     on_recertified: Callable[[Recertified], None] | None = None,
+    *,
+    generation: int = 1,
 ) -> Runtime | GenerationRuntime:
     """The Runtime for ``config``'s package: a classifier's (engine, offload, shadow) or, for a decoder
     package, text generation's (``edgeexit.daemon.generation``; ``[offload]`` and ``[shadow]`` do
-    not apply to it and are refused)."""
+    not apply to it and are refused). ``generation`` is the caller's to count: only a runtime that
+    loaded takes a number, so a failed reload leaves no gap."""
     from edgeexit.generation.package import is_decoder_package
 
     if not is_decoder_package(config.package):
-        return Runtime(config, on_drift, on_recertified)
+        return Runtime(config, on_drift, on_recertified, generation=generation)
     if config.engine.trusted_keys:
         raise ConfigError(
             f"trusted_keys are checked for classifier packages only so far; {config.package} is a decoder package"
@@ -125,7 +132,7 @@ def load_runtime(
     for table in ("offload", "shadow"):
         if getattr(config, table) is not None:
             raise ConfigError(f"[{table}] applies to classifier packages; {config.package} is a decoder package")
-    return GenerationRuntime(config)
+    return GenerationRuntime(config, generation=generation)
 
 
 def _shadow(config: DaemonConfig, manifest: Manifest, on_drift: DriftListener | None) -> ShadowSampler | None:

@@ -50,7 +50,7 @@ from edgeexit.errors import InputError, RequestError, UsageError
 from edgeexit.kserve.request import MessageLimit, parse_request, requested_outputs
 from edgeexit.kserve.response import add_output, set_parameter
 from edgeexit.kserve.service import SERVICE, KServeService
-from edgeexit.kserve.status import abort, failed_precondition, invalid, not_found, unavailable
+from edgeexit.kserve.status import abort, failed_precondition, invalid, not_found
 from edgeexit.runtime.engine import Result
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
@@ -82,6 +82,7 @@ class DeviceService(KServeService["Runtime"]):
     ``on_request(code_name, samples, seconds, results)`` is called once per ModelInfer."""
 
     SERVER_NAME = "edgeexit-device"
+    DRAIN_NAME = "the device daemon"
     EXTENSIONS = ("parameters",)
 
     def __init__(
@@ -95,14 +96,6 @@ class DeviceService(KServeService["Runtime"]):
         self.current = current
         self.limit = MessageLimit(max_message_bytes, "this device")
         self.on_request = on_request or (lambda code, n, s, r: None)
-        self.draining = False
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no ModelInfer is running (with ``draining`` set, none starts after)."""
-        await self._idle.wait()
 
     # -- the model as the wire sees it --------------------------------------------------------------------------
 
@@ -136,17 +129,15 @@ class DeviceService(KServeService["Runtime"]):
 
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         started = time.perf_counter()
-        if self.draining:
-            self.on_request(grpc.StatusCode.UNAVAILABLE.name, 0, 0.0, [])
-            await abort(context, unavailable("the device daemon is draining (SIGTERM); retry once it is back"))
-        self.in_flight += 1
-        self._idle.clear()
+        try:
+            self.drain.enter()
+        except RequestError as err:
+            self.on_request(err.code.name, 0, 0.0, [])
+            await abort(context, err)
         try:
             return await self._infer(data, context, started)
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.drain.leave()
 
     async def _infer(self, data: bytes, context: grpc.aio.ServicerContext, started: float) -> pb.ModelInferResponse:
         samples = 0

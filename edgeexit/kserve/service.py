@@ -20,6 +20,7 @@ import grpc
 
 from edgeexit import __version__
 from edgeexit.errors import RequestError
+from edgeexit.kserve.drain import Drain
 from edgeexit.kserve.status import abort
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
@@ -40,15 +41,20 @@ def unary(behaviour: Callable[..., Any], request: type, response: type) -> grpc.
 class KServeService(ABC, Generic[Model]):
     """The shared v2 calls over the models ``find_model`` resolves.
 
-    ``ready`` is False until the server listens and again once it drains; ``SERVER_NAME`` and
-    ``EXTENSIONS`` are what ServerMetadata reports."""
+    ``ready`` is False until the server listens and again once it drains; ``drain`` counts the
+    calls (``edgeexit.kserve.drain``: a subclass's ModelInfer enters and leaves it, the shared
+    calls mark their arrival); ``SERVER_NAME`` and ``EXTENSIONS`` are what ServerMetadata reports."""
 
     SERVER_NAME: ClassVar[str]
     #: The v2 protocol extensions the server implements beyond the core calls.
     EXTENSIONS: ClassVar[tuple[str, ...]]
 
+    #: How a refusal names this server: "the tail server is draining (SIGTERM) ...".
+    DRAIN_NAME: ClassVar[str] = "the server"
+
     def __init__(self) -> None:
         self.ready = False
+        self.drain = Drain(self.DRAIN_NAME)
 
     @abstractmethod
     def find_model(self, name: str, version: str) -> Model:
@@ -66,17 +72,20 @@ class KServeService(ABC, Generic[Model]):
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
+        self.drain.arrived()
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
+        self.drain.arrived()
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         """Not ready (rather than an error) for a model this server does not have, as Triton answers."""
+        self.drain.arrived()
         try:
             self.find_model(request.name, request.version)
         except RequestError:

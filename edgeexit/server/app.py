@@ -4,8 +4,10 @@ The server is ``grpc.aio`` on an event loop in a thread of its own, so the same 
 a CLI process, a test or an application with sync code: ``start()`` returns once the port is
 bound (``listen`` port 0 picks an ephemeral one, exposed as ``.port``) and ``stop(grace)``
 returns once it has drained. Draining, in order: readiness and grpc.health.v1 turn NOT_SERVING,
-new calls are refused (UNAVAILABLE), queued requests run at once without waiting for their
-batching delay, and calls still running after ``grace`` seconds are cancelled.
+new calls are refused with UNAVAILABLE and the reason while queued and running ones finish, the
+server waits for a quiet moment (``edgeexit.kserve.drain``: grpc's own shutdown would answer a call
+arriving then with a bare CANCELLED), and only then stops grpc; calls still running after
+``grace`` seconds are cancelled.
 
 Message sizes: a ModelInfer request larger than ``max_message_bytes`` is answered
 INVALID_ARGUMENT with the limit in the message. grpc's own receive limit sits above that
@@ -221,14 +223,25 @@ class TailServer:
         self._service.ready = True
 
     async def _stop(self, grace: float) -> None:
+        """The drain of the module docstring, within ``grace`` seconds in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+
+        def remaining() -> float:
+            return max(deadline - loop.time(), 0.0)
+
         if self._service is not None:
             self._service.ready = False
+            self._service.drain.begin("shutting down")
+        for batcher in self.batchers.values():
+            batcher.hurry()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        stopping = asyncio.ensure_future(self._server.stop(grace)) if self._server is not None else None
-        await asyncio.gather(*(batcher.close(timeout=grace) for batcher in self.batchers.values()))
-        if stopping is not None:
-            await stopping
+        if self._service is not None:  # running calls finish through the open batchers; new ones are told why
+            await self._service.drain.settle(remaining())
+        await asyncio.gather(*(batcher.close(timeout=remaining()) for batcher in self.batchers.values()))
+        if self._server is not None:  # idle by now unless grace ran out: grpc cancels what is left
+            await self._server.stop(remaining())
 
 
 async def _cancel_leftovers() -> None:

@@ -10,7 +10,8 @@ The queue is bounded in requests: at ``max_queue`` waiting requests the next one
 RESOURCE_EXHAUSTED at once, so an overloaded server sheds load instead of growing its memory
 and every client's latency. A request whose caller gave up (deadline, cancel) leaves the
 queue and is never computed. ``close`` stops taking requests and runs what is queued without
-waiting for the delay: graceful shutdown finishes in-flight requests promptly.
+waiting for the delay (``hurry`` does the latter alone, while the server drains): graceful shutdown
+finishes in-flight requests promptly.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        self._hurry = False  # draining: run what comes without waiting for company
         self._workers: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")
 
@@ -126,6 +128,12 @@ class Batcher:
                 self._depth_changed()
             raise
 
+    def hurry(self) -> None:
+        """From now on run every batch at once, without its batching delay (a draining server still
+        takes the requests of calls already running, and must not keep them waiting)."""
+        self._hurry = True
+        self._wake.set()
+
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests and run every queued one now; after ``timeout`` seconds, give up on
         what is left (its callers get UNAVAILABLE) instead of waiting on a stuck session run."""
@@ -161,7 +169,7 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             deadline = self._queue[0].enqueued + self.max_queue_delay_s
-            while not self._closing and self._queue and self._queued_samples() < self.max_batch_size:
+            while not (self._closing or self._hurry) and self._queue and self._queued_samples() < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

@@ -51,6 +51,7 @@ class InferenceService(KServeService[TailModel]):
 
     SERVER_NAME = "edgeexit"
     EXTENSIONS = ("model_configuration", "parameters")
+    DRAIN_NAME = "the tail server"
 
     def __init__(
         self, models: ModelSet, batchers: dict[str, Batcher], metrics: ServerMetrics, *, max_message_bytes: int
@@ -91,6 +92,18 @@ class InferenceService(KServeService[TailModel]):
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         labels = ("", "")
         arrived = time.perf_counter()
+        try:
+            self.drain.enter()
+        except RequestError as err:
+            self.metrics.request(*labels, err.code.name)
+            await abort(context, err)
+        try:
+            return await self._infer(data, context, arrived)
+        finally:
+            self.drain.leave()
+
+    async def _infer(self, data: bytes, context: grpc.aio.ServicerContext, arrived: float) -> pb.ModelInferResponse:
+        labels = ("", "")
         try:
             request = parse_request(data, self.limit)
             model = self.models.get(request.model_name, request.model_version)

@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +106,56 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
     assert "SIGTERM: draining" in stderr
     assert "edgeexit serve: stopped" in stderr
     assert "Traceback" not in stderr
+
+
+def test_sigterm_under_load_answers_every_call_or_refuses_it_with_the_reason(
+    serve: Callable[..., Served], tiny_repo: Path, wire, hidden: np.ndarray
+) -> None:
+    """32 closed-loop clients, each stopping at its first failure, and SIGTERM while they send: every
+    call is answered right or refused UNAVAILABLE (the server's "draining", or the transport's once the
+    port closed), never a bare CANCELLED a client cannot tell from its own cancel (grpc's own shutdown
+    cancels calls that reach it; edgeexit.kserve.drain waits until none is sent)."""
+    served = serve(str(tiny_repo), "--listen", "127.0.0.1:0", "--max-batch-size", "8", "--grace-s", "20")
+    name = wire.tail("fp32")
+    payload = wire.encode("fp32", hidden[:1])
+    expected = wire.reference(tiny_repo / name / "1" / "model.onnx", payload)
+    request = wire.request(name, payload)
+    lock = threading.Lock()
+    answers = threading.Condition(lock)
+    answered: list[np.ndarray] = []
+    failures: list[tuple[grpc.StatusCode, str]] = []
+
+    def client() -> None:
+        channel, stub = stub_for(served.port)
+        with channel:
+            while True:
+                try:
+                    response = stub.ModelInfer(request, timeout=60)
+                except grpc.RpcError as err:
+                    with lock:
+                        failures.append((err.code(), err.details() or ""))
+                    return
+                with answers:
+                    answered.append(wire.logits(response))
+                    answers.notify_all()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    with answers:
+        assert answers.wait_for(lambda: len(answered) >= 200 or failures, timeout=120)
+    served.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    code, stderr = served.finish()
+    assert code == 0, stderr
+    assert len(failures) == 32
+    for status, details in failures:
+        assert status == grpc.StatusCode.UNAVAILABLE, (status, details)
+    assert any("the tail server is draining" in details for _, details in failures)
+    for logits in answered:
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_serve_prints_the_models_and_checks_tokens(
