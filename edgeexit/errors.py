@@ -108,10 +108,11 @@ class RequestError(EdgeExitError):
     and ``message`` says what was expected, so validation, batching and the handlers agree on one
     mapping (docs/offload.md, "Status codes")."""
 
-    def __init__(self, code: Any, message: str) -> None:
+    def __init__(self, code: Any, message: str, *, trailing: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing = trailing  # trailing metadata for the client to read (e.g. the expected wait of a shed)
 
 
 # -- offloading ------------------------------------------------------------------------------------------------
@@ -152,6 +153,20 @@ class OffloadRejected(OffloadError):
         self.code = code
 
 
+class OffloadShed(OffloadRejected):
+    """The tail server is loaded beyond what the request's deadline allows and said so at once
+    (RESOURCE_EXHAUSTED: its queue is full, or its expected wait would pass the deadline) instead of
+    computing it late. Finish locally now and offload less for a while (the policies back off);
+    another server may have room. ``server_wait_ms`` is the wait the server expected (None: unsaid)."""
+
+    def __init__(
+        self, message: str, *, code: Any = None, server_wait_ms: float | None = None, attempts: int = 0,
+        bytes_sent: int = 0, transfer_ms: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__(message, code=code, attempts=attempts, bytes_sent=bytes_sent, transfer_ms=transfer_ms)
+        self.server_wait_ms = server_wait_ms
+
+
 __all__ = [
     "ArchiveError",
     "ConfigError",
@@ -163,6 +178,7 @@ __all__ = [
     "ModelError",
     "OffloadError",
     "OffloadRejected",
+    "OffloadShed",
     "OffloadTimeout",
     "PackageError",
     "ProfileError",

@@ -62,6 +62,13 @@ def serve(
     grace_s: Annotated[
         float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
     ] = 10.0,
+    shed: Annotated[
+        bool,
+        typer.Option(
+            help="Answer a request RESOURCE_EXHAUSTED at once (with the expected wait) when its gRPC deadline would "
+            "pass before its batch ends, so the device finishes it locally without waiting; --no-shed queues it.",
+        ),
+    ] = True,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -99,6 +106,7 @@ def serve(
             max_message_bytes=int(max_message_mb * MIB),
             grace_s=grace_s,
             trusted_keys=tuple(trusted_key or ()),
+            shed=shed,
         )
         server = TailServer(sources, options).start()
         try:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeexit.codecs import Codec, create_codec
 from edgeexit.device.tails import select_tail
-from edgeexit.errors import OffloadError, PackageError
+from edgeexit.errors import OffloadError, OffloadShed, PackageError
 from edgeexit.manifest import TailSpec
 from edgeexit.repository import CONFIG_FILE, DEFAULT_MAX_BATCH, read_config
 from edgeexit.runtime.engine import Engine, OffloadInfo, Pending, Result
@@ -105,7 +105,7 @@ def offload_or_resume(
         reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id, classes=classes)
         infos = [
             info(share, reply.transfer_ms, reply.attempts, server=reply.server, queue_ms=reply.queue_ms,
-                 compute_ms=reply.compute_ms, server_ms=reply.server_ms)
+                 compute_ms=reply.compute_ms, server_ms=reply.server_ms, server_wait_ms=reply.expected_wait_ms)
             for share in _shares(reply.bytes_sent, samples)
         ]  # fmt: skip
         results = engine.tail_results(pending, reply.logits)
@@ -119,7 +119,8 @@ def offload_or_resume(
         sent = getattr(err, "bytes_sent", 0)
         spent = getattr(err, "transfer_ms", 0.0)
         attempts = getattr(err, "attempts", 0)
-        infos = [info(share, spent, attempts, fallback=True, reason=reason) for share in _shares(sent, samples)]
+        shed = {"shed": True, "server_wait_ms": err.server_wait_ms} if isinstance(err, OffloadShed) else {}
+        infos = [info(share, spent, attempts, fallback=True, reason=reason, **shed) for share in _shares(sent, samples)]
     local = [engine.resume(pending)] if samples == 1 else engine.resume_batch(pending)
     return [dataclasses.replace(r, offload=i) for r, i in zip(local, infos, strict=True)]
 

@@ -275,7 +275,7 @@ class PolicyRunner:
         now = self._clock()
         policy = self.policy
         stamp = (estimator.version, policy.interval_key(estimator.request_interval_s, battery), battery,
-                 policy.latency_scale)  # fmt: skip
+                 policy.latency_scale, estimator.backing_off)  # fmt: skip
         cached = self._key_cache
         if cached is not None and cached[0] == stamp and now - cached[1] < KEY_REUSE_S:
             return cached[2]
@@ -351,6 +351,9 @@ class PolicyRunner:
             handling = max(0.0, server_ms - queue_ms - compute_ms)  # parsing, hand-offs, the reply
             delay = queue_ms + handling + extra
             self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=delay)
+            self.estimator.observe_server_wait(info.server_wait_ms)
+        elif info is not None and info.shed:  # answered at once: the server is full, back off
+            self.estimator.observe_shed(info.server_wait_ms)
         return results
 
     def _unmodelled_compute_ms(self, boundary: int, compute_ms: float | None, samples: int) -> float:
@@ -392,8 +395,9 @@ class PolicyRunner:
         if answered is None:
             log.debug("probe: no server answered within %.0f ms", budget * 1e3)
             return None
-        rtt = answered[1]
+        rtt = answered.rtt_s
         self.estimator.observe_probe(rtt)
+        self.estimator.observe_server_wait(answered.server_wait_ms)
         return rtt
 
     # ---------------------------------------------------------------- decisions

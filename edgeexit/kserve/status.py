@@ -38,5 +38,5 @@ def unavailable(message: str) -> RequestError:
 
 async def abort(context: grpc.aio.ServicerContext, error: RequestError) -> NoReturn:
     """End the call with ``error``'s code and message (``context.abort`` raises; this says so to type checkers)."""
-    await context.abort(error.code, error.message)
+    await context.abort(error.code, error.message, trailing_metadata=error.trailing)
     raise AssertionError("grpc's context.abort returned")  # pragma: no cover

@@ -13,7 +13,8 @@ Boundary -1 stands for "before segment 0" (every sample is there), which turns t
 into the whole-inference cost of a static plan.
 
 Offload cost (one sample, its share of nothing else): latency = RTT + bytes*8/bandwidth + the
-server's queue + the tail's compute. Device energy = radio energy for the upload (transmit power
+server's delay (``LinkEstimate.server_delay_ms``: the queue it reported or expects) + the tail's
+compute. Device energy = radio energy for the upload (transmit power
 ``tx_base_w + tx_w_per_mbps * Mbit/s`` over the upload time, plus the radio's tail energy after it)
 + the device's idle power over the whole wait (RTT, upload, server): the radio model is power on
 top of the idle baseline, and the device idles while the server works.
@@ -254,7 +255,7 @@ def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     assert size is not None
     bandwidth = max(link.bandwidth_bps, _EPS)
     upload_s = size * 8.0 / bandwidth
-    server_s = (link.server_queue_ms + compute_ms) / 1000.0
+    server_s = (link.server_delay_ms + compute_ms) / 1000.0
     wait_s = link.rtt_s + upload_s + server_s
     offload_gap_s = link.request_interval_s / max(costs.survival(k), _EPS)  # the plan's offloads, this far apart
     energy = costs.radio.transmit_j(upload_s, bandwidth, offload_gap_s) + costs.idle_w * wait_s

@@ -29,6 +29,11 @@ sample after a stale period is blended with a weight of at least ``1 - freshness
 entirely stale estimate is replaced by the new sample instead of being dragged by the prior.
 ``LinkEstimate.fresh`` tells a caller whether the numbers came from recent measurements.
 
+The server's load (``edgeexit.policy.load``): with ``load_feedback`` (the default) the estimator
+also keeps the server's reported expected wait (replies and probes) and a backoff after the server
+shed a request; ``LinkEstimate.server_wait_ms`` and ``backoff_s`` carry them to the policies.
+Without it they stay 0, as from a server that does not report them (Triton).
+
 Traffic: the estimator also keeps how often the device is asked for work (``observe_request``,
 ``LinkEstimate.request_interval_s``), as a geometric EWMA of the time per sample between requests.
 It is not a link property, but it decides what the radio costs: offloads that come back to back
@@ -47,6 +52,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgeexit.errors import UsageError
+from edgeexit.policy.load import ServerLoad
 
 #: a conservative default when nothing has been measured: a weak Wi-Fi / LTE uplink
 DEFAULT_PRIOR_BANDWIDTH_BPS = 5e6
@@ -71,7 +77,10 @@ class LinkEstimate:
     model: its queue, its handling of the request, and compute slower than the profile.
     ``request_interval_s`` is the device's time per sample between requests (``inf`` until two
     requests were seen): with the plan's offload rate it says how far apart offloads come, so how
-    much of the radio's tail each one pays.
+    much of the radio's tail each one pays. ``server_wait_ms`` is the wait the server itself expects
+    for the next request (``edgeexit.policy.load``; an offload is charged the larger of it and
+    ``server_queue_ms``, which measure the same delay, one looking ahead and one back), ``backoff_s``
+    how long this device still holds back after the server shed one of its requests (0: none).
     """
 
     bandwidth_bps: float
@@ -81,6 +90,13 @@ class LinkEstimate:
     server_queue_ms: float = 0.0
     fresh: bool = False
     request_interval_s: float = math.inf
+    server_wait_ms: float = 0.0
+    backoff_s: float = 0.0
+
+    @property
+    def server_delay_ms(self) -> float:
+        """What an offload meets at the server beyond the profiled compute (see the class docstring)."""
+        return max(self.server_queue_ms, self.server_wait_ms)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -161,6 +177,8 @@ class LinkEstimator:
         decay_half_life_s: float = 30.0,
         prior_bandwidth_bps: float = DEFAULT_PRIOR_BANDWIDTH_BPS,
         prior_rtt_s: float = DEFAULT_PRIOR_RTT_S,
+        load_feedback: bool = True,
+        seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if half_life_samples <= 0 or stale_after_s < 0 or decay_half_life_s <= 0:
@@ -180,6 +198,8 @@ class LinkEstimator:
         self.version = 0
         self._last_request: tuple[float, int] | None = None  # when the last request came, and its samples
         self._gaps = 0
+        #: the server's wait and this device's backoff (None: load feedback off; ``seed``: the backoff's draws)
+        self.load = ServerLoad(seed=seed, clock=clock) if load_feedback else None
 
     def observe_request(self, samples: int = 1) -> None:
         """A request of ``samples`` samples arrives (``PolicyRunner`` calls this for each): the time
@@ -205,6 +225,22 @@ class LinkEstimator:
         self._last = now
         self.version += 1
 
+    def observe_server_wait(self, wait_ms: float | None) -> None:
+        """The server's expected wait from a reply or a probe (None: it did not say)."""
+        if self.load is not None and wait_ms is not None:
+            self.load.observe_wait(wait_ms)
+            self.version += 1
+
+    def observe_shed(self, wait_ms: float | None = None) -> None:
+        """The server shed a request (``OffloadShed``): back off (``edgeexit.policy.load``)."""
+        if self.load is not None:
+            self.load.observe_shed(wait_ms)
+            self.version += 1
+
+    @property
+    def backing_off(self) -> bool:
+        return self.load is not None and self.load.backoff_s > 0
+
     def observe_transfer(
         self, nbytes: int, seconds: float, *, server_ms: float = 0.0, queue_ms: float | None = None
     ) -> bool:
@@ -219,6 +255,8 @@ class LinkEstimator:
         self.version += 1
         if queue_ms is not None:
             self._queue.update(max(queue_ms, 0.0), now)
+        if self.load is not None:
+            self.load.observe_delivered()
         if nbytes == 0:
             return False
         upload_s = seconds - server_ms / 1000.0 - self._rtt.current(now)  # below 0: noise, kept (module docstring)
@@ -243,4 +281,6 @@ class LinkEstimator:
             server_queue_ms=self._queue.current(now),
             fresh=fresh,
             request_interval_s=math.inf if self._log_interval is None else math.exp(self._log_interval),
+            server_wait_ms=0.0 if self.load is None else self.load.wait_ms,
+            backoff_s=0.0 if self.load is None else self.load.backoff_s,
         )

@@ -195,7 +195,8 @@ class PlanTable:
     def options(self, k: int, link: LinkEstimate, latency_scale: float = 1.0) -> list[Option]:
         """Every plan from boundary k with its expected totals on ``link``, latencies multiplied by
         ``latency_scale`` (a list shared with the next caller on the same estimate and scale: read
-        it, do not change it)."""
+        it, do not change it); only finishing locally while the link says to back off
+        (``LinkEstimate.backoff_s``: the server shed this device's work, ``edgeexit.policy.load``)."""
         if link is not self._link or latency_scale != self._scale:
             self._link, self._scale, self._options, self._offloads = link, latency_scale, {}, {}
         found_options = self._options.get(k)
@@ -203,7 +204,10 @@ class PlanTable:
             return found_options
         options = self._options[k] = []
         offloads = self._offloads
+        backing_off = link.backoff_s > 0  # the server shed this device's work: no offload for now
         for name, split, lat, energy, weight in self.rows(k):
+            if split is not None and backing_off:
+                continue
             if split is not None:
                 found = offloads.get(split)
                 if found is None:
@@ -234,8 +238,9 @@ def estimate_key(
 ) -> tuple[object, ...]:
     """The inputs of a decision besides its boundary, at the grain below which a policy treats them
     as equal: ``(battery, bandwidth step, RTT step, server delay step)`` (bandwidth within 5%, or by
-    ``upload_key`` when the largest tensor a package may send is known; RTT and delay within 0.25
-    ms; each step an int, so a caller can tell "one step away" from "far away"): the memo's key,
+    ``upload_key`` when the largest tensor a package may send is known; RTT within 0.25 ms, the
+    server's delay by ``delay_key``; each step an int, so a caller can tell "one step away" from "far
+    away"), and ``("backoff",)`` last while the link says to back off: the memo's key,
     and a caller's (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
     state = BatteryState.of(battery)
     if link is None:
@@ -244,7 +249,17 @@ def estimate_key(
         bandwidth = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
     else:
         bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
-    return (state, bandwidth, round(link.rtt_s * 4e3), round(link.server_queue_ms * 4.0))
+    key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), delay_key(link.server_delay_ms))
+    return (*key, ("backoff",)) if link.backoff_s > 0 else key
+
+
+def delay_key(delay_ms: float) -> int:
+    """The server's delay at the grain of ``upload_key``: 0.25 ms steps under 5 ms, 5% beyond. A loaded
+    server's expected wait (tens to hundreds of ms) moves by a few percent with every reply, and at
+    a fixed 0.25 ms grain each reply would be a new plan."""
+    if delay_ms < 5.0:
+        return round(delay_ms * 4.0)
+    return 20 + round(math.log(delay_ms / 5.0) / _BANDWIDTH_STEP)
 
 
 def upload_key(bandwidth_bps: float, largest_bytes: int) -> int:
@@ -314,6 +329,8 @@ class BestStaticPolicy(Policy):
         _, link = self._need(link)
         best, options, reason = self.plan(link, battery)
         here = best.split == boundary
+        if link.backoff_s > 0:
+            reason += f"; not offloading for {link.backoff_s:.2f} s more: the server shed this device's work"
         if best.split is not None and best.split < boundary:
             reason += f"; boundary {best.split} is already passed, so this sample finishes locally"
         elif not here:
@@ -350,6 +367,8 @@ class AdaptivePolicy(Policy):
             reason = f"continue, offloading later looks best: {reason}"
         if scale != 1.0:
             reason += f"; modelled latencies x{scale:.3f} (this device's measured / modelled)"
+        if link.backoff_s > 0:
+            reason += f"; not offloading for {link.backoff_s:.2f} s more: the server shed this device's work"
         return self._record(boundary, here, link, battery, reason, marked, best.name)
 
 

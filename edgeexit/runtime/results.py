@@ -117,7 +117,9 @@ class OffloadInfo:
     over attempts; ``batch`` samples shared the request), ``transfer_ms`` the wall time from the
     first attempt to the reply or the last failure, ``queue_ms`` / ``compute_ms`` / ``server_ms``
     (the request's whole time in the server) what the server reported (None when it did not say,
-    e.g. Triton).
+    e.g. Triton). ``shed``: the fallback is the server's "too loaded for this deadline"
+    (``OffloadShed``), answered at once; ``server_wait_ms`` the wait the server expected (from its
+    reply, or from the shed).
     """
 
     boundary: int
@@ -133,6 +135,8 @@ class OffloadInfo:
     attempts: int = 0
     fallback: bool = False
     reason: str | None = None
+    shed: bool = False
+    server_wait_ms: float | None = None
 
     @property
     def offloaded(self) -> bool:
@@ -157,6 +161,8 @@ class OffloadInfo:
             "server_ms": ms(self.server_ms),
             "batch": self.batch,
             "attempts": self.attempts,
+            "shed": self.shed,
+            "server_wait_ms": ms(self.server_wait_ms),
         }
 
 

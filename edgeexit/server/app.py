@@ -62,6 +62,7 @@ class ServerOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 10.0
     trusted_keys: tuple[Path, ...] = ()  # given: serve signed packages only (edgeexit.signing)
+    shed: bool = True  # answer RESOURCE_EXHAUSTED at once when the expected wait would pass a request's deadline
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -190,6 +191,8 @@ class TailServer:
                 instances=model.instances,
                 on_batch=self.metrics.batch,
                 on_depth=self.metrics.depth,
+                on_shed=self.metrics.shed_one,
+                shed_late=self.options.shed,
             )
             for model in self.models
         }

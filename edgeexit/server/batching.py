@@ -8,10 +8,16 @@ accepting requests while ONNX Runtime computes (it releases the GIL).
 
 The queue is bounded in requests: at ``max_queue`` waiting requests the next one is answered
 RESOURCE_EXHAUSTED at once, so an overloaded server sheds load instead of growing its memory
-and every client's latency. A request whose caller gave up (deadline, cancel) leaves the
-queue and is never computed. ``close`` stops taking requests and runs what is queued without
-waiting for the delay (``hurry`` does the latter alone, while the server drains): graceful shutdown
-finishes in-flight requests promptly.
+and every client's latency. It is also bounded in time: ``expected_wait_s`` is how long a request
+arriving now would wait for its batch to start (the full batches queued ahead of it, plus half of
+each batch running, times the recent time per batch, over the instances), and a request whose
+deadline would pass before its own batch ends (that wait plus one batch) is answered
+RESOURCE_EXHAUSTED at once with the expected wait, instead of being computed for a caller that
+will have given up: the caller finishes it locally without waiting (a device falls back), and
+the server spends its time on requests that can still make it. A request whose caller gave up
+(deadline, cancel) leaves the queue and is never computed. ``close`` stops taking requests and
+runs what is queued without waiting for the delay (``hurry`` does the latter alone, while the
+server drains): graceful shutdown finishes in-flight requests promptly.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import grpc
 import numpy as np
 
 from edgeexit.errors import RequestError
+from edgeexit.transport.wire import EXPECTED_WAIT_KEY
+
+#: Weight of the newest batch in the time per batch: a load change shows within a few batches.
+BATCH_TIME_ALPHA = 0.2
 
 #: One session run: a batch of inputs → outputs by name, every array batch-first.
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -76,6 +86,8 @@ class Batcher:
         instances: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[str, str, int], None] | None = None,
+        on_shed: Callable[[str, str, str], None] | None = None,
+        shed_late: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or instances < 1:
             raise ValueError("max_batch_size, max_queue and instances must be >= 1")
@@ -88,6 +100,10 @@ class Batcher:
         self.instances = instances
         self._on_batch = on_batch or (lambda stats: None)
         self._on_depth = on_depth or (lambda name, version, depth: None)
+        self._on_shed = on_shed or (lambda name, version, reason: None)
+        self.shed_late = shed_late  # answer at once a request its deadline would pass in the queue
+        self._batch_s: float | None = None  # EWMA of one batch's run; None until one ran
+        self._running = 0  # batches computing now
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -100,22 +116,45 @@ class Batcher:
         """Requests waiting for a batch (not those computing)."""
         return len(self._queue)
 
+    @property
+    def batch_s(self) -> float:
+        """Recent time of one batch's run (0 until one ran: nothing known, nothing predicted)."""
+        return self._batch_s or 0.0
+
+    @property
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for its batch to start: the full batches queued
+        ahead of it (it joins the last, partial one) and half of each running batch, at the recent time
+        per batch, shared by the instances (see the module docstring)."""
+        if self._batch_s is None:
+            return 0.0
+        ahead = self._queued_samples() // self.max_batch_size + 0.5 * self._running
+        return ahead * self._batch_s / self.instances
+
     def start(self) -> None:
         """Start the workers (call from the event loop that will submit)."""
         self._workers = [
             asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}") for i in range(self.instances)
         ]
 
-    async def submit(self, feeds: dict[str, np.ndarray], samples: int) -> BatchResult:
-        """Queue one validated request and wait for its share of a batch."""
+    async def submit(self, feeds: dict[str, np.ndarray], samples: int, time_left_s: float | None = None) -> BatchResult:
+        """Queue one validated request and wait for its share of a batch. ``time_left_s``: until the
+        caller's deadline (None: it set none); a request that cannot finish by then is shed."""
         if self._closing:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another server")
         if len(self._queue) >= self.max_queue:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model {self.name!r} has {len(self._queue)} requests queued, its limit (edgeexit serve "
-                "--max-queue); retry later or on another server",
+            self._on_shed(self.name, self.version, "queue_full")
+            raise self._shed(
+                f"model {self.name!r} has {len(self._queue)} requests queued, its limit (edgeexit serve --max-queue)"
             )
+        if self.shed_late and time_left_s is not None and self._batch_s is not None:
+            wait_s = self.expected_wait_s
+            if wait_s + self._batch_s > time_left_s:
+                self._on_shed(self.name, self.version, "deadline")
+                raise self._shed(
+                    f"model {self.name!r} would start this request in ~{wait_s * 1e3:.1f} ms and finish it in "
+                    f"~{(wait_s + self._batch_s) * 1e3:.1f} ms, after its deadline ({time_left_s * 1e3:.1f} ms left)"
+                )
         pending = _Pending(feeds, samples, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._depth_changed()
@@ -133,6 +172,15 @@ class Batcher:
         takes the requests of calls already running, and must not keep them waiting)."""
         self._hurry = True
         self._wake.set()
+
+    def _shed(self, why: str) -> RequestError:
+        wait_ms = self.expected_wait_s * 1e3
+        return RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{why}; expected wait {wait_ms:.1f} ms: shed at once so the caller can finish it elsewhere; retry "
+            "later or on another server",
+            trailing=((EXPECTED_WAIT_KEY, f"{wait_ms:.3f}"),),
+        )
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests and run every queued one now; after ``timeout`` seconds, give up on
@@ -195,6 +243,7 @@ class Batcher:
         return batch
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        self._running += 1
         try:
             outputs, started, compute_s = await loop.run_in_executor(
                 self._executor, self._compute, [p.feeds for p in batch]
@@ -211,6 +260,10 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             return
+        finally:
+            self._running -= 1
+        found = self._batch_s
+        self._batch_s = compute_s if found is None else found + BATCH_TIME_ALPHA * (compute_s - found)
         samples = sum(p.samples for p in batch)
         offset = 0
         for pending in batch:

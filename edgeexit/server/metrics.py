@@ -12,7 +12,11 @@ matched no loaded model is counted under ``model=""`` so clients cannot grow the
 - ``edgeexit_batch_size{model,version}``: samples per session run (a histogram);
 - ``edgeexit_queue_seconds{model,version}``: how long each request waited for its batch;
 - ``edgeexit_compute_seconds{model,version}``: how long each batch's session run took;
-- ``edgeexit_queue_depth{model,version}``: requests waiting now.
+- ``edgeexit_queue_depth{model,version}``: requests waiting now;
+- ``edgeexit_shed_total{model,version,reason}``: requests answered RESOURCE_EXHAUSTED at once,
+  ``reason`` ``deadline`` (the expected wait would pass the request's deadline) or ``queue_full``;
+- ``edgeexit_expected_wait_seconds{model,version}``: the wait a request arriving now would meet
+  (``Batcher.expected_wait_s``), as of the last request.
 """
 
 from __future__ import annotations
@@ -58,6 +62,18 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "edgeexit_queue_depth", "Requests waiting for a batch.", labels, registry=self.registry
         )
+        self.shed = Counter(
+            "edgeexit_shed",
+            "Requests answered RESOURCE_EXHAUSTED at once: a full queue, or a wait past their deadline.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.expected_wait = Gauge(
+            "edgeexit_expected_wait_seconds",
+            "The wait a request arriving now would meet before its batch runs.",
+            labels,
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,6 +90,12 @@ class ServerMetrics:
 
     def depth(self, model: str, version: str, depth: int) -> None:
         self.queue_depth.labels(model, version).set(depth)
+
+    def shed_one(self, model: str, version: str, reason: str) -> None:
+        self.shed.labels(model, version, reason).inc()
+
+    def wait(self, model: str, version: str, wait_s: float) -> None:
+        self.expected_wait.labels(model, version).set(wait_s)
 
     def start_http(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (0: an ephemeral port) in a daemon thread; return the port."""

@@ -6,7 +6,8 @@ costs more than the caller agreed to wait. Addresses are taken round-robin (the 
 without any coordination), and each has a circuit breaker so a dead server is skipped at once
 instead of costing a deadline per request. Anything that goes wrong, including a reply that does
 not decode, surfaces as one ``OffloadError``: the device layer catches it and finishes locally.
-Its class says what happened (``OffloadTimeout``, ``ServerUnavailable``, ``OffloadRejected``; a
+Its class says what happened (``OffloadTimeout``, ``ServerUnavailable``, ``OffloadRejected``,
+``OffloadShed`` for a server too loaded for the deadline, which does not count on its breaker; a
 reply that does not decode is a plain ``OffloadError``).
 
 Each call goes through a ``Transport`` (``edgeexit.transport.rpc``): the real gRPC call by
@@ -21,13 +22,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
 
 from edgeexit.codecs import Encoded
-from edgeexit.errors import OffloadError, OffloadRejected, OffloadTimeout, ServerUnavailable, UsageError
+from edgeexit.errors import (
+    OffloadError,
+    OffloadRejected,
+    OffloadShed,
+    OffloadTimeout,
+    ServerUnavailable,
+    UsageError,
+)
 from edgeexit.transport.breaker import CircuitBreaker, State
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
 from edgeexit.transport.rpc import GrpcTransport, Transport
@@ -46,11 +54,21 @@ KEEPALIVE_TIMEOUT_S = 10.0
 MAX_RECONNECT_BACKOFF_S = 2.0
 
 
+class Probe(NamedTuple):
+    """A ServerLive round trip that was answered: by whom, how long it took, and the server's
+    expected wait in ms (None where the server does not say, e.g. Triton)."""
+
+    address: str
+    rtt_s: float
+    server_wait_ms: float | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class TailReply:
     """A tail's answer: ``logits`` ``(N, classes)`` from ``server``; ``bytes_sent`` counts the request
     bytes of every attempt, ``transfer_ms`` the wall time from the first attempt to the reply;
-    ``queue_ms`` / ``compute_ms`` / ``server_ms`` what the server reported (``wire.TailAnswer``)."""
+    ``queue_ms`` / ``compute_ms`` / ``server_ms`` / ``expected_wait_ms`` what the server reported
+    (``wire.TailAnswer``)."""
 
     logits: np.ndarray
     server: str
@@ -60,6 +78,7 @@ class TailReply:
     compute_ms: float | None
     attempts: int
     server_ms: float | None = None
+    expected_wait_ms: float | None = None
 
 
 class TailClient:
@@ -160,6 +179,9 @@ class TailClient:
                     self._stub(address), request, timeout_s=remaining, metadata=self._metadata
                 )
                 answer = parse_reply(reply, samples=samples, classes=classes)
+            except OffloadShed as err:  # alive but full: not the breaker's business (the policies back off)
+                failures.append(_Failure(f"{address}: {err}", OffloadShed, err.code, err.server_wait_ms))
+                continue
             except OffloadError as err:
                 breaker.record_failure()
                 failures.append(_Failure(f"{address}: {err}", type(err), getattr(err, "code", None)))
@@ -178,6 +200,7 @@ class TailClient:
                 compute_ms=answer.compute_ms,
                 attempts=attempts,
                 server_ms=answer.server_ms,
+                expected_wait_ms=answer.expected_wait_ms,
             )
         message = f"offload of {samples} sample(s) to {model} failed: " + "; ".join(
             [f.text for f in failures] or ["no server address"]
@@ -188,27 +211,30 @@ class TailClient:
             "transfer_ms": (self._clock() - started) * 1e3,
         }
         kind, code = _failure(failures)
+        if kind is OffloadShed:
+            waits = [f.server_wait_ms for f in failures if f.server_wait_ms is not None]
+            raise OffloadShed(message, code=code, server_wait_ms=min(waits, default=None), **cost)
         if kind is OffloadRejected:
             raise OffloadRejected(message, code=code, **cost)
         raise kind(message, **cost)
 
-    def live(self, timeout_s: float) -> tuple[str, float] | None:
-        """One ServerLive round trip to the next address the breakers allow: (address, RTT in
-        seconds), or None when none answered. A light probe for link estimates: it goes through the
-        transport like an offload (an emulated link delays it too), and a failure counts on that
-        address's breaker as a failed offload would."""
+    def live(self, timeout_s: float) -> Probe | None:
+        """One ServerLive round trip to the next address the breakers allow: a ``Probe`` (address, RTT
+        in seconds, the server's expected wait), or None when none answered. A light probe for link
+        estimates: it goes through the transport like an offload (an emulated link delays it too),
+        and a failure counts on that address's breaker as a failed offload would."""
         for address in self._order():
             breaker = self.breakers[address]
             if not breaker.allow():
                 continue
             started = self._clock()
             try:
-                self.transport.server_live(self._stub(address), timeout_s=timeout_s, metadata=self._metadata)
+                wait_ms = self.transport.server_live(self._stub(address), timeout_s=timeout_s, metadata=self._metadata)
             except (grpc.RpcError, OffloadError):
                 breaker.record_failure()
                 continue
             breaker.record_success()
-            return address, self._clock() - started
+            return Probe(address, self._clock() - started, wait_ms)
         return None
 
     def _order(self) -> list[str]:
@@ -291,14 +317,15 @@ class _Failure:
     text: str
     kind: type[OffloadError]
     code: Any = None
+    server_wait_ms: float | None = None
 
 
 def _failure(failures: Sequence[_Failure]) -> tuple[type[OffloadError], Any]:
     """The class (and status code) of a failed ``infer``, from its attempts' failures: what says the
-    most about the request wins. A server's answer (rejected, then a reply that does not decode)
-    over silence (no reply in time, or the deadline spent before trying) over absence (refused,
-    down, circuit open): with one server slow and the other down, waiting longer may work."""
-    for kind in (OffloadRejected, OffloadError, OffloadTimeout):
+    most about the request wins. A server's answer (rejected, then too loaded, then a reply that does
+    not decode) over silence (no reply in time, or the deadline spent before trying) over absence
+    (refused, down, circuit open): with one server slow and the other down, waiting longer may work."""
+    for kind in (OffloadRejected, OffloadShed, OffloadError, OffloadTimeout):
         found = [f for f in failures if f.kind is kind]
         if found:
             return kind, found[-1].code

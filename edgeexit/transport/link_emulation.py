@@ -256,14 +256,16 @@ class EmulatedLink:
             self.sleep(download)
         return reply
 
-    def server_live(self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata) -> None:
+    def server_live(
+        self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata
+    ) -> float | None:
         """A liveness probe over the link: its (tiny) request queues and travels like any other."""
         transfer = self.transmit(pb.ServerLiveRequest().ByteSize())
         if transfer.lost or transfer.delay_s >= timeout_s:
             self.sleep(timeout_s)
             raise OffloadTimeout("the probe was lost or slower than its deadline on the emulated link")
         self.sleep(transfer.delay_s)
-        self.inner.server_live(stub, timeout_s=timeout_s, metadata=metadata)
+        return self.inner.server_live(stub, timeout_s=timeout_s, metadata=metadata)
 
     def reset(self) -> None:
         """Back to an idle link and the start of the seeded stream."""

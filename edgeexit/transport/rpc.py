@@ -15,9 +15,10 @@ from typing import Protocol
 
 import grpc
 
-from edgeexit.errors import OffloadError, OffloadRejected, OffloadTimeout, ServerUnavailable
+from edgeexit.errors import OffloadError, OffloadRejected, OffloadShed, OffloadTimeout, ServerUnavailable
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
+from edgeexit.transport.wire import expected_wait_ms
 
 #: gRPC call metadata (``authorization`` for a bearer token), or None.
 Metadata = Sequence[tuple[str, str]] | None
@@ -28,7 +29,9 @@ class Transport(Protocol):
 
     A failure raises an ``OffloadError``: ``OffloadTimeout`` when no reply came in time,
     ``ServerUnavailable`` when the server could not be reached, ``OffloadRejected`` (with the
-    status ``code``) when it answered with an error."""
+    status ``code``) when it answered with an error, ``OffloadShed`` when it answered it is too
+    loaded for the deadline. ``server_live`` returns the server's expected wait in ms when it says
+    (``wire.EXPECTED_WAIT_KEY``), else None."""
 
     def model_infer(
         self,
@@ -39,7 +42,9 @@ class Transport(Protocol):
         metadata: Metadata,
     ) -> pb.ModelInferResponse: ...
 
-    def server_live(self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata) -> None: ...
+    def server_live(
+        self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata
+    ) -> float | None: ...
 
 
 class GrpcTransport:
@@ -58,11 +63,14 @@ class GrpcTransport:
         except grpc.RpcError as err:
             raise offload_error(err, timeout_s) from None
 
-    def server_live(self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata) -> None:
+    def server_live(
+        self, stub: pb_grpc.GRPCInferenceServiceStub, *, timeout_s: float, metadata: Metadata
+    ) -> float | None:
         try:
-            stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout_s, metadata=metadata)
+            _, call = stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as err:
             raise offload_error(err, timeout_s) from None
+        return expected_wait_ms(call.trailing_metadata())
 
     def __repr__(self) -> str:
         return "GrpcTransport()"
@@ -79,6 +87,9 @@ def offload_error(err: grpc.RpcError, timeout_s: float) -> OffloadError:
     message = f"{name}: {details}{_HINTS.get(name, '')}"
     if name == "UNAVAILABLE":
         return ServerUnavailable(message)
+    if name == "RESOURCE_EXHAUSTED":  # the server is full for this deadline (a full queue, a wait past it)
+        trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+        return OffloadShed(message, code=code, server_wait_ms=expected_wait_ms(trailing))
     return OffloadRejected(message, code=code)
 
 

@@ -15,6 +15,8 @@ tensors adds ``hidden_1``, ``hidden_2``, ... (and ``scale_j`` / ``zero_point_j``
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,18 +43,26 @@ PARAM_ZERO_POINT = "zero_point"
 PARAM_QUEUE_MS = "queue_ms"
 PARAM_COMPUTE_MS = "compute_ms"
 PARAM_SERVER_MS = "server_ms"
+#: The server's expected wait for the next request of this model as the reply left (edgeexit serve
+#: only; Triton does not say): what a device adds to its next offload's cost.
+PARAM_EXPECTED_WAIT_MS = "expected_wait_ms"
+#: The same number as trailing metadata (a decimal string, ms), where a call has no parameters: a
+#: ServerLive probe (the largest over the server's models) and a shed request's RESOURCE_EXHAUSTED.
+EXPECTED_WAIT_KEY = "edgeexit-expected-wait-ms"
 
 
 @dataclass(frozen=True, eq=False)
 class TailAnswer:
     """A decoded tail reply: the final logits ``(N, classes)`` float32 and the server's own timings
     (None where it did not report them): ``server_ms`` is the whole time the request spent in the
-    server (parsing, queue, compute, reply), of which ``queue_ms`` and ``compute_ms`` are parts."""
+    server (parsing, queue, compute, reply), of which ``queue_ms`` and ``compute_ms`` are parts;
+    ``expected_wait_ms`` the wait the server expected for the next request as it replied."""
 
     logits: np.ndarray
     queue_ms: float | None
     compute_ms: float | None
     server_ms: float | None = None
+    expected_wait_ms: float | None = None
 
 
 SIDE_INPUTS = ("parameters", "tensors")
@@ -162,8 +172,25 @@ def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | No
     if not np.isfinite(logits).all():
         raise OffloadError(f"the reply's {tensor.name!r} holds NaN or infinite values; expected finite logits")
     return TailAnswer(
-        logits, _double(reply, PARAM_QUEUE_MS), _double(reply, PARAM_COMPUTE_MS), _double(reply, PARAM_SERVER_MS)
+        logits,
+        _double(reply, PARAM_QUEUE_MS),
+        _double(reply, PARAM_COMPUTE_MS),
+        _double(reply, PARAM_SERVER_MS),
+        _double(reply, PARAM_EXPECTED_WAIT_MS),
     )
+
+
+def expected_wait_ms(trailing: Sequence[tuple[str, str | bytes]] | None) -> float | None:
+    """``EXPECTED_WAIT_KEY`` from a call's trailing metadata: ms, or None when absent or not a finite
+    number >= 0 (another server's metadata is not trusted to be ours)."""
+    for key, value in trailing or ():
+        if key == EXPECTED_WAIT_KEY:
+            try:
+                found = float(value)
+            except (TypeError, ValueError):
+                return None
+            return found if math.isfinite(found) and found >= 0 else None
+    return None
 
 
 def _double(reply: pb.ModelInferResponse, name: str) -> float | None:

@@ -314,3 +314,45 @@ def test_an_estimate_that_jitters_within_a_grain_keeps_its_plan(engine: Engine, 
         link.observe_probe(1.5)  # half a second more: many grains away
     runner.run(digits.x[20])
     assert len(calls) > planned
+
+
+def test_a_server_that_sheds_makes_the_load_aware_runner_back_off(
+    engine: Engine, digits, local_answers, costs: DeviceCosts, digits_package: Path
+) -> None:
+    """The tail server takes 0.3 s per batch and the device's deadline is 0.1 s: the first offload
+    times out (the server did not know its batch time yet), the next is shed at once (OffloadShed),
+    and the runner then backs off: its next samples are decided local, saying why. Without load
+    feedback the runner keeps sending into the shedding server. No answer is lost either way."""
+    import time
+
+    from edgeexit.server import ServerOptions, TailServer
+
+    with TailServer([digits_package], ServerOptions(listen="127.0.0.1:0")) as running:
+        for batcher in running.batchers.values():
+            run = batcher.run
+
+            def slow(feeds, run=run):  # at least 0.3 s per batch: a server far over its capacity
+                time.sleep(0.3)
+                return run(feeds)
+
+            batcher.run = slow
+        address = f"127.0.0.1:{running.port}"
+        found = {}
+        for feedback in (True, False):
+            link = LinkEstimator(load_feedback=feedback, seed=0, prior_bandwidth_bps=1e9, prior_rtt_s=1e-4)
+            with _client(address, timeout_s=0.1, failures_to_open=50) as client:
+                runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=link)
+                found[feedback] = [runner.run(x) for x in digits.x[:12]]
+            _correct(found[feedback], local_answers)
+    sent = [r for r in found[True] if r.offload is not None]
+    shed = [i for i, r in enumerate(found[True]) if r.offload is not None and r.offload.shed]
+    assert shed, [r.offload for r in sent]
+    first = shed[0]
+    assert found[True][first].offload.fallback
+    assert found[True][first].offload.server_wait_ms is not None
+    after = found[True][first + 1]
+    assert after.offload is None  # backing off: not even tried
+    assert "the server shed" in after.decisions[0].reason
+    deaf = [r for r in found[False] if r.offload is not None]
+    assert len(deaf) > len(sent)  # without feedback it kept trying
+    assert sum(r.offload.shed for r in deaf) >= len(deaf) - 4  # and was shed (after the first, unknown, batches)

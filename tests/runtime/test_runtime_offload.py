@@ -325,6 +325,8 @@ def test_offload_fields_in_json(mixed: Engine, digits) -> None:
         "server_ms": None,
         "batch": 1,
         "attempts": 1,
+        "shed": False,
+        "server_wait_ms": None,
     }
 
 

@@ -1,0 +1,154 @@
+"""The server's load on the wire: every reply and probe says the expected wait, and a request its
+deadline would miss is answered RESOURCE_EXHAUSTED at once instead of computed late.
+
+Determinism without wall-clock assertions: the model's run is wrapped to take at least SLOW_S, so the
+server's recent time per batch is at least that, and a deadline shorter than it is a certain miss.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pytest
+
+from edgeexit.codecs import create_codec
+from edgeexit.errors import OffloadShed
+from edgeexit.server import TailServer
+from edgeexit.transport.client import TailClient
+from edgeexit.transport.generated import grpc_service_pb2 as pb
+from edgeexit.transport.wire import EXPECTED_WAIT_KEY, expected_wait_ms
+
+SLOW_S = 0.3
+
+
+def slowed(server: TailServer, key: str) -> list[int]:
+    """Make ``key``'s session runs take at least SLOW_S; returns a list that counts them."""
+    batcher = server.batchers[key]
+    run = batcher.run
+    runs: list[int] = []
+
+    def slow(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(SLOW_S)
+        runs.append(len(next(iter(feeds.values()))))
+        return run(feeds)
+
+    batcher.run = slow
+    return runs
+
+
+def test_replies_and_probes_say_the_expected_wait(
+    start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
+) -> None:
+    server = start_server(max_batch_size=1, max_queue_delay_us=0)
+    name = wire.tail("fp32")
+    client = connect(server)
+    response = client.stub.ModelInfer(wire.request(name, wire.encode("fp32", hidden[:1])), timeout=30)
+    assert response.parameters["expected_wait_ms"].double_param >= 0.0
+    _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
+    assert expected_wait_ms(call.trailing_metadata()) is not None
+    labels = {"model": name, "version": "1"}
+    assert server.metrics.registry.get_sample_value("edgeexit_expected_wait_seconds", labels) is not None
+
+
+def test_the_expected_wait_is_the_queue_times_the_recent_batch(
+    start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
+) -> None:
+    server = start_server(max_batch_size=1, max_queue_delay_us=0)
+    name = wire.tail("fp32")
+    batcher = server.batchers[f"{name}/1"]
+    runs = slowed(server, f"{name}/1")
+    client = connect(server)
+    request = wire.request(name, wire.encode("fp32", hidden[:1]))
+    client.stub.ModelInfer(request, timeout=30)
+    per_batch = batcher.batch_s
+    assert per_batch >= SLOW_S
+    assert batcher.expected_wait_s == 0.0  # idle: nothing ahead
+    entered, release = threading.Event(), threading.Event()
+    run = batcher.run
+
+    def held(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entered.set()
+        release.wait(timeout=60)
+        return run(feeds)
+
+    batcher.run = held
+    try:
+        futures = [client.stub.ModelInfer.future(request, timeout=30) for _ in range(6)]
+        assert entered.wait(20)  # one request runs (and is held); five queue behind it
+        wire.wait_until(lambda: batcher.depth == 5, what="five requests queued behind the running batch")
+        assert batcher.expected_wait_s == pytest.approx(5.5 * per_batch)  # 5 full batches and half of the running one
+        _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
+        assert expected_wait_ms(call.trailing_metadata()) == pytest.approx(5.5 * per_batch * 1e3, abs=1e-3)
+    finally:
+        release.set()
+    for future in futures:
+        assert future.result().outputs[0].name == "logits"
+    assert sum(runs) == 7
+
+
+def test_a_request_its_deadline_would_miss_is_shed_at_once_with_the_wait(
+    start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
+) -> None:
+    server = start_server(max_batch_size=1, max_queue_delay_us=0)
+    name = wire.tail("fp32")
+    runs = slowed(server, f"{name}/1")
+    client = connect(server)
+    request = wire.request(name, wire.encode("fp32", hidden[:1]))
+    client.stub.ModelInfer(request, timeout=30)  # the server learns a batch takes >= SLOW_S
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stub.ModelInfer(request, timeout=SLOW_S / 3)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's answer, not the client's deadline
+    assert "after its deadline" in error.details()
+    assert "expected wait" in error.details()
+    assert expected_wait_ms(error.trailing_metadata()) == 0.0  # idle, but one batch is already too long
+    assert runs == [1]  # never computed
+    registry = server.metrics.registry
+    labels = {"model": name, "version": "1"}
+    assert registry.get_sample_value("edgeexit_shed_total", {**labels, "reason": "deadline"}) == 1
+    assert registry.get_sample_value("edgeexit_requests_total", {**labels, "code": "RESOURCE_EXHAUSTED"}) == 1
+    assert client.stub.ModelInfer(request, timeout=30).outputs[0].name == "logits"  # time enough: served
+
+
+def test_without_shedding_the_request_queues_until_its_deadline(
+    start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
+) -> None:
+    server = start_server(max_batch_size=1, max_queue_delay_us=0, shed=False)
+    name = wire.tail("fp32")
+    slowed(server, f"{name}/1")
+    client = connect(server)
+    request = wire.request(name, wire.encode("fp32", hidden[:1]))
+    client.stub.ModelInfer(request, timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stub.ModelInfer(request, timeout=SLOW_S / 3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    labels = {"model": name, "version": "1", "reason": "deadline"}
+    assert server.metrics.registry.get_sample_value("edgeexit_shed_total", labels) in (None, 0)
+
+
+def test_the_device_client_reads_a_shed_and_keeps_its_breaker_closed(
+    start_server: Callable[..., TailServer], wire, hidden: np.ndarray
+) -> None:
+    server = start_server(max_batch_size=1, max_queue_delay_us=0)
+    name = wire.tail("fp32")
+    slowed(server, f"{name}/1")
+    payload = create_codec("fp32").encode(hidden[:1])
+    with TailClient(f"127.0.0.1:{server.port}", timeout_s=30) as patient:
+        reply = patient.infer(name, payload, package_id=wire.package_id, classes=wire.classes)
+        assert reply.expected_wait_ms is not None
+        probe = patient.live(timeout_s=30)
+        assert probe is not None
+        assert probe.server_wait_ms is not None
+        assert probe.address == f"127.0.0.1:{server.port}"
+    with TailClient(f"127.0.0.1:{server.port}", timeout_s=SLOW_S / 3, failures_to_open=2) as hurried:
+        for _ in range(4):
+            with pytest.raises(OffloadShed) as caught:
+                hurried.infer(name, payload, package_id=wire.package_id, classes=wire.classes)
+            assert caught.value.server_wait_ms == 0.0
+            assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert hurried.states() == {f"127.0.0.1:{server.port}": "closed"}  # busy is not down
+    assert EXPECTED_WAIT_KEY.startswith("edgeexit-")
