@@ -18,6 +18,7 @@ grpc and protobuf only (plus numpy through the codecs): no ONNX Runtime, no torc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,28 @@ KEEPALIVE_S = 30.0
 KEEPALIVE_TIMEOUT_S = 10.0
 #: Reconnect backoff caps: gRPC's default backoff grows to 120 s, far past a breaker's cool-down.
 MAX_RECONNECT_BACKOFF_S = 2.0
+#: Every channel balances round-robin over the addresses its name resolves to (gRPC's default,
+#: pick_first, sends everything to the first DNS record), so a DNS name with several records
+#: spreads the load like a list of addresses; a call that meets UNAVAILABLE (a backend down or
+#: draining: nothing was computed) is retried once, on the next backend, within its deadline,
+#: so such a name fails over as a list does. grpc's own retry, not a loop here.
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 class Probe(NamedTuple):
@@ -272,6 +295,9 @@ class TailClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
+            # a name with several addresses (DNS records, or ipv4:a:p,b:q) spreads and fails over as a list does
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
         ]
         if self._keepalive_s is not None:
             options += [
