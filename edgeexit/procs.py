@@ -43,7 +43,8 @@ class ChildProcess:
     ``lines`` holds the lines read so far (newline stripped; the last ``keep_lines``); the
     ``wait_*`` methods consume them in order, so a later wait sees only what came after the
     line an earlier one returned. stdin and stdout are closed to the child: everything it has to
-    say goes to stderr. ``name`` names the child in errors.
+    say goes to stderr. ``name`` names the child in errors; ``on_line``, when given, also gets
+    every line as it is read (on the reader thread).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class ChildProcess:
         cwd: str | Path | None = None,
         name: str | None = None,
         keep_lines: int = 10_000,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.command = [str(part) for part in command]
         self.name = name or " ".join(self.command)
@@ -68,6 +70,7 @@ class ChildProcess:
         )
         self._kept: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self._kept_lock = threading.Lock()  # copying a deque while the reader appends would fail
+        self._on_line = on_line  # called on the reader thread with each line (a supervisor forwards them)
         self._unread: queue.Queue[str | None] = queue.Queue()
         self._ended = False
         self._reader = threading.Thread(target=self._read, name=f"stderr of {self.proc.pid}", daemon=True)
@@ -81,6 +84,8 @@ class ChildProcess:
             with self._kept_lock:
                 self._kept.append(line)
             self._unread.put(line)
+            if self._on_line is not None:
+                self._on_line(line)
         self._unread.put(None)
 
     # ---------------------------------------------------------------- reading

@@ -205,6 +205,7 @@ class Server:
     label: str
     max_batch_size: int
     delay_us: int
+    workers: int = 1
     child: ChildProcess | None = None
     address: str = ""
     metrics_url: str = ""
@@ -218,6 +219,7 @@ class Server:
             "--threads", str(threads),
             "--metrics-port", "0",
             "--grace-s", "2",
+            "--workers", str(self.workers),
         ]  # fmt: skip
         self.child = ChildProcess(command, env={**os.environ, "COLUMNS": "200"}, name=f"{self.label}: edgeexit serve")
         return self
@@ -246,9 +248,18 @@ class Server:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and its live children (``serve --workers N``'s), in seconds."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _machine_busy_seconds() -> float:

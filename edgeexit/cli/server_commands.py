@@ -2,11 +2,14 @@
 
 When it listens it prints exactly one line ``edgeexit serve: listening on HOST:PORT`` to stderr
 (with the real port when ``--listen`` asked for port 0); scripts and tests wait for that line.
-SIGTERM or SIGINT drains the server (see ``edgeexit.server.app``) and exits with status 0.
+SIGTERM or SIGINT drains the server (see ``edgeexit.server.app``) and exits with status 0; SIGHUP
+reloads its sources. ``--workers N`` runs N such processes on one port under a supervisor
+(``edgeexit.server.workers``) that prints the ready line once all are ready.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -69,6 +72,16 @@ def serve(
             "pass before its batch ends, so the device finishes it locally without waiting; --no-shed queues it.",
         ),
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port (SO_REUSEPORT), each with its own event loop, sessions and "
+            "queues: one process's gRPC handling caps it near one core. Metrics are summed over them; SIGTERM "
+            "drains all, SIGHUP reloads all.",
+        ),
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True, help="Set by --workers in each worker.")] = False,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -78,19 +91,28 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve tail models over KServe v2 gRPC with dynamic batching, health, TLS, tokens and metrics."""
-    from edgeexit.server.app import MIB, ServerOptions, TailServer
+    """Serve tail models over KServe v2 gRPC with dynamic batching, health, TLS, tokens and metrics.
+
+    SIGTERM / SIGINT drain and exit 0; SIGHUP loads the sources again (hashes and signatures checked)
+    and serves them from the next request on, or keeps the old ones if they fail."""
+    from edgeexit.server.app import MIB, ServerOptions
     from edgeexit.server.auth import read_tokens
 
     stop = threading.Event()
+    hup = threading.Event()
     received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)
         stop.set()
 
+    def on_hup(signum: int, frame: object) -> None:
+        hup.set()
+        stop.set()  # wake the loop; it tells a reload from a stop by ``received``
+
     # before loading anything, so a SIGTERM during start-up still drains instead of killing
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hup}
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         options = ServerOptions(
             listen=listen,
@@ -102,28 +124,106 @@ def serve(
             tls_key=tls_key,
             tls_ca=tls_ca,
             tokens=read_tokens(token_file) if token_file is not None else (),
-            metrics_port=metrics_port,
+            metrics_port=None if reuse_port else metrics_port,  # a worker's metrics go to its supervisor
             max_message_bytes=int(max_message_mb * MIB),
             grace_s=grace_s,
             trusted_keys=tuple(trusted_key or ()),
             shed=shed,
+            reuse_port=reuse_port,
         )
-        server = TailServer(sources, options).start()
-        try:
-            _announce(server)
-            stop.wait()
-            name = signal.Signals(received[0]).name if received else "a signal"
-            err_console.print(f"edgeexit serve: {name}: draining (at most {grace_s:g} s)", highlight=False)
-        finally:
-            server.stop(grace_s)
+        if workers > 1:
+            _supervise(sources, options, workers, token_file, stop, hup, received)
+        else:
+            _serve(sources, options, stop, hup, received, worker=reuse_port)
         err_console.print("edgeexit serve: stopped", highlight=False)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _announce(server: object) -> None:
-    from edgeexit.console import table
+def _serve(
+    sources: list[Path],
+    options: object,
+    stop: threading.Event,
+    hup: threading.Event,
+    received: list[int],
+    *,
+    worker: bool,
+) -> None:
+    """One server process until SIGTERM/SIGINT, reloading on SIGHUP. A worker also stops when its
+    supervisor is gone (it was killed without forwarding anything), so no worker outlives it."""
+    from edgeexit.errors import EdgeExitError
+    from edgeexit.server.app import ServerOptions, TailServer
+
+    assert isinstance(options, ServerOptions)
+    parent = os.getppid()
+    server = TailServer(sources, options).start()
+    try:
+        _announce(server, table=os.environ.get("EDGEEXIT_SERVE_WORKER", "0") == "0")
+        while not received:
+            stop.wait(timeout=1.0 if worker else None)
+            stop.clear()
+            if worker and os.getppid() != parent:
+                err_console.print("edgeexit serve: the supervisor is gone; stopping", highlight=False)
+                break
+            if hup.is_set() and not received:
+                hup.clear()
+                try:
+                    models = server.reload()
+                except EdgeExitError as err:
+                    err_console.print(f"edgeexit serve: SIGHUP: reload failed, still serving the old models: {err}",
+                                      highlight=False)  # fmt: skip
+                    continue
+                err_console.print(f"edgeexit serve: SIGHUP: reloaded, serving {len(models)} models", highlight=False)
+        name = signal.Signals(received[0]).name if received else "a signal"
+        err_console.print(f"edgeexit serve: {name}: draining (at most {options.grace_s:g} s)", highlight=False)
+    finally:
+        server.stop(options.grace_s)
+
+
+def _supervise(
+    sources: list[Path],
+    options: object,
+    workers: int,
+    token_file: Path | None,
+    stop: threading.Event,
+    hup: threading.Event,
+    received: list[int],
+) -> None:
+    """``--workers N``: the supervisor of ``edgeexit.server.workers`` until SIGTERM/SIGINT."""
+    from edgeexit.server.app import ServerOptions
+    from edgeexit.server.workers import Supervisor, WorkerPlan
+
+    assert isinstance(options, ServerOptions)
+    plan = WorkerPlan(tuple(sources), options, workers, token_file)
+    supervisor = Supervisor(plan, say=lambda line: print(line, file=sys.stderr, flush=True)).start()
+    try:
+        if supervisor.metrics_port is not None:
+            err_console.print(
+                f"edgeexit serve: metrics on http://{supervisor.host}:{supervisor.metrics_port}/metrics "
+                f"(summed over {workers} workers)",
+                highlight=False,
+            )
+        print(f"{SERVE_READY_PREFIX}{supervisor.address}", file=sys.stderr, flush=True)
+        while not received:
+            stop.wait(timeout=1.0)
+            stop.clear()
+            if hup.is_set() and not received:
+                hup.clear()
+                err_console.print(f"edgeexit serve: SIGHUP: reloading {workers} workers", highlight=False)
+                supervisor.forward(signal.SIGHUP)
+            if not received:
+                supervisor.keep_alive()
+        name = signal.Signals(received[0]).name if received else "a signal"
+        err_console.print(
+            f"edgeexit serve: {name}: draining {workers} workers (at most {options.grace_s:g} s)", highlight=False
+        )
+    finally:
+        supervisor.stop()
+
+
+def _announce(server: object, *, table: bool = True) -> None:
+    from edgeexit.console import table as render
     from edgeexit.server.app import TailServer
 
     assert isinstance(server, TailServer)
@@ -140,7 +240,8 @@ def _announce(server: object) -> None:
         for model in server.models
     ]
     columns = ("model", "version", "codec", "inputs", "max batch", "delay µs", "package_id")
-    err_console.print(table(f"edgeexit serve: {len(rows)} models", columns, rows))
+    if table:
+        err_console.print(render(f"edgeexit serve: {len(rows)} models", columns, rows))
     security = ["mutual TLS" if server.options.tls_ca else "TLS" if server.tls else "plaintext"]
     if server.options.tokens:
         security.append(f"bearer token ({len(server.options.tokens)} accepted)")

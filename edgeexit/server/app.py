@@ -63,6 +63,9 @@ class ServerOptions:
     grace_s: float = 10.0
     trusted_keys: tuple[Path, ...] = ()  # given: serve signed packages only (edgeexit.signing)
     shed: bool = True  # answer RESOURCE_EXHAUSTED at once when the expected wait would pass a request's deadline
+    reuse_port: bool = (
+        False  # SO_REUSEPORT: one of ``edgeexit serve --workers N``'s processes (edgeexit.server.workers)
+    )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -77,9 +80,10 @@ def transport_limit(max_message_bytes: int) -> int:
     return min(max_message_bytes + max(max_message_bytes, 4 * MIB), 2**31 - 1)
 
 
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def grpc_options(max_message_bytes: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
-        ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
+        # a taken port is an error, not a silently shared one; but --workers N share theirs on purpose
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", transport_limit(max_message_bytes)),
         ("grpc.max_send_message_length", transport_limit(max_message_bytes)),
         # devices keep channels open between offloads: ping idle ones, let them ping us every 10 s
@@ -107,13 +111,8 @@ class TailServer:
         if self.options.max_queue < 1 or self.options.max_message_bytes < 1 or self.options.threads < 1:
             raise ServerError("max_queue, max_message_bytes and threads must be >= 1")
         self._credentials = server_credentials(self.options.tls_cert, self.options.tls_key, self.options.tls_ca)
-        self.models = models or load_models(
-            [Path(s) for s in sources],
-            threads=self.options.threads,
-            max_batch_size=self.options.max_batch_size,
-            max_queue_delay_us=self.options.max_queue_delay_us,
-            trusted_keys=TrustedKeys.load(self.options.trusted_keys) if self.options.trusted_keys else None,
-        )
+        self.sources = tuple(Path(s) for s in sources)
+        self.models = models or self._load()
         self.metrics = ServerMetrics()
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -123,6 +122,58 @@ class TailServer:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    def _load(self) -> ModelSet:
+        """Every source's models, packages verified (and their signatures, given trusted keys)."""
+        return load_models(
+            self.sources,
+            threads=self.options.threads,
+            max_batch_size=self.options.max_batch_size,
+            max_queue_delay_us=self.options.max_queue_delay_us,
+            trusted_keys=TrustedKeys.load(self.options.trusted_keys) if self.options.trusted_keys else None,
+        )
+
+    def reload(self) -> ModelSet:
+        """Load the sources again (SIGHUP) and serve the new models from the next request on; the old
+        ones finish what they queued. Loading happens here, before anything changes: a package that
+        fails its hashes, signature or warm-up raises, and the old models keep serving."""
+        if self._loop is None or self._service is None:
+            raise ServerError("reload() needs a started TailServer")
+        models = self._load()
+        asyncio.run_coroutine_threadsafe(self._swap(models), self._loop).result()
+        return models
+
+    async def _swap(self, models: ModelSet) -> None:
+        """On the loop, between two requests: handlers look up a model and its batcher without
+        yielding in between, so each request meets either the old pair or the new one."""
+        assert self._service is not None
+        old = self.batchers
+        fresh = self._batchers(models)
+        for batcher in fresh.values():
+            batcher.start()
+        self.models, self.batchers = models, fresh
+        self._service.models, self._service.batchers = models, fresh
+        for batcher in old.values():
+            batcher.hurry()
+        await asyncio.gather(*(batcher.close(timeout=self.options.grace_s) for batcher in old.values()))
+
+    def _batchers(self, models: ModelSet) -> dict[str, Batcher]:
+        return {
+            model.key: Batcher(
+                model.name,
+                model.run,
+                version=str(model.version),
+                max_batch_size=model.max_batch_size,
+                max_queue_delay_us=model.max_queue_delay_us,
+                max_queue=self.options.max_queue,
+                instances=model.instances,
+                on_batch=self.metrics.batch,
+                on_depth=self.metrics.depth,
+                on_shed=self.metrics.shed_one,
+                shed_late=self.options.shed,
+            )
+            for model in models
+        }
 
     @property
     def address(self) -> str:
@@ -179,23 +230,11 @@ class TailServer:
                     self.options.tokens, on_denied=lambda method: self.metrics.errors.labels("UNAUTHENTICATED").inc()
                 )
             )
-        server = grpc.aio.server(options=grpc_options(self.options.max_message_bytes), interceptors=interceptors)
-        self.batchers = {
-            model.key: Batcher(
-                model.name,
-                model.run,
-                version=str(model.version),
-                max_batch_size=model.max_batch_size,
-                max_queue_delay_us=model.max_queue_delay_us,
-                max_queue=self.options.max_queue,
-                instances=model.instances,
-                on_batch=self.metrics.batch,
-                on_depth=self.metrics.depth,
-                on_shed=self.metrics.shed_one,
-                shed_late=self.options.shed,
-            )
-            for model in self.models
-        }
+        server = grpc.aio.server(
+            options=grpc_options(self.options.max_message_bytes, reuse_port=self.options.reuse_port),
+            interceptors=interceptors,
+        )
+        self.batchers = self._batchers(self.models)
         self._service = InferenceService(
             self.models, self.batchers, self.metrics, max_message_bytes=self.options.max_message_bytes
         )

@@ -2,7 +2,9 @@
 
 Its own ``CollectorRegistry`` (not prometheus-client's global one) so two servers in one process
 (tests, or an embedding application) never share or double-register series. Served over HTTP by
-``start_http`` on ``--metrics-port``.
+``start_http`` on ``--metrics-port``; under ``--workers N`` each worker's values go to files in
+its supervisor's directory (prometheus-client's multiprocess mode, chosen by the environment the
+supervisor sets) and the supervisor serves their sum (``edgeexit.server.workers``).
 
 Series (label ``model`` is the loaded model's name, ``version`` its version; a request that
 matched no loaded model is counted under ``model=""`` so clients cannot grow the label set):
@@ -59,8 +61,13 @@ class ServerMetrics:
             buckets=_TIME_BUCKETS,
             registry=self.registry,
         )
+        # multiprocess_mode: how ``--workers N``'s processes add up (edgeexit.server.workers); unused in one process
         self.queue_depth = Gauge(
-            "edgeexit_queue_depth", "Requests waiting for a batch.", labels, registry=self.registry
+            "edgeexit_queue_depth",
+            "Requests waiting for a batch.",
+            labels,
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.shed = Counter(
             "edgeexit_shed",
@@ -73,6 +80,7 @@ class ServerMetrics:
             "The wait a request arriving now would meet before its batch runs.",
             labels,
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
