@@ -112,7 +112,7 @@ class RequestError(EdgeExitError):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.trailing = trailing  # trailing metadata for the client to read (e.g. the expected wait of a shed)
+        self.trailing = trailing  # trailing metadata for the client to read (e.g. a shed's expected time)
 
 
 # -- offloading ------------------------------------------------------------------------------------------------
@@ -155,16 +155,16 @@ class OffloadRejected(OffloadError):
 
 class OffloadShed(OffloadRejected):
     """The tail server is loaded beyond what the request's deadline allows and said so at once
-    (RESOURCE_EXHAUSTED: its queue is full, or its expected wait would pass the deadline) instead of
+    (RESOURCE_EXHAUSTED: its queue is full, or its expected time would pass the deadline) instead of
     computing it late. Finish locally now and offload less for a while (the policies back off);
-    another server may have room. ``server_wait_ms`` is the wait the server expected (None: unsaid)."""
+    another server may have room. ``expected_server_ms`` is the time the server expected (None: unsaid)."""
 
     def __init__(
-        self, message: str, *, code: Any = None, server_wait_ms: float | None = None, attempts: int = 0,
+        self, message: str, *, code: Any = None, expected_server_ms: float | None = None, attempts: int = 0,
         bytes_sent: int = 0, transfer_ms: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__(message, code=code, attempts=attempts, bytes_sent=bytes_sent, transfer_ms=transfer_ms)
-        self.server_wait_ms = server_wait_ms
+        self.expected_server_ms = expected_server_ms
 
 
 __all__ = [

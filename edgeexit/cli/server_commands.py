@@ -68,7 +68,7 @@ def serve(
     shed: Annotated[
         bool,
         typer.Option(
-            help="Answer a request RESOURCE_EXHAUSTED at once (with the expected wait) when its gRPC deadline would "
+            help="Answer a request RESOURCE_EXHAUSTED at once (with the expected time) when its gRPC deadline would "
             "pass before its batch ends, so the device finishes it locally without waiting; --no-shed queues it.",
         ),
     ] = True,

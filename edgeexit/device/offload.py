@@ -105,7 +105,7 @@ def offload_or_resume(
         reply = client.infer(tail.model, encoded, package_id=engine.manifest.package_id, classes=classes)
         infos = [
             info(share, reply.transfer_ms, reply.attempts, server=reply.server, queue_ms=reply.queue_ms,
-                 compute_ms=reply.compute_ms, server_ms=reply.server_ms, server_wait_ms=reply.expected_wait_ms)
+                 compute_ms=reply.compute_ms, server_ms=reply.server_ms, expected_server_ms=reply.expected_server_ms)
             for share in _shares(reply.bytes_sent, samples)
         ]  # fmt: skip
         results = engine.tail_results(pending, reply.logits)
@@ -119,7 +119,7 @@ def offload_or_resume(
         sent = getattr(err, "bytes_sent", 0)
         spent = getattr(err, "transfer_ms", 0.0)
         attempts = getattr(err, "attempts", 0)
-        shed = {"shed": True, "server_wait_ms": err.server_wait_ms} if isinstance(err, OffloadShed) else {}
+        shed = {"shed": True, "expected_server_ms": err.expected_server_ms} if isinstance(err, OffloadShed) else {}
         infos = [info(share, spent, attempts, fallback=True, reason=reason, **shed) for share in _shares(sent, samples)]
     local = [engine.resume(pending)] if samples == 1 else engine.resume_batch(pending)
     return [dataclasses.replace(r, offload=i) for r, i in zip(local, infos, strict=True)]

@@ -351,9 +351,9 @@ class PolicyRunner:
             handling = max(0.0, server_ms - queue_ms - compute_ms)  # parsing, hand-offs, the reply
             delay = queue_ms + handling + extra
             self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=delay)
-            self.estimator.observe_server_wait(info.server_wait_ms)
+            self.estimator.observe_server_expected(info.expected_server_ms)
         elif info is not None and info.shed:  # answered at once: the server is full, back off
-            self.estimator.observe_shed(info.server_wait_ms)
+            self.estimator.observe_shed(info.expected_server_ms)
         return results
 
     def _unmodelled_compute_ms(self, boundary: int, compute_ms: float | None, samples: int) -> float:
@@ -396,8 +396,7 @@ class PolicyRunner:
             log.debug("probe: no server answered within %.0f ms", budget * 1e3)
             return None
         rtt = answered.rtt_s
-        self.estimator.observe_probe(rtt)
-        self.estimator.observe_server_wait(answered.server_wait_ms)
+        self.estimator.observe_probe(rtt, answered.expected_server_ms)
         return rtt
 
     # ---------------------------------------------------------------- decisions

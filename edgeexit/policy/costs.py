@@ -13,11 +13,12 @@ Boundary -1 stands for "before segment 0" (every sample is there), which turns t
 into the whole-inference cost of a static plan.
 
 Offload cost (one sample, its share of nothing else): latency = RTT + bytes*8/bandwidth + the
-server's delay (``LinkEstimate.server_delay_ms``: the queue it reported or expects) + the tail's
-compute. Device energy = radio energy for the upload (transmit power
-``tx_base_w + tx_w_per_mbps * Mbit/s`` over the upload time, plus the radio's tail energy after it)
-+ the device's idle power over the whole wait (RTT, upload, server): the radio model is power on
-top of the idle baseline, and the device idles while the server works.
+server's time (the tail's profiled compute + the queue the replies measured, or, while the server
+reports it, ``LinkEstimate.expected_server_ms``: the time it expects, queue and compute). Device
+energy = radio energy for the upload (transmit power ``tx_base_w + tx_w_per_mbps * Mbit/s`` over
+the upload time, plus the radio's tail energy after it) + the device's idle power over the whole
+wait (RTT, upload, server): the radio model is power on top of the idle baseline, and the device
+idles while the server works.
 
 The tail is charged at the plan's steady state, not at the radio's state right now: a plan that
 offloads at k sends a share ``S(k)`` of the samples, so with the device asked for a sample every
@@ -255,11 +256,25 @@ def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     assert size is not None
     bandwidth = max(link.bandwidth_bps, _EPS)
     upload_s = size * 8.0 / bandwidth
-    server_s = (link.server_delay_ms + compute_ms) / 1000.0
+    server_s = server_ms(link, compute_ms) / 1000.0
     wait_s = link.rtt_s + upload_s + server_s
     offload_gap_s = link.request_interval_s / max(costs.survival(k), _EPS)  # the plan's offloads, this far apart
     energy = costs.radio.transmit_j(upload_s, bandwidth, offload_gap_s) + costs.idle_w * wait_s
     return Cost(wait_s * 1000.0, energy)
+
+
+def server_ms(link: LinkEstimate, compute_ms: float) -> float:
+    """The server's share of an offload: the profiled compute + the queue the replies measured; while
+    the server reports its expected time, the larger of the two, or the report alone once replies
+    stopped (a device that went local hears from its probes that the server is free again, where
+    the replies' last queue would keep it local until it went stale). Looking back as well as ahead
+    while both are recent: the report alone read a loaded server a little low, and a fleet reading
+    it together offloaded more than the server could take (docs/benchmarks.md, the fleet)."""
+    measured = link.server_queue_ms + compute_ms
+    if link.expected_server_ms is None:
+        return measured
+    told = max(link.expected_server_ms, compute_ms)
+    return max(told, measured) if link.server_queue_recent else told
 
 
 def remaining(costs: DeviceCosts, k: int, split: int | None, link: LinkEstimate | None = None) -> Cost:

@@ -30,9 +30,10 @@ entirely stale estimate is replaced by the new sample instead of being dragged b
 ``LinkEstimate.fresh`` tells a caller whether the numbers came from recent measurements.
 
 The server's load (``edgeexit.policy.load``): with ``load_feedback`` (the default) the estimator
-also keeps the server's reported expected wait (replies and probes) and a backoff after the server
-shed a request; ``LinkEstimate.server_wait_ms`` and ``backoff_s`` carry them to the policies.
-Without it they stay 0, as from a server that does not report them (Triton).
+also keeps the time the server reports a request would take in it (replies and probes) and a
+backoff after the server shed a request; ``LinkEstimate.expected_server_ms`` and ``backoff_s``
+carry them to the policies. Without it they stay None and 0, as from a server that does not report
+them (Triton).
 
 Traffic: the estimator also keeps how often the device is asked for work (``observe_request``,
 ``LinkEstimate.request_interval_s``), as a geometric EWMA of the time per sample between requests.
@@ -77,9 +78,10 @@ class LinkEstimate:
     model: its queue, its handling of the request, and compute slower than the profile.
     ``request_interval_s`` is the device's time per sample between requests (``inf`` until two
     requests were seen): with the plan's offload rate it says how far apart offloads come, so how
-    much of the radio's tail each one pays. ``server_wait_ms`` is the wait the server itself expects
-    for the next request (``edgeexit.policy.load``; an offload is charged the larger of it and
-    ``server_queue_ms``, which measure the same delay, one looking ahead and one back), ``backoff_s``
+    much of the radio's tail each one pays. ``expected_server_ms`` is the time the server itself
+    expects a request arriving now to take in it, queue and compute (``edgeexit.policy.load``;
+    None: no fresh report, or load feedback off); ``server_queue_recent`` says whether replies
+    updated ``server_queue_ms`` as recently (``costs.server_ms`` weighs the two). ``backoff_s`` is
     how long this device still holds back after the server shed one of its requests (0: none).
     """
 
@@ -90,13 +92,9 @@ class LinkEstimate:
     server_queue_ms: float = 0.0
     fresh: bool = False
     request_interval_s: float = math.inf
-    server_wait_ms: float = 0.0
+    expected_server_ms: float | None = None
     backoff_s: float = 0.0
-
-    @property
-    def server_delay_ms(self) -> float:
-        """What an offload meets at the server beyond the profiled compute (see the class docstring)."""
-        return max(self.server_queue_ms, self.server_wait_ms)
+    server_queue_recent: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -216,25 +214,30 @@ class LinkEstimator:
             self._log_interval = sample if found is None else (1.0 - weight) * found + weight * sample
         self._last_request = (now, samples)
 
-    def observe_probe(self, rtt_s: float) -> None:
-        """A light probe (an empty request, a health check): its round trip is the RTT."""
+    def observe_probe(self, rtt_s: float, expected_server_ms: float | None = None) -> None:
+        """A light probe (an empty request, a health check): its round trip is the RTT, and the
+        server's expected time when it carried one (``edgeexit serve``'s ServerLive does): a device
+        that stopped offloading while the server was busy gets no replies, and hears from its probes
+        when the server is free again."""
         if rtt_s < 0 or not math.isfinite(rtt_s):
             raise UsageError(f"a probe's RTT must be a finite number >= 0, got {rtt_s!r}")
         now = self._clock()
         self._rtt.update(rtt_s, now)
+        if self.load is not None and expected_server_ms is not None:
+            self.load.observe_expected(expected_server_ms)
         self._last = now
         self.version += 1
 
-    def observe_server_wait(self, wait_ms: float | None) -> None:
-        """The server's expected wait from a reply or a probe (None: it did not say)."""
-        if self.load is not None and wait_ms is not None:
-            self.load.observe_wait(wait_ms)
+    def observe_server_expected(self, expected_ms: float | None) -> None:
+        """The server's expected time from a reply (None: it did not say)."""
+        if self.load is not None and expected_ms is not None:
+            self.load.observe_expected(expected_ms)
             self.version += 1
 
-    def observe_shed(self, wait_ms: float | None = None) -> None:
+    def observe_shed(self, expected_ms: float | None = None) -> None:
         """The server shed a request (``OffloadShed``): back off (``edgeexit.policy.load``)."""
         if self.load is not None:
-            self.load.observe_shed(wait_ms)
+            self.load.observe_shed(expected_ms)
             self.version += 1
 
     @property
@@ -281,6 +284,8 @@ class LinkEstimator:
             server_queue_ms=self._queue.current(now),
             fresh=fresh,
             request_interval_s=math.inf if self._log_interval is None else math.exp(self._log_interval),
-            server_wait_ms=0.0 if self.load is None else self.load.wait_ms,
+            expected_server_ms=None if self.load is None else self.load.expected_ms,
             backoff_s=0.0 if self.load is None else self.load.backoff_s,
+            server_queue_recent=self.load is not None
+            and now - (self._queue.at or -math.inf) <= self.load.stale_after_s,
         )

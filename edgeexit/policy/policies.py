@@ -239,8 +239,9 @@ def estimate_key(
     """The inputs of a decision besides its boundary, at the grain below which a policy treats them
     as equal: ``(battery, bandwidth step, RTT step, server delay step)`` (bandwidth within 5%, or by
     ``upload_key`` when the largest tensor a package may send is known; RTT within 0.25 ms, the
-    server's delay by ``delay_key``; each step an int, so a caller can tell "one step away" from "far
-    away"), and ``("backoff",)`` last while the link says to back off: the memo's key,
+    replies' queue by ``delay_key``; each step an int, so a caller can tell "one step away" from
+    "far away"), ``("expected", step, recent)`` while the server reports its expected time, and
+    ``("backoff",)`` last while the link says to back off: the memo's key,
     and a caller's (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
     state = BatteryState.of(battery)
     if link is None:
@@ -249,13 +250,16 @@ def estimate_key(
         bandwidth = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
     else:
         bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
-    key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), delay_key(link.server_delay_ms))
+    key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), delay_key(link.server_queue_ms))
+    expected = link.expected_server_ms
+    if expected is not None:  # the server's own time too (costs.server_ms)
+        key = (*key, ("expected", delay_key(expected), link.server_queue_recent))
     return (*key, ("backoff",)) if link.backoff_s > 0 else key
 
 
 def delay_key(delay_ms: float) -> int:
     """The server's delay at the grain of ``upload_key``: 0.25 ms steps under 5 ms, 5% beyond. A loaded
-    server's expected wait (tens to hundreds of ms) moves by a few percent with every reply, and at
+    server's expected time (tens to hundreds of ms) moves by a few percent with every reply, and at
     a fixed 0.25 ms grain each reply would be a new plan."""
     if delay_ms < 5.0:
         return round(delay_ms * 4.0)

@@ -118,7 +118,7 @@ class OffloadInfo:
     first attempt to the reply or the last failure, ``queue_ms`` / ``compute_ms`` / ``server_ms``
     (the request's whole time in the server) what the server reported (None when it did not say,
     e.g. Triton). ``shed``: the fallback is the server's "too loaded for this deadline"
-    (``OffloadShed``), answered at once; ``server_wait_ms`` the wait the server expected (from its
+    (``OffloadShed``), answered at once; ``expected_server_ms`` the time the server expected (from its
     reply, or from the shed).
     """
 
@@ -136,7 +136,7 @@ class OffloadInfo:
     fallback: bool = False
     reason: str | None = None
     shed: bool = False
-    server_wait_ms: float | None = None
+    expected_server_ms: float | None = None
 
     @property
     def offloaded(self) -> bool:
@@ -162,7 +162,7 @@ class OffloadInfo:
             "batch": self.batch,
             "attempts": self.attempts,
             "shed": self.shed,
-            "server_wait_ms": ms(self.server_wait_ms),
+            "expected_server_ms": ms(self.expected_server_ms),
         }
 
 

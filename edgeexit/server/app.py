@@ -62,7 +62,7 @@ class ServerOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 10.0
     trusted_keys: tuple[Path, ...] = ()  # given: serve signed packages only (edgeexit.signing)
-    shed: bool = True  # answer RESOURCE_EXHAUSTED at once when the expected wait would pass a request's deadline
+    shed: bool = True  # answer RESOURCE_EXHAUSTED at once when the expected time would pass a request's deadline
     reuse_port: bool = (
         False  # SO_REUSEPORT: one of ``edgeexit serve --workers N``'s processes (edgeexit.server.workers)
     )

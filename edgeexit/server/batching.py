@@ -10,10 +10,10 @@ The queue is bounded in requests: at ``max_queue`` waiting requests the next one
 RESOURCE_EXHAUSTED at once, so an overloaded server sheds load instead of growing its memory
 and every client's latency. It is also bounded in time: ``expected_wait_s`` is how long a request
 arriving now would wait for its batch to start (the full batches queued ahead of it, plus half of
-each batch running, times the recent time per batch, over the instances), and a request whose
-deadline would pass before its own batch ends (that wait plus one batch) is answered
-RESOURCE_EXHAUSTED at once with the expected wait, instead of being computed for a caller that
-will have given up: the caller finishes it locally without waiting (a device falls back), and
+each batch running, times the recent time per batch, over the instances), ``expected_server_s``
+that plus its own batch: the time it would spend here. A request whose deadline would pass before
+then is answered RESOURCE_EXHAUSTED at once with the expected time, instead of being computed for
+a caller that will have given up: the caller finishes it locally without waiting (a device falls back), and
 the server spends its time on requests that can still make it. A request whose caller gave up
 (deadline, cancel) leaves the queue and is never computed. ``close`` stops taking requests and
 runs what is queued without waiting for the delay (``hurry`` does the latter alone, while the
@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 
 from edgeexit.errors import RequestError
-from edgeexit.transport.wire import EXPECTED_WAIT_KEY
+from edgeexit.transport.wire import EXPECTED_SERVER_KEY
 
 #: Weight of the newest batch in the time per batch: a load change shows within a few batches.
 BATCH_TIME_ALPHA = 0.2
@@ -131,6 +131,12 @@ class Batcher:
         ahead = self._queued_samples() // self.max_batch_size + 0.5 * self._running
         return ahead * self._batch_s / self.instances
 
+    @property
+    def expected_server_s(self) -> float:
+        """How long a request arriving now would take here: ``expected_wait_s`` and its own batch (0
+        until a batch ran)."""
+        return self.expected_wait_s + self.batch_s
+
     def start(self) -> None:
         """Start the workers (call from the event loop that will submit)."""
         self._workers = [
@@ -147,14 +153,14 @@ class Batcher:
             raise self._shed(
                 f"model {self.name!r} has {len(self._queue)} requests queued, its limit (edgeexit serve --max-queue)"
             )
-        if self.shed_late and time_left_s is not None and self._batch_s is not None:
-            wait_s = self.expected_wait_s
-            if wait_s + self._batch_s > time_left_s:
-                self._on_shed(self.name, self.version, "deadline")
-                raise self._shed(
-                    f"model {self.name!r} would start this request in ~{wait_s * 1e3:.1f} ms and finish it in "
-                    f"~{(wait_s + self._batch_s) * 1e3:.1f} ms, after its deadline ({time_left_s * 1e3:.1f} ms left)"
-                )
+        known = self._batch_s is not None  # nothing is predicted before a batch ran
+        if self.shed_late and known and time_left_s is not None and self.expected_server_s > time_left_s:
+            self._on_shed(self.name, self.version, "deadline")  # it would finish after its caller gave up
+            raise self._shed(
+                f"model {self.name!r} would start this request in ~{self.expected_wait_s * 1e3:.1f} ms and "
+                f"finish it in ~{self.expected_server_s * 1e3:.1f} ms, after its deadline "
+                f"({time_left_s * 1e3:.1f} ms left)"
+            )
         pending = _Pending(feeds, samples, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._depth_changed()
@@ -174,12 +180,12 @@ class Batcher:
         self._wake.set()
 
     def _shed(self, why: str) -> RequestError:
-        wait_ms = self.expected_wait_s * 1e3
+        expected_ms = self.expected_server_s * 1e3
         return RequestError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"{why}; expected wait {wait_ms:.1f} ms: shed at once so the caller can finish it elsewhere; retry "
-            "later or on another server",
-            trailing=((EXPECTED_WAIT_KEY, f"{wait_ms:.3f}"),),
+            f"{why}; expected time here {expected_ms:.1f} ms: shed at once so the caller can finish it elsewhere; "
+            "retry later or on another server",
+            trailing=((EXPECTED_SERVER_KEY, f"{expected_ms:.3f}"),),
         )
 
     async def close(self, timeout: float | None = None) -> None:

@@ -16,9 +16,9 @@ matched no loaded model is counted under ``model=""`` so clients cannot grow the
 - ``edgeexit_compute_seconds{model,version}``: how long each batch's session run took;
 - ``edgeexit_queue_depth{model,version}``: requests waiting now;
 - ``edgeexit_shed_total{model,version,reason}``: requests answered RESOURCE_EXHAUSTED at once,
-  ``reason`` ``deadline`` (the expected wait would pass the request's deadline) or ``queue_full``;
-- ``edgeexit_expected_wait_seconds{model,version}``: the wait a request arriving now would meet
-  (``Batcher.expected_wait_s``), as of the last request.
+  ``reason`` ``deadline`` (the expected time would pass the request's deadline) or ``queue_full``;
+- ``edgeexit_expected_server_seconds{model,version}``: the time a request arriving now would take
+  here, its wait for a batch and the batch (``Batcher.expected_server_s``), as of the last request.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ class ServerMetrics:
             (*labels, "reason"),
             registry=self.registry,
         )
-        self.expected_wait = Gauge(
-            "edgeexit_expected_wait_seconds",
-            "The wait a request arriving now would meet before its batch runs.",
+        self.expected_server = Gauge(
+            "edgeexit_expected_server_seconds",
+            "The time a request arriving now would take here: its wait for a batch, and the batch.",
             labels,
             registry=self.registry,
             multiprocess_mode="livemax",
@@ -102,8 +102,8 @@ class ServerMetrics:
     def shed_one(self, model: str, version: str, reason: str) -> None:
         self.shed.labels(model, version, reason).inc()
 
-    def wait(self, model: str, version: str, wait_s: float) -> None:
-        self.expected_wait.labels(model, version).set(wait_s)
+    def expected(self, model: str, version: str, expected_s: float) -> None:
+        self.expected_server.labels(model, version).set(expected_s)
 
     def start_http(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (0: an ephemeral port) in a daemon thread; return the port."""

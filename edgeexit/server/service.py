@@ -26,13 +26,13 @@ from edgeexit.kserve.status import abort
 from edgeexit.server.models import ModelSet, TailModel
 from edgeexit.server.validation import decode
 from edgeexit.transport.generated import grpc_service_pb2 as pb
-from edgeexit.transport.wire import EXPECTED_WAIT_KEY, PARAM_EXPECTED_WAIT_MS
+from edgeexit.transport.wire import EXPECTED_SERVER_KEY, PARAM_EXPECTED_SERVER_MS
 
 if TYPE_CHECKING:  # the metrics module needs prometheus-client; the service only calls what it is given
     from edgeexit.server.batching import Batcher, BatchResult
     from edgeexit.server.metrics import ServerMetrics
 
-__all__ = ["BATCH_SIZE", "COMPUTE_MS", "EXPECTED_WAIT_MS", "QUEUE_MS", "SERVER_MS", "SERVICE", "InferenceService"]
+__all__ = ["BATCH_SIZE", "COMPUTE_MS", "EXPECTED_SERVER_MS", "QUEUE_MS", "SERVER_MS", "SERVICE", "InferenceService"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ QUEUE_MS = "queue_ms"
 COMPUTE_MS = "compute_ms"
 BATCH_SIZE = "batch_size"
 SERVER_MS = "server_ms"
-#: The model's expected wait for the next request as the reply leaves (``Batcher.expected_wait_s``): what a
-#: device adds to its next offload's cost. Probes (ServerLive) carry the largest over the models as
-#: trailing metadata under ``EXPECTED_WAIT_KEY``, as does a shed request's RESOURCE_EXHAUSTED.
-EXPECTED_WAIT_MS = PARAM_EXPECTED_WAIT_MS
+#: The time a request of this model arriving as the reply leaves would spend here, its wait for a
+#: batch and the batch (``Batcher.expected_server_s``): what a device charges its next offload.
+#: Probes (ServerLive) carry the largest over the models as trailing metadata under
+#: ``EXPECTED_SERVER_KEY``, as does a shed request's RESOURCE_EXHAUSTED.
+EXPECTED_SERVER_MS = PARAM_EXPECTED_SERVER_MS
 
 
 class InferenceService(KServeService[TailModel]):
@@ -116,9 +117,9 @@ class InferenceService(KServeService[TailModel]):
             decoded = decode(request, model)
             batcher = self.batchers[model.key]
             result = await batcher.submit(decoded.feeds, decoded.batch, context.time_remaining())
-            wait_s = batcher.expected_wait_s
-            self.metrics.wait(*labels, wait_s)
-            response = _response(request, model, decoded.outputs, result, arrived, wait_s * 1e3)
+            expected_s = batcher.expected_server_s
+            self.metrics.expected(*labels, expected_s)
+            response = _response(request, model, decoded.outputs, result, arrived, expected_s * 1e3)
         except RequestError as err:
             self.metrics.request(*labels, err.code.name)
             await abort(context, err)
@@ -136,10 +137,10 @@ class InferenceService(KServeService[TailModel]):
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
-        """Live, and the largest expected wait over the models as trailing metadata: a device's
+        """Live, and the largest expected time over the models as trailing metadata: a device's
         probe reads the server's load without sending a tensor."""
-        wait_s = max((batcher.expected_wait_s for batcher in self.batchers.values()), default=0.0)
-        context.set_trailing_metadata(((EXPECTED_WAIT_KEY, f"{wait_s * 1e3:.3f}"),))
+        expected_s = max((batcher.expected_server_s for batcher in self.batchers.values()), default=0.0)
+        context.set_trailing_metadata(((EXPECTED_SERVER_KEY, f"{expected_s * 1e3:.3f}"),))
         return await super().ServerLive(request, context)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -154,7 +155,7 @@ def _response(
     outputs: tuple[str, ...],
     result: BatchResult,
     arrived: float,
-    expected_wait_ms: float,
+    expected_server_ms: float,
 ) -> pb.ModelInferResponse:
     """Outputs as raw little-endian bytes, and the times the adaptive policy reads (``arrived``:
     when the request reached the servicer, ``time.perf_counter``)."""
@@ -165,6 +166,6 @@ def _response(
     set_parameter(response.parameters, QUEUE_MS, float(result.queue_ms))
     set_parameter(response.parameters, COMPUTE_MS, float(result.compute_ms))
     set_parameter(response.parameters, BATCH_SIZE, int(result.batch_size))
-    set_parameter(response.parameters, EXPECTED_WAIT_MS, float(expected_wait_ms))
+    set_parameter(response.parameters, EXPECTED_SERVER_MS, float(expected_server_ms))
     set_parameter(response.parameters, SERVER_MS, (time.perf_counter() - arrived) * 1e3)  # last: all of it
     return response

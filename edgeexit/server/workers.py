@@ -15,7 +15,7 @@ The supervisor (this module, in the process ``edgeexit serve`` started in):
   ``[worker i]`` prefix, and prints the one ready line once every worker is ready;
 - serves ``/metrics`` for all of them: each worker writes its series to files in a private
   directory (prometheus-client's multiprocess mode), summed here (queue depth: the live workers'
-  sum; expected wait: their largest);
+  sum; expected time: their largest);
 - forwards SIGTERM (every worker drains, as one server does) and SIGHUP (every worker reloads);
 - restarts a worker that dies, at most ``MAX_RESTARTS`` in ``RESTART_WINDOW_S``; past that it
   stops the others and fails, since a package that crashes every worker will not get better.

@@ -79,18 +79,18 @@ SERVICE_CONFIG = json.dumps(
 
 class Probe(NamedTuple):
     """A ServerLive round trip that was answered: by whom, how long it took, and the server's
-    expected wait in ms (None where the server does not say, e.g. Triton)."""
+    expected time for a request in ms (None where the server does not say, e.g. Triton)."""
 
     address: str
     rtt_s: float
-    server_wait_ms: float | None = None
+    expected_server_ms: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class TailReply:
     """A tail's answer: ``logits`` ``(N, classes)`` from ``server``; ``bytes_sent`` counts the request
     bytes of every attempt, ``transfer_ms`` the wall time from the first attempt to the reply;
-    ``queue_ms`` / ``compute_ms`` / ``server_ms`` / ``expected_wait_ms`` what the server reported
+    ``queue_ms`` / ``compute_ms`` / ``server_ms`` / ``expected_server_ms`` what the server reported
     (``wire.TailAnswer``)."""
 
     logits: np.ndarray
@@ -101,7 +101,7 @@ class TailReply:
     compute_ms: float | None
     attempts: int
     server_ms: float | None = None
-    expected_wait_ms: float | None = None
+    expected_server_ms: float | None = None
 
 
 class TailClient:
@@ -203,7 +203,7 @@ class TailClient:
                 )
                 answer = parse_reply(reply, samples=samples, classes=classes)
             except OffloadShed as err:  # alive but full: not the breaker's business (the policies back off)
-                failures.append(_Failure(f"{address}: {err}", OffloadShed, err.code, err.server_wait_ms))
+                failures.append(_Failure(f"{address}: {err}", OffloadShed, err.code, err.expected_server_ms))
                 continue
             except OffloadError as err:
                 breaker.record_failure()
@@ -223,7 +223,7 @@ class TailClient:
                 compute_ms=answer.compute_ms,
                 attempts=attempts,
                 server_ms=answer.server_ms,
-                expected_wait_ms=answer.expected_wait_ms,
+                expected_server_ms=answer.expected_server_ms,
             )
         message = f"offload of {samples} sample(s) to {model} failed: " + "; ".join(
             [f.text for f in failures] or ["no server address"]
@@ -235,15 +235,15 @@ class TailClient:
         }
         kind, code = _failure(failures)
         if kind is OffloadShed:
-            waits = [f.server_wait_ms for f in failures if f.server_wait_ms is not None]
-            raise OffloadShed(message, code=code, server_wait_ms=min(waits, default=None), **cost)
+            waits = [f.expected_server_ms for f in failures if f.expected_server_ms is not None]
+            raise OffloadShed(message, code=code, expected_server_ms=min(waits, default=None), **cost)
         if kind is OffloadRejected:
             raise OffloadRejected(message, code=code, **cost)
         raise kind(message, **cost)
 
     def live(self, timeout_s: float) -> Probe | None:
         """One ServerLive round trip to the next address the breakers allow: a ``Probe`` (address, RTT
-        in seconds, the server's expected wait), or None when none answered. A light probe for link
+        in seconds, the server's expected time), or None when none answered. A light probe for link
         estimates: it goes through the transport like an offload (an emulated link delays it too),
         and a failure counts on that address's breaker as a failed offload would."""
         for address in self._order():
@@ -343,7 +343,7 @@ class _Failure:
     text: str
     kind: type[OffloadError]
     code: Any = None
-    server_wait_ms: float | None = None
+    expected_server_ms: float | None = None
 
 
 def _failure(failures: Sequence[_Failure]) -> tuple[type[OffloadError], Any]:

@@ -43,12 +43,13 @@ PARAM_ZERO_POINT = "zero_point"
 PARAM_QUEUE_MS = "queue_ms"
 PARAM_COMPUTE_MS = "compute_ms"
 PARAM_SERVER_MS = "server_ms"
-#: The server's expected wait for the next request of this model as the reply left (edgeexit serve
-#: only; Triton does not say): what a device adds to its next offload's cost.
-PARAM_EXPECTED_WAIT_MS = "expected_wait_ms"
+#: The time the server expects a request of this model arriving as the reply left to take in it, its
+#: wait for a batch and the batch (edgeexit serve only; Triton does not say): what a device charges
+#: its next offload.
+PARAM_EXPECTED_SERVER_MS = "expected_server_ms"
 #: The same number as trailing metadata (a decimal string, ms), where a call has no parameters: a
 #: ServerLive probe (the largest over the server's models) and a shed request's RESOURCE_EXHAUSTED.
-EXPECTED_WAIT_KEY = "edgeexit-expected-wait-ms"
+EXPECTED_SERVER_KEY = "edgeexit-expected-server-ms"
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,13 +57,13 @@ class TailAnswer:
     """A decoded tail reply: the final logits ``(N, classes)`` float32 and the server's own timings
     (None where it did not report them): ``server_ms`` is the whole time the request spent in the
     server (parsing, queue, compute, reply), of which ``queue_ms`` and ``compute_ms`` are parts;
-    ``expected_wait_ms`` the wait the server expected for the next request as it replied."""
+    ``expected_server_ms`` the time the server expected the next request to take in it as it replied."""
 
     logits: np.ndarray
     queue_ms: float | None
     compute_ms: float | None
     server_ms: float | None = None
-    expected_wait_ms: float | None = None
+    expected_server_ms: float | None = None
 
 
 SIDE_INPUTS = ("parameters", "tensors")
@@ -176,15 +177,15 @@ def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | No
         _double(reply, PARAM_QUEUE_MS),
         _double(reply, PARAM_COMPUTE_MS),
         _double(reply, PARAM_SERVER_MS),
-        _double(reply, PARAM_EXPECTED_WAIT_MS),
+        _double(reply, PARAM_EXPECTED_SERVER_MS),
     )
 
 
-def expected_wait_ms(trailing: Sequence[tuple[str, str | bytes]] | None) -> float | None:
-    """``EXPECTED_WAIT_KEY`` from a call's trailing metadata: ms, or None when absent or not a finite
+def expected_server_ms(trailing: Sequence[tuple[str, str | bytes]] | None) -> float | None:
+    """``EXPECTED_SERVER_KEY`` from a call's trailing metadata: ms, or None when absent or not a finite
     number >= 0 (another server's metadata is not trusted to be ours)."""
     for key, value in trailing or ():
-        if key == EXPECTED_WAIT_KEY:
+        if key == EXPECTED_SERVER_KEY:
             try:
                 found = float(value)
             except (TypeError, ValueError):

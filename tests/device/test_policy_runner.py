@@ -349,7 +349,7 @@ def test_a_server_that_sheds_makes_the_load_aware_runner_back_off(
     assert shed, [r.offload for r in sent]
     first = shed[0]
     assert found[True][first].offload.fallback
-    assert found[True][first].offload.server_wait_ms is not None
+    assert found[True][first].offload.expected_server_ms is not None
     after = found[True][first + 1]
     assert after.offload is None  # backing off: not even tried
     assert "the server shed" in after.decisions[0].reason

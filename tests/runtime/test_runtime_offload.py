@@ -326,7 +326,7 @@ def test_offload_fields_in_json(mixed: Engine, digits) -> None:
         "batch": 1,
         "attempts": 1,
         "shed": False,
-        "server_wait_ms": None,
+        "expected_server_ms": None,
     }
 
 

@@ -1,5 +1,6 @@
-"""The server's load on the wire: every reply and probe says the expected wait, and a request its
-deadline would miss is answered RESOURCE_EXHAUSTED at once instead of computed late.
+"""The server's load on the wire: every reply and probe says the time a request would take there (its
+wait for a batch and the batch), and a request its deadline would miss is answered RESOURCE_EXHAUSTED
+at once instead of computed late.
 
 Determinism without wall-clock assertions: the model's run is wrapped to take at least SLOW_S, so the
 server's recent time per batch is at least that, and a deadline shorter than it is a certain miss.
@@ -20,7 +21,7 @@ from edgeexit.errors import OffloadShed
 from edgeexit.server import TailServer
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.generated import grpc_service_pb2 as pb
-from edgeexit.transport.wire import EXPECTED_WAIT_KEY, expected_wait_ms
+from edgeexit.transport.wire import EXPECTED_SERVER_KEY, expected_server_ms
 
 SLOW_S = 0.3
 
@@ -40,21 +41,21 @@ def slowed(server: TailServer, key: str) -> list[int]:
     return runs
 
 
-def test_replies_and_probes_say_the_expected_wait(
+def test_replies_and_probes_say_the_expected_time(
     start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
 ) -> None:
     server = start_server(max_batch_size=1, max_queue_delay_us=0)
     name = wire.tail("fp32")
     client = connect(server)
     response = client.stub.ModelInfer(wire.request(name, wire.encode("fp32", hidden[:1])), timeout=30)
-    assert response.parameters["expected_wait_ms"].double_param >= 0.0
+    assert response.parameters["expected_server_ms"].double_param >= 0.0
     _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
-    assert expected_wait_ms(call.trailing_metadata()) is not None
+    assert expected_server_ms(call.trailing_metadata()) is not None
     labels = {"model": name, "version": "1"}
-    assert server.metrics.registry.get_sample_value("edgeexit_expected_wait_seconds", labels) is not None
+    assert server.metrics.registry.get_sample_value("edgeexit_expected_server_seconds", labels) is not None
 
 
-def test_the_expected_wait_is_the_queue_times_the_recent_batch(
+def test_the_expected_time_is_the_queue_and_its_own_batch_at_the_recent_batch_time(
     start_server: Callable[..., TailServer], connect, wire, hidden: np.ndarray
 ) -> None:
     server = start_server(max_batch_size=1, max_queue_delay_us=0)
@@ -67,6 +68,7 @@ def test_the_expected_wait_is_the_queue_times_the_recent_batch(
     per_batch = batcher.batch_s
     assert per_batch >= SLOW_S
     assert batcher.expected_wait_s == 0.0  # idle: nothing ahead
+    assert batcher.expected_server_s == per_batch  # its own batch alone
     entered, release = threading.Event(), threading.Event()
     run = batcher.run
 
@@ -82,7 +84,8 @@ def test_the_expected_wait_is_the_queue_times_the_recent_batch(
         wire.wait_until(lambda: batcher.depth == 5, what="five requests queued behind the running batch")
         assert batcher.expected_wait_s == pytest.approx(5.5 * per_batch)  # 5 full batches and half of the running one
         _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
-        assert expected_wait_ms(call.trailing_metadata()) == pytest.approx(5.5 * per_batch * 1e3, abs=1e-3)
+        assert batcher.expected_server_s == pytest.approx(6.5 * per_batch)  # and its own batch
+        assert expected_server_ms(call.trailing_metadata()) == pytest.approx(6.5 * per_batch * 1e3, abs=1e-3)
     finally:
         release.set()
     for future in futures:
@@ -104,8 +107,8 @@ def test_a_request_its_deadline_would_miss_is_shed_at_once_with_the_wait(
     error = caught.value
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's answer, not the client's deadline
     assert "after its deadline" in error.details()
-    assert "expected wait" in error.details()
-    assert expected_wait_ms(error.trailing_metadata()) == 0.0  # idle, but one batch is already too long
+    assert "expected time here" in error.details()
+    assert expected_server_ms(error.trailing_metadata()) >= SLOW_S * 1e3  # idle, but one batch is already too long
     assert runs == [1]  # never computed
     registry = server.metrics.registry
     labels = {"model": name, "version": "1"}
@@ -139,16 +142,16 @@ def test_the_device_client_reads_a_shed_and_keeps_its_breaker_closed(
     payload = create_codec("fp32").encode(hidden[:1])
     with TailClient(f"127.0.0.1:{server.port}", timeout_s=30) as patient:
         reply = patient.infer(name, payload, package_id=wire.package_id, classes=wire.classes)
-        assert reply.expected_wait_ms is not None
+        assert reply.expected_server_ms is not None
         probe = patient.live(timeout_s=30)
         assert probe is not None
-        assert probe.server_wait_ms is not None
+        assert probe.expected_server_ms is not None
         assert probe.address == f"127.0.0.1:{server.port}"
     with TailClient(f"127.0.0.1:{server.port}", timeout_s=SLOW_S / 3, failures_to_open=2) as hurried:
         for _ in range(4):
             with pytest.raises(OffloadShed) as caught:
                 hurried.infer(name, payload, package_id=wire.package_id, classes=wire.classes)
-            assert caught.value.server_wait_ms == 0.0
+            assert caught.value.expected_server_ms >= SLOW_S * 1e3
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert hurried.states() == {f"127.0.0.1:{server.port}": "closed"}  # busy is not down
-    assert EXPECTED_WAIT_KEY.startswith("edgeexit-")
+    assert EXPECTED_SERVER_KEY.startswith("edgeexit-")
