@@ -14,12 +14,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeexit.console import err_console
 from edgeexit.procs import SERVE_READY_PREFIX
+
+if TYPE_CHECKING:  # the server's modules need the [server] extra: imported when serve runs
+    from edgeexit.server.app import ServerOptions, TailServer
 
 
 def register(app: typer.Typer) -> None:
@@ -143,7 +146,7 @@ def serve(
 
 def _serve(
     sources: list[Path],
-    options: object,
+    options: ServerOptions,
     stop: threading.Event,
     hup: threading.Event,
     received: list[int],
@@ -153,13 +156,13 @@ def _serve(
     """One server process until SIGTERM/SIGINT, reloading on SIGHUP. A worker also stops when its
     supervisor is gone (it was killed without forwarding anything), so no worker outlives it."""
     from edgeexit.errors import EdgeExitError
-    from edgeexit.server.app import ServerOptions, TailServer
+    from edgeexit.server.app import TailServer
+    from edgeexit.server.workers import WORKER_ENV
 
-    assert isinstance(options, ServerOptions)
     parent = os.getppid()
     server = TailServer(sources, options).start()
     try:
-        _announce(server, table=os.environ.get("EDGEEXIT_SERVE_WORKER", "0") == "0")
+        _announce(server, table=os.environ.get(WORKER_ENV, "0") == "0")  # one model table for N workers
         while not received:
             stop.wait(timeout=1.0 if worker else None)
             stop.clear()
@@ -183,7 +186,7 @@ def _serve(
 
 def _supervise(
     sources: list[Path],
-    options: object,
+    options: ServerOptions,
     workers: int,
     token_file: Path | None,
     stop: threading.Event,
@@ -191,10 +194,8 @@ def _supervise(
     received: list[int],
 ) -> None:
     """``--workers N``: the supervisor of ``edgeexit.server.workers`` until SIGTERM/SIGINT."""
-    from edgeexit.server.app import ServerOptions
     from edgeexit.server.workers import Supervisor, WorkerPlan
 
-    assert isinstance(options, ServerOptions)
     plan = WorkerPlan(tuple(sources), options, workers, token_file)
     supervisor = Supervisor(plan, say=lambda line: print(line, file=sys.stderr, flush=True)).start()
     try:
@@ -222,11 +223,9 @@ def _supervise(
         supervisor.stop()
 
 
-def _announce(server: object, *, table: bool = True) -> None:
+def _announce(server: TailServer, *, table: bool = True) -> None:
     from edgeexit.console import table as render
-    from edgeexit.server.app import TailServer
 
-    assert isinstance(server, TailServer)
     rows = [
         (
             model.name,

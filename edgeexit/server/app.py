@@ -63,9 +63,7 @@ class ServerOptions:
     grace_s: float = 10.0
     trusted_keys: tuple[Path, ...] = ()  # given: serve signed packages only (edgeexit.signing)
     shed: bool = True  # answer RESOURCE_EXHAUSTED at once when the expected time would pass a request's deadline
-    reuse_port: bool = (
-        False  # SO_REUSEPORT: one of ``edgeexit serve --workers N``'s processes (edgeexit.server.workers)
-    )
+    reuse_port: bool = False  # SO_REUSEPORT: one of ``serve --workers N``'s processes (edgeexit.server.workers)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -31,9 +31,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from edgeexit.errors import ServerError
 from edgeexit.procs import SERVE_READY_PREFIX, START_TIMEOUT_S, ChildProcess
@@ -93,7 +94,7 @@ class Supervisor:
         self.workers: list[ChildProcess | None] = [None] * plan.workers
         self._holder: socket.socket | None = None
         self._metrics_dir: Path | None = None
-        self._http: object | None = None
+        self._http: WSGIServer | None = None
         self._restarts: list[float] = []
         self._stopping = False
         self._lock = threading.Lock()
@@ -210,8 +211,8 @@ class Supervisor:
                 worker.kill()
             self._mark_dead(worker.pid)
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.shutdown()
+            self._http.server_close()
             self._http = None
         if self._holder is not None:
             self._holder.close()
@@ -225,6 +226,3 @@ class Supervisor:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid, str(self._metrics_dir))
-
-    def pids(self) -> Sequence[int]:
-        return [worker.pid for worker in self.workers if worker is not None]

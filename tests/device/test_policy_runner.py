@@ -342,7 +342,7 @@ def test_a_server_that_sheds_makes_the_load_aware_runner_back_off(
             link = LinkEstimator(load_feedback=feedback, seed=0, prior_bandwidth_bps=1e9, prior_rtt_s=1e-4)
             with _client(address, timeout_s=0.1, failures_to_open=50) as client:
                 runner = PolicyRunner(engine, client, create_policy("adaptive", costs), codec=CODEC, estimator=link)
-                found[feedback] = [runner.run(x) for x in digits.x[:12]]
+                found[feedback] = [runner.run(x) for x in digits.x[:24]]
             _correct(found[feedback], local_answers)
     sent = [r for r in found[True] if r.offload is not None]
     shed = [i for i, r in enumerate(found[True]) if r.offload is not None and r.offload.shed]
@@ -355,4 +355,4 @@ def test_a_server_that_sheds_makes_the_load_aware_runner_back_off(
     assert "the server shed" in after.decisions[0].reason
     deaf = [r for r in found[False] if r.offload is not None]
     assert len(deaf) > len(sent)  # without feedback it kept trying
-    assert sum(r.offload.shed for r in deaf) >= len(deaf) - 4  # and was shed (after the first, unknown, batches)
+    assert sum(r.offload.shed for r in deaf) >= len(deaf) // 2  # and was shed (after the first, unknown, batches)
