@@ -59,7 +59,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import CLASSES, DIMS, PACKAGE_ID, sample_hidden
+from bench_server import CLASSES, DIMS, PACKAGE_ID, int8_decode, sample_hidden
 
 from edgeexit.policy import DeviceCosts, LinkEstimator, Policy, create_policy
 from edgeexit.procs import SERVE_READY_PREFIX, ChildProcess
@@ -89,15 +89,8 @@ def heavy_tail(convs: int, seed: int):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    initializers = [numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "per_sample")]
-    nodes = [
-        helper.make_node("Cast", ["hidden"], ["q"], to=TensorProto.FLOAT),
-        helper.make_node("Cast", ["zero_point"], ["zp"], to=TensorProto.FLOAT),
-        helper.make_node("Reshape", ["zp", "per_sample"], ["zp4"]),
-        helper.make_node("Reshape", ["scale", "per_sample"], ["scale4"]),
-        helper.make_node("Sub", ["q", "zp4"], ["centred"]),
-        helper.make_node("Mul", ["centred", "scale4"], ["x0"]),
-    ]
+    side, constant, nodes = int8_decode("x0")
+    initializers = [constant]
     channels = DIMS[0]
     for i in range(convs):
         w = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2.0 / (channels * 9))).astype(np.float32)
@@ -111,11 +104,7 @@ def heavy_tail(convs: int, seed: int):
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "fc"], ["logits"]),
     ]
-    inputs = [
-        helper.make_tensor_value_info("hidden", TensorProto.UINT8, ["N", *DIMS]),
-        helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["N", 1]),
-        helper.make_tensor_value_info("zero_point", TensorProto.UINT8, ["N", 1]),
-    ]
+    inputs = [helper.make_tensor_value_info("hidden", TensorProto.UINT8, ["N", *DIMS]), *side]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])]
     graph = helper.make_graph(nodes, f"heavy{convs}", inputs, outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

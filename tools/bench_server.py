@@ -78,6 +78,27 @@ MESSAGE_BYTES = 64 << 20
 # ---------------------------------------------------------------- the tails
 
 
+def int8_decode(output: str) -> tuple[list, object, list]:
+    """An int8 tail's side inputs, its one constant and its decode nodes, ``hidden`` -> ``output``:
+    (hidden - zero_point) * scale, one pair per sample ([N, 1] reshaped to [N, 1, 1, 1])."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [
+        helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["N", 1]),
+        helper.make_tensor_value_info("zero_point", TensorProto.UINT8, ["N", 1]),
+    ]
+    constant = numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "per_sample")
+    nodes = [
+        helper.make_node("Cast", ["hidden"], ["q"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["zero_point"], ["zp"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["zp", "per_sample"], ["zp4"]),
+        helper.make_node("Reshape", ["scale", "per_sample"], ["scale4"]),
+        helper.make_node("Sub", ["q", "zp4"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale4"], [output]),
+    ]
+    return inputs, constant, nodes
+
+
 def tail_graph(kind: str, codec: str, seed: int = 0):
     """A tail as docs/offload.md describes one: decode ``hidden`` per codec, then ``kind``'s layers."""
     import onnx
@@ -99,20 +120,11 @@ def tail_graph(kind: str, codec: str, seed: int = 0):
     elif codec == "fp16":
         nodes.append(helper.make_node("Cast", ["hidden"], ["decoded"], to=TensorProto.FLOAT))
         x = "decoded"
-    else:  # (hidden - zero_point) * scale, one pair per sample ([N, 1] reshaped to [N, 1, 1, 1])
-        inputs += [
-            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("zero_point", TensorProto.UINT8, ["N", 1]),
-        ]
-        initializers.append(numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "per_sample"))
-        nodes += [
-            helper.make_node("Cast", ["hidden"], ["q"], to=TensorProto.FLOAT),
-            helper.make_node("Cast", ["zero_point"], ["zp"], to=TensorProto.FLOAT),
-            helper.make_node("Reshape", ["zp", "per_sample"], ["zp4"]),
-            helper.make_node("Reshape", ["scale", "per_sample"], ["scale4"]),
-            helper.make_node("Sub", ["q", "zp4"], ["centred"]),
-            helper.make_node("Mul", ["centred", "scale4"], ["decoded"]),
-        ]
+    else:
+        side, constant, decode = int8_decode("decoded")
+        inputs += side
+        initializers.append(constant)
+        nodes += decode
         x = "decoded"
     channels = DIMS[0]
 
