@@ -68,6 +68,17 @@ def open_package(
     if not root.is_dir():
         raise PackageError(f"package {root} is neither a directory nor a file; {_EXPECTED}")
     manifest_path = root / MANIFEST_FILE
+    text = read_manifest_text(root, trusted_keys)
+    manifest = Manifest.from_json(text, source=str(manifest_path))
+    if verify_hashes:
+        verify_files(root, manifest)
+    return Package(root, manifest)
+
+
+def read_manifest_text(root: Path, trusted_keys: TrustedKeys | None = None) -> str:
+    """A package directory's manifest as text; with ``trusted_keys``, only once its signature checked
+    out, before a byte of it is believed. Every package format (classifier, decoder) reads it here."""
+    manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path} is missing; expected the manifest written by `edgeexit export`")
     try:
@@ -75,13 +86,10 @@ def open_package(
         text = body.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PackageError(f"cannot read {manifest_path} ({err}); expected a UTF-8 JSON manifest") from None
-    if trusted_keys is not None:  # before a byte of the manifest is believed
+    if trusted_keys is not None:
         signature = root / SIGNATURE_FILE
         check_signature(body, signature.read_bytes() if signature.is_file() else None, trusted_keys, f"package {root}")
-    manifest = Manifest.from_json(text, source=str(manifest_path))
-    if verify_hashes:
-        verify_files(root, manifest)
-    return Package(root, manifest)
+    return text
 
 
 def require_directory(path: str | os.PathLike[str], action: str) -> None:

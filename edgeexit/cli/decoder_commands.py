@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from edgeexit.cli.package_commands import TrustedKeyOpt
 from edgeexit.console import console
 
 if TYPE_CHECKING:
@@ -88,11 +89,14 @@ def generate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print text, tokens, tokens_per_s, mean_layers and mode as JSON.")
     ] = False,
+    trusted_key: TrustedKeyOpt = None,
 ) -> None:
     """Generate text on this machine from a decoder package: ONNX Runtime and tokenizers, no torch."""
     from edgeexit.generation.engine import DecoderEngine
+    from edgeexit.signing import TrustedKeys
 
-    engine = DecoderEngine(package, variant=variant, threads=threads)
+    trusted = TrustedKeys.load(trusted_key) if trusted_key else None
+    engine = DecoderEngine(package, variant=variant, threads=threads, trusted_keys=trusted)
     result = engine.generate(prompt, max_new_tokens, mode=mode, chat=chat, temperature=temperature, top_k=top_k,
                              top_p=top_p, seed=seed, criterion=criterion, skipped=skipped, max_draft=max_draft,
                              stop_below=stop_below, draft_variant=draft_variant)  # fmt: skip

@@ -36,6 +36,7 @@ from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.kserve.request import string_parameter
 from edgeexit.kserve.response import set_parameter
 from edgeexit.kserve.status import failed_precondition, invalid
+from edgeexit.signing import TrustedKeys
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 
 PROMPT = "prompt"
@@ -51,7 +52,9 @@ class GenerationRuntime:
     def __init__(self, config: DaemonConfig, *, generation: int = 1) -> None:
         self.config = config
         self.generation = generation
-        self.engine = DecoderEngine(config.package, threads=config.threads)  # verifies every hash
+        keys = config.engine.trusted_keys
+        trusted = TrustedKeys.load(keys) if keys else None  # given: the signature first, then every hash
+        self.engine = DecoderEngine(config.package, threads=config.threads, trusted_keys=trusted)
         self.manifest: DecoderManifest = self.engine.manifest
         self.mode = "generate"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgeexit-generate-{self.generation}")

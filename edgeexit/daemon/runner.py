@@ -125,10 +125,6 @@ def load_runtime(
 
     if not is_decoder_package(config.package):
         return Runtime(config, on_drift, on_recertified, generation=generation)
-    if config.engine.trusted_keys:
-        raise ConfigError(
-            f"trusted_keys are checked for classifier packages only so far; {config.package} is a decoder package"
-        )
     for table in ("offload", "shadow"):
         if getattr(config, table) is not None:
             raise ConfigError(f"[{table}] applies to classifier packages; {config.package} is a decoder package")

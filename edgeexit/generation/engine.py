@@ -24,6 +24,7 @@ from edgeexit.generation.manifest import DecoderManifest, DecoderSegment
 from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.generation.sampling import Sampler
 from edgeexit.generation.tokenizer import PromptCodec
+from edgeexit.signing import TrustedKeys
 
 MODES: tuple[str, ...] = ("full", "early-exit", "speculative")
 
@@ -123,10 +124,12 @@ class DecoderEngine:
     ``threads``: ONNX Runtime intra-op threads (one by default, as for every edgeexit engine)."""
 
     def __init__(self, package: str | Path | DecoderPackage, *, variant: str = "fp32", threads: int = 1,
-                 cache_dir: Path | None = None) -> None:  # fmt: skip
+                 cache_dir: Path | None = None, trusted_keys: TrustedKeys | None = None) -> None:  # fmt: skip
         from edgeexit.runtime.sessions import load_session
 
-        self.package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
+        self.package = (
+            package if isinstance(package, DecoderPackage) else open_decoder_package(package, trusted_keys=trusted_keys)
+        )
         manifest = self.package.manifest
         self.manifest: DecoderManifest = manifest
         self.variant = variant

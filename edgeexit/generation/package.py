@@ -14,7 +14,8 @@ from edgeexit.errors import PackageError
 from edgeexit.fileio import atomic_write_text
 from edgeexit.generation.manifest import DecoderManifest
 from edgeexit.manifest import MANIFEST_FILE
-from edgeexit.package import verify_files
+from edgeexit.package import read_manifest_text, verify_files
+from edgeexit.signing import TrustedKeys
 
 _EXPECTED = "expected a directory written by `edgeexit export` for a decoder (e.g. `edgeexit export smollm2_135m`)"
 
@@ -34,17 +35,18 @@ class DecoderPackage:
         return DecoderPackage(self.root, manifest)
 
 
-def open_decoder_package(path: str | os.PathLike[str], *, verify_hashes: bool = True) -> DecoderPackage:
+def open_decoder_package(
+    path: str | os.PathLike[str], *, verify_hashes: bool = True, trusted_keys: TrustedKeys | None = None
+) -> DecoderPackage:
+    """A decoder package directory, hashes verified; ``trusted_keys``: refuse it unless a trusted key
+    signed its manifest (``edgeexit sign``), checked before the manifest is read."""
     root = Path(path)
     if not root.is_dir():
         raise PackageError(f"decoder package {root} is not a directory; {_EXPECTED}")
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path} is missing; {_EXPECTED}")
-    try:
-        text = manifest_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PackageError(f"cannot read {manifest_path} ({err}); expected a UTF-8 JSON manifest") from None
+    text = read_manifest_text(root, trusted_keys)
     manifest = DecoderManifest.from_json(text, source=str(manifest_path))
     if verify_hashes:
         verify_files(root, manifest)  # type: ignore[arg-type]  # it reads .files only

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,39 @@ def test_the_tail_server_serves_signed_packages_only(
         TailServer([_copy(digits_package, tmp_path / "unsigned", None)], options)
     with pytest.raises(PackageError, match="plain model repository"):
         TailServer([signed / "tails"], options)
+
+
+def test_decoder_packages_are_held_to_the_trusted_keys_too(
+    kit, tiny_decoder: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The daemon's decoder runtime (and ``DecoderEngine``, ``edgeexit generate --trusted-key``) check a
+    decoder package's signature before its manifest is read; a signed one generates."""
+    from edgeexit.daemon.config import load_config
+    from edgeexit.daemon.runner import load_runtime
+
+    trust = f'trusted_keys = ["{keys["build"]}.pub"]\n'
+    signed = _copy(tiny_decoder, tmp_path / "signed", keys["build"])
+    runtime = load_runtime(load_config(kit.write_config(tmp_path / "signed.toml", signed, "127.0.0.1:0", extra=trust)))
+    try:
+        assert runtime.kind == "decoder"
+        assert len(runtime.engine.generate("the quick brown fox", 3).tokens) == 3
+    finally:
+        runtime.close()
+    for name, key, reason in (("unsigned", None, "is not signed"), ("foreign", keys["stranger"], "does not trust")):
+        package = _copy(tiny_decoder, tmp_path / name, key)
+        config = load_config(kit.write_config(tmp_path / f"{name}.toml", package, "127.0.0.1:0", extra=trust))
+        with pytest.raises(PackageError, match=reason):
+            load_runtime(config)
+    altered = _copy(tiny_decoder, tmp_path / "altered", keys["build"])
+    manifest = altered / "manifest.json"
+    manifest.write_text(manifest.read_text(encoding="utf-8") + "\n", encoding="utf-8")  # one byte after signing
+    config = load_config(kit.write_config(tmp_path / "altered.toml", altered, "127.0.0.1:0", extra=trust))
+    with pytest.raises(PackageError, match="does not match its manifest"):
+        load_runtime(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeexit", "generate", str(tmp_path / "unsigned"), "--prompt", "the fox",
+         "--max-new-tokens", "2", "--trusted-key", f"{keys['build']}.pub"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "is not signed" in result.stdout + result.stderr
