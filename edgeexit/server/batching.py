@@ -69,6 +69,7 @@ class _Pending:
     samples: int
     future: asyncio.Future[BatchResult]
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # perf_counter time its caller gives up (None: no deadline)
 
 
 class Batcher:
@@ -162,6 +163,8 @@ class Batcher:
                 f"({time_left_s * 1e3:.1f} ms left)"
             )
         pending = _Pending(feeds, samples, asyncio.get_running_loop().create_future())
+        if time_left_s is not None:
+            pending.deadline = pending.enqueued + time_left_s
         self._queue.append(pending)
         self._depth_changed()
         self._wake.set()
@@ -237,14 +240,33 @@ class Batcher:
                 await self._run(loop, batch)
 
     def _take(self) -> list[_Pending]:
-        """Oldest first, as many whole requests as fit in ``max_batch_size`` samples."""
+        """Oldest first, as many whole requests as fit in ``max_batch_size`` samples. A request whose
+        deadline would pass before this batch ends is shed here, when the batch forms: the expected time
+        at its arrival was an estimate, and the queue it met may have run slower (a surge)."""
         batch: list[_Pending] = []
         samples = 0
+        ends = time.perf_counter() + self.batch_s
         while self._queue and samples + self._queue[0].samples <= self.max_batch_size:
             pending = self._queue.popleft()
-            if not pending.future.done():
-                batch.append(pending)
-                samples += pending.samples
+            if pending.future.done():
+                continue
+            if (
+                self.shed_late
+                and self._batch_s is not None
+                and pending.deadline is not None
+                and ends > pending.deadline
+            ):
+                self._on_shed(self.name, self.version, "deadline")
+                left_ms = max(pending.deadline - time.perf_counter(), 0.0) * 1e3
+                pending.future.set_exception(
+                    self._shed(
+                        f"model {self.name!r} would finish this request's batch after its deadline "
+                        f"({left_ms:.1f} ms left when the batch formed)"
+                    )
+                )
+                continue
+            batch.append(pending)
+            samples += pending.samples
         self._depth_changed()
         return batch
 

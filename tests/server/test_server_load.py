@@ -8,6 +8,7 @@ server's recent time per batch is at least that, and a deadline shorter than it 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgeexit.codecs import create_codec
-from edgeexit.errors import OffloadShed
+from edgeexit.errors import OffloadShed, RequestError
 from edgeexit.server import TailServer
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.generated import grpc_service_pb2 as pb
@@ -155,3 +156,31 @@ def test_the_device_client_reads_a_shed_and_keeps_its_breaker_closed(
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert hurried.states() == {f"127.0.0.1:{server.port}": "closed"}  # busy is not down
     assert EXPECTED_SERVER_KEY.startswith("edgeexit-")
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_shed_when_its_batch_forms() -> None:
+    """Admitted on arrival (its expected time was within its deadline), then held behind batches that
+    ran long: when its own batch forms it could no longer finish in time, so it is shed there, while
+    a request with time enough in the same queue runs. The batcher's own take, on its own loop."""
+    from edgeexit.server.batching import Batcher, _Pending
+
+    async def scenario() -> tuple[list[int], BaseException | None, list[str]]:
+        shed: list[str] = []
+        batcher = Batcher("m", lambda feeds: feeds, max_batch_size=4, max_queue_delay_us=0, max_queue=8,
+                          on_shed=lambda name, version, reason: shed.append(reason))  # fmt: skip
+        batcher._batch_s = 1.0  # the recent batches took a second
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        late = _Pending({"x": np.zeros((1, 1))}, 1, loop.create_future(), deadline=now + 0.5)
+        timely = _Pending({"x": np.ones((1, 1))}, 1, loop.create_future(), deadline=now + 60.0)
+        batcher._queue.extend([late, timely])
+        batch = batcher._take()
+        error = late.future.exception() if late.future.done() else None
+        return [int(p.feeds["x"][0, 0]) for p in batch], error, shed
+
+    batch, error, shed = asyncio.run(scenario())
+    assert batch == [1]  # the timely one runs
+    assert isinstance(error, RequestError)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "when the batch formed" in error.message
+    assert shed == ["deadline"]
