@@ -127,19 +127,10 @@ class DeviceService(KServeService["Runtime"]):
             response.outputs.add(name=name, datatype=datatype, shape=shape)
         return response
 
-    async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        started = time.perf_counter()
-        try:
-            self.drain.enter()
-        except RequestError as err:
-            self.on_request(err.code.name, 0, 0.0, [])
-            await abort(context, err)
-        try:
-            return await self._infer(data, context, started)
-        finally:
-            self.drain.leave()
+    def refused(self, error: RequestError) -> None:
+        self.on_request(error.code.name, 0, 0.0, [])
 
-    async def _infer(self, data: bytes, context: grpc.aio.ServicerContext, started: float) -> pb.ModelInferResponse:
+    async def infer(self, data: bytes, context: grpc.aio.ServicerContext, started: float) -> pb.ModelInferResponse:
         samples = 0
         try:
             request = parse_request(data, self.limit)

@@ -8,7 +8,7 @@ whether retrying is safe. Measured on ``edgeexit serve`` with 32 closed-loop cli
 10 of 32 in-flight calls ended CANCELLED that way.
 
 So a server drains in the application first: from ``begin()`` on, every new call is answered
-UNAVAILABLE with the reason (``refusal``) while the calls already running finish; ``settle``
+UNAVAILABLE with the reason (``enter`` raises it) while the calls already running finish; ``settle``
 then waits until none runs and none has arrived for ``quiet_s``, so that grpc's shutdown
 meets an idle server whose clients were told to go elsewhere. A client that keeps sending
 anyway (no backoff, no failover) can still meet the instant of shutdown after ``grace``.
@@ -21,9 +21,7 @@ import math
 import time
 from collections.abc import Callable
 
-import grpc
-
-from edgeexit.errors import RequestError
+from edgeexit.kserve.status import unavailable
 
 #: How long no new call must arrive before grpc's shutdown is called: long enough for a client
 #: that was just refused to read the answer and stop, short against any grace period.
@@ -40,17 +38,13 @@ class Drain:
         self.reason = ""
         self._clock = clock
         self._last_arrival = -math.inf
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def begin(self, reason: str) -> None:
         """From now on, ``enter`` refuses new calls with UNAVAILABLE saying ``reason``."""
         self.draining = True
         self.reason = reason
-
-    def refusal(self) -> RequestError:
-        return RequestError(
-            grpc.StatusCode.UNAVAILABLE, f"{self.who} is draining ({self.reason}); retry on another server or later"
-        )
 
     def arrived(self) -> None:
         """A call reached a handler (any call: probes count, they would meet the shutdown too)."""
@@ -60,44 +54,29 @@ class Drain:
         """A call starts; raises the refusal while draining. Pair with ``leave`` (try/finally)."""
         self._last_arrival = self._clock()
         if self.draining:
-            raise self.refusal()
+            raise unavailable(f"{self.who} is draining ({self.reason}); retry on another server or later")
         self.in_flight += 1
-        if self._idle is not None:
-            self._idle.clear()
+        self._idle.clear()
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Until no call runs (with ``draining`` set, none starts after)."""
         if self.in_flight == 0:
-            return
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._idle.clear()
-        while self.in_flight:
-            await self._idle.wait()
-            self._idle.clear()
+            self._idle.set()
 
     async def settle(self, timeout_s: float, quiet_s: float = QUIET_S) -> bool:
         """Until no call runs and none arrived for ``quiet_s``, at most ``timeout_s``: True when it settled."""
         deadline = self._clock() + max(timeout_s, 0.0)
-        try:
-            await asyncio.wait_for(self.wait_idle(), timeout=max(timeout_s, 0.0))
-        except asyncio.TimeoutError:
-            return False
         while True:
             now = self._clock()
-            quiet_until = self._last_arrival + quiet_s
-            if now >= quiet_until and self.in_flight == 0:
+            if self.in_flight:  # the running calls finish first
+                try:
+                    await asyncio.wait_for(self._idle.wait(), timeout=max(deadline - now, 0.0))
+                except asyncio.TimeoutError:
+                    return False
+                continue
+            quiet_at = self._last_arrival + quiet_s
+            if now >= quiet_at:
                 return True
             if now >= deadline:
                 return False
-            await asyncio.sleep(min(max(quiet_until - now, 0.01), deadline - now))
-            if self.in_flight:
-                try:
-                    await asyncio.wait_for(self.wait_idle(), timeout=max(deadline - self._clock(), 0.0))
-                except asyncio.TimeoutError:
-                    return False
+            await asyncio.sleep(min(quiet_at, deadline) - now)

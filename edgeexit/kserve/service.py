@@ -1,8 +1,10 @@
 """``KServeService``: the v2 calls every edgeexit server answers alike, and its handler table.
 
 Health (ServerLive, ServerReady, ModelReady) and ServerMetadata are the same for every model a
-server could hold; ModelMetadata and ModelInfer are each server's own (a tail vs. the full
-model), so a subclass supplies them and ``find_model``, and may add calls to ``handlers()``.
+server could hold; ModelMetadata and inference are each server's own (a tail vs. the full
+model), so a subclass supplies them (``infer``) and ``find_model``, and may add calls to
+``handlers()``. ModelInfer itself is shared: it counts the call for the drain, and a draining
+server refuses it here, before it is parsed.
 
 Handlers are registered here rather than through the generated ``add_..._to_server`` because
 ModelInfer takes its request as bytes (no deserializer): ``request.parse_request`` checks the
@@ -12,6 +14,7 @@ name at most and use the generated messages as usual.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
@@ -42,8 +45,8 @@ class KServeService(ABC, Generic[Model]):
     """The shared v2 calls over the models ``find_model`` resolves.
 
     ``ready`` is False until the server listens and again once it drains; ``drain`` counts the
-    calls (``edgeexit.kserve.drain``: a subclass's ModelInfer enters and leaves it, the shared
-    calls mark their arrival); ``SERVER_NAME`` and ``EXTENSIONS`` are what ServerMetadata reports."""
+    calls (``edgeexit.kserve.drain``: ModelInfer enters and leaves it, the health calls mark their
+    arrival); ``SERVER_NAME`` and ``EXTENSIONS`` are what ServerMetadata reports."""
 
     SERVER_NAME: ClassVar[str]
     #: The v2 protocol extensions the server implements beyond the core calls.
@@ -66,8 +69,24 @@ class KServeService(ABC, Generic[Model]):
     ) -> pb.ModelMetadataResponse: ...
 
     @abstractmethod
+    async def infer(self, data: bytes, context: grpc.aio.ServicerContext, arrived: float) -> pb.ModelInferResponse:
+        """One ModelInfer the drain let through. ``data`` is the serialized request: parse it with
+        ``edgeexit.kserve.request.parse_request``; ``arrived``: ``time.perf_counter()`` when it came."""
+
+    def refused(self, error: RequestError) -> None:
+        """A ModelInfer refused while draining, before it was parsed (a subclass counts it)."""
+
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        """``data`` is the serialized request: parse it with ``edgeexit.kserve.request.parse_request``."""
+        arrived = time.perf_counter()
+        try:
+            self.drain.enter()
+        except RequestError as err:
+            self.refused(err)
+            await abort(context, err)
+        try:
+            return await self.infer(data, context, arrived)
+        finally:
+            self.drain.leave()
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext

@@ -95,20 +95,10 @@ class InferenceService(KServeService[TailModel]):
         response.config.CopyFrom(model.config)
         return response
 
-    async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        labels = ("", "")
-        arrived = time.perf_counter()
-        try:
-            self.drain.enter()
-        except RequestError as err:
-            self.metrics.request(*labels, err.code.name)
-            await abort(context, err)
-        try:
-            return await self._infer(data, context, arrived)
-        finally:
-            self.drain.leave()
+    def refused(self, error: RequestError) -> None:
+        self.metrics.request("", "", error.code.name)
 
-    async def _infer(self, data: bytes, context: grpc.aio.ServicerContext, arrived: float) -> pb.ModelInferResponse:
+    async def infer(self, data: bytes, context: grpc.aio.ServicerContext, arrived: float) -> pb.ModelInferResponse:
         labels = ("", "")
         try:
             request = parse_request(data, self.limit)
