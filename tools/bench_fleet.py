@@ -257,7 +257,7 @@ async def run_device(device: Device, address: str, requests: dict[int, tuple[byt
     import grpc
 
     from edgeexit.transport.generated import grpc_service_pb2 as pb
-    from edgeexit.transport.wire import PARAM_EXPECTED_SERVER_MS, expected_server_ms
+    from edgeexit.transport.wire import parse_reply, trailing_expected_server_ms
 
     options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own, as a separate device has
     async with grpc.aio.insecure_channel(address, options=options) as channel:
@@ -277,7 +277,7 @@ async def run_device(device: Device, address: str, requests: dict[int, tuple[byt
             await call
             trailing = await call.trailing_metadata()
             await asyncio.sleep(device.rtt_s / 2)
-            estimator.observe_probe(loop.time() - tick, expected_server_ms(trailing))
+            estimator.observe_probe(loop.time() - tick, trailing_expected_server_ms(trailing))
 
         for offset in device.arrivals:
             arrival = started + offset
@@ -314,19 +314,19 @@ async def run_device(device: Device, address: str, requests: dict[int, tuple[byt
                 except (grpc.aio.AioRpcError, asyncio.TimeoutError) as err:
                     if isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         device.shed += 1
-                        estimator.observe_shed(expected_server_ms(err.trailing_metadata()))
+                        estimator.observe_shed(trailing_expected_server_ms(err.trailing_metadata()))
                     device.fallbacks += 1
                     for rest in range(j + 1, len(SEGMENT_MS)):  # finished here, from the same boundary
                         await asyncio.sleep(device.segment_s(rest))
                     break
-                params = reply.parameters
-                queue_ms, compute_ms = params["queue_ms"].double_param, params["compute_ms"].double_param
-                server_ms = params["server_ms"].double_param
-                modelled = device.policy.costs.server_ms[j] if device.policy.costs else 0.0
-                delay = queue_ms + max(0.0, server_ms - queue_ms - compute_ms) + max(0.0, compute_ms - modelled)
-                estimator.observe_transfer(size, loop.time() - tick, server_ms=server_ms, queue_ms=delay)
-                if PARAM_EXPECTED_SERVER_MS in params:
-                    estimator.observe_server_expected(params[PARAM_EXPECTED_SERVER_MS].double_param)
+                answer = parse_reply(reply, samples=1, classes=CLASSES)  # as the device client reads it
+                costs = device.policy.costs
+                modelled = costs.server_ms[j] if costs is not None and costs.server_ms else 0.0
+                estimator.observe_reply(
+                    size, loop.time() - tick, queue_ms=answer.queue_ms, compute_ms=answer.compute_ms,
+                    server_ms=answer.server_ms, modelled_compute_ms=modelled,
+                    expected_server_ms=answer.expected_server_ms,
+                )  # fmt: skip
                 device.offloaded += 1
                 done = True
             device.latencies.append(loop.time() - arrival)

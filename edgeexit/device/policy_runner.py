@@ -344,35 +344,27 @@ class PolicyRunner:
         results = offload_or_resume(self.engine, self.client, tail, self.codec, pending, classes=self._classes)
         info = results[0].offload
         if info is not None and info.offloaded:
-            queue_ms, compute_ms = info.queue_ms or 0.0, info.compute_ms or 0.0
-            server_ms = info.server_ms if info.server_ms is not None else queue_ms + compute_ms
             sent = sum(r.offload.bytes_sent for r in results if r.offload is not None)  # the shares sum to the request
-            extra = self._unmodelled_compute_ms(pending.boundary, info.compute_ms, len(results))
-            handling = max(0.0, server_ms - queue_ms - compute_ms)  # parsing, hand-offs, the reply
-            delay = queue_ms + handling + extra
-            self.estimator.observe_transfer(sent, info.transfer_ms / 1e3, server_ms=server_ms, queue_ms=delay)
-            self.estimator.observe_server_expected(info.expected_server_ms)
+            self.estimator.observe_reply(
+                sent, info.transfer_ms / 1e3, queue_ms=info.queue_ms, compute_ms=info.compute_ms,
+                server_ms=info.server_ms, modelled_compute_ms=self._modelled_compute_ms(pending.boundary, len(results)),
+                expected_server_ms=info.expected_server_ms,
+            )  # fmt: skip
         elif info is not None and info.shed:  # answered at once: the server is full, back off
             self.estimator.observe_shed(info.expected_server_ms)
         return results
 
-    def _unmodelled_compute_ms(self, boundary: int, compute_ms: float | None, samples: int) -> float:
-        """The tail's measured compute beyond what the policy's costs model for it (``server_ms``,
-        ``input_server_ms``: a quiet server's time; 0 where they have none), per request.
-
-        It enters the estimate's server delay (``LinkEstimate.server_queue_ms``, which every
-        modelled offload adds) beside the server's queue and its handling (``server_ms`` beyond
-        queue and compute): the estimator takes the server's whole reported time out of a transfer
-        before it reads a bandwidth sample, so without this a server slower than the profile (a
-        loaded one) would never make an offload look dearer."""
+    def _modelled_compute_ms(self, boundary: int, samples: int) -> float | None:
+        """The tail's compute for ``samples`` as the policy's costs model it (``server_ms``,
+        ``input_server_ms``: a quiet server's time; 0 where they have none; None without costs)."""
         costs = self.policy.costs
-        if compute_ms is None or costs is None:
-            return 0.0
+        if costs is None:
+            return None
         if boundary == -1:
             modelled = costs.input_server_ms or 0.0
         else:
             modelled = costs.server_ms[boundary] if costs.server_ms and boundary < len(costs.server_ms) else 0.0
-        return max(0.0, compute_ms - modelled * samples)
+        return modelled * samples
 
     def _max_batch(self, tail: TailSpec) -> int:
         found = self._batch_limits.get(tail.model)

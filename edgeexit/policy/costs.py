@@ -256,14 +256,14 @@ def offload_now(costs: DeviceCosts, k: int, link: LinkEstimate) -> Cost:
     assert size is not None
     bandwidth = max(link.bandwidth_bps, _EPS)
     upload_s = size * 8.0 / bandwidth
-    server_s = server_ms(link, compute_ms) / 1000.0
+    server_s = server_time_ms(link, compute_ms) / 1000.0
     wait_s = link.rtt_s + upload_s + server_s
     offload_gap_s = link.request_interval_s / max(costs.survival(k), _EPS)  # the plan's offloads, this far apart
     energy = costs.radio.transmit_j(upload_s, bandwidth, offload_gap_s) + costs.idle_w * wait_s
     return Cost(wait_s * 1000.0, energy)
 
 
-def server_ms(link: LinkEstimate, compute_ms: float) -> float:
+def server_time_ms(link: LinkEstimate, compute_ms: float) -> float:
     """The server's share of an offload: the profiled compute + the queue the replies measured; while
     the server reports its expected time, the larger of the two, or the report alone once replies
     stopped (a device that went local hears from its probes that the server is free again, where

@@ -81,7 +81,7 @@ class LinkEstimate:
     much of the radio's tail each one pays. ``expected_server_ms`` is the time the server itself
     expects a request arriving now to take in it, queue and compute (``edgeexit.policy.load``;
     None: no fresh report, or load feedback off); ``server_queue_recent`` says whether replies
-    updated ``server_queue_ms`` as recently (``costs.server_ms`` weighs the two). ``backoff_s`` is
+    updated ``server_queue_ms`` as recently (``costs.server_time_ms`` weighs the two). ``backoff_s`` is
     how long this device still holds back after the server shed one of its requests (0: none).
     """
 
@@ -228,6 +228,34 @@ class LinkEstimator:
         self._last = now
         self.version += 1
 
+    def observe_reply(
+        self,
+        nbytes: int,
+        seconds: float,
+        *,
+        queue_ms: float | None,
+        compute_ms: float | None,
+        server_ms: float | None = None,
+        modelled_compute_ms: float | None = None,
+        expected_server_ms: float | None = None,
+    ) -> None:
+        """One delivered offload as the server reported it (None: it did not say): a transfer
+        (``observe_transfer``) whose server delay is the queue, the server's handling (``server_ms``
+        beyond queue and compute: parsing, hand-offs, the reply) and the compute beyond what the
+        device's costs model for the tail (``modelled_compute_ms``; None: nothing counted), and the
+        server's expected time for the next request. The unmodelled compute counts because the
+        estimator takes the server's whole time out of a transfer before it reads a bandwidth
+        sample: without it a server slower than the profile (a loaded one) would never make an
+        offload look dearer."""
+        queue, compute = queue_ms or 0.0, compute_ms or 0.0
+        whole = server_ms if server_ms is not None else queue + compute
+        handling = max(0.0, whole - queue - compute)
+        beyond = (
+            0.0 if compute_ms is None or modelled_compute_ms is None else max(0.0, compute_ms - modelled_compute_ms)
+        )
+        self.observe_transfer(nbytes, seconds, server_ms=whole, queue_ms=queue + handling + beyond)
+        self.observe_server_expected(expected_server_ms)
+
     def observe_server_expected(self, expected_ms: float | None) -> None:
         """The server's expected time from a reply (None: it did not say)."""
         if self.load is not None and expected_ms is not None:
@@ -287,5 +315,6 @@ class LinkEstimator:
             expected_server_ms=None if self.load is None else self.load.expected_ms,
             backoff_s=0.0 if self.load is None else self.load.backoff_s,
             server_queue_recent=self.load is not None
-            and now - (self._queue.at or -math.inf) <= self.load.stale_after_s,
+            and self._queue.at is not None
+            and now - self._queue.at <= self.load.stale_after_s,
         )

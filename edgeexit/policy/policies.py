@@ -252,7 +252,7 @@ def estimate_key(
         bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
     key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), delay_key(link.server_queue_ms))
     expected = link.expected_server_ms
-    if expected is not None:  # the server's own time too (costs.server_ms)
+    if expected is not None:  # the server's own time too (costs.server_time_ms)
         key = (*key, ("expected", delay_key(expected), link.server_queue_recent))
     return (*key, ("backoff",)) if link.backoff_s > 0 else key
 

@@ -18,7 +18,7 @@ import grpc
 from edgeexit.errors import OffloadError, OffloadRejected, OffloadShed, OffloadTimeout, ServerUnavailable
 from edgeexit.transport.generated import grpc_service_pb2 as pb
 from edgeexit.transport.generated import grpc_service_pb2_grpc as pb_grpc
-from edgeexit.transport.wire import expected_server_ms
+from edgeexit.transport.wire import trailing_expected_server_ms
 
 #: gRPC call metadata (``authorization`` for a bearer token), or None.
 Metadata = Sequence[tuple[str, str]] | None
@@ -70,7 +70,7 @@ class GrpcTransport:
             _, call = stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as err:
             raise offload_error(err, timeout_s) from None
-        return expected_server_ms(call.trailing_metadata())
+        return trailing_expected_server_ms(call.trailing_metadata())
 
     def __repr__(self) -> str:
         return "GrpcTransport()"
@@ -89,7 +89,7 @@ def offload_error(err: grpc.RpcError, timeout_s: float) -> OffloadError:
         return ServerUnavailable(message)
     if name == "RESOURCE_EXHAUSTED":  # the server is full for this deadline (a full queue, a wait past it)
         trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-        return OffloadShed(message, code=code, expected_server_ms=expected_server_ms(trailing))
+        return OffloadShed(message, code=code, expected_server_ms=trailing_expected_server_ms(trailing))
     return OffloadRejected(message, code=code)
 
 

@@ -181,7 +181,7 @@ def parse_reply(reply: pb.ModelInferResponse, *, samples: int, classes: int | No
     )
 
 
-def expected_server_ms(trailing: Sequence[tuple[str, str | bytes]] | None) -> float | None:
+def trailing_expected_server_ms(trailing: Sequence[tuple[str, str | bytes]] | None) -> float | None:
     """``EXPECTED_SERVER_KEY`` from a call's trailing metadata: ms, or None when absent or not a finite
     number >= 0 (another server's metadata is not trusted to be ours)."""
     for key, value in trailing or ():

@@ -22,7 +22,7 @@ from edgeexit.errors import OffloadShed, RequestError
 from edgeexit.server import TailServer
 from edgeexit.transport.client import TailClient
 from edgeexit.transport.generated import grpc_service_pb2 as pb
-from edgeexit.transport.wire import EXPECTED_SERVER_KEY, expected_server_ms
+from edgeexit.transport.wire import EXPECTED_SERVER_KEY, trailing_expected_server_ms
 
 SLOW_S = 0.3
 
@@ -51,7 +51,7 @@ def test_replies_and_probes_say_the_expected_time(
     response = client.stub.ModelInfer(wire.request(name, wire.encode("fp32", hidden[:1])), timeout=30)
     assert response.parameters["expected_server_ms"].double_param >= 0.0
     _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
-    assert expected_server_ms(call.trailing_metadata()) is not None
+    assert trailing_expected_server_ms(call.trailing_metadata()) is not None
     labels = {"model": name, "version": "1"}
     assert server.metrics.registry.get_sample_value("edgeexit_expected_server_seconds", labels) is not None
 
@@ -86,7 +86,7 @@ def test_the_expected_time_is_the_queue_and_its_own_batch_at_the_recent_batch_ti
         assert batcher.expected_wait_s == pytest.approx(5.5 * per_batch)  # 5 full batches and half of the running one
         _, call = client.stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=30)
         assert batcher.expected_server_s == pytest.approx(6.5 * per_batch)  # and its own batch
-        assert expected_server_ms(call.trailing_metadata()) == pytest.approx(6.5 * per_batch * 1e3, abs=1e-3)
+        assert trailing_expected_server_ms(call.trailing_metadata()) == pytest.approx(6.5 * per_batch * 1e3, abs=1e-3)
     finally:
         release.set()
     for future in futures:
@@ -109,7 +109,9 @@ def test_a_request_its_deadline_would_miss_is_shed_at_once_with_the_wait(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the server's answer, not the client's deadline
     assert "after its deadline" in error.details()
     assert "expected time here" in error.details()
-    assert expected_server_ms(error.trailing_metadata()) >= SLOW_S * 1e3  # idle, but one batch is already too long
+    assert (
+        trailing_expected_server_ms(error.trailing_metadata()) >= SLOW_S * 1e3
+    )  # idle, but one batch is already too long
     assert runs == [1]  # never computed
     registry = server.metrics.registry
     labels = {"model": name, "version": "1"}
