@@ -29,7 +29,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +80,8 @@ def worker_command(plan: WorkerPlan, port: int) -> list[str]:
 
 
 class Supervisor:
-    """N ``edgeexit serve`` workers on one port; see the module docstring. ``say`` prints a line."""
+    """N ``edgeexit serve`` workers on one port; see the module docstring. ``say`` prints a line.
+    Driven from one thread (the CLI's loop); only ``say`` is called from the workers' reader threads."""
 
     def __init__(self, plan: WorkerPlan, say: Callable[[str], None]) -> None:
         if plan.workers < 2:
@@ -97,7 +97,6 @@ class Supervisor:
         self._http: WSGIServer | None = None
         self._restarts: list[float] = []
         self._stopping = False
-        self._lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -110,8 +109,8 @@ class Supervisor:
             self.port = self._hold_port()
             if self.plan.options.metrics_port is not None:
                 self._metrics_dir = Path(tempfile.mkdtemp(prefix="edgeexit-serve-metrics-"))
-            for index in range(self.plan.workers):  # one at a time: N workers loading at once on N cores
-                self.workers[index] = self._spawn(index)  # would each take N times as long to get ready
+            for index in range(self.plan.workers):  # one at a time: a package that fails to load fails
+                self.workers[index] = self._spawn(index)  # the first worker, before the others load it
                 self._wait_ready(index)
             if self._metrics_dir is not None:
                 self.metrics_port = self._serve_metrics(self.plan.options.metrics_port or 0)
@@ -174,31 +173,29 @@ class Supervisor:
 
     def keep_alive(self) -> None:
         """Start again any worker that died; ServerError once they die faster than MAX_RESTARTS a window."""
-        with self._lock:
-            if self._stopping:
-                return
-            for index, worker in enumerate(self.workers):
-                if worker is None or worker.poll() is None:
-                    continue
-                code = worker.wait(timeout=5)
-                self._mark_dead(worker.pid)
-                now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S] + [now]
-                if len(self._restarts) > MAX_RESTARTS:
-                    raise ServerError(
-                        f"worker {index} exited ({code}); workers died {len(self._restarts)} times in "
-                        f"{RESTART_WINDOW_S:g} s, so edgeexit serve stops: see the [worker] lines above"
-                    )
-                self.say(f"edgeexit serve: worker {index} exited ({code}); starting it again")
-                self.workers[index] = self._spawn(index)
-                self._wait_ready(index)
+        if self._stopping:
+            return
+        for index, worker in enumerate(self.workers):
+            if worker is None or worker.poll() is None:
+                continue
+            code = worker.wait(timeout=5)
+            self._mark_dead(worker.pid)
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(self._restarts) > MAX_RESTARTS:
+                raise ServerError(
+                    f"worker {index} exited ({code}); workers died {len(self._restarts)} times in "
+                    f"{RESTART_WINDOW_S:g} s, so edgeexit serve stops: see the [worker] lines above"
+                )
+            self.say(f"edgeexit serve: worker {index} exited ({code}); starting it again")
+            self.workers[index] = self._spawn(index)
+            self._wait_ready(index)
 
     # ---------------------------------------------------------------- stop
 
     def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM every worker (each drains within the grace), SIGKILL what is left after it."""
-        with self._lock:
-            self._stopping = True
+        self._stopping = True
         grace = self.plan.options.grace_s if grace_s is None else grace_s
         self.forward(signal.SIGTERM)
         deadline = time.monotonic() + grace + 5.0  # each worker's own grace, and its exit
