@@ -239,7 +239,7 @@ def estimate_key(
     """The inputs of a decision besides its boundary, at the grain below which a policy treats them
     as equal: ``(battery, bandwidth step, RTT step, server delay step)`` (bandwidth within 5%, or by
     ``upload_key`` when the largest tensor a package may send is known; RTT within 0.25 ms, the
-    replies' queue by ``delay_key``; each step an int, so a caller can tell "one step away" from
+    replies' queue by ``time_key``; each step an int, so a caller can tell "one step away" from
     "far away"), ``("expected", step, recent)`` while the server reports its expected time, and
     ``("backoff",)`` last while the link says to back off: the memo's key,
     and a caller's (``PolicyRunner``'s plans) for "would the policy decide anything differently now"."""
@@ -250,20 +250,28 @@ def estimate_key(
         bandwidth = round(math.log(max(link.bandwidth_bps, 1.0)) / _BANDWIDTH_STEP)
     else:
         bandwidth = upload_key(link.bandwidth_bps, largest_bytes)
-    key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), delay_key(link.server_queue_ms))
+    key: tuple[object, ...] = (state, bandwidth, round(link.rtt_s * 4e3), time_key(link.server_queue_ms))
     expected = link.expected_server_ms
     if expected is not None:  # the server's own time too (costs.server_time_ms)
-        key = (*key, ("expected", delay_key(expected), link.server_queue_recent))
+        key = (*key, ("expected", time_key(expected), link.server_queue_recent))
     return (*key, ("backoff",)) if link.backoff_s > 0 else key
 
 
-def delay_key(delay_ms: float) -> int:
-    """The server's delay at the grain of ``upload_key``: 0.25 ms steps under 5 ms, 5% beyond. A loaded
-    server's expected time (tens to hundreds of ms) moves by a few percent with every reply, and at
-    a fixed 0.25 ms grain each reply would be a new plan."""
-    if delay_ms < 5.0:
-        return round(delay_ms * 4.0)
-    return 20 + round(math.log(delay_ms / 5.0) / _BANDWIDTH_STEP)
+def time_key(ms: float) -> int:
+    """A time at the grain a decision tells apart: 0.25 ms steps under 5 ms, 5% beyond (step 20 is 5 ms
+    either way). An upload time (``upload_key``) and the server's delay share it: a loaded server's
+    expected time (tens to hundreds of ms) moves by a few percent with every reply, and at a fixed
+    0.25 ms grain each reply would be a new plan."""
+    if ms < 5.0:
+        return round(ms * 4.0)
+    return 20 + round(math.log(ms / 5.0) / _BANDWIDTH_STEP)
+
+
+def backoff_note(link: LinkEstimate) -> str:
+    """What a load-aware decision says while the link says to back off (else nothing)."""
+    if link.backoff_s <= 0:
+        return ""
+    return f"; not offloading for {link.backoff_s:.2f} s more: the server shed this device's work"
 
 
 def upload_key(bandwidth_bps: float, largest_bytes: int) -> int:
@@ -274,10 +282,7 @@ def upload_key(bandwidth_bps: float, largest_bytes: int) -> int:
     500 Mbit/s; the estimate swings by tens of percent), and at a 5% grain nearly every transfer
     gave a new key, so a new plan: 0.3-0.4 ms of decisions per sample at a Pi 4's speed while
     offloading (docs/benchmarks.md, sweep I), for choices an upload time 0.25 ms apart cannot change."""
-    upload_ms = largest_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1e3
-    if upload_ms < 5.0:
-        return round(upload_ms * 4.0)
-    return 20 + round(math.log(upload_ms / 5.0) / _BANDWIDTH_STEP)
+    return time_key(largest_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1e3)
 
 
 @POLICIES.register("local")
@@ -333,8 +338,7 @@ class BestStaticPolicy(Policy):
         _, link = self._need(link)
         best, options, reason = self.plan(link, battery)
         here = best.split == boundary
-        if link.backoff_s > 0:
-            reason += f"; not offloading for {link.backoff_s:.2f} s more: the server shed this device's work"
+        reason += backoff_note(link)
         if best.split is not None and best.split < boundary:
             reason += f"; boundary {best.split} is already passed, so this sample finishes locally"
         elif not here:
@@ -371,8 +375,7 @@ class AdaptivePolicy(Policy):
             reason = f"continue, offloading later looks best: {reason}"
         if scale != 1.0:
             reason += f"; modelled latencies x{scale:.3f} (this device's measured / modelled)"
-        if link.backoff_s > 0:
-            reason += f"; not offloading for {link.backoff_s:.2f} s more: the server shed this device's work"
+        reason += backoff_note(link)
         return self._record(boundary, here, link, battery, reason, marked, best.name)
 
 
