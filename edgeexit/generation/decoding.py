@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexit.errors import UsageError
-from edgeexit.generation.manifest import EXIT_CRITERIA, DecoderManifest, Speculation
+from edgeexit.errors import PackageError, UsageError
+from edgeexit.generation.manifest import EXIT_CRITERIA, DecoderManifest, DraftHead, Speculation
 from edgeexit.generation.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class Run:
     layers: list[float] = field(default_factory=list)
     finish: str = "length"
     counters: dict[str, float] = field(default_factory=dict)
+    #: the prompt's hidden states where the draft head reads them (a strategy's prefill keeps them)
+    exit_states: np.ndarray | None = None
 
     def emit(self, token: int, layers: float) -> bool:
         """Take ``token`` (decoded with ``layers`` layers); False when generation is over (a stop
@@ -209,6 +211,9 @@ class Speculative:
     #: the draft exit's gate (weights, bias) and the score below which a draft stops before the head
     gate: tuple[np.ndarray, float] | None = None
     gate_below: float = 0.0
+    #: draft with the package's draft head (its layer groups + one attention layer + the cut
+    #: vocabulary) instead of the exit's adapter and the full head
+    head: DraftHead | None = None
 
     @property
     def lookahead(self) -> int:
@@ -225,6 +230,8 @@ class Speculative:
             raise UsageError(f"max_draft is {drafts}; expected at least 1 drafted token per round")
         if not 0 <= below < 1:
             raise UsageError(f"stop_below is {below}; expected a probability in [0, 1)")
+        if spec.draft_head is not None:  # no adapter, so no gate: the head's probability stops a draft
+            return cls(spec.exit, drafts, below, drafter, None, 0.0, spec.draft_head)
         gate_below = spec.gate_below if gate_below is None else gate_below
         if gate_below is None:  # the draft exit's own calibrated gate threshold
             gate_below = manifest.exits[spec.exit].thresholds.get("gate", 0.0)
@@ -233,6 +240,18 @@ class Speculative:
             gates = {spec.exit: (np.asarray(found.gate_weights, dtype=np.float32), found.gate_bias)}
         gate = gates[spec.exit] if gate_below > 0 else None
         return cls(spec.exit, drafts, below, drafter, gate, gate_below)
+
+    def prefill(self, engine: DecoderEngine, ids: np.ndarray, cache: KVCache, run: Run) -> np.ndarray:
+        """Full depth over the prompt (as ``engine.forward``), keeping the states the draft head
+        reads when it drafts with the engine's own layers: its cache is filled from them."""
+        if self.head is None or self.drafter is not None:
+            return engine.forward(ids, cache)
+        hidden = engine.embed(ids)
+        for index in range(len(engine.segments)):
+            hidden = engine.segment(index, hidden, cache)
+            if index == self.head.segment:
+                run.exit_states = hidden
+        return engine.logits(hidden[:, -1:])
 
     def decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         try:
@@ -246,6 +265,9 @@ class Speculative:
     def _decode(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         if self.drafter is not None:
             self._decode_apart(engine, cache, first, run)
+            return
+        if self.head is not None:
+            self._decode_head(engine, cache, first, run)
             return
         manifest = engine.manifest
         draft_exit = manifest.exits[self.exit]
@@ -289,13 +311,71 @@ class Speculative:
                     return
             token = kept[-1]
 
+    def _decode_head(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
+        """Drafting with the engine's own shallow groups and the draft head: the head keeps a
+        one-layer cache of its own, filled from the shallow states of every position (the
+        prompt's from prefill; a position whose state arrived after the draft stopped is handed
+        to the head's next call, ``waiting``)."""
+        head = engine.draft_head
+        if head is None:
+            raise PackageError("the package's speculation names a draft head the engine did not load")
+        shallow = range(self.head.segment + 1)
+        deep = range(self.head.segment + 1, len(engine.segments))
+        depth = float(engine.manifest.shape.layers)
+        head_cache = head.new_cache(engine.manifest.shape, cache.capacity)
+        waiting = [run.exit_states] if run.exit_states is not None else []
+        run.exit_states = None
+        token = first
+        if not run.emit(token, depth):
+            return
+        while True:
+            start = cache.lengths[0]  # the position of ``token``: no layer has seen it yet
+            limit = min(self.max_draft, cache.capacity - start - 1, run.budget - len(run.tokens))
+            drafts: list[int] = []
+            entering: list[np.ndarray] = []
+            current = token
+            while True:
+                hidden = engine.embed(np.asarray([[current]], dtype=np.int64))
+                for index in shallow:
+                    hidden = engine.segment(index, hidden, cache)
+                entering.append(hidden)
+                waiting.append(hidden)
+                if len(drafts) >= limit:
+                    break
+                proposals, probabilities = head.run(np.concatenate(waiting, axis=1), head_cache)
+                waiting = []
+                proposal = int(proposals[0, -1])
+                if float(probabilities[0, -1]) < self.stop_below or proposal in run.stops:
+                    break
+                drafts.append(proposal)
+                current = proposal
+            block = np.concatenate(entering, axis=1)
+            for index in deep:
+                block = engine.segment(index, block, cache)
+            verdict = np.argmax(engine.logits(block)[0], axis=-1)
+            accepted = _accepted(drafts, verdict, run)
+            cache.truncate(start + accepted + 1)
+            head_cache.truncate(start + accepted + 1)
+            # ``waiting`` must start where the head's cache now ends; if the head did not run this
+            # round (no room to draft), it still starts there and only loses the rejected positions
+            seen = head_cache.lengths[0]
+            waiting = entering[seen - start : accepted + 1] if seen >= start else waiting[: start + accepted + 1 - seen]
+            kept = [*drafts[:accepted], int(verdict[accepted])]
+            for produced in kept:
+                if not run.emit(produced, depth):
+                    return
+            token = kept[-1]
+
     def _decode_apart(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
         """Drafting with ``drafter`` (its own cache of the shallow groups), verifying with every
         layer of ``engine``."""
         drafter = self.drafter
-        shallow = range(engine.manifest.exits[self.exit].segment + 1)
+        head = drafter.draft_head if self.head is not None else None
+        last = self.head.segment if self.head is not None else engine.manifest.exits[self.exit].segment
+        shallow = range(last + 1)
         depth = float(engine.manifest.shape.layers)
         drafts_cache = drafter.new_cache(cache.capacity)
+        head_cache = head.new_cache(engine.manifest.shape, cache.capacity) if head is not None else None
         sequence = list(run.prompt)
         token = first
         if not run.emit(token, depth):
@@ -310,12 +390,16 @@ class Speculative:
                 hidden = drafter.embed(np.asarray([block], dtype=np.int64))
                 for index in shallow:
                     hidden = drafter.segment(index, hidden, drafts_cache)
-                adapted = drafter.adapt(self.exit, hidden[:, -1:])
-                if self.gate is not None and _gate_score(adapted, self.gate) < self.gate_below:
-                    break
-                logits = drafter.logits(adapted)
-                proposal = int(np.argmax(logits.reshape(-1)))
-                if _max_prob(logits) < self.stop_below or proposal in run.stops:
+                if head is not None:  # the head's cache takes the same positions as the shallow groups'
+                    proposals, probabilities = head.run(hidden, head_cache)
+                    proposal, probability = int(proposals[0, -1]), float(probabilities[0, -1])
+                else:
+                    adapted = drafter.adapt(self.exit, hidden[:, -1:])
+                    if self.gate is not None and _gate_score(adapted, self.gate) < self.gate_below:
+                        break
+                    logits = drafter.logits(adapted)
+                    proposal, probability = int(np.argmax(logits.reshape(-1))), _max_prob(logits)
+                if probability < self.stop_below or proposal in run.stops:
                     break
                 drafts.append(proposal)
                 block = [proposal]
@@ -324,6 +408,8 @@ class Speculative:
             accepted = _accepted(drafts, verdict, run)
             cache.truncate(start + accepted + 1)
             drafts_cache.truncate(start + accepted + 1)
+            if head_cache is not None:
+                head_cache.truncate(start + accepted + 1)
             kept = [*drafts[:accepted], int(verdict[accepted])]
             for produced in kept:
                 if not run.emit(produced, depth):

@@ -9,6 +9,7 @@ token's keys and values into it in place (``edgeexit.generation.cache``). Greedy
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 from edgeexit.errors import InputError, PackageError, UsageError
 from edgeexit.generation.cache import KVCache
 from edgeexit.generation.decoding import DEFAULT_CRITERION, EarlyExit, Run, Speculative, full_depth
-from edgeexit.generation.manifest import DecoderManifest, DecoderSegment
+from edgeexit.generation.manifest import DecoderManifest, DecoderSegment, DecoderShape, DraftHead
 from edgeexit.generation.package import DecoderPackage, open_decoder_package
 from edgeexit.generation.sampling import Sampler
 from edgeexit.generation.tokenizer import PromptCodec
@@ -117,6 +118,37 @@ class _PropagationRunner(_GroupRunner):
         cache.lengths[self.spec.index] = past + new
 
 
+class _DraftHeadRunner(_GroupRunner):
+    """The draft head (``DraftHead``): one layer over its own one-layer cache, and the draft's top
+    token and its probability at every new position."""
+
+    def __init__(self, session: object, spec: DraftHead) -> None:
+        super().__init__(session, DecoderSegment(index=0, first_layer=0, stop_layer=1, graph=spec.graph))
+        self.head = spec
+
+    def new_cache(self, shape: DecoderShape, capacity: int) -> KVCache:
+        return KVCache(dataclasses.replace(shape, layers=1), [range(1)], batch=1, capacity=capacity)
+
+    def run(self, hidden: np.ndarray, cache: KVCache) -> tuple[np.ndarray, np.ndarray]:
+        """``hidden`` ``(1, S, H)``, the exit's states at the positions after those ``cache`` holds:
+        the draft's token ids and probabilities there ``(1, S)``; the cache gains the S positions."""
+        start = cache.lengths[0]
+        length = hidden.shape[1]
+        positions = np.arange(start, start + length, dtype=np.int64)[None]
+        b, past, new = self._bind(hidden, positions, cache)
+        b.bind_cpu_input("attention_mask", np.ones((1, start + length), dtype=np.int64))
+        past_shape = (past, *cache.entry_shape)
+        for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+            b.bind_input(f"past_{kind}_0", "cpu", 0, np.float32, past_shape, buffers[0].ctypes.data)
+        tokens = np.empty((1, length), dtype=np.int64)
+        probabilities = np.empty((1, length), dtype=np.float32)
+        b.bind_output("token", "cpu", 0, np.int64, tokens.shape, tokens.ctypes.data)
+        b.bind_output("probability", "cpu", 0, np.float32, probabilities.shape, probabilities.ctypes.data)
+        self.session.run_with_iobinding(b)  # type: ignore[attr-defined]
+        cache.lengths[0] = past + new
+        return tokens, probabilities
+
+
 class DecoderEngine:
     """A decoder package loaded for generation: sessions, tokenizer, a cache sized per call.
 
@@ -141,7 +173,7 @@ class DecoderEngine:
         def load(file: str) -> object:
             chosen = files.get(file, file)
             return load_session(self.package.path(chosen), threads, cache_dir=cache_dir,
-                                sha256=manifest.files.get(chosen))  # fmt: skip
+                                sha256=manifest.files.get(chosen), spin=False)  # fmt: skip
 
         self.embedding = load(manifest.embedding.file)
         self.segments = [_SegmentRunner(load(s.graph.file), s) for s in manifest.segments]
@@ -153,6 +185,9 @@ class DecoderEngine:
             None if s.propagate is None or not manifest.exits else _PropagationRunner(load(s.propagate.file), s)
             for s in manifest.segments
         ]
+        speculation = manifest.speculation
+        head = speculation.draft_head if speculation is not None else None
+        self.draft_head = None if head is None else _DraftHeadRunner(load(head.graph.file), head)
         self.codec = PromptCodec.from_package(self.package)
 
     # ---------------------------------------------------------------- generation
@@ -208,9 +243,11 @@ class DecoderEngine:
         sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         stops = frozenset(self.manifest.tokens.stop if stop is None else stop)
         cache = self.new_cache(min(context, len(ids) + budget + (strategy.lookahead if strategy else 0)))
-        logits = self.forward(np.asarray([ids], dtype=np.int64), cache)
-        prefill_ms = (time.perf_counter() - started) * 1e3
         run = Run(sampler=sampler, stops=stops, budget=budget, prompt=tuple(ids))
+        prompt_ids = np.asarray([ids], dtype=np.int64)
+        prefill = getattr(strategy, "prefill", None)
+        logits = self.forward(prompt_ids, cache) if prefill is None else prefill(self, prompt_ids, cache, run)
+        prefill_ms = (time.perf_counter() - started) * 1e3
         first = sampler.pick(logits[0, -1])
         if strategy is None:
             full_depth(self, cache, first, run)
@@ -238,7 +275,8 @@ class DecoderEngine:
         if mode == "full":
             return None
         manifest = self.manifest
-        if not manifest.exits:
+        drafts_with_head = mode == "speculative" and self.draft_head is not None
+        if not manifest.exits and not drafts_with_head:
             raise UsageError(
                 f"mode {mode!r} needs exit adapters, and this package has none: train them with "
                 "`edgeexit train-exits`, or generate with --mode full"

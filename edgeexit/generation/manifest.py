@@ -120,6 +120,23 @@ class DecoderExit:
 
 
 @dataclass(frozen=True)
+class DraftHead:
+    """A draft head (``edgeexit.compile.decoders.draft``): one attention layer with its own KV cache
+    over the hidden state after segment ``segment`` (``layer`` layers in), and a vocabulary
+    projection cut to ``vocab`` tokens: ``hidden, position_ids, attention_mask, past_key_0,
+    past_value_0 -> token, probability, key_0, value_0``. What speculative decoding drafts with in
+    place of an exit's adapter and the full head."""
+
+    segment: int
+    layer: int
+    graph: GraphSpec
+    #: tokens the cut projection scores (the draft can propose only these)
+    vocab: int
+    #: what training measured (held-out top-1 agreement with the final layer, vocabulary coverage, ...)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Speculation:
     """Self-speculative decoding's defaults: draft with the layers up to exit ``exit`` (an index
     into ``exits``), at most ``max_draft`` tokens per round, stopping a draft early when the exit's
@@ -134,6 +151,8 @@ class Speculation:
     #: stop a draft before the head when the draft exit's gate scores below this (None: the
     #: exit's calibrated gate threshold; 0: never): a dot product instead of a vocabulary projection
     gate_below: float | None = None
+    #: draft with this head instead of exit ``exit``'s adapter and the full head (None: the exit)
+    draft_head: DraftHead | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,9 @@ class DecoderManifest:
             raise PackageError(f"segments end at layer {expected}; expected them to cover all {s.layers} layers")
         graphs = [self.embedding.file, self.head.file, *(seg.graph.file for seg in self.segments)]
         graphs += [seg.propagate.file for seg in self.segments if seg.propagate is not None]
+        head = self.speculation.draft_head if self.speculation is not None else None
+        if head is not None:
+            graphs.append(head.graph.file)
         for variant in self.variants:
             graphs += list(variant.files.values())
             unknown = sorted(set(variant.files) - set(graphs))
@@ -206,8 +228,17 @@ class DecoderManifest:
             graphs.append(found.graph.file)
         if [e.segment for e in self.exits] != sorted({e.segment for e in self.exits}):
             raise PackageError("exits: expected at most one exit per segment, in order")
-        if self.speculation is not None and not 0 <= self.speculation.exit < len(self.exits):
-            raise PackageError(f"speculation.exit {self.speculation.exit}: the package has {len(self.exits)} exits")
+        spec = self.speculation
+        if spec is not None and head is None and not 0 <= spec.exit < len(self.exits):
+            raise PackageError(f"speculation.exit {spec.exit}: the package has {len(self.exits)} exits")
+        if head is not None:
+            if ends.get(head.segment) != head.layer:
+                raise PackageError(
+                    f"speculation.draft_head: after segment {head.segment} at layer {head.layer}; expected it where "
+                    f"a layer group other than the last ends ({ends})"
+                )
+            if not 0 < head.vocab <= s.vocab:
+                raise PackageError(f"speculation.draft_head.vocab {head.vocab}: expected 1 to {s.vocab} tokens")
         draft = self.speculation.draft_variant if self.speculation is not None else None
         if draft is not None and draft not in {v.name for v in self.variants}:
             raise PackageError(f"speculation.draft_variant {draft!r}: the package has no such weight variant")

@@ -133,8 +133,8 @@ def test_train_exits_and_generate_from_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     steps = [
         ["export", "tiny_llama", "--out", str(out), "--variants", ""],
-        ["train-exits", str(out), "--layers", "2,3", "--prompts", "48", "--steps", "40", "--answer-tokens", "12",
-         "--draft-exit", "1"],
+        ["train-exits", str(out), "--layers", "2,3", "--prompts", "48", "--data", "instructions", "--steps", "40",
+         "--answer-tokens", "12", "--draft-exit", "1"],
     ]  # fmt: skip
     for step in steps:
         done = subprocess.run([sys.executable, "-m", "edgeexit", *step], capture_output=True, text=True, timeout=300)

