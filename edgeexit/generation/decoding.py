@@ -23,6 +23,12 @@ the head propose tokens one by one, stopping when the draft's top probability fa
 the head gives the model's greedy token at each. The longest agreeing prefix is kept, plus the
 model's token where it first disagrees (or after the last draft); the cache is cut back to what
 was kept. Every kept token is the full model's greedy choice: the output is full depth's.
+
+A package with a draft head (``edgeexit train-draft``) drafts with it instead of the exit's adapter
+and the full head: one attention layer over the exit's hidden states (its own one-layer cache,
+filled from the prompt at prefill and kept in step with the kept positions) and a vocabulary cut
+to the tokens the model writes. Kangaroo's adapter is such a layer: a per-token adapter after 6 of
+SmolLM2's 30 layers agreed with the final layer too rarely for drafting to pay.
 """
 
 from __future__ import annotations

@@ -47,21 +47,44 @@ class DraftTraining:
 
     steps: int = 600
     batch: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     vocab: int = 8192
     held_out: float = 0.1
     top_k: int = 64
     seed: int = 0
 
 
+class NormalizedMLP(nn.Module):
+    """``x + down(silu(gate(x)) * up(x))`` on ``x``, the RMS-normalised input: a SwiGLU block that
+    works at unit scale, so it learns at a plain learning rate whatever the residual stream's scale
+    (SmolLM2's reaches 22,500), and starts as the identity (``down`` zero)."""
+
+    def __init__(self, hidden: int, width: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.Parameter(torch.ones(hidden))
+        self.gate = nn.Linear(hidden, width, bias=False)
+        self.up = nn.Linear(hidden, width, bias=False)
+        self.down = nn.Linear(width, hidden, bias=False)
+        nn.init.zeros_(self.down.weight)
+        self.eps = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = _norm(hidden, self.norm, self.eps)
+        return x + self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
 class DraftHead(nn.Module):
     """``(hidden, position_ids, attention_mask, past_key_0, past_value_0) -> (token, probability,
-    key_0, value_0)``: a decoder layer (a trainable copy), a norm and the cut vocabulary projection."""
+    key_0, value_0)``: a decoder layer (a trainable copy), a normalised SwiGLU block, a norm and the
+    cut vocabulary projection. (On SmolLM2 after layer 6, on held-out self-instructed answers: the
+    layer alone agreed with the final layer on 40% of tokens, the layer and the block on 46%, a
+    per-token residual adapter on 39%.)"""
 
     def __init__(self, layer: nn.Module, norm_weight: torch.Tensor, head_rows: torch.Tensor, token_ids: torch.Tensor,
-                 shape: LlamaShape) -> None:  # fmt: skip
+                 shape: LlamaShape, width: int) -> None:  # fmt: skip
         super().__init__()
         self.group = LayerGroup([layer], shape)
+        self.mlp = NormalizedMLP(shape.hidden, width, shape.eps)
         self.norm = nn.Parameter(norm_weight.detach().clone())
         self.register_buffer("rows", head_rows.detach().clone())
         self.register_buffer("token_ids", token_ids.to(torch.int64))
@@ -71,7 +94,7 @@ class DraftHead(nn.Module):
                past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
         """Logits over the cut vocabulary and the layer's new cache entries."""
         out, key, value = self.group(hidden, position_ids, attention_mask, past_key, past_value)
-        return _norm(out, self.norm, self.eps) @ self.rows.T, key, value
+        return _norm(self.mlp(out), self.norm, self.eps) @ self.rows.T, key, value
 
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
@@ -141,7 +164,8 @@ def train_draft_head(model: Any, features: SequenceFeatures, layer: int, shape: 
     core = model.model
     torch.manual_seed(training.seed)
     head = DraftHead(copy.deepcopy(core.layers[min(layer, shape.layers - 1)]), core.norm.weight,
-                     model.lm_head.weight[torch.from_numpy(keep)], torch.from_numpy(keep), shape)  # fmt: skip
+                     model.lm_head.weight[torch.from_numpy(keep)], torch.from_numpy(keep), shape,
+                     int(model.config.intermediate_size))  # fmt: skip
     for parameter in head.parameters():
         parameter.requires_grad_(True)
     head.train()
