@@ -490,7 +490,7 @@ class Manifest:
         if raw.get("format") == "edgeexit-decoder":
             raise PackageError(
                 f"{source} is a decoder (LLM) package; this command takes classifier packages: run it with "
-                "`edgeexit generate` (its hashes are checked when it loads)"
+                "`edgeexit generate` (its hashes are checked when it loads), check it with `edgeexit verify`"
             )
         if raw.get("format") != FORMAT_NAME:
             raise PackageError(f"{source}: 'format' is {raw.get('format')!r}; expected {FORMAT_NAME!r}")

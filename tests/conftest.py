@@ -215,3 +215,17 @@ def tiny_with_exits(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pyte
     training = ExitTraining(steps=80, answer_tokens=16)
     add_exits(out, tiny_source, [1, 2, 3], tiny_prompts(96), training=training, draft_exit=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_with_draft(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny package (no exits) with a draft head after layer 2 over a 128-token vocabulary."""
+    import shutil
+
+    from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
+
+    out = tmp_path_factory.mktemp("decoder-draft") / "tiny"
+    shutil.copytree(tiny_decoder, out)
+    add_draft_head(out, tiny_source, 2, tiny_prompts(64), training=DraftTraining(steps=60, vocab=128),
+                   answer_tokens=16)  # fmt: skip
+    return out

@@ -114,6 +114,11 @@ def verify(package: PackageArg, trusted_key: TrustedKeyOpt = None) -> None:
     from edgeexit.signing import TrustedKeys
 
     trusted = TrustedKeys.load(trusted_key) if trusted_key else None
+    from edgeexit.generation.package import is_decoder_package
+
+    if is_decoder_package(package):
+        _verify_decoder(package, trusted)
+        return
     report = verify_package(package, trusted_keys=trusted)
     if trusted is not None:
         console.print(f"signature: the manifest is signed by a trusted key ({', '.join(sorted(trusted.keys))})")
@@ -132,6 +137,28 @@ def verify(package: PackageArg, trusted_key: TrustedKeyOpt = None) -> None:
             f"rtol={reference.rtol:g} (a variant: the tolerances its export used): {', '.join(failed)}"  # type: ignore[union-attr]
         )
     console.print(f"[green]ok[/]: {package} (package_id {report.package.manifest.package_id})")
+
+
+def _verify_decoder(package: Path, trusted: object) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgeexit.generation.verify import require_ok, verify_decoder_package
+
+    report = verify_decoder_package(package, trusted_keys=trusted)  # type: ignore[arg-type]
+    if trusted is not None:
+        console.print("signature: the manifest is signed by a trusted key")
+    table = Table(title=f"verify {package}: {report.files_checked} file hashes ok; greedy text against the export's")
+    for column in ("row", "prompt", "tokens agreeing", "must be identical", "ok"):
+        table.add_column(column)
+    for check in report.checks:
+        table.add_row(check.row, escape(check.prompt[:40]), f"{check.agreeing} of {check.expected}",
+                      "yes" if check.required else "no", "ok" if check.ok else "[red]DIFFERS[/]")  # fmt: skip
+    console.print(table)
+    for note in report.notes:
+        console.print(escape(note), highlight=False)
+    require_ok(report, package)
+    console.print(f"[green]ok[/]: {package} (decoder package)")
 
 
 def inspect(package: PackageArg) -> None:

@@ -124,7 +124,7 @@ def test_tiny_llama_is_the_real_architecture() -> None:
 
 
 def test_classifier_commands_say_a_decoder_package_is_for_generate(tiny_decoder: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "edgeexit", "verify", str(tiny_decoder)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "edgeexit", "inspect", str(tiny_decoder)], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 1
     assert "is a decoder (LLM) package" in done.stderr

@@ -19,18 +19,6 @@ from tests.conftest import tiny_prompts
 
 
 @pytest.fixture(scope="module")
-def tiny_with_draft(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny package (no exits) with a draft head after layer 2 over a 128-token vocabulary."""
-    from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
-
-    out = tmp_path_factory.mktemp("decoder-draft") / "tiny"
-    shutil.copytree(tiny_decoder, out)
-    add_draft_head(out, tiny_source, 2, tiny_prompts(64), training=DraftTraining(steps=60, vocab=128),
-                   answer_tokens=16)  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
 def engine(tiny_with_draft: Path) -> DecoderEngine:
     return DecoderEngine(tiny_with_draft)
 

@@ -371,7 +371,8 @@ def greedy_parity(engine: Any, source: DecoderSource, tokens: int) -> list[dict[
         theirs = [int(t) for t in generated[0, len(ids) :] if int(t) not in source.stop_tokens]
         ours = list(engine.generate(ids, max_new_tokens=tokens).tokens)
         rows.append({"prompt": prompt[:60], "prompt_tokens": len(ids), "tokens": len(theirs),
-                     "identical": ours == theirs[: len(ours)] and len(ours) == len(theirs)})  # fmt: skip
+                     "identical": ours == theirs[: len(ours)] and len(ours) == len(theirs),
+                     "prompt_ids": ids, "continuation": theirs})  # fmt: skip  # what `edgeexit verify` reruns
     return rows
 
 
