@@ -272,65 +272,15 @@ class Speculative:
         if self.drafter is not None:
             self._decode_apart(engine, cache, first, run)
             return
+        proposer: _HeadProposer | _ExitProposer
         if self.head is not None:
-            self._decode_head(engine, cache, first, run)
-            return
-        manifest = engine.manifest
-        draft_exit = manifest.exits[self.exit]
-        shallow = range(draft_exit.segment + 1)
-        deep = range(draft_exit.segment + 1, len(engine.segments))
-        depth = manifest.shape.layers
-        token = first
-        if not run.emit(token, float(depth)):
-            return
-        while True:
-            start = cache.lengths[0]  # the position of ``token``: no layer has seen it yet
-            room = cache.capacity - start - 1
-            drafts: list[int] = []
-            entering: list[np.ndarray] = []
-            current = token
-            while True:
-                hidden = engine.embed(np.asarray([[current]], dtype=np.int64))
-                for index in shallow:
-                    hidden = engine.segment(index, hidden, cache)
-                entering.append(hidden)
-                if len(drafts) >= min(self.max_draft, room, run.budget - len(run.tokens)):
-                    break
-                adapted = engine.adapt(self.exit, hidden)
-                if self.gate is not None and _gate_score(adapted, self.gate) < self.gate_below:
-                    break  # the gate expects the full model to disagree: no head, no draft
-                logits = engine.logits(adapted)
-                proposal = int(np.argmax(logits.reshape(-1)))
-                if _max_prob(logits) < self.stop_below or proposal in run.stops:
-                    break
-                drafts.append(proposal)
-                current = proposal
-            block = np.concatenate(entering, axis=1)
-            for index in deep:
-                block = engine.segment(index, block, cache)
-            verdict = np.argmax(engine.logits(block)[0], axis=-1)  # the model's greedy token after each position
-            accepted = _accepted(drafts, verdict, run)
-            cache.truncate(start + accepted + 1)  # keep ``token`` and the accepted drafts
-            kept = [*drafts[:accepted], int(verdict[accepted])]
-            for produced in kept:  # every kept token went through every layer (drafted or verified)
-                if not run.emit(produced, float(depth)):
-                    return
-            token = kept[-1]
-
-    def _decode_head(self, engine: DecoderEngine, cache: KVCache, first: int, run: Run) -> None:
-        """Drafting with the engine's own shallow groups and the draft head: the head keeps a
-        one-layer cache of its own, filled from the shallow states of every position (the
-        prompt's from prefill; a position whose state arrived after the draft stopped is handed
-        to the head's next call, ``waiting``)."""
-        head = engine.draft_head
-        if head is None:
-            raise PackageError("the package's speculation names a draft head the engine did not load")
-        shallow = range(self.head.segment + 1)
-        deep = range(self.head.segment + 1, len(engine.segments))
+            proposer = _HeadProposer(engine, cache.capacity, run)
+            last = self.head.segment
+        else:
+            proposer = _ExitProposer(engine, self)
+            last = engine.manifest.exits[self.exit].segment
+        shallow, deep = range(last + 1), range(last + 1, len(engine.segments))
         depth = float(engine.manifest.shape.layers)
-        head_cache = head.new_cache(engine.manifest.shape, cache.capacity)
-        waiting = [run.exit_states] if run.exit_states is not None else []
-        run.exit_states = None
         token = first
         if not run.emit(token, depth):
             return
@@ -345,29 +295,23 @@ class Speculative:
                 for index in shallow:
                     hidden = engine.segment(index, hidden, cache)
                 entering.append(hidden)
-                waiting.append(hidden)
-                if len(drafts) >= limit:
+                proposed = proposer.propose(hidden, drafting=len(drafts) < limit)
+                if proposed is None:
                     break
-                proposals, probabilities = head.run(np.concatenate(waiting, axis=1), head_cache)
-                waiting = []
-                proposal = int(proposals[0, -1])
-                if float(probabilities[0, -1]) < self.stop_below or proposal in run.stops:
+                proposal, probability = proposed
+                if probability < self.stop_below or proposal in run.stops:
                     break
                 drafts.append(proposal)
                 current = proposal
             block = np.concatenate(entering, axis=1)
             for index in deep:
                 block = engine.segment(index, block, cache)
-            verdict = np.argmax(engine.logits(block)[0], axis=-1)
+            verdict = np.argmax(engine.logits(block)[0], axis=-1)  # the model's greedy token after each position
             accepted = _accepted(drafts, verdict, run)
-            cache.truncate(start + accepted + 1)
-            head_cache.truncate(start + accepted + 1)
-            # ``waiting`` must start where the head's cache now ends; if the head did not run this
-            # round (no room to draft), it still starts there and only loses the rejected positions
-            seen = head_cache.lengths[0]
-            waiting = entering[seen - start : accepted + 1] if seen >= start else waiting[: start + accepted + 1 - seen]
+            cache.truncate(start + accepted + 1)  # keep ``token`` and the accepted drafts
+            proposer.keep(start, accepted, entering)
             kept = [*drafts[:accepted], int(verdict[accepted])]
-            for produced in kept:
+            for produced in kept:  # every kept token went through every layer (drafted or verified)
                 if not run.emit(produced, depth):
                     return
             token = kept[-1]
@@ -422,3 +366,57 @@ class Speculative:
                     return
                 sequence.append(produced)
             token = kept[-1]
+
+
+class _ExitProposer:
+    """Drafts through the draft exit's adapter and the full head, stopped before the head when the
+    exit's gate expects the full model to disagree."""
+
+    def __init__(self, engine: DecoderEngine, spec: Speculative) -> None:
+        self.engine = engine
+        self.spec = spec
+
+    def propose(self, hidden: np.ndarray, *, drafting: bool) -> tuple[int, float] | None:
+        if not drafting:
+            return None
+        adapted = self.engine.adapt(self.spec.exit, hidden)
+        if self.spec.gate is not None and _gate_score(adapted, self.spec.gate) < self.spec.gate_below:
+            return None  # no head, no draft
+        logits = self.engine.logits(adapted)
+        return int(np.argmax(logits.reshape(-1))), _max_prob(logits)
+
+    def keep(self, start: int, accepted: int, entering: list[np.ndarray]) -> None:
+        """Nothing to cut back: the adapter keeps no state."""
+
+
+class _HeadProposer:
+    """Drafts through the draft head, which keeps a one-layer cache of its own, filled from the
+    shallow states of every position: the prompt's from prefill, and a position whose state arrived
+    when no draft was wanted (``waiting``) on the head's next call."""
+
+    def __init__(self, engine: DecoderEngine, capacity: int, run: Run) -> None:
+        head = engine.draft_head
+        if head is None:
+            raise PackageError("the package's speculation names a draft head the engine did not load")
+        self.head = head
+        self.cache = head.new_cache(engine.manifest.shape, capacity)
+        self.waiting = [run.exit_states] if run.exit_states is not None else []
+        run.exit_states = None
+
+    def propose(self, hidden: np.ndarray, *, drafting: bool) -> tuple[int, float] | None:
+        self.waiting.append(hidden)
+        if not drafting:
+            return None
+        proposals, probabilities = self.head.run(np.concatenate(self.waiting, axis=1), self.cache)
+        self.waiting = []
+        return int(proposals[0, -1]), float(probabilities[0, -1])
+
+    def keep(self, start: int, accepted: int, entering: list[np.ndarray]) -> None:
+        """Cut the head's cache back to the kept positions; ``waiting`` then starts where it ends
+        (if the head did not run this round, it already did, and loses the rejected positions)."""
+        self.cache.truncate(start + accepted + 1)
+        seen = self.cache.lengths[0]
+        if seen >= start:
+            self.waiting = entering[seen - start : accepted + 1]
+        else:
+            self.waiting = self.waiting[: start + accepted + 1 - seen]
