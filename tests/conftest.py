@@ -202,6 +202,14 @@ def tiny_prompts(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(vocabulary, size=int(rng.integers(3, 9)))) for _ in range(count)]
 
 
+def tiny_token_prompts(count: int, seed: int = 5) -> list[list[int]]:
+    """Random prompts of 1-29 token ids of the tiny vocabulary (specials left out)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
+
+
 @pytest.fixture(scope="session")
 def tiny_with_exits(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny package with exits after layers 1, 2 and 3 (the last drafts for speculation)."""

@@ -16,16 +16,12 @@ from edgeexit.errors import PackageError, UsageError
 from edgeexit.generation import DecoderEngine, open_decoder_package
 from edgeexit.generation.decoding import EarlyExit, Run
 from edgeexit.generation.sampling import Sampler
+from tests.conftest import tiny_token_prompts
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_with_exits: Path) -> DecoderEngine:
     return DecoderEngine(tiny_with_exits)
-
-
-def _prompts(count: int, seed: int = 5) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
 
 
 def test_training_records_adapters_gates_and_certified_thresholds(tiny_with_exits: Path) -> None:
@@ -48,7 +44,7 @@ def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngin
                                                             draft_variant: str | None) -> None:  # fmt: skip
     """Drafting with the engine's own layers or a quantized variant's: full depth's tokens either way."""
     drafted = accepted = 0
-    for ids in _prompts(10):
+    for ids in tiny_token_prompts(10):
         full = engine.generate(ids, 24, stop=())
         fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
                                draft_variant=draft_variant, gate_below=0.0)  # fmt: skip
@@ -61,7 +57,7 @@ def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngin
 
 
 def test_speculation_stops_at_a_stop_token_and_the_budget(engine: DecoderEngine) -> None:
-    ids = _prompts(1, seed=9)[0]
+    ids = tiny_token_prompts(1, seed=9)[0]
     free = engine.generate(ids, 20, stop=())
     stop = free.tokens[7]
     full = engine.generate(ids, 20, stop=[stop])
@@ -77,7 +73,7 @@ def test_early_exit_fills_every_cache_entry_as_full_depth_would(engine: DecoderE
     """Run early exit with every exit open (threshold 0 at the first exit): the cache entries that
     exist, those computed late for skipped tokens included, equal full depth's for the same text."""
     manifest = engine.manifest
-    for ids in _prompts(3, seed=11):
+    for ids in tiny_token_prompts(3, seed=11):
         cache = engine.new_cache(len(ids) + 16)
         logits = engine.forward(np.asarray([ids], dtype=np.int64), cache)
         run = Run(sampler=Sampler(), stops=frozenset(), budget=12)
@@ -99,7 +95,7 @@ def test_early_exit_fills_every_cache_entry_as_full_depth_would(engine: DecoderE
 def test_early_exit_takes_fewer_layers_and_reports_them(engine: DecoderEngine, skipped: str) -> None:
     for criterion in ("max_prob", "gate", "similarity"):
         layers = []
-        for ids in _prompts(6):
+        for ids in tiny_token_prompts(6):
             result = engine.generate(ids, 16, stop=(), mode="early-exit", criterion=criterion, skipped=skipped)
             assert result.mode == "early-exit"
             assert 1.0 <= result.mean_layers <= 4.0
@@ -155,7 +151,7 @@ def test_state_propagation_fills_every_group_at_once(engine: DecoderEngine) -> N
     hidden state right away, so no group lags behind; the projection graphs match PyTorch at export."""
     manifest = engine.manifest
     assert any(row["graph"] == "propagate 1" for row in manifest.reference["graphs"])
-    ids = _prompts(1, seed=3)[0]
+    ids = tiny_token_prompts(1, seed=3)[0]
     cache = engine.new_cache(len(ids) + 16)
     logits = engine.forward(np.asarray([ids], dtype=np.int64), cache)
     run = Run(sampler=Sampler(), stops=frozenset(), budget=12)
@@ -168,7 +164,7 @@ def test_state_propagation_fills_every_group_at_once(engine: DecoderEngine) -> N
 
 def test_the_draft_exits_gate_stops_drafts_before_the_head(engine: DecoderEngine) -> None:
     """A gate threshold of 1 drafts nothing (every round is one full-depth step); the text is the same."""
-    ids = _prompts(1, seed=4)[0]
+    ids = tiny_token_prompts(1, seed=4)[0]
     full = engine.generate(ids, 16, stop=())
     gated = engine.generate(ids, 16, stop=(), mode="speculative", stop_below=0.0, gate_below=1.0)
     assert gated.tokens == full.tokens

@@ -15,17 +15,12 @@ import pytest
 
 from edgeexit.errors import PackageError
 from edgeexit.generation import DecoderEngine, open_decoder_package
-from tests.conftest import tiny_prompts
+from tests.conftest import tiny_prompts, tiny_token_prompts
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_with_draft: Path) -> DecoderEngine:
     return DecoderEngine(tiny_with_draft)
-
-
-def _prompts(count: int, seed: int = 5) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
 
 
 def test_the_draft_head_is_recorded_hashed_and_quantized_per_variant(tiny_with_draft: Path) -> None:
@@ -48,7 +43,7 @@ def test_drafting_with_the_head_gives_full_depth_token_for_token(engine: Decoder
     """The engine's own shallow layers or a quantized variant's, with the head's own cache kept in
     step across accepted and rejected drafts: full depth's tokens either way."""
     drafted = accepted = 0
-    for ids in _prompts(10):
+    for ids in tiny_token_prompts(10):
         full = engine.generate(ids, 24, stop=())
         fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
                                draft_variant=draft_variant)  # fmt: skip
@@ -61,7 +56,7 @@ def test_drafting_with_the_head_gives_full_depth_token_for_token(engine: Decoder
 
 
 def test_the_heads_probability_stops_a_draft(engine: DecoderEngine) -> None:
-    ids = _prompts(1, seed=3)[0]
+    ids = tiny_token_prompts(1, seed=3)[0]
     full = engine.generate(ids, 16, stop=())
     never = engine.generate(ids, 16, stop=(), mode="speculative", stop_below=0.999999)
     assert never.tokens == full.tokens
@@ -71,7 +66,7 @@ def test_the_heads_probability_stops_a_draft(engine: DecoderEngine) -> None:
 def test_the_heads_cache_matches_its_graph_run_over_the_whole_text(engine: DecoderEngine) -> None:
     """After a generation, the draft head's cache entries equal one pass of its graph over the
     text's exit states: the entries kept across rounds are the ones the text gives."""
-    ids = _prompts(1, seed=8)[0]
+    ids = tiny_token_prompts(1, seed=8)[0]
     out = engine.generate(ids, 20, stop=(), mode="speculative", stop_below=0.0, max_draft=3)
     text = np.asarray([[*ids, *out.tokens]], dtype=np.int64)
     head = engine.draft_head

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeexit.compile.decoders.exits import ExitAdapter
 from edgeexit.compile.decoders.llama import LayerGroup, LlamaShape, _norm
 from edgeexit.errors import ExportError
 from edgeexit.generation.package import DecoderPackage
@@ -54,19 +55,10 @@ class DraftTraining:
     seed: int = 0
 
 
-class NormalizedMLP(nn.Module):
-    """``x + down(silu(gate(x)) * up(x))`` on ``x``, the RMS-normalised input: a SwiGLU block that
-    works at unit scale, so it learns at a plain learning rate whatever the residual stream's scale
-    (SmolLM2's reaches 22,500), and starts as the identity (``down`` zero)."""
-
-    def __init__(self, hidden: int, width: int, eps: float) -> None:
-        super().__init__()
-        self.norm = nn.Parameter(torch.ones(hidden))
-        self.gate = nn.Linear(hidden, width, bias=False)
-        self.up = nn.Linear(hidden, width, bias=False)
-        self.down = nn.Linear(width, hidden, bias=False)
-        nn.init.zeros_(self.down.weight)
-        self.eps = eps
+class NormalizedMLP(ExitAdapter):
+    """``x + down(silu(gate(x)) * up(x))`` on ``x``, the RMS-normalised input: the exits' SwiGLU block
+    working at unit scale, so it learns at a plain learning rate whatever the residual stream's scale
+    (SmolLM2's reaches 22,500); it starts as the identity on ``x`` (``down`` zero)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = _norm(hidden, self.norm, self.eps)
