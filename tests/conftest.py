@@ -210,6 +210,21 @@ def tiny_token_prompts(count: int, seed: int = 5) -> list[list[int]]:
     return [[int(t) for t in rng.integers(3, 512, size=int(rng.integers(1, 30)))] for _ in range(count)]
 
 
+def assert_speculation_is_full_depth(engine: Any, max_draft: int, **options: Any) -> None:
+    """Speculative decoding of ten random prompts gives full depth's tokens, drafting some tokens
+    and accepting some (both the accepting and the rejecting paths run)."""
+    drafted = accepted = 0
+    for ids in tiny_token_prompts(10):
+        full = engine.generate(ids, 24, stop=())
+        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0, **options)
+        assert fast.tokens == full.tokens, ids
+        assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
+        drafted += fast.details["drafted"]
+        accepted += fast.details["accepted"]
+    assert drafted > 0
+    assert accepted > 0
+
+
 @pytest.fixture(scope="session")
 def tiny_with_exits(tiny_source: Any, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny package with exits after layers 1, 2 and 3 (the last drafts for speculation)."""

@@ -16,7 +16,7 @@ from edgeexit.errors import PackageError, UsageError
 from edgeexit.generation import DecoderEngine, open_decoder_package
 from edgeexit.generation.decoding import EarlyExit, Run
 from edgeexit.generation.sampling import Sampler
-from tests.conftest import tiny_token_prompts
+from tests.conftest import assert_speculation_is_full_depth, tiny_token_prompts
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,7 @@ def test_training_records_adapters_gates_and_certified_thresholds(tiny_with_exit
 def test_speculative_decoding_is_full_depth_token_for_token(engine: DecoderEngine, max_draft: int,
                                                             draft_variant: str | None) -> None:  # fmt: skip
     """Drafting with the engine's own layers or a quantized variant's: full depth's tokens either way."""
-    drafted = accepted = 0
-    for ids in tiny_token_prompts(10):
-        full = engine.generate(ids, 24, stop=())
-        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
-                               draft_variant=draft_variant, gate_below=0.0)  # fmt: skip
-        assert fast.tokens == full.tokens, ids
-        assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
-        drafted += fast.details["drafted"]
-        accepted += fast.details["accepted"]
-    assert drafted > 0
-    assert accepted > 0  # both the accepting and the rejecting paths ran
+    assert_speculation_is_full_depth(engine, max_draft, draft_variant=draft_variant, gate_below=0.0)
 
 
 def test_speculation_stops_at_a_stop_token_and_the_budget(engine: DecoderEngine) -> None:

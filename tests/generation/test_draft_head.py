@@ -15,7 +15,7 @@ import pytest
 
 from edgeexit.errors import PackageError
 from edgeexit.generation import DecoderEngine, open_decoder_package
-from tests.conftest import tiny_prompts, tiny_token_prompts
+from tests.conftest import assert_speculation_is_full_depth, tiny_prompts, tiny_token_prompts
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +42,7 @@ def test_drafting_with_the_head_gives_full_depth_token_for_token(engine: Decoder
                                                                  draft_variant: str | None) -> None:  # fmt: skip
     """The engine's own shallow layers or a quantized variant's, with the head's own cache kept in
     step across accepted and rejected drafts: full depth's tokens either way."""
-    drafted = accepted = 0
-    for ids in tiny_token_prompts(10):
-        full = engine.generate(ids, 24, stop=())
-        fast = engine.generate(ids, 24, stop=(), mode="speculative", max_draft=max_draft, stop_below=0.0,
-                               draft_variant=draft_variant)  # fmt: skip
-        assert fast.tokens == full.tokens, ids
-        assert fast.details["accepted"] <= fast.details["drafted"] <= max_draft * fast.details["rounds"]
-        drafted += fast.details["drafted"]
-        accepted += fast.details["accepted"]
-    assert drafted > 0
-    assert accepted > 0  # both the accepting and the rejecting paths ran
+    assert_speculation_is_full_depth(engine, max_draft, draft_variant=draft_variant)
 
 
 def test_the_heads_probability_stops_a_draft(engine: DecoderEngine) -> None:
