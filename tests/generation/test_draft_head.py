@@ -109,3 +109,20 @@ def test_train_draft_cli_trains_and_reports(tiny_decoder: Path, tmp_path: Path) 
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert wrong.returncode != 0
     assert "where a layer group ends" in wrong.stderr + wrong.stdout
+
+
+def test_training_exits_keeps_the_draft_head(tiny_source: Any, tiny_with_draft: Path, tmp_path: Path) -> None:
+    """Exits trained after a draft head: the head (which the variants map) stays what speculation
+    drafts with, and the exits are added beside it."""
+    from edgeexit.compile.decoders.exits import ExitTraining
+    from edgeexit.compile.decoders.train_exits import add_exits
+
+    package = tmp_path / "tiny"
+    shutil.copytree(tiny_with_draft, package)
+    before = open_decoder_package(package).manifest.speculation.draft_head
+    add_exits(package, tiny_source, [1, 2], tiny_prompts(48), training=ExitTraining(steps=20, answer_tokens=8))
+    manifest = open_decoder_package(package).manifest
+    assert manifest.speculation.draft_head == before
+    assert [e.layer for e in manifest.exits] == [1, 2]
+    engine = DecoderEngine(package)
+    assert_speculation_is_full_depth(engine, 3)

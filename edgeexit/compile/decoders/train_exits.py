@@ -11,6 +11,7 @@ than on paper: the benchmark measures the agreement of generated text directly).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -152,9 +153,15 @@ def add_exits(
         "files": files,
         "exits": tuple(exits),
         "exit_calibration": calibration,
-        "speculation": Speculation(exit=min(draft_exit, len(exits) - 1)),
+        "speculation": _speculation(manifest.speculation, min(draft_exit, len(exits) - 1)),
     })  # fmt: skip
     return package.save_manifest(updated)
+
+
+def _speculation(found: Speculation | None, draft_exit: int) -> Speculation:
+    """The package's speculation settings drafting from ``draft_exit``, the rest (a draft head, a
+    draft variant, limits) kept: training exits must not drop a draft head the variants still map."""
+    return Speculation(exit=draft_exit) if found is None else dataclasses.replace(found, exit=draft_exit)
 
 
 def _calibrate(scores: dict[str, list[np.ndarray]], predictions: list[np.ndarray], teacher: np.ndarray,
