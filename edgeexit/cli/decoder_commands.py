@@ -14,6 +14,7 @@ from edgeexit.console import console
 
 if TYPE_CHECKING:
     from edgeexit.compile.decoders.export import DecoderSource
+    from edgeexit.generation.package import DecoderPackage
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +48,7 @@ def training_prompts(source: DecoderSource, kind: str, count: int, seed: int = 0
     raise ExportError(f"--data {kind!r}: expected one of {', '.join(PROMPT_SOURCES)} or a file of prompts, one a line")
 
 
-def _package_source(package: Path, arg: list[str] | None) -> tuple[object, DecoderSource]:
+def _package_source(package: Path, arg: list[str] | None) -> tuple[DecoderPackage, DecoderSource]:
     """The package and the model it was exported from (built again from the manifest's name)."""
     from edgeexit.compile.decoders.export import DecoderSource
     from edgeexit.compile.factory import build_object, parse_factory_args
@@ -181,7 +182,7 @@ def train_exits(
 ) -> None:
     """Train exit adapters into a decoder package by self-distillation (backbone frozen), with gates and
     thresholds calibrated for --agreement; then `edgeexit generate --mode early-exit|speculative` uses them."""
-    from edgeexit.compile.decoders.exits import ExitTraining
+    from edgeexit.compile.decoders.exits import ExitTraining, check_layers
     from edgeexit.compile.decoders.train_exits import add_exits
     from edgeexit.errors import ExportError
 
@@ -190,6 +191,7 @@ def train_exits(
         chosen = [int(part) for part in layers.split(",")]
     except ValueError:
         raise ExportError(f"--layers {layers!r}: expected layer counts, e.g. 6,12,18,24") from None
+    check_layers(sorted(set(chosen)), [s.stop_layer for s in opened.manifest.segments])  # before prompts are made
     training = ExitTraining(steps=steps, answer_tokens=answer_tokens)
     updated = add_exits(opened, source, chosen, training_prompts(source, data, prompts), training=training,
                         agreement=agreement, delta=delta, draft_exit=draft_exit)  # fmt: skip
@@ -234,8 +236,10 @@ def train_draft(
     --layer and a vocabulary cut to the --vocab tokens the model writes, by self-distillation (backbone
     frozen); it replaces the exit adapter as what speculative decoding drafts with."""
     from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
+    from edgeexit.compile.decoders.exits import check_layers
 
     opened, source = _package_source(package, arg)
+    check_layers([layer], [s.stop_layer for s in opened.manifest.segments])  # before prompts are made
     training = DraftTraining(steps=steps, vocab=vocab)
     updated = add_draft_head(opened, source, layer, training_prompts(source, data, prompts), training=training,
                              answer_tokens=answer_tokens)  # fmt: skip
