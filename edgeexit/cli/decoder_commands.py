@@ -182,7 +182,7 @@ def train_exits(
 ) -> None:
     """Train exit adapters into a decoder package by self-distillation (backbone frozen), with gates and
     thresholds calibrated for --agreement; then `edgeexit generate --mode early-exit|speculative` uses them."""
-    from edgeexit.compile.decoders.exits import ExitTraining, check_layers
+    from edgeexit.compile.decoders.exits import ExitTraining, package_for_training
     from edgeexit.compile.decoders.train_exits import add_exits
     from edgeexit.errors import ExportError
 
@@ -191,7 +191,7 @@ def train_exits(
         chosen = [int(part) for part in layers.split(",")]
     except ValueError:
         raise ExportError(f"--layers {layers!r}: expected layer counts, e.g. 6,12,18,24") from None
-    check_layers(sorted(set(chosen)), [s.stop_layer for s in opened.manifest.segments])  # before prompts are made
+    package_for_training(opened, source, chosen)  # refused before any prompt is made
     training = ExitTraining(steps=steps, answer_tokens=answer_tokens)
     updated = add_exits(opened, source, chosen, training_prompts(source, data, prompts), training=training,
                         agreement=agreement, delta=delta, draft_exit=draft_exit)  # fmt: skip
@@ -236,10 +236,10 @@ def train_draft(
     --layer and a vocabulary cut to the --vocab tokens the model writes, by self-distillation (backbone
     frozen); it replaces the exit adapter as what speculative decoding drafts with."""
     from edgeexit.compile.decoders.draft import DraftTraining, add_draft_head
-    from edgeexit.compile.decoders.exits import check_layers
+    from edgeexit.compile.decoders.exits import package_for_training
 
     opened, source = _package_source(package, arg)
-    check_layers([layer], [s.stop_layer for s in opened.manifest.segments])  # before prompts are made
+    package_for_training(opened, source, [layer])  # refused before any prompt is made
     training = DraftTraining(steps=steps, vocab=vocab)
     updated = add_draft_head(opened, source, layer, training_prompts(source, data, prompts), training=training,
                              answer_tokens=answer_tokens)  # fmt: skip

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeexit.console import console
+
+if TYPE_CHECKING:
+    from edgeexit.signing import TrustedKeys
 
 PackageArg = Annotated[
     Path, typer.Argument(help="Package directory written by `edgeexit export`, or a tar of one (`edgeexit pack`).")
@@ -139,13 +142,13 @@ def verify(package: PackageArg, trusted_key: TrustedKeyOpt = None) -> None:
     console.print(f"[green]ok[/]: {package} (package_id {report.package.manifest.package_id})")
 
 
-def _verify_decoder(package: Path, trusted: object) -> None:
+def _verify_decoder(package: Path, trusted: TrustedKeys | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from edgeexit.generation.verify import require_ok, verify_decoder_package
 
-    report = verify_decoder_package(package, trusted_keys=trusted)  # type: ignore[arg-type]
+    report = verify_decoder_package(package, trusted_keys=trusted)
     if trusted is not None:
         console.print("signature: the manifest is signed by a trusted key")
     table = Table(title=f"verify {package}: {report.files_checked} file hashes ok; greedy text against the export's")

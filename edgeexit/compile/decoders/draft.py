@@ -43,8 +43,8 @@ from edgeexit.generation.package import DecoderPackage
 @dataclass(frozen=True)
 class DraftTraining:
     """How the draft head is trained: ``steps`` AdamW steps of ``batch`` sequences at
-    ``learning_rate`` (one cycle); the ``vocab`` most frequent tokens of the answers kept;
-    ``held_out`` of the sequences measure it."""
+    ``learning_rate`` (one cycle) against the final layer's ``top_k`` tokens per position; the
+    ``vocab`` most frequent tokens of the answers kept; ``held_out`` of the sequences measure it."""
 
     steps: int = 600
     batch: int = 8
@@ -155,7 +155,7 @@ def train_draft_head(model: Any, features: SequenceFeatures, layer: int, shape: 
     remap[torch.from_numpy(keep)] = torch.arange(len(keep))
     core = model.model
     torch.manual_seed(training.seed)
-    head = DraftHead(copy.deepcopy(core.layers[min(layer, shape.layers - 1)]), core.norm.weight,
+    head = DraftHead(copy.deepcopy(core.layers[layer]), core.norm.weight,
                      model.lm_head.weight[torch.from_numpy(keep)], torch.from_numpy(keep), shape,
                      int(model.config.intermediate_size))  # fmt: skip
     for parameter in head.parameters():
@@ -233,12 +233,10 @@ def add_draft_head(package: str | Path | DecoderPackage, source: Any, layer: int
     """Train a draft head reading the hidden state after ``layer`` layers (where a layer group ends)
     on the model's answers to ``prompts``, export it (checked against PyTorch) with a copy per
     weight variant of the package, and make it what ``--mode speculative`` drafts with."""
-    from edgeexit.compile.decoders.exits import answer_prompts, check_layers, prompt_ids
-    from edgeexit.generation.package import open_decoder_package
+    from edgeexit.compile.decoders.exits import answer_prompts, package_for_training, prompt_ids
 
     started = time.perf_counter()
-    package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
-    check_layers([layer], [s.stop_layer for s in package.manifest.segments])  # before the model answers
+    package = package_for_training(package, source, [layer])  # refused before the model answers
     sequences = answer_prompts(source.model.eval(), source.tokenizer, prompts, answer_tokens)
     starts = [len(prompt_ids(source.tokenizer, prompt)) for prompt in prompts]
     extra = {
@@ -246,29 +244,25 @@ def add_draft_head(package: str | Path | DecoderPackage, source: Any, layer: int
         "answer_tokens": answer_tokens,
         "answer_seconds": round(time.perf_counter() - started, 1),
     }
-    return install_draft_head(package, source, layer, sequences, starts, training=training, record=extra)
+    return install_draft_head(package, source, layer, sequences, starts, training=training, extra=extra)
 
 
 def install_draft_head(package: str | Path | DecoderPackage, source: Any, layer: int,
                        sequences: Sequence[Sequence[int]], answer_starts: Sequence[int], *,
-                       training: DraftTraining | None = None, record: dict[str, Any] | None = None
+                       training: DraftTraining | None = None, extra: dict[str, Any] | None = None
                        ) -> DecoderPackage:  # fmt: skip
     """``add_draft_head`` from token sequences (prompt + the model's answer, the answer starting at
-    ``answer_starts``) instead of prompts."""
-    from edgeexit.compile.decoders.exits import check_layers
+    ``answer_starts``) instead of prompts; ``extra`` joins the head's record."""
+    from edgeexit.compile.decoders.exits import package_for_training
     from edgeexit.compile.decoders.weights import quantize_weights
     from edgeexit.fileio import sha256_file
     from edgeexit.generation.manifest import DecoderManifest, Speculation, WeightVariant
     from edgeexit.generation.manifest import DraftHead as DraftHeadSpec
-    from edgeexit.generation.package import open_decoder_package
 
     started = time.perf_counter()
     training = training or DraftTraining()
-    package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
+    package = package_for_training(package, source, [layer])
     manifest = package.manifest
-    if source.name != manifest.model_name:
-        raise ExportError(f"the package holds {manifest.model_name!r}; the source model is {source.name!r}")
-    check_layers([layer], [s.stop_layer for s in manifest.segments])
     if not training.vocab > 0:
         raise ExportError(f"vocab {training.vocab}: expected a number of tokens above 0, e.g. 8192")
     model = source.model.eval()
@@ -276,7 +270,6 @@ def install_draft_head(package: str | Path | DecoderPackage, source: Any, layer:
         parameter.requires_grad_(False)
     shape = LlamaShape(model.config)
     features = sequence_features(model, sequences, layer, answer_starts, training.top_k)
-    extra = record
     head, record = train_draft_head(model, features, layer, shape, training)
     file = "exits/draft_head.onnx"
     (package.root / "exits").mkdir(exist_ok=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch import nn
 
 from edgeexit.compile.decoders.llama import LlamaShape, _norm
 from edgeexit.errors import ExportError
+from edgeexit.generation.package import DecoderPackage
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,19 @@ def normalized(hidden: np.ndarray, eps: float) -> np.ndarray:
     """RMS-normalised rows (no weight): the gate's input, what the device computes in numpy."""
     h = hidden.astype(np.float32)
     return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + eps)
+
+
+def package_for_training(package: str | Path | DecoderPackage, source: Any, layers: Sequence[int]) -> DecoderPackage:
+    """``package`` opened (hashes checked) for adding exits or a draft head at ``layers``: refused
+    unless it holds ``source``'s model and each layer ends a layer group, before any work is done."""
+    from edgeexit.generation.package import open_decoder_package
+
+    package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
+    manifest = package.manifest
+    if source.name != manifest.model_name:
+        raise ExportError(f"the package holds {manifest.model_name!r}; the source model is {source.name!r}")
+    check_layers(sorted(set(layers)), [s.stop_layer for s in manifest.segments])
+    return package
 
 
 def check_layers(layers: Sequence[int], boundaries: Sequence[int]) -> None:

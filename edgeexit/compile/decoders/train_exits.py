@@ -23,10 +23,10 @@ from edgeexit.compile.decoders.exits import (
     ExitAdapter,
     ExitTraining,
     answer_prompts,
-    check_layers,
     collect_features,
     fit_linear_gate,
     normalized,
+    package_for_training,
     train_adapter,
 )
 from edgeexit.compile.decoders.export import DecoderSource
@@ -36,7 +36,7 @@ from edgeexit.errors import ExportError
 from edgeexit.fileio import sha256_file
 from edgeexit.generation.decoding import GATE_EPS
 from edgeexit.generation.manifest import DecoderExit, DecoderManifest, GraphSpec, Speculation
-from edgeexit.generation.package import DecoderPackage, open_decoder_package
+from edgeexit.generation.package import DecoderPackage
 from edgeexit.manifest import TensorSpec
 
 #: Shares of the held-out sequences: the first fits the gates, the rest calibrates thresholds.
@@ -58,13 +58,9 @@ def add_exits(
     and save them into ``package`` with thresholds for ``agreement`` at confidence ``1 - delta``."""
     started = time.perf_counter()
     training = training or ExitTraining()
-    package = package if isinstance(package, DecoderPackage) else open_decoder_package(package)
+    package = package_for_training(package, source, layers)
     manifest = package.manifest
-    if source.name != manifest.model_name:
-        raise ExportError(f"the package holds {manifest.model_name!r}; the source model is {source.name!r}")
-    boundaries = [s.stop_layer for s in manifest.segments]
     layers = sorted(set(layers))
-    check_layers(layers, boundaries)
     if not 0 < agreement < 1:
         raise ExportError(f"agreement {agreement}: expected a share of tokens in (0, 1), e.g. 0.9")
     model = source.model.eval()
